@@ -1,0 +1,66 @@
+"""The `nimbuild` command line.
+
+One thin module per command group: each parses its options, calls one function
+of the library and prints through :class:`nimbuild.output.Output`. Heavy
+imports (torch, onnx, polygraphy...) happen inside the command functions, so
+that `nimbuild --help` and `nimbuild list-model-profiles` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from nimbuild.errors import NimbuildError
+
+app = typer.Typer(
+    name="nimbuild",
+    help=(
+        "Turn a Hugging Face cross-encoder into hashed, hardware-specific, servable profiles.\n\n"
+        "Example: nimbuild build recipes/example-tiny.yaml --out build/example-tiny"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _debug() -> bool:
+    return os.environ.get("NIMBUILD_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _register() -> None:
+    # Importing these modules is cheap: they import typer and nothing heavy.
+    from nimbuild.cli import _commands
+
+    _commands.register(app)
+
+
+def run(application: typer.Typer, argv: list[str] | None = None, prog_name: str | None = None) -> None:
+    """Run a Typer app, turning NimbuildError into one line on stderr and exit 1."""
+    try:
+        application(args=argv, prog_name=prog_name)
+    except NimbuildError as exc:
+        if _debug():
+            raise
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `nimbuild` console script."""
+    _register()
+    run(app, argv, prog_name="nimbuild")
+
+
+def list_model_profiles_main(argv: list[str] | None = None) -> None:
+    """Entry point of the `list-model-profiles` console script (as in NIM containers)."""
+    from nimbuild.cli.profiles import standalone_list_app
+
+    run(standalone_list_app(), argv, prog_name="list-model-profiles")

@@ -1,0 +1,118 @@
+"""The single output sink: human tables on a terminal, or one JSON document.
+
+Every command prints through an :class:`Output`. In ``--json`` mode stdout gets
+exactly one JSON document (``emit``), and everything meant for a person
+(progress, notes, warnings) goes to stderr so that pipes stay parseable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps(data: Any, *, indent: int | None = 2) -> str:
+    """JSON as nimbuild writes it everywhere: UTF-8 text, stable key order."""
+    return json.dumps(data, indent=indent, sort_keys=True, ensure_ascii=False, default=_jsonable)
+
+
+class Output:
+    """Where a command's results, notes and progress go."""
+
+    def __init__(self, json_mode: bool = False, quiet: bool = False):
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self._console = None
+        self._err_console = None
+
+    # rich is imported lazily: `list-model-profiles --json` should not pay for it.
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False, soft_wrap=True)
+        return self._console
+
+    @property
+    def err_console(self):
+        if self._err_console is None:
+            from rich.console import Console
+
+            self._err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+        return self._err_console
+
+    def emit(self, data: Any, human: str | Callable[["Output"], None] | None = None) -> None:
+        """The command's result: ``data`` as JSON in --json mode, else ``human``.
+
+        ``human`` is a plain string (printed as is, no markup) or a callable that
+        renders through this sink (tables, lines). Without it, the JSON is shown.
+        """
+        if self.json_mode:
+            sys.stdout.write(dumps(data) + "\n")
+            sys.stdout.flush()
+            return
+        if human is None:
+            sys.stdout.write(dumps(data) + "\n")
+        elif isinstance(human, str):
+            sys.stdout.write(human if human.endswith("\n") else human + "\n")
+        else:
+            human(self)
+        sys.stdout.flush()
+
+    def line(self, text: str = "") -> None:
+        """A plain line of the human result on stdout (never in --json mode)."""
+        if not self.json_mode:
+            sys.stdout.write(text + "\n")
+
+    def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
+        """A human table on stdout (never in --json mode)."""
+        if self.json_mode:
+            return
+        from rich.table import Table
+
+        table = Table(title=title, show_lines=False, header_style="bold")
+        for col in columns:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        self.console.print(table)
+
+    def note(self, text: str) -> None:
+        """Information for the person running the command (stderr)."""
+        if not self.quiet:
+            self.err_console.print(text, markup=False)
+
+    def warn(self, text: str) -> None:
+        self.err_console.print(f"warning: {text}", style="yellow", markup=False)
+
+    @contextmanager
+    def progress(self, transient: bool = True) -> Iterator[Any]:
+        """A rich Progress on stderr for long work (hidden when quiet or not a terminal)."""
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        disable = self.quiet or not self.err_console.is_terminal
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=self.err_console,
+            transient=transient,
+            disable=disable,
+        ) as progress:
+            yield progress
