@@ -1,0 +1,56 @@
+# The two commands of the README are `make demo` and `make test`: both set up everything
+# they need on a fresh machine (the virtualenv at .venv, with the `nimbuild` console script).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+OUT    ?= out/example-tiny
+PORT   ?= 8000
+# Dev/CI only: torch stays on the local CPU wheel (constraints.txt); where a wheel folder
+# is provided on the machine, pip looks there first.
+PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: venv demo test test-fast serve example-model example-manifest bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(PIP_FIND) -c constraints.txt -e '.[build,runtime,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job on the bundled example: build every profile this machine can, list them,
+## then start the server on the selected profile and ask it for one ranking.
+demo: venv
+	$(BIN)/nimbuild build recipes/example-tiny.yaml --out $(OUT)
+	$(BIN)/nimbuild list-model-profiles --manifest $(OUT)/manifest.yaml
+	$(BIN)/python benchmarks/demo_request.py --manifest $(OUT)/manifest.yaml
+	@echo
+	@echo "Keep a server running:  make serve   (then POST http://127.0.0.1:$(PORT)/v1/ranking)"
+
+serve: venv
+	NIM_HTTP_API_PORT=$(PORT) $(BIN)/nimbuild serve --manifest $(OUT)/manifest.yaml
+
+## All tests (GPU tests skip themselves here, with the reason).
+test: venv
+	$(BIN)/python -m pytest -q
+
+## Regenerate the committed example model and its committed manifest.
+example-model: venv
+	$(BIN)/python -m nimbuild.build.tiny --out recipes/models/example-tiny
+
+# --no-engines: the committed manifest is what a CPU-only build gives on every machine.
+example-manifest: venv
+	$(BIN)/nimbuild build recipes/example-tiny.yaml --out $(OUT) --no-engines
+	cp $(OUT)/manifest.yaml manifests/example-tiny.yaml
+
+## Benchmarks: the commands and figures are in BENCHMARKS.md.
+bench: venv
+	$(BIN)/python benchmarks/bench_listing.py
+	$(BIN)/python benchmarks/bench_precision.py
+	$(BIN)/python benchmarks/bench_serve.py
+
+clean:
+	rm -rf out .pytest_cache

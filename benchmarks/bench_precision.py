@@ -1,0 +1,192 @@
+"""Precision benchmark: FP32 vs CPU-INT8 in ONNX Runtime, side by side with sentence-transformers.
+
+On a MiniLM-L6-sized random BERT cross-encoder (hidden 384, 6 layers, 12 heads, intermediate
+1536), sequence 128, batch 32, on the CPU:
+
+- throughput (pairs/s, tokenization included everywhere) of ``CrossEncoder.predict`` (PyTorch
+  FP32, the alternative), ONNX Runtime on the FP32 graph, and ONNX Runtime on nimbuild's
+  cpu-int8 graph (dynamic, and static for comparison), as ratios to sentence-transformers;
+- top-1 agreement (and Spearman) of each graph against the PyTorch FP32 reference on the
+  benchmark's pairs; target: cpu-int8 >= 2x sentence-transformers with top-1 >= 0.95;
+- the FP16 and FP8 graphs' gate figures (ONNX Runtime CPU; FP8 as simulated quantization).
+
+    .venv/bin/python benchmarks/bench_precision.py [--queries 16] [--accuracy-queries 48] [--repeats 2]
+
+Writes benchmarks/results/precision.json and prints a table. The machine is shared: the
+``uptime`` load is recorded with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    build_minilm_sized, encode_groups, machine, synthetic_groups, time_it, write_json,
+)
+
+SEQ, BATCH = 128, 32
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def agreement(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
+    top1 = float(np.mean([np.argmax(r) == np.argmax(c) for r, c in zip(reference, candidate)]))
+    sp = float(np.mean([_spearman(r, c) for r, c in zip(reference, candidate)]))
+    err = float(max(np.max(np.abs(r - c)) for r, c in zip(reference, candidate)))
+    return {"top1": round(top1, 4), "spearman": round(sp, 4), "max_abs_logit": round(err, 4)}
+
+
+def export_fp32(model_dir: Path, out_dir: Path) -> tuple[Path, str]:
+    """nimbuild's own FP32 export (what ships); a plain torch.onnx.export if it is not there yet."""
+    try:
+        from nimbuild.build.export import export_fp32 as nimbuild_export
+    except ImportError:
+        nimbuild_export = None
+    if nimbuild_export is not None:
+        shapes = {"batch": {"min": 1, "opt": BATCH, "max": 64}, "sequence": {"min": 1, "opt": SEQ, "max": 512}}
+        nimbuild_export(model_dir, out_dir, shapes)
+        return out_dir / "onnx" / "fp32" / "model.onnx", "nimbuild.build.export.export_fp32"
+    import onnx
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    dummy = {n: torch.ones(2, SEQ, dtype=torch.int64) for n in names}
+    path = out_dir / "onnx" / "fp32" / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(model, (), str(path), kwargs=dummy, input_names=names, output_names=["logits"], opset_version=18,
+                      dynamo=False, dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}})
+    m = onnx.load(str(path))
+    m.ir_version = 10
+    onnx.save(m, str(path))
+    return path, "torch.onnx.export (dynamo=False, eager attention; nimbuild.build.export not available)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--queries", type=int, default=16, help="queries (of 32 passages) timed per engine")
+    ap.add_argument("--accuracy-queries", type=int, default=48, help="queries for the top-1 agreement")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--work", default=os.environ.get("NIMBUILD_BENCH_DIR", str(Path(tempfile.gettempdir()) / "nimbuild-bench")))
+    ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "precision.json"))
+    ap.add_argument("--skip-gpu-graphs", action="store_true", help="do not build the fp16/fp8 graphs")
+    args = ap.parse_args(argv)
+
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from nimbuild.build.precision.common import cpu_session, feeds_for
+    from nimbuild.build.precision.int8 import build_cpu_int8
+
+    work = Path(args.work)
+    model_dir = build_minilm_sized(work / "minilm-l6-random")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    n_acc = max(args.accuracy_queries, args.queries)
+    groups = synthetic_groups(n_acc + 8, BATCH, seed=1)
+    calib_groups, groups = groups[n_acc:], groups[:n_acc]
+    feeds = encode_groups(tokenizer, groups, SEQ)
+    calibration = encode_groups(tokenizer, synthetic_groups(8, BATCH, seed=2, passage_words=(10, 140)), SEQ)
+    seq_lens = sorted({f["input_ids"].shape[1] for f in feeds})
+    print(f"model {model_dir}; {n_acc} queries x {BATCH} passages, sequence {seq_lens}; torch threads {torch.get_num_threads()}")
+
+    # the PyTorch FP32 reference (same weights as sentence-transformers loads)
+    t = time.perf_counter()
+    ref_model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        reference = [ref_model(**{k: torch.from_numpy(v) for k, v in f.items()}).logits.numpy().ravel() for f in feeds]
+    print(f"reference: {time.perf_counter() - t:.1f}s; mean per-query score std {np.mean([r.std() for r in reference]):.3f}")
+
+    export_dir = work / "export"
+    fp32_path, exporter = export_fp32(model_dir, export_dir)
+    graphs = {"onnx-fp32": (fp32_path, {})}
+    for mode in ("dynamic", "static"):
+        path = work / f"int8-{mode}" / "model.onnx"
+        t = time.perf_counter()
+        info = build_cpu_int8(fp32_path, path, "BertForSequenceClassification", calibration=calibration, mode=mode,
+                              num_heads=12, hidden_size=384)
+        graphs[f"onnx-int8-{mode}"] = (path, {"build_s": round(time.perf_counter() - t, 1), "notes": info["notes"]})
+
+    results: dict = {"machine_before": machine(), "exporter": exporter, "seq": SEQ, "batch": BATCH,
+                     "timed_pairs": args.queries * BATCH, "accuracy_pairs": n_acc * BATCH, "engines": {}}
+
+    timed_groups = groups[: args.queries]
+    pairs = [(g["query"], p) for g in timed_groups for p in g["passages"]]
+
+    # sentence-transformers (the alternative): tokenization + PyTorch FP32, batch 32
+    ce = CrossEncoder(str(model_dir), max_length=SEQ, device="cpu")
+    st = time_it(lambda: ce.predict(pairs, batch_size=BATCH, show_progress_bar=False), repeats=args.repeats)
+    st_scores = ce.predict([(g["query"], p) for g in groups for p in g["passages"]], batch_size=BATCH,
+                           show_progress_bar=False, activation_fn=torch.nn.Identity())
+    st_per_query = [np.asarray(st_scores[i * BATCH:(i + 1) * BATCH]).ravel() for i in range(n_acc)]
+    results["engines"]["sentence-transformers"] = {"pairs_per_s": round(len(pairs) / st["median_s"], 1), **st,
+                                                   **agreement(reference, st_per_query)}
+
+    for name, (path, extra) in graphs.items():
+        sess = cpu_session(path)
+
+        def run_timed(sess=sess):
+            for g in timed_groups:  # tokenization included, as CrossEncoder.predict does it
+                enc = tokenizer([g["query"]] * len(g["passages"]), g["passages"], truncation=True, max_length=SEQ,
+                                padding=True, return_tensors="np")
+                f = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+                sess.run(None, next(feeds_for(sess, [f])))
+
+        timing = time_it(run_timed, repeats=args.repeats)
+        scores = [sess.run(None, f)[0].ravel() for f in feeds_for(sess, feeds)]
+        results["engines"][name] = {"pairs_per_s": round(len(pairs) / timing["median_s"], 1), **timing,
+                                    **agreement(reference, scores), **extra}
+
+    base = results["engines"]["sentence-transformers"]["pairs_per_s"]
+    fp32_ort = results["engines"]["onnx-fp32"]["pairs_per_s"]
+    for e in results["engines"].values():
+        e["x_sentence_transformers"] = round(e["pairs_per_s"] / base, 2)
+        e["x_onnx_fp32"] = round(e["pairs_per_s"] / fp32_ort, 2)
+
+    if not args.skip_gpu_graphs:
+        results["gate_graphs"] = gpu_graph_gates(fp32_path, export_dir, calibration, feeds, reference)
+    results["machine_after"] = machine()
+    write_json(args.out, results)
+
+    print(f"\n{'engine':24} {'pairs/s':>9} {'x ST':>6} {'x ORT32':>8} {'top1':>6} {'spearman':>9} {'max|dl|':>8}")
+    for name, e in results["engines"].items():
+        print(f"{name:24} {e['pairs_per_s']:9.1f} {e['x_sentence_transformers']:6.2f} {e['x_onnx_fp32']:8.2f} "
+              f"{e['top1']:6.3f} {e['spearman']:9.4f} {e['max_abs_logit']:8.3f}")
+    for name, e in results.get("gate_graphs", {}).items():
+        m = (e.get("gate") or {}).get("metrics", {})
+        print(f"gate {name:5} {e['status']:9} top1 {m.get('top1')} spearman {m.get('spearman')} "
+              f"max|dl| {m.get('max_abs_logit')} {e.get('reason') or ''}")
+    print(f"\nload: {results['machine_before']['uptime']} -> {results['machine_after']['uptime']}\nwrote {args.out}")
+    return 0
+
+
+def gpu_graph_gates(fp32_path, export_dir, calibration, feeds, reference) -> dict:
+    """fp16/fp8/int8 through build_precisions and the real gate (skipped, with a note, if the gate is missing)."""
+    try:
+        from nimbuild.build.gate import Thresholds  # noqa: F401
+    except ImportError as exc:
+        return {"note": f"nimbuild.build.gate not importable ({exc}); gate figures not computed"}
+    from nimbuild.build.gate import Thresholds
+    from nimbuild.build.precision import build_precisions
+    from nimbuild.output import Output
+
+    return build_precisions(fp32_path, export_dir, ["fp16", "fp8", "int8"], architecture="BertForSequenceClassification",
+                            input_names=list(feeds[0]), calibration=calibration, evaluation=feeds, reference=reference,
+                            thresholds=Thresholds(), out=Output(quiet=True), config_dir=None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Assemble an export dir's manifest: ONNX profiles from export_report.json, plus engine fragments.
+
+The export leaves one graph per precision that passed its accuracy gate; this
+turns them into profiles (GPU fp16 for Triton's ONNX Runtime backend, CPU fp32
+and CPU int8 for ONNX Runtime), each listing its graph and the tokenizer files,
+and merges in the TensorRT fragments the engine builds left (each engine
+profile gets the tokenizer files too, so that it is servable on its own).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from nimbuild import __version__
+from nimbuild import manifest as mf
+from nimbuild.errors import NimbuildError
+from nimbuild.profiles import onnx_profile_tags, profile_id, profile_name
+
+REPORT_FILE = "export_report.json"
+FRAGMENT_GLOB = "engines/*/fragment.yaml"
+# report precision key -> (device of the ONNX profile); fp8 Q/DQ graphs are for TensorRT only
+ONNX_PROFILES = {"fp16": "gpu", "fp32": "cpu", "int8": "cpu"}
+
+
+def read_report(export_dir: Path) -> dict:
+    path = Path(export_dir) / REPORT_FILE
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NimbuildError(f"{path}: no export report", hint="run `nimbuild export RECIPE --out DIR` first") from None
+    except (OSError, ValueError) as exc:
+        raise NimbuildError(f"{path}: unreadable export report: {exc}", hint="re-run `nimbuild export`") from None
+    for key in ("model", "precisions", "max_batch_size", "max_sequence_length"):
+        if key not in report:
+            raise NimbuildError(f"{path}: field {key!r} is missing", hint="re-run `nimbuild export` with this nimbuild")
+    return report
+
+
+def graph_files(export_dir: Path, graph_rel: str) -> list[str]:
+    """The graph and its external-data files (``model.onnx.data``...), as relative paths."""
+    graph = mf.safe_join(export_dir, graph_rel)
+    if not graph.is_file():
+        raise NimbuildError(f"{graph}: the export report lists this graph but it is missing",
+                            hint="re-run `nimbuild export`")
+    rels = [mf.check_relpath(graph_rel)]
+    for sibling in sorted(graph.parent.iterdir()):
+        if sibling != graph and sibling.is_file() and sibling.name.startswith(graph.name):
+            rels.append(sibling.relative_to(export_dir).as_posix())
+    return rels
+
+
+def tokenizer_files(export_dir: Path) -> list[str]:
+    folder = Path(export_dir) / "tokenizer"
+    if not folder.is_dir():
+        return []
+    return sorted(p.relative_to(export_dir).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def header_from_report(report: Mapping) -> dict:
+    header = {"model": report["model"], "version": __version__}
+    for key in ("model_revision", "recipe_sha256"):
+        if report.get(key):
+            header[key] = str(report[key])
+    return header
+
+
+def onnx_profiles(export_dir: Path, report: Mapping, tokenizer: list[str]) -> list[mf.Profile]:
+    out = []
+    for precision, device in ONNX_PROFILES.items():
+        entry = report["precisions"].get(precision) or {}
+        if entry.get("status") != "passed" or not entry.get("path"):
+            continue
+        tags = onnx_profile_tags(report["model"], str(report.get("model_revision", "unknown")), precision, device,
+                                 report["max_batch_size"], report["max_sequence_length"])
+        graphs = graph_files(export_dir, entry["path"])
+        files = {rel: mf.file_entry(export_dir, rel) for rel in [*graphs, *tokenizer]}
+        metrics = {"size_bytes": sum(files[rel].size for rel in graphs)}
+        if entry.get("gate") is not None:
+            metrics["gate"] = entry["gate"]
+        if entry.get("seconds") is not None:
+            metrics["build_seconds"] = round(float(entry["seconds"]), 3)
+        out.append(mf.Profile(id=profile_id(tags), name=profile_name(tags), tags=tags, files=files, metrics=metrics))
+    return out
+
+
+def _with_tokenizer(fragment: mf.Manifest, export_dir: Path, tokenizer: list[str], report: Mapping) -> mf.Manifest:
+    """The fragment's profiles rebased into the export dir, each also listing the tokenizer files."""
+    rebased = mf.merge_manifests([fragment], root=export_dir)
+    revision = str(report.get("model_revision", "unknown"))
+    for p in rebased.profiles:
+        if p.tags.get("model") != report["model"] or p.tags.get("model_revision", revision) != revision:
+            raise NimbuildError(
+                f"{fragment.source}: profile {p.name!r} was built from model {p.tags.get('model')!r} "
+                f"revision {p.tags.get('model_revision')!r}, this export is {report['model']!r} revision {revision!r}",
+                hint="build the engines from this export dir (or merge that fragment into its own manifest)")
+        for rel in tokenizer:
+            p.files.setdefault(rel, mf.file_entry(export_dir, rel))
+    return rebased
+
+
+def assemble_manifest(export_dir: str | Path, fragments: Iterable[str | Path] = (), *,
+                      discover: bool = True) -> mf.Manifest:
+    """The export dir's manifest (not yet written): ONNX profiles + every engine fragment.
+
+    ``discover`` also picks up ``engines/*/fragment.yaml`` under the export dir.
+    """
+    export_dir = Path(export_dir)
+    report = read_report(export_dir)
+    tokenizer = tokenizer_files(export_dir)
+    base = mf.Manifest(profiles=onnx_profiles(export_dir, report, tokenizer), header=header_from_report(report),
+                       root=export_dir, source=export_dir / REPORT_FILE)
+    paths = {Path(f).resolve() for f in fragments}
+    if discover:
+        paths |= {p.resolve() for p in export_dir.glob(FRAGMENT_GLOB)}
+    parts = [base]
+    for path in sorted(paths):
+        parts.append(_with_tokenizer(mf.load_manifest(path), export_dir, tokenizer, report))
+    return mf.merge_manifests(parts, root=export_dir)
+
+
+def build_manifest(export_dir: str | Path, fragments: Iterable[str | Path] = (), out: str | Path | None = None,
+                   *, discover: bool = True) -> tuple[mf.Manifest, Path]:
+    """Assemble and write atomically (default ``EXPORT_DIR/manifest.yaml``); returns it and its path."""
+    export_dir = Path(export_dir)
+    out = Path(out) if out else export_dir / "manifest.yaml"
+    manifest = assemble_manifest(export_dir, fragments, discover=discover)
+    if not manifest.profiles:
+        raise NimbuildError(f"{export_dir}: no profile to list: no graph passed its gate and no engine fragment",
+                            hint=f"see {export_dir / REPORT_FILE} for why each precision was rejected")
+    mf.write_manifest(manifest, out)
+    return mf.load_manifest(out), out

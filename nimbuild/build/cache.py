@@ -1,0 +1,159 @@
+"""Content-addressed reuse of `nimbuild build`'s steps.
+
+Each step (export, manifest, render) has a key: the sha256 of what it depends
+on (the recipe fields that matter to it, the model files' bytes, the toolchain
+versions, the previous step's output). A step whose key matches its record in
+``OUT/.nimbuild-cache/<step>.json`` and whose recorded outputs are still there,
+unchanged in size and mtime, is reused; anything else is rebuilt. Hashing big
+model files is skipped when their (size, mtime) are those already hashed, so a
+no-change rebuild costs stat calls, not reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from nimbuild.fsutil import atomic_write_text
+
+CACHE_DIR = ".nimbuild-cache"
+TOOLCHAIN_DISTRIBUTIONS = ("nimbuild", "torch", "transformers", "onnx", "onnxruntime-gpu", "onnxruntime",
+                           "onnxscript", "tokenizers", "polygraphy", "tensorrt", "numpy")
+
+
+def digest(payload: Any) -> str:
+    """sha256 of the canonical JSON of ``payload``."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                                     default=str).encode("utf-8")).hexdigest()
+
+
+def toolchain_versions() -> dict[str, str]:
+    """Installed versions of what shapes the artifacts (package metadata: no heavy import)."""
+    from importlib import metadata
+
+    versions = {}
+    for dist in TOOLCHAIN_DISTRIBUTIONS:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _stat_sig(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+class HashMemo:
+    """sha256 of files, remembered by (path, size, mtime_ns) across runs in one JSON file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.entries: dict[str, list] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+        self.dirty = False
+
+    def sha256(self, file: Path) -> str:
+        key = str(file.resolve())
+        sig = _stat_sig(file)
+        hit = self.entries.get(key)
+        if hit and hit[:2] == sig:
+            return hit[2]
+        h = hashlib.sha256()
+        with open(file, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+        self.entries[key] = [*sig, h.hexdigest()]
+        self.dirty = True
+        return h.hexdigest()
+
+    def save(self) -> None:
+        if self.dirty:
+            atomic_write_text(self.path, json.dumps(self.entries, sort_keys=True))
+            self.dirty = False
+
+
+def tree_digest(root: Path, memo: HashMemo, exclude: Iterable[str] = (".git",)) -> dict[str, str]:
+    """{relative path: sha256} of every file under ``root`` (or of ``root`` itself when a file)."""
+    root = Path(root)
+    if root.is_file():
+        return {root.name: memo.sha256(root)}
+    skip = set(exclude)
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and not (set(rel.parts) & skip):
+            out[rel.as_posix()] = memo.sha256(path)
+    return out
+
+
+@dataclass
+class StepRecord:
+    step: str
+    key: str
+    outputs: dict[str, list[int]]   # relative path -> [size, mtime_ns]
+    info: dict
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "key": self.key, "outputs": self.outputs, "info": self.info}
+
+
+class StepCache:
+    """Records of the steps done in one output folder."""
+
+    def __init__(self, out_dir: str | os.PathLike):
+        self.out_dir = Path(out_dir)
+        self.dir = self.out_dir / CACHE_DIR
+        self.memo = HashMemo(self.dir / "hashes.json")
+
+    def _record_path(self, step: str) -> Path:
+        return self.dir / f"{step}.json"
+
+    def lookup(self, step: str, key: str) -> StepRecord | None:
+        """The record of ``step`` if it was done with ``key`` and its outputs are untouched."""
+        try:
+            data = json.loads(self._record_path(step).read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("key") != key:
+            return None
+        for rel, sig in data.get("outputs", {}).items():
+            path = self.out_dir / rel
+            try:
+                if _stat_sig(path) != sig:
+                    return None
+            except OSError:
+                return None
+        return StepRecord(step=step, key=key, outputs=data["outputs"], info=data.get("info", {}))
+
+    def outputs_of(self, paths: Iterable[Path]) -> dict[str, list[int]]:
+        out = {}
+        for p in paths:
+            p = Path(p)
+            files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else []
+            for f in files:
+                if CACHE_DIR in f.relative_to(self.out_dir).parts:
+                    continue
+                out[f.relative_to(self.out_dir).as_posix()] = _stat_sig(f)
+        return out
+
+    def store(self, step: str, key: str, outputs: Iterable[Path], info: Mapping | None = None) -> StepRecord:
+        record = StepRecord(step=step, key=key, outputs=self.outputs_of(outputs), info=dict(info or {}))
+        atomic_write_text(self._record_path(step), json.dumps(record.to_dict(), sort_keys=True, indent=1))
+        return record
+
+    def forget(self, step: str) -> None:
+        try:
+            self._record_path(step).unlink()
+        except FileNotFoundError:
+            pass
+
+    def save(self) -> None:
+        self.memo.save()

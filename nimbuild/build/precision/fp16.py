@@ -1,0 +1,115 @@
+"""The FP16 graph: FP16 weights and compute, the numerically fragile ops kept in FP32.
+
+Converter: ONNX Runtime's ``onnxruntime.transformers.float16.convert_float_to_float16``.
+Why this one: it ships inside the onnxruntime-gpu we already pin (no new dependency), it is
+the converter ORT's own transformer optimizer uses, it is the maintained copy of
+onnxconverter-common's float16 code, and it takes per-op and per-node block lists, which is
+exactly what "fragile ops stay FP32" needs. ModelOpt's AutoCast would do the same but its
+``[onnx]`` extra pins onnx 1.21 / onnxruntime-gpu 1.24 (see fp8.py).
+
+What stays FP32:
+- the op types in :data:`FRAGILE_OPS` (normalisations, Softmax, reductions, exp/log/pow) and
+  ORT's own default block list;
+- every node whose output, on the calibration pairs in FP32, reaches :data:`FP16_SAFE_MAX`
+  or more (the attention mask's float32.min fill, large residuals), and the nodes that
+  consume such a tensor: an FP16 cast of it would be +-inf.
+Inputs stay int64 and ``logits`` stays FP32 (``keep_io_types``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nimbuild.build.precision.common import cpu_session, feeds_for, load_model, save_model
+
+FRAGILE_OPS = (
+    "LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "RMSNormalization",
+    "GroupNormalization", "InstanceNormalization", "BatchNormalization",
+    "Softmax", "LogSoftmax",
+    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+    "ReduceMax", "ReduceMin", "ReduceProd",
+    "Pow", "Exp", "Log", "Sqrt", "Reciprocal",
+    "CumSum", "Range", "RandomNormalLike", "RandomUniformLike",
+)
+# A quarter of FP16's largest finite value (65504): headroom for inputs the calibration did not show.
+FP16_SAFE_MAX = 16384.0
+# How many calibration queries the overflow check runs (every float tensor is kept, so keep it small).
+OVERFLOW_CHECK_QUERIES = 8
+
+
+def overflowing_nodes(model, calibration: list[dict[str, np.ndarray]], limit: float = FP16_SAFE_MAX) -> tuple[list[str], dict[str, float]]:
+    """Nodes that must stay FP32 because a tensor they make or read exceeds ``limit`` in the FP32 run.
+
+    Returns (node names, {tensor: max |value|} for the offending tensors).
+    """
+    import onnx
+
+    graph = model.graph
+    inits = {t.name for t in graph.initializer}
+    # every float tensor that some node produces becomes an extra output of a copy of the graph
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    floaty = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+    produced = [o for n in graph.node for o in n.output if o and o not in inits and types.get(o) in floaty]
+    existing = {o.name for o in graph.output}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for name in produced:
+        if name not in existing:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    probe.ir_version = min(probe.ir_version, 10)
+    sess = cpu_session(probe.SerializeToString())
+    names = [o.name for o in sess.get_outputs()]
+    amax: dict[str, float] = {}
+    for feeds in feeds_for(sess, calibration[:OVERFLOW_CHECK_QUERIES]):
+        for name, value in zip(names, sess.run(None, feeds)):
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
+                m = float(np.max(np.abs(value)))
+                amax[name] = max(amax.get(name, 0.0), m)
+    hot = {t: v for t, v in amax.items() if not np.isfinite(v) or v >= limit}
+    blocked = [n.name for n in graph.node if set(n.output) & hot.keys() or set(n.input) & hot.keys()]
+    return blocked, hot
+
+
+def _drop_duplicate_nodes(model) -> None:
+    """The converter can insert the same Cast twice when a tensor feeds two FP32 nodes; keep one."""
+    seen, keep = set(), []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        keep.append(node)
+    if len(keep) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+
+
+def build_fp16(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
+               calibration: list[dict[str, np.ndarray]] | None = None) -> dict:
+    """Write the FP16 graph of ``fp32_path`` to ``out_path``; returns facts for the report."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = load_model(fp32_path)
+    # node names are needed for the block list; exporters leave some empty
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    blocked, hot = overflowing_nodes(model, calibration) if calibration else ([], {})
+    fp16 = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS)),
+        node_block_list=blocked,
+    )
+    _drop_duplicate_nodes(fp16)
+    files = save_model(fp16, out_path)
+    kept = sum(1 for n in fp16.graph.node if n.op_type in FRAGILE_OPS) + len(blocked)
+    notes = [f"{kept} nodes kept in FP32 ({len(blocked)} for overflow >= {FP16_SAFE_MAX:g} on the calibration pairs)"]
+    if hot:
+        worst = sorted(hot.items(), key=lambda kv: -kv[1])[:3]
+        notes.append("overflowing in FP16: " + ", ".join(f"{Path(t).name} {v:.3g}" for t, v in worst))
+    return {"files": files, "notes": notes, "fp32_nodes": blocked}

@@ -1,0 +1,184 @@
+"""The FP8 graph: explicit FP8 (E4M3) Q/DQ on every MatMul/Gemm, calibrated on real pairs, for TensorRT.
+
+Decision (measured, Nov 2026; see benchmarks/RESULTS-precision.md):
+
+- ``nvidia-modelopt`` 0.47 (the quantizer TensorRT's docs recommend) cannot be installed
+  beside our pins: its ``[onnx]`` extra requires ``onnx~=1.21.0`` (we pin 1.23),
+  ``onnxruntime-gpu~=1.24.2`` (we pin 1.31) and ``cupy-cuda12x``. Checked with
+  ``pip download --no-deps nvidia-modelopt`` and its METADATA; not installed.
+- ONNX Runtime's ``quantize_static(activation_type=weight_type=QuantType.QFLOAT8E4M3FN)``
+  was tried first and is not used as is: it only accepts ``CalibrationMethod.Distribution``,
+  whose collector fails on calibration batches of different shapes (ValueError
+  "inhomogeneous shape": real queries have different passage counts and lengths), and its
+  scales come from the standard deviation (``std / std(E4M3 values)``), which clips the
+  activation outliers transformers have, where TensorRT and ModelOpt use ``amax / 448``.
+- So: ONNX Runtime's own calibrator (``create_calibrator(..., CalibrationMethod.MinMax)``,
+  which reduces each batch on its own and takes any shape) collects the ranges on the
+  recipe's tokenized calibration pairs, and this module places the Q/DQ nodes itself the
+  way ModelOpt does for TensorRT's strongly typed FP8 builds:
+
+  * every MatMul/Gemm input gets a QuantizeLinear -> DequantizeLinear pair (activations,
+    including the attention BMMs) or an FP8 initializer -> DequantizeLinear (weights);
+  * scales are per tensor, ``amax / 448``; zero points are FP8 zeros; opset >= 19;
+  * the score head (the node that writes ``logits``) stays in full precision.
+
+The graph runs in ONNX Runtime on the CPU as simulated quantization (Q/DQ kept unfused,
+see common.cpu_session), which is how the accuracy gate judges it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from nimbuild.build.precision.common import load_model, node_output_is_graph_output, opset, save_model
+
+E4M3_MAX = 448.0
+QUANTIZED_OPS = ("MatMul", "Gemm")
+MIN_OPSET = 19  # QuantizeLinear/DequantizeLinear with float8 types
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over per-query feeds."""
+
+    def __init__(self, queries, input_names):
+        self._it = iter([{n: np.ascontiguousarray(q[n], dtype=np.int64) for n in input_names} for q in queries])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def calibrate_amax(model, calibration: list[dict[str, np.ndarray]], op_types=QUANTIZED_OPS) -> dict[str, float]:
+    """max |x| of every float input/output of ``op_types`` nodes over the calibration feeds (ORT's MinMax calibrator)."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    input_names = [i.name for i in model.graph.input]
+    with tempfile.TemporaryDirectory(prefix="nimbuild-fp8-") as tmp:
+        src = Path(tmp) / "model.onnx"
+        save_model(model, src)
+        calibrator = create_calibrator(
+            src, list(op_types), augmented_model_path=os.fspath(Path(tmp) / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": True},
+        )
+        calibrator.collect_data(_Reader(calibration, input_names))
+        ranges = calibrator.compute_data()
+        del calibrator
+    amax = {}
+    for name, data in ranges.data.items():
+        lo, hi = data.range_value
+        amax[name] = float(max(abs(float(np.asarray(lo).max())), abs(float(np.asarray(hi).max()))))
+    return amax
+
+
+def _scale(amax: float) -> float:
+    return max(float(amax), 1e-12) / E4M3_MAX
+
+
+def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
+    """Rewrite ``model`` in place with FP8 Q/DQ on MatMul/Gemm inputs; returns counts for the report."""
+    import ml_dtypes
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    head = node_output_is_graph_output(model)
+    done: dict[str, str] = {}  # original tensor -> its dequantized name (one Q/DQ per tensor, shared)
+    new_inits: list = []
+    new_nodes: dict[int, list] = {}  # insert before node index
+    counts = {"activations": 0, "weights": 0, "nodes": 0, "skipped": []}
+    zp_name = "nimbuild_fp8_zero_point"
+    new_inits.append(helper.make_tensor(zp_name, TensorProto.FLOAT8E4M3FN, [], [0.0]))
+
+    for idx, node in enumerate(graph.node):
+        if node.op_type not in QUANTIZED_OPS or node.name in head:
+            continue
+        # Gemm: only A and B (alpha, beta, transA/B and the bias C act outside the quantized product)
+        operands = list(node.input[:2])
+        missing = [t for t in operands if t not in inits and amax.get(t, 0.0) <= 0.0]
+        if missing:
+            counts["skipped"].append(f"{node.name or node.op_type}: no calibration range for {missing}")
+            continue
+        for pos, tensor in enumerate(operands):
+            if tensor in done:
+                node.input[pos] = done[tensor]
+                continue
+            scale_name, dq_name = f"{tensor}_fp8_scale", f"{tensor}_fp8_dq"
+            if tensor in inits:
+                w = numpy_helper.to_array(inits[tensor]).astype(np.float32)
+                s = _scale(float(np.max(np.abs(w))) if w.size else 1.0)
+                q = np.clip(w / s, -E4M3_MAX, E4M3_MAX).astype(ml_dtypes.float8_e4m3fn)
+                q_init = TensorProto(name=f"{tensor}_fp8", data_type=TensorProto.FLOAT8E4M3FN, dims=list(w.shape),
+                                     raw_data=q.tobytes())
+                new_inits += [q_init, numpy_helper.from_array(np.array(s, dtype=np.float32), scale_name)]
+                new_nodes.setdefault(idx, []).append(
+                    helper.make_node("DequantizeLinear", [q_init.name, scale_name, zp_name], [dq_name], name=f"{tensor}_DequantizeLinear"))
+                counts["weights"] += 1
+            else:
+                s = _scale(amax[tensor])
+                q_name = f"{tensor}_fp8_q"
+                new_inits.append(numpy_helper.from_array(np.array(s, dtype=np.float32), scale_name))
+                new_nodes.setdefault(idx, []).extend([
+                    helper.make_node("QuantizeLinear", [tensor, scale_name, zp_name], [q_name], name=f"{tensor}_QuantizeLinear", saturate=1),
+                    helper.make_node("DequantizeLinear", [q_name, scale_name, zp_name], [dq_name], name=f"{tensor}_DequantizeLinear"),
+                ])
+                counts["activations"] += 1
+            done[tensor] = dq_name
+            node.input[pos] = dq_name
+        counts["nodes"] += 1
+
+    # rebuild the node list in order (each Q/DQ right before its first consumer keeps it topological)
+    nodes = []
+    for idx, node in enumerate(graph.node):
+        nodes.extend(new_nodes.get(idx, []))
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    # drop the FP32 weights nothing reads any more
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    if sum(len(t.raw_data) for t in graph.initializer) < 1_800_000_000:
+        onnx.checker.check_model(model)
+    return counts
+
+
+def _ensure_opset(model):
+    import onnx
+    from onnx import version_converter
+
+    current = opset(model)
+    if current >= MIN_OPSET:
+        return model
+    try:
+        converted = version_converter.convert_version(model, MIN_OPSET)
+    except Exception:  # the converter has no adapter for some op: opsets 18->19 only widened types
+        converted = onnx.ModelProto()
+        converted.CopyFrom(model)
+        for op in converted.opset_import:
+            if op.domain in ("", "ai.onnx"):
+                op.version = MIN_OPSET
+    converted.ir_version = model.ir_version
+    return converted
+
+
+def build_fp8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: list[dict[str, np.ndarray]]) -> dict:
+    """Write the FP8 Q/DQ graph of ``fp32_path`` to ``out_path``; returns facts for the report."""
+    model = _ensure_opset(load_model(fp32_path))
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    amax = calibrate_amax(model, calibration)
+    counts = insert_fp8_qdq(model, amax)
+    if counts["nodes"] == 0:
+        raise ValueError("no MatMul/Gemm node could be quantized: " + "; ".join(counts["skipped"][:3]))
+    files = save_model(model, out_path)
+    notes = [f"{counts['nodes']} MatMul/Gemm in FP8 ({counts['activations']} activation Q/DQ, {counts['weights']} FP8 weights), "
+             "per-tensor amax/448 scales, score head in FP32; gated in ONNX Runtime CPU as simulated FP8"]
+    if counts["skipped"]:
+        notes.append(f"{len(counts['skipped'])} left unquantized: " + "; ".join(counts["skipped"][:3]))
+    return {"files": files, "notes": notes, "counts": {k: v for k, v in counts.items() if k != "skipped"}}

@@ -1,0 +1,122 @@
+"""`nimbuild list-model-profiles` and `nimbuild select`: what this host would run, and why.
+
+Both make the decision `serve` makes (detect or --assume-gpu, classify, rank,
+NIM_MODEL_PROFILE / NIM_TAGS_SELECTOR / NIM_CACHE_PATH) and print it in the
+reranking NIM's words. Kept light on purpose: the listing must start in a
+fraction of a second on a serving image (plain prints, no rich, no build half).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from nimbuild.cli.options import JsonOpt
+
+ManifestOpt = Annotated[Optional[Path], typer.Option(
+    "--manifest", "-m", show_default=False,
+    help="manifest.yaml to read (default: $NIM_MANIFEST_PATH, else ./manifest.yaml).")]
+AssumeGpuOpt = Annotated[Optional[list[str]], typer.Option(
+    "--assume-gpu", show_default=False,
+    help="Judge as if this host had these GPUs instead of detecting them: a catalog name, NVML name or slug, "
+         "optionally 'xN' ('NVIDIA H100 80GB HBM3', 'l40s x2'); repeatable.")]
+
+
+def decide(manifest: Optional[Path], assume_gpu: Optional[list[str]], env=os.environ) -> tuple[Any, Optional[Exception]]:
+    """The Selection for these options, and the override error if one failed.
+
+    When NIM_MODEL_PROFILE / NIM_TAGS_SELECTOR cannot be met, the Selection is the
+    one without them (so the groups can still be shown) with nothing selected.
+    """
+    from nimbuild.errors import NimbuildError
+    from nimbuild.manifest import load_manifest
+    from nimbuild.runtime.hardware import assumed_host, detect_host
+    from nimbuild.runtime.selection import default_manifest_path, select
+
+    path = manifest if manifest is not None else default_manifest_path(env)
+    loaded = load_manifest(path)
+    host = assumed_host(list(assume_gpu)) if assume_gpu else detect_host(env)
+    try:
+        return select(loaded, host, env), None
+    except NimbuildError as exc:
+        plain = {k: v for k, v in env.items() if k not in ("NIM_MODEL_PROFILE", "NIM_TAGS_SELECTOR")}
+        selection = select(loaded, host, plain)
+        selection.selected, selection.candidates = None, []
+        selection.overrides = {k: env[k] for k in ("NIM_MODEL_PROFILE", "NIM_TAGS_SELECTOR") if env.get(k)}
+        return selection, exc
+
+
+def _document(selection, error: Optional[Exception], command: str) -> dict:
+    from nimbuild.runtime.selection import startup_log
+
+    data = selection.to_dict()
+    data["command"] = command
+    data["error"] = str(error) if error else None
+    data["log"] = startup_log(selection) if error is None else None
+    return data
+
+
+def _print(selection, error: Optional[Exception], json_mode: bool, command: str, system_info: bool) -> None:
+    from nimbuild.output import Output
+    from nimbuild.runtime.selection import profile_lines, startup_log
+
+    if error is None:
+        lines = startup_log(selection)
+    else:
+        lines = profile_lines(selection.classified)
+    if system_info:
+        lines = selection.host.system_info() + lines
+    Output(json_mode=json_mode).emit(_document(selection, error, command), "\n".join(lines))
+
+
+def list_model_profiles(manifest: ManifestOpt = None, json_mode: JsonOpt = False,
+                        assume_gpu: AssumeGpuOpt = None) -> None:
+    """List the manifest's profiles as this host sees them, and the one it would select.
+
+    Prints SYSTEM INFO (the GPUs seen, or "no GPU" and why), then the profiles in three
+    groups (runnable; compatible but not runnable; incompatible, each with its reason),
+    then the selected profile and its metadata. Works without a GPU, NVML or TensorRT.
+    Honours NIM_MODEL_PROFILE, NIM_TAGS_SELECTOR, NIM_CACHE_PATH and NIM_CPU_ONLY.
+
+    Example: nimbuild list-model-profiles --manifest build/example-tiny/manifest.yaml --assume-gpu h100-sxm
+    """
+    selection, error = decide(manifest, assume_gpu)
+    _print(selection, error, json_mode, "list-model-profiles", system_info=True)
+    if error is not None:
+        raise error
+
+
+def select_profile(manifest: ManifestOpt = None, json_mode: JsonOpt = False,
+                   assume_gpu: AssumeGpuOpt = None) -> None:
+    """Make the decision `nimbuild serve` will make and print it as its startup log.
+
+    Exit 0 with a selected profile; exit 1 with the reason when none can be selected
+    (nothing runnable, or an override that names nothing or a profile this host cannot run).
+
+    Example: NIM_MODEL_PROFILE=onnx-fp16-triton-onnxruntime nimbuild select -m build/example-tiny/manifest.yaml --json
+    """
+    from nimbuild.errors import NimbuildError
+
+    selection, error = decide(manifest, assume_gpu)
+    _print(selection, error, json_mode, "select", system_info=False)
+    if error is not None:
+        raise error
+    if selection.selected is None:
+        raise NimbuildError("no profile in the manifest is runnable on this host",
+                            hint="see each profile's reason above; build a CPU profile, or run where its GPU is")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("list-model-profiles")(list_model_profiles)
+    app.command("select")(select_profile)
+
+
+def standalone_list_app() -> typer.Typer:
+    """The `list-model-profiles` console script: the same command as a one-command app."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                      context_settings={"help_option_names": ["-h", "--help"]})
+    app.command("list-model-profiles")(list_model_profiles)
+    return app

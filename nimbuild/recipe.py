@@ -1,0 +1,326 @@
+"""Recipes: one YAML file per model, checked before anything is built.
+
+The schema is docs/internals.md's. Every error names the file, the field path
+(``shapes.batch.max``), what was given and what was expected, so a typo costs a
+second, not a failed build. Unknown fields are errors (with a "did you mean").
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from nimbuild.errors import NimbuildError
+
+PRECISIONS = ("fp32", "fp16", "fp8", "int8")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def _known_gpu(text: str) -> str:
+    from nimbuild import skus
+
+    try:
+        skus.lookup(text)
+    except NimbuildError as exc:
+        raise ValueError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+    return text
+
+
+GpuName = Annotated[str, AfterValidator(_known_gpu)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    """Where the model comes from: a hub repo at a pinned commit, or a local folder."""
+
+    repo: Optional[str] = None
+    revision: Optional[str] = None
+    path: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "Source":
+        if (self.repo is None) == (self.path is None):
+            raise ValueError("give exactly one of `repo` (hub repo id + `revision`) or `path` (a local folder)")
+        if self.repo is not None:
+            if not _REPO_RE.match(self.repo):
+                raise ValueError(f"repo {self.repo!r} is not a hub repo id like 'org/name'")
+            if self.revision is None:
+                raise ValueError("`revision` is required with `repo`: pin the 40-hex commit sha of the hub repo")
+            if not _SHA_RE.match(self.revision):
+                raise ValueError(f"revision {self.revision!r} is not a 40-hex commit sha (branches and tags move)")
+        elif self.revision is not None:
+            raise ValueError("`revision` only goes with `repo`; a local `path` is used as it is")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.repo}@{self.revision}" if self.repo else f"{self.path}"
+
+
+class Range(_Strict):
+    """min <= opt <= max, all >= 1 (a TensorRT optimisation profile)."""
+
+    min: int = Field(ge=1)
+    opt: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if not (self.min <= self.opt <= self.max):
+            raise ValueError(f"need min <= opt <= max, got min={self.min}, opt={self.opt}, max={self.max}")
+        return self
+
+
+class Shapes(_Strict):
+    batch: Range = Range(min=1, opt=8, max=64)
+    sequence: Range = Range(min=1, opt=128, max=512)
+
+
+class Thresholds(_Strict):
+    """The accuracy gate: a metric set to null is reported but not judged."""
+
+    top1: Optional[float] = Field(default=0.95, ge=0.0, le=1.0)
+    spearman: Optional[float] = Field(default=0.95, ge=-1.0, le=1.0)
+    kendall: Optional[float] = Field(default=None, ge=-1.0, le=1.0)
+    ndcg10: Optional[float] = Field(default=0.98, ge=0.0, le=1.0)
+    max_abs_logit: Optional[float] = Field(default=None, ge=0.0)
+
+
+class Serving(_Strict):
+    triton_image: str = "nvcr.io/nvidia/tritonserver:25.10-py3"
+    max_queue_delay_us: int = Field(default=100, ge=0)
+    preferred_batch_sizes: list[int] = Field(default_factory=lambda: [8, 32])
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError("batch sizes must be >= 1")
+        return v
+
+
+class Recipe(_Strict):
+    name: str
+    source: Source
+    trust_remote_code: bool = False
+    shapes: Shapes = Shapes()
+    precisions: list[Literal["fp32", "fp16", "fp8", "int8"]] = Field(default_factory=lambda: list(PRECISIONS))
+    gpus: list[GpuName] = Field(default_factory=list)
+    runners: dict[str, list[str]] = Field(default_factory=dict)
+    pairs: Optional[str] = None
+    thresholds: Thresholds = Thresholds()
+    serving: Serving = Serving()
+
+    _path: Optional[Path] = PrivateAttr(default=None)
+    _sha256: Optional[str] = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"name {v!r} must match [a-z0-9][a-z0-9.-]* (it becomes the `model` tag)")
+        return v
+
+    @field_validator("precisions")
+    @classmethod
+    def _precisions(cls, v: list[str]) -> list[str]:
+        # fp32 is always built (it is the reference for every other graph); keep a stable order
+        wanted = set(v) | {"fp32"}
+        return [p for p in PRECISIONS if p in wanted]
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: list[str]) -> list[str]:
+        from nimbuild import skus
+
+        seen = set()
+        for text in v:
+            sku = skus.lookup(text)
+            if sku.canonical in seen:
+                raise ValueError(f"{text!r} names the same GPU as an earlier entry ({sku.canonical})")
+            seen.add(sku.canonical)
+        return v
+
+    @model_validator(mode="after")
+    def _runners_known(self) -> "Recipe":
+        from nimbuild import skus
+
+        wanted = {skus.lookup(g).canonical for g in self.gpus}
+        for key in self.runners:
+            try:
+                canonical = skus.lookup(key).canonical
+            except NimbuildError:
+                raise ValueError(f"runners: {key!r} is not a known GPU SKU") from None
+            if canonical not in wanted:
+                raise ValueError(f"runners: {key!r} is not in `gpus` ({', '.join(self.gpus) or 'empty'})")
+        return self
+
+    # -- file-bound helpers -------------------------------------------------
+
+    @property
+    def path(self) -> Optional[Path]:
+        """The recipe file (None for a recipe made from a bare model argument)."""
+        return self._path
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the recipe file's bytes (of its canonical JSON when there is no file)."""
+        if self._sha256 is None:
+            data = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+            self._sha256 = hashlib.sha256(data).hexdigest()
+        return self._sha256
+
+    @property
+    def folder(self) -> Path:
+        return self._path.parent if self._path is not None else Path.cwd()
+
+    def resolve(self, rel: str | Path) -> Path:
+        """A path from the recipe, relative to the recipe's folder (absolute paths kept)."""
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else (self.folder / p)
+
+    def gpu_skus(self) -> list:
+        from nimbuild import skus
+
+        return [skus.lookup(g) for g in self.gpus]
+
+    def runner_labels(self, sku) -> list[str] | None:
+        """The CI runs-on labels for a SKU (any spelling in `runners` that names it), or None."""
+        from nimbuild import skus
+
+        for key, labels in self.runners.items():
+            if skus.lookup(key).canonical == sku.canonical:
+                return list(labels)
+        return None
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names allowed at a location (for 'did you mean')."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        current = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(getattr(current, "model_fields", {}) or [])
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(err.get("loc", ()))
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        allowed = _fields_at(Recipe, loc[:-1])
+        guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        maybe = f" (did you mean `{guess[0]}`?)" if guess else ""
+        return f"{_loc(loc)}: unknown field{maybe}; expected one of: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{_loc(loc)}: missing; this field is required"
+    msg = err.get("msg", "")
+    msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+    given = _short(err.get("input"))
+    return f"{_loc(loc)}: got {given}; expected: {msg[0].lower() + msg[1:] if msg else 'a valid value'}"
+
+
+def parse_recipe(data: Any, src: str | Path = "<recipe>") -> Recipe:
+    """Validate already-loaded recipe data; NimbuildError naming ``src`` and each bad field."""
+    if not isinstance(data, dict):
+        raise NimbuildError(
+            f"{src}: a recipe must be a YAML mapping (name:, source:, ...), got {type(data).__name__}",
+            hint="see recipes/example-tiny.yaml for the shape",
+        )
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        raise NimbuildError(
+            f"{src}: {len(problems)} problem{'s' if len(problems) > 1 else ''}: " + " | ".join(problems),
+            hint=f"fix the field{'s' if len(problems) > 1 else ''} in {src} (schema: docs/internals.md, 'Recipe')",
+        ) from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and check a recipe file (YAML, safe_load only)."""
+    import yaml
+
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise NimbuildError(f"recipe {p} does not exist", hint="give the path of a recipes/*.yaml file") from None
+    except IsADirectoryError:
+        raise NimbuildError(f"recipe {p} is a folder, not a file", hint="give the path of a recipes/*.yaml file") from None
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise NimbuildError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})", hint="save the recipe as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise NimbuildError(f"{p}: invalid YAML{where}: {problem}", hint="fix the YAML syntax") from None
+    recipe = parse_recipe(data, p)
+    recipe._path = p.resolve()
+    recipe._sha256 = hashlib.sha256(raw).hexdigest()
+    return recipe
+
+
+def recipe_for_model(spec: str, *, revision: str | None = None, trust_remote_code: bool = False,
+                     name: str | None = None) -> Recipe:
+    """A default recipe for a bare model argument: an existing folder, else a hub repo id.
+
+    A hub repo id without a pinned revision is given ``revision=None`` here and
+    resolved by nimbuild.build.source (the recipe file route insists on a pin).
+    """
+    p = Path(spec).expanduser()
+    looks_local = p.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+    if looks_local:
+        source = {"path": str(p.resolve())}
+        stem = p.resolve().name
+    else:
+        if not _REPO_RE.match(spec):
+            raise NimbuildError(
+                f"{spec!r} is neither an existing folder nor a hub repo id",
+                hint="give a local model folder (with config.json) or a repo id like 'org/name'",
+            )
+        source = {"repo": spec}
+        stem = spec.split("/")[-1]
+    slug = re.sub(r"[^a-z0-9.-]+", "-", (name or stem).lower()).strip("-.") or "model"
+    if not slug[0].isalnum():
+        slug = "m" + slug
+    data = {"name": slug, "trust_remote_code": trust_remote_code}
+    if "repo" in source:
+        # bypass the pin check: construct the Source directly
+        src = Source.model_construct(repo=source["repo"], revision=revision, path=None)
+        return Recipe.model_validate({**data, "source": {"path": "."}}).model_copy(update={"source": src})
+    return Recipe.model_validate({**data, "source": source})

@@ -1,0 +1,162 @@
+"""``nimbuild serve`` end to end: detect, select, verify, start a backend, serve over HTTP.
+
+The profiles are tried in rank order: the selected one first, then the other
+runnable ones that the overrides (``NIM_MODEL_PROFILE``, ``NIM_TAGS_SELECTOR``) allow. A profile whose files
+do not verify, or whose backend cannot start or answer a warm-up, is logged
+with the reason and skipped. SIGTERM stops accepting, lets in-flight requests
+finish, stops the backend (and a ``tritonserver`` child) and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from nimbuild.errors import NimbuildError
+from nimbuild.manifest import Manifest, Profile, load_manifest, safe_join, verify_profile
+from nimbuild.runtime.serve.backends import Backend, BackendStartError
+from nimbuild.runtime.serve.service import Limits, RankingService
+from nimbuild.runtime.serve.tokenize import PairTokenizer, pad_rows
+
+log = logging.getLogger("nimbuild.serve")
+
+BACKEND_CHOICES = ("auto", "onnxruntime", "triton")
+
+
+def setup_logging(level: str = "info") -> None:
+    """Plain lines on stderr, as a container log reads them."""
+    logger = logging.getLogger("nimbuild")
+    if not any(getattr(h, "_nimbuild", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler._nimbuild = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def _file(profile: Profile, basename: str) -> str | None:
+    matches = sorted(rel for rel in profile.files if rel.rsplit("/", 1)[-1] == basename)
+    return matches[0] if matches else None
+
+
+def _model_file(profile: Profile, suffixes: tuple[str, ...]) -> str:
+    matches = sorted(rel for rel in profile.files if rel.endswith(suffixes))
+    if not matches:
+        raise BackendStartError(f"profile {profile.name} lists no model file ({', '.join(suffixes)}) in workspace.files")
+    return matches[0]
+
+
+def make_backend(manifest: Manifest, profile: Profile, backend: str = "auto") -> Backend:
+    """The backend for a profile: ONNX Runtime for ONNX profiles, Triton for TensorRT ones (or when asked)."""
+    kind = profile.tags.get("backend")
+    if backend == "triton" or kind == "tensorrt":
+        from nimbuild.runtime.serve.backends.triton import TritonBackend
+
+        return TritonBackend(manifest, profile)
+    if kind == "onnx":
+        from nimbuild.runtime.serve.backends.onnxruntime import OnnxRuntimeBackend
+
+        path = safe_join(manifest.root, _model_file(profile, (".onnx",)))
+        return OnnxRuntimeBackend(path, device=profile.tags.get("device", "cpu"))
+    raise BackendStartError(f"profile {profile.name}: backend {kind!r} is not servable here (onnx or tensorrt)")
+
+
+def start_profile(manifest: Manifest, profile: Profile, *, limits: Limits, backend: str = "auto") -> RankingService:
+    """Verify one profile's files, start its backend, check one warm-up call; BackendStartError if it cannot."""
+    problems = verify_profile(manifest, profile, check_files=True)
+    if problems:
+        raise BackendStartError("files do not verify: " + "; ".join(problems))
+    log.info("Profile %s: %d files verified (sha256)", profile.name, len(profile.files))
+    tok_rel = _file(profile, "tokenizer.json")
+    if tok_rel is None:
+        raise BackendStartError(f"profile {profile.name} lists no tokenizer.json in workspace.files")
+    cfg_rel = _file(profile, "tokenizer_config.json")
+    max_len = int(profile.tags.get("max_sequence_length", "512"))
+    tokenizer = PairTokenizer.from_files(
+        safe_join(manifest.root, tok_rel), max_len,
+        safe_join(manifest.root, cfg_rel) if cfg_rel else Path("/nonexistent"))
+    engine = make_backend(manifest, profile, backend)
+    engine.start()
+    try:
+        rows = tokenizer.encode("warm-up", ["a passage", "another passage"], "END")
+        logits = engine.infer(*pad_rows(rows, tokenizer.pad_id))
+        if logits.shape != (2,) or not np.all(np.isfinite(logits)):
+            raise BackendStartError(f"warm-up call returned {logits!r}")
+    except BackendStartError:
+        engine.stop()
+        raise
+    except Exception as exc:
+        engine.stop()
+        raise BackendStartError(f"warm-up call failed: {type(exc).__name__}: {exc}") from exc
+    info = {"id": profile.id, "name": profile.name, "tags": dict(profile.tags)}
+    return RankingService(model=profile.tags.get("model", manifest.header.get("model", "model")),
+                          profile=info, tokenizer=tokenizer, backend=engine, limits=limits)
+
+
+def start_service(manifest_path: str | os.PathLike, *, env: Mapping[str, str] = os.environ,
+                  assume_gpu: Sequence[str] = (), backend: str = "auto") -> RankingService:
+    """Detect, select (logging the NIM startup lines), then start the first profile that can start."""
+    from nimbuild.runtime.hardware import assumed_host, detect_host
+    from nimbuild.runtime.selection import select, startup_log
+
+    if backend not in BACKEND_CHOICES:
+        raise NimbuildError(f"backend {backend!r} is not known", hint=f"use one of {', '.join(BACKEND_CHOICES)}")
+    limits = Limits.from_env(env)
+    manifest = load_manifest(manifest_path)
+    host = assumed_host(list(assume_gpu)) if assume_gpu else detect_host(env)
+    selection = select(manifest, host, env)
+    for line in startup_log(selection):
+        log.info("%s", line)
+    if selection.selected is None:
+        raise NimbuildError(f"{manifest_path}: no profile is runnable on this host",
+                            hint="run `nimbuild list-model-profiles` to see why, or build a CPU profile")
+    # The runnable profiles the overrides allow, best first: what a failed start falls back through.
+    candidates = [c.profile for c in selection.candidates] or [selection.selected]
+    failures = []
+    for profile in candidates:
+        try:
+            service = start_profile(manifest, profile, limits=limits, backend=backend)
+        except BackendStartError as exc:
+            log.warning("Profile %s (%s) could not start: %s", profile.id, profile.name, exc)
+            failures.append(f"{profile.name}: {exc}")
+            continue
+        if profile is not selection.selected:
+            log.info("Serving profile %s (%s) instead", profile.id, profile.name)
+        log.info("Backend: %s", service.backend.describe())
+        return service
+    raise NimbuildError("no runnable profile could start: " + " | ".join(failures),
+                        hint="see the log above for each reason; `nimbuild list-model-profiles` lists the profiles")
+
+
+def run_server(service: RankingService, host: str = "0.0.0.0", port: int = 8000, log_level: str = "info",
+               env: Mapping[str, str] = os.environ) -> int:
+    """Serve until SIGTERM/SIGINT; in-flight requests finish first. Returns the exit code (0)."""
+    import uvicorn
+
+    from nimbuild.runtime.serve.app import create_app
+
+    grace = int(env.get("NIM_GRACEFUL_SHUTDOWN_SECONDS", "30") or 30)
+    config = uvicorn.Config(create_app(service), host=host, port=port, lifespan="on", log_level=log_level,
+                            access_log=env.get("NIM_ACCESS_LOG", "") in {"1", "true"},
+                            timeout_graceful_shutdown=grace, timeout_keep_alive=30)
+    server = uvicorn.Server(config)
+    received: list[int] = []
+    # uvicorn re-raises the signal it stopped on; with these handlers that ends in a clean exit 0.
+    previous = {sig: signal.signal(sig, lambda s, f: received.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        service.stop()  # idempotent: the app's shutdown already did it unless the server never started
+    if not server.started:
+        raise NimbuildError(f"could not serve on {host}:{port}", hint="is the port free? set NIM_HTTP_API_PORT or --port")
+    log.info("Server stopped%s", f" on signal {signal.Signals(received[-1]).name}" if received else "")
+    return 0

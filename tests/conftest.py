@@ -1,0 +1,140 @@
+"""Shared fixtures: tiny models built on the spot, the bundled example, one shared export.
+
+Everything heavy is session-scoped and built once per test run: a tiny model per
+architecture (~0.1 s each) and one FP32 export of the bundled example that every
+later stage (precision, engines, manifest, render, serve) can start from.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_RECIPE = REPO / "recipes" / "example-tiny.yaml"
+EXAMPLE_MODEL = REPO / "recipes" / "models" / "example-tiny"
+EXAMPLE_PAIRS = REPO / "recipes" / "pairs" / "example-tiny.jsonl"
+
+
+# ----------------------------------------------------------------------------- GPU marker
+
+
+def _gpu_skip_reason() -> str | None:
+    """Why `@pytest.mark.gpu` tests cannot run here (None when they can)."""
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        return "needs TensorRT (not installed here)"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        pynvml.nvmlShutdown()
+    except Exception:
+        return "needs an NVIDIA GPU (NVML found none)"
+    return None if count else "needs an NVIDIA GPU (none found)"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not any("gpu" in item.keywords for item in items):
+        return
+    reason = _gpu_skip_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def example_recipe() -> Path:
+    """Path of recipes/example-tiny.yaml (load it with nimbuild.recipe.load_recipe)."""
+    return EXAMPLE_RECIPE
+
+
+@pytest.fixture(scope="session")
+def example_model_dir() -> Path:
+    """The committed tiny BERT cross-encoder (read-only: copy it before changing anything)."""
+    return EXAMPLE_MODEL
+
+
+@pytest.fixture(scope="session")
+def example_pairs() -> Path:
+    return EXAMPLE_PAIRS
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Factory: ``tiny_model_dir("roberta")`` -> folder of a tiny random cross-encoder.
+
+    Architectures: nimbuild.build.tiny.ARCHITECTURES (bert, distilbert, electra,
+    roberta, xlm-roberta, deberta-v2, modernbert). Built once per session and
+    per (architecture, options); treat the folder as read-only.
+    """
+    from nimbuild.build.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    cache: dict[tuple, Path] = {}
+
+    def make(architecture: str = "bert", **options) -> Path:
+        key = (architecture, tuple(sorted(options.items())))
+        if key not in cache:
+            name = architecture + "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+            cache[key] = build_tiny_model(root / name, architecture, **options)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def exported_example(tmp_path_factory) -> Path:
+    """One FP32 export of the bundled example (OUT dir as in docs/internals.md), shared by the session.
+
+    Only fp32 is built here (fast); tests of later stages copy this folder
+    (``shutil.copytree``) before writing into it.
+    """
+    from nimbuild.build.pipeline import run_export
+    from nimbuild.output import Output
+
+    out = tmp_path_factory.mktemp("exported") / "example-tiny"
+    run_export(EXAMPLE_RECIPE, out, precisions=["fp32"], pairs=None, out=Output(json_mode=False, quiet=True))
+    return out
+
+
+@pytest.fixture
+def exported_copy(exported_example, tmp_path) -> Path:
+    """A private, writable copy of ``exported_example``."""
+    dst = tmp_path / "export"
+    shutil.copytree(exported_example, dst)
+    return dst
+
+
+@pytest.fixture
+def hf_offline(monkeypatch, tmp_path):
+    """An empty, offline Hugging Face cache (HF_HOME) for tests that must not touch the network."""
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    return home
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,90 @@
+"""The CLI shell: one-line errors, exit codes, debug tracebacks, help with examples."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import typer
+
+from nimbuild.cli import run
+from nimbuild.errors import NimbuildError
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer(pretty_exceptions_enable=False)
+
+    @app.command()
+    def fail() -> None:
+        raise NimbuildError("recipe x.yaml: field 'shapes.batch.max' is 0", hint="give a positive integer")
+
+    @app.command()
+    def ok() -> None:
+        print("fine")
+
+    return app
+
+
+def test_nimbuild_error_is_one_line_and_exit_1(capsys, monkeypatch):
+    monkeypatch.delenv("NIMBUILD_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        run(_app(), ["fail"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err == "error: recipe x.yaml: field 'shapes.batch.max' is 0; give a positive integer\n"
+
+
+def test_debug_keeps_the_traceback(monkeypatch):
+    monkeypatch.setenv("NIMBUILD_DEBUG", "1")
+    with pytest.raises(NimbuildError):
+        run(_app(), ["fail"])
+
+
+def test_success_exits_0(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(_app(), ["ok"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == "fine\n"
+
+
+def _nimbuild(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nimbuild", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def test_every_command_has_help_with_an_example():
+    """`nimbuild X --help` works for every registered command and shows an example."""
+    from nimbuild.cli import _register, app
+
+    _register()
+    import typer.main
+
+    group = typer.main.get_command(app)
+    names = []
+    for name, cmd in group.commands.items():
+        sub = getattr(cmd, "commands", None)
+        if sub:
+            names += [(name, s) for s in sub]
+        else:
+            names.append((name,))
+    assert names, "no commands registered"
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    for parts in names:
+        res = runner.invoke(app, [*parts, "--help"])
+        assert res.exit_code == 0, (parts, res.output)
+        assert "Example" in res.output, f"`nimbuild {' '.join(parts)} --help` shows no example"
+
+
+def test_module_entry_point_runs():
+    res = _nimbuild("--help")
+    assert res.returncode == 0, res.stderr
+    assert "nimbuild" in res.stdout
