@@ -11,7 +11,7 @@ PORT   ?= 8000
 # is provided on the machine, pip looks there first.
 PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: venv demo test test-fast serve example-model example-manifest bench clean
+.PHONY: venv venv-triton demo test test-fast serve example-model example-manifest bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,12 +26,22 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/nimbuild build recipes/example-tiny.yaml --out $(OUT)
 	$(BIN)/nimbuild list-model-profiles --manifest $(OUT)/manifest.yaml
-	$(BIN)/python benchmarks/demo_request.py --manifest $(OUT)/manifest.yaml
+	$(BIN)/python scripts/demo_request.py --manifest $(OUT)/manifest.yaml
 	@echo
 	@echo "Keep a server running:  make serve   (then POST http://127.0.0.1:$(PORT)/v1/ranking)"
 
 serve: venv
 	NIM_HTTP_API_PORT=$(PORT) $(BIN)/nimbuild serve --manifest $(OUT)/manifest.yaml
+
+## Optional: a real tritonserver (bundled by nvidia-pytriton, which needs numpy<2, hence its own venv)
+## for the Triton repository test in tests/test_render_triton.py (skipped without it). ~1 min, ~420 MB.
+TRITON_VENV := .venv-triton
+$(TRITON_VENV)/.installed-stamp:
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q $(PIP_FIND) 'nvidia-pytriton>=0.5' 'tokenizers>=0.19'
+	touch $@
+
+venv-triton: $(TRITON_VENV)/.installed-stamp
 
 ## All tests (GPU tests skip themselves here, with the reason).
 test: venv
@@ -51,6 +61,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_listing.py
 	$(BIN)/python benchmarks/bench_precision.py
 	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/bench_render.py --mib 256 --runs 5
 
 clean:
 	rm -rf out .pytest_cache

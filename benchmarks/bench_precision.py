@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (  # noqa: E402
-    build_minilm_sized, encode_groups, machine, synthetic_groups, time_it, write_json,
+    build_minilm_sized, encode_groups, machine, synthetic_groups, time_round_robin, write_json,
 )
 
 SEQ, BATCH = 128, 32
@@ -56,8 +56,8 @@ def export_fp32(model_dir: Path, out_dir: Path) -> tuple[Path, str]:
         nimbuild_export = None
     if nimbuild_export is not None:
         shapes = {"batch": {"min": 1, "opt": BATCH, "max": 64}, "sequence": {"min": 1, "opt": SEQ, "max": 512}}
-        nimbuild_export(model_dir, out_dir, shapes)
-        return out_dir / "onnx" / "fp32" / "model.onnx", "nimbuild.build.export.export_fp32"
+        info = nimbuild_export(model_dir, out_dir / "onnx" / "fp32", shapes)
+        return out_dir / "onnx" / "fp32" / "model.onnx", f"nimbuild.build.export.export_fp32 ({info['exporter']})"
     import onnx
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -128,27 +128,30 @@ def main(argv: list[str] | None = None) -> int:
 
     # sentence-transformers (the alternative): tokenization + PyTorch FP32, batch 32
     ce = CrossEncoder(str(model_dir), max_length=SEQ, device="cpu")
-    st = time_it(lambda: ce.predict(pairs, batch_size=BATCH, show_progress_bar=False), repeats=args.repeats)
-    st_scores = ce.predict([(g["query"], p) for g in groups for p in g["passages"]], batch_size=BATCH,
-                           show_progress_bar=False, activation_fn=torch.nn.Identity())
-    st_per_query = [np.asarray(st_scores[i * BATCH:(i + 1) * BATCH]).ravel() for i in range(n_acc)]
-    results["engines"]["sentence-transformers"] = {"pairs_per_s": round(len(pairs) / st["median_s"], 1), **st,
-                                                   **agreement(reference, st_per_query)}
+    runners = {"sentence-transformers": lambda: ce.predict(pairs, batch_size=BATCH, show_progress_bar=False)}
+    sessions = {name: cpu_session(path) for name, (path, _) in graphs.items()}
 
-    for name, (path, extra) in graphs.items():
-        sess = cpu_session(path)
-
-        def run_timed(sess=sess):
+    def ort_runner(sess):
+        def run():
             for g in timed_groups:  # tokenization included, as CrossEncoder.predict does it
                 enc = tokenizer([g["query"]] * len(g["passages"]), g["passages"], truncation=True, max_length=SEQ,
                                 padding=True, return_tensors="np")
                 f = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
                 sess.run(None, next(feeds_for(sess, [f])))
+        return run
 
-        timing = time_it(run_timed, repeats=args.repeats)
-        scores = [sess.run(None, f)[0].ravel() for f in feeds_for(sess, feeds)]
+    runners.update({name: ort_runner(sess) for name, sess in sessions.items()})
+    timings = time_round_robin(runners, repeats=args.repeats)
+
+    st_scores = ce.predict([(g["query"], p) for g in groups for p in g["passages"]], batch_size=BATCH,
+                           show_progress_bar=False, activation_fn=torch.nn.Identity())
+    scores = {"sentence-transformers": [np.asarray(st_scores[i * BATCH:(i + 1) * BATCH]).ravel() for i in range(n_acc)]}
+    for name, sess in sessions.items():
+        scores[name] = [sess.run(None, f)[0].ravel() for f in feeds_for(sess, feeds)]
+    for name, timing in timings.items():
+        extra = graphs.get(name, (None, {}))[1]
         results["engines"][name] = {"pairs_per_s": round(len(pairs) / timing["median_s"], 1), **timing,
-                                    **agreement(reference, scores), **extra}
+                                    **agreement(reference, scores[name]), **extra}
 
     base = results["engines"]["sentence-transformers"]["pairs_per_s"]
     fp32_ort = results["engines"]["onnx-fp32"]["pairs_per_s"]
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         e["x_onnx_fp32"] = round(e["pairs_per_s"] / fp32_ort, 2)
 
     if not args.skip_gpu_graphs:
-        results["gate_graphs"] = gpu_graph_gates(fp32_path, export_dir, calibration, feeds, reference)
+        results["gate_graphs"] = gpu_graph_gates(fp32_path, export_dir, model_dir, calibration, feeds, reference)
     results["machine_after"] = machine()
     write_json(args.out, results)
 
@@ -173,19 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def gpu_graph_gates(fp32_path, export_dir, calibration, feeds, reference) -> dict:
-    """fp16/fp8/int8 through build_precisions and the real gate (skipped, with a note, if the gate is missing)."""
-    try:
-        from nimbuild.build.gate import Thresholds  # noqa: F401
-    except ImportError as exc:
-        return {"note": f"nimbuild.build.gate not importable ({exc}); gate figures not computed"}
-    from nimbuild.build.gate import Thresholds
+def gpu_graph_gates(fp32_path, export_dir, model_dir, calibration, feeds, reference) -> dict:
+    """fp16/fp8/int8 through build_precisions and nimbuild's gate, with the recipe's default thresholds."""
+    from nimbuild.recipe import Thresholds
     from nimbuild.build.precision import build_precisions
     from nimbuild.output import Output
 
     return build_precisions(fp32_path, export_dir, ["fp16", "fp8", "int8"], architecture="BertForSequenceClassification",
                             input_names=list(feeds[0]), calibration=calibration, evaluation=feeds, reference=reference,
-                            thresholds=Thresholds(), out=Output(quiet=True), config_dir=None)
+                            thresholds=Thresholds(), out=Output(quiet=True), config_dir=model_dir)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ per request, in one run:
 
 Prints and writes a JSON with passages/s, the ratios, and per-request p50/p99 latency.
 
-    .venv/bin/python benchmarks/bench_serve.py [--requests 24] [--clients 8] [--json out.json]
+    .venv/bin/python benchmarks/bench_serve.py [--requests 16] [--clients 8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ def prepare(work: Path, precision: str) -> tuple[Path, str, list[str]]:
     if precision in ("auto", "int8"):
         int8 = work / "onnx" / "cpu-int8" / "model.onnx"
         try:
-            if not int8.is_file():
+            if int8.is_file():
+                notes.append(f"cpu-int8 graph reused from {int8}")
+            else:
                 from nimbuild.build.precision import build_cpu_int8
 
                 info = build_cpu_int8(fp32, int8, "BertForSequenceClassification")
@@ -237,9 +239,10 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/nimbuild-bench-serve", help="model/graph cache folder (reused)")
     ap.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"],
                     help="auto: cpu-int8 when nimbuild.build.precision can build it, else fp32")
-    ap.add_argument("--requests", type=int, default=24, help="requests per contender (each 1 query x --passages)")
+    ap.add_argument("--requests", type=int, default=16, help="requests per contender (each 1 query x --passages)")
     ap.add_argument("--passages", type=int, default=100)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--latency-requests", type=int, default=4, help="requests sent by a single client (unqueued latency)")
     ap.add_argument("--ce-batch-size", type=int, default=32, help="CrossEncoder.predict batch_size (its default: 32)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
@@ -269,9 +272,12 @@ def main(argv=None) -> int:
         rss_before = _rss_kib(proc.pid)
         result["server"] = bench_server(port, groups, args.clients)
         result["server"]["rss_kib_before_after"] = [rss_before, _rss_kib(proc.pid)]
+        # Latency without queueing: one client, one request at a time.
+        result["server_1_client"] = bench_server(port, groups[: args.latency_requests], 1)
     finally:
         result["server_exit_code"] = stop_server(proc)
     print(f"nimbuild serve ({args.clients} clients)", _fmt(result["server"]), flush=True)
+    print("nimbuild serve (1 client) ", _fmt(result["server_1_client"]), flush=True)
     ce, raw, srv = (result[k]["passages_per_s"] for k in ("cross_encoder", "raw_onnxruntime", "server"))
     result["ratios"] = {"server_vs_cross_encoder": srv / ce, "server_vs_raw_onnxruntime": srv / raw}
     result["load_after"] = machine().get("uptime")

@@ -22,6 +22,11 @@ import numpy as np
 MINILM_L6 = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 
 
+ATTENTION_GAIN = 1.0
+TOPIC_WORDS = 10
+HEAD_SCORE_STD = 3.0  # logits: a real reranker spreads a query's passages over several logits
+
+
 def build_minilm_sized(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """A BertForSequenceClassification of MiniLM-L6's shape with spread random weights, + tokenizer."""
     import torch
@@ -44,27 +49,58 @@ def build_minilm_sized(out_dir: str | os.PathLike, seed: int = 0) -> Path:
             if p.dim() >= 2:
                 # 1/sqrt(fan_in) keeps activations O(1) through 6 layers; embeddings a little wider
                 std = 0.3 if "embeddings" in name else 1.0 / p.shape[-1] ** 0.5
+                if name.endswith(("query.weight", "key.weight")):
+                    std *= ATTENTION_GAIN
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
             elif "LayerNorm" in name:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen) if name.endswith("weight")
                         else 0.05 * torch.randn(p.shape, generator=gen))
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-        model.classifier.weight.mul_(4.0)  # spread the scores over several logits
+    _fit_head(model, out, seed)
     model.save_pretrained(out)
     return out
+
+
+def _fit_head(model, model_dir: Path, seed: int) -> None:
+    """Point the score head along the direction in which passages differ most (as training would).
+
+    A random head reads a random direction of the pooled [CLS] vector; passage-to-passage
+    differences there are small next to quantization noise, so any rounding reorders passages.
+    A trained reranker's head reads the features that separate its passages. Here: the first
+    principal direction of the per-query-centred pooled outputs on synthetic pairs (a seed the
+    benchmarks do not use), scaled so a query's scores spread over ~HEAD_SCORE_STD logits.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pooled = []
+    with torch.inference_mode():
+        for feeds in encode_groups(tokenizer, synthetic_groups(6, 32, seed=1000 + seed), 128):
+            p = model.bert(**{k: torch.from_numpy(v) for k, v in feeds.items()}).pooler_output
+            pooled.append(p - p.mean(dim=0, keepdim=True))
+    x = torch.cat(pooled)
+    direction = torch.linalg.svd(x, full_matrices=False).Vh[0]
+    spread = (x @ direction).std()
+    with torch.no_grad():
+        model.classifier.weight.copy_((direction * HEAD_SCORE_STD / spread).reshape(1, -1))
+        model.classifier.bias.zero_()
 
 
 def synthetic_groups(n_queries: int, n_passages: int, seed: int = 0, passage_words: tuple[int, int] = (90, 140)) -> list[dict]:
     """``{"query", "passages"}`` groups of English words the tiny vocabulary covers (long passages: seq 128 fills)."""
     from nimbuild.build.tiny import vocabulary_words
 
-    words = vocabulary_words()
+    words = np.array(vocabulary_words())
     rng = np.random.default_rng(seed)
     groups = []
     for _ in range(n_queries):
         q = " ".join(rng.choice(words, int(rng.integers(4, 10))))
-        ps = [" ".join(rng.choice(words, int(rng.integers(*passage_words)))) for _ in range(n_passages)]
+        ps = []
+        for _ in range(n_passages):
+            topic = rng.choice(words, TOPIC_WORDS, replace=False)  # each passage on its own "topic": passages differ
+            ps.append(" ".join(rng.choice(topic, int(rng.integers(*passage_words)))))
         groups.append({"query": q, "passages": ps})
     return groups
 
@@ -89,6 +125,18 @@ def time_it(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> dict
         fn()
         runs.append(time.perf_counter() - t)
     return {"median_s": statistics.median(runs), "runs_s": [round(r, 4) for r in runs]}
+
+
+def time_round_robin(runners: dict[str, Callable[[], object]], repeats: int = 3, warmup: int = 1) -> dict[str, dict]:
+    """Time several engines in turns (A B C A B C ...), so that a shared machine's load hits all alike."""
+    runs: dict[str, list[float]] = {name: [] for name in runners}
+    for i in range(warmup + repeats):
+        for name, fn in runners.items():
+            t = time.perf_counter()
+            fn()
+            if i >= warmup:
+                runs[name].append(time.perf_counter() - t)
+    return {name: {"median_s": statistics.median(r), "runs_s": [round(x, 4) for x in r]} for name, r in runs.items()}
 
 
 def machine() -> dict:

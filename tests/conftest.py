@@ -137,4 +137,27 @@ def hf_offline(monkeypatch, tmp_path):
     return home
 
 
+HF_TEST_SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _make_hf_cache(hub: Path, repo: str, model_dir: Path, sha: str = HF_TEST_SHA, ref: str | None = "main") -> Path:
+    """The layout huggingface_hub keeps: hub/models--org--name/{snapshots/<sha>/..., refs/main}."""
+    root = hub / ("models--" + repo.replace("/", "--"))
+    snap = root / "snapshots" / sha
+    shutil.copytree(model_dir, snap)
+    if ref:
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / ref).write_text(sha)
+    return snap
+
+
+@pytest.fixture(scope="session")
+def make_hf_cache():
+    """``make_hf_cache(hub_dir, "org/name", model_dir, sha=..., ref="main") -> snapshot folder``.
+
+    Use with ``hf_offline`` (hub_dir = hf_offline / "hub") to test hub resolution with no network.
+    """
+    return _make_hf_cache
+
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

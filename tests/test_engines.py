@@ -118,7 +118,7 @@ def export_template(tmp_path_factory, vocab_size) -> Path:
         shutil.copy(EXAMPLE_MODEL / name, tok / name)
     report = {
         "model": "tiny-engines", "model_revision": "0123456789abcdef", "inputs": list(INPUTS),
-        "recipe_sha256": "f" * 64,
+        "recipe_sha256": "f" * 64, "max_batch_size": 8, "max_sequence_length": 64,
         "precisions": {p: {"status": "passed", "path": f"onnx/{p}/model.onnx"} for p in ("fp32", "fp16", "fp8")},
     }
     (out / "export_report.json").write_text(json.dumps(report), encoding="utf-8")
@@ -403,10 +403,11 @@ def test_build_writes_engines_scripts_and_a_mergeable_fragment(recipe, export_di
     assert list(profile.files) == ["fp16/model.plan"]
     assert manifest.verify_manifest(fragment) == []
     metrics = profile.metrics
-    assert metrics["engine_bytes"] == (plan.planned[1].engine_path).stat().st_size
-    assert metrics["latency_ms_opt"]["shape"] == [4, 16] and metrics["latency_ms_opt"]["p50"] > 0
-    assert metrics["accuracy"]["top1"] == 1.0 and metrics["gpu_name"] == "NVIDIA H100 80GB HBM3"
-    assert 0 < metrics["max_abs_logit_error"] < 0.05                 # FP16 weights: small, non-zero error
+    assert metrics["size_bytes"] == (plan.planned[1].engine_path).stat().st_size
+    assert metrics["latency_ms"]["shape"] == [4, 16] and metrics["latency_ms"]["p50"] > 0
+    assert metrics["gate"]["passed"] and metrics["gate"]["metrics"]["top1"] == 1.0
+    assert metrics["gpu_name"] == "NVIDIA H100 80GB HBM3" and metrics["trt_version_full"] == "10.13.0.35"
+    assert 0 < metrics["gate"]["metrics"]["max_abs_logit"] < 0.05     # FP16 weights: small, non-zero error
 
     engine_dir = plan.planned[1].engine_dir
     script = engine_dir / "reproduce.sh"
@@ -420,6 +421,13 @@ def test_build_writes_engines_scripts_and_a_mergeable_fragment(recipe, export_di
     # merged into the export dir's manifest, the paths are rebased under engines/<sku>/
     merged = manifest.merge_manifests([fragment], root=export_dir)
     assert list(merged.profiles[0].files) == ["engines/h100-sxm/fp16/model.plan"]
+    # and `nimbuild manifest build` picks the fragment up beside the ONNX profiles, headers agreeing
+    from nimbuild.build.assemble import assemble_manifest
+
+    assembled = assemble_manifest(export_dir)
+    trt_profile = assembled.by_id(profile.id)
+    assert "engines/h100-sxm/fp16/model.plan" in trt_profile.files
+    assert {p.tags["backend"] for p in assembled.profiles} == {"onnx", "tensorrt"}
 
 
 def test_unchanged_inputs_reuse_the_engine_and_changes_rebuild_or_recheck(tmp_path, export_dir):
@@ -544,6 +552,63 @@ def test_opt_feed_has_the_opt_shape(recipe, export_dir):
     assert feed["input_ids"][3, :4].tolist() == [5, 6, 7, 5]
 
 
+def fake_tensorrt(monkeypatch, version="10.13.0.35", levels="NONE AMPERE_PLUS SAME_COMPUTE_CAPABILITY"):
+    """A stand-in `tensorrt` module with just the enums the seam maps names to (no builder: nothing runs)."""
+    import enum
+    import types
+
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = version
+    fake.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE TACTIC_SHARED_MEMORY")
+    fake.HardwareCompatibilityLevel = enum.Enum("HardwareCompatibilityLevel", levels)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    return fake
+
+
+def test_seam_wires_polygraphys_loaders_as_the_plan_says(monkeypatch, recipe, export_dir):
+    """build_engine's loader chain, captured before anything would call TensorRT."""
+    import polygraphy.backend.trt as polygraphy_trt
+
+    trt = fake_tensorrt(monkeypatch)
+    captured = {}
+
+    class CaptureSave:
+        def __init__(self, build, path):
+            captured.update(build=build, path=path)
+
+        def __call__(self):
+            return object()
+
+    monkeypatch.setattr(polygraphy_trt, "SaveEngine", CaptureSave)
+    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir,
+                                BuildOptions(workspace_bytes=1 << 30, hardware_compatible=True))
+    engine = plan.planned[1]
+    trt_seam.build_engine(engine.graph, engine.engine_path, plan.create_config_args(engine))
+    build = captured["build"]
+    assert isinstance(build, polygraphy_trt.EngineFromNetwork) and captured["path"] == str(engine.engine_path)
+    assert build.timing_cache_path == str(plan.timing_cache)                 # saved back to the same file
+    network, config = build._network, build._config
+    assert isinstance(network, polygraphy_trt.NetworkFromOnnxPath)
+    assert network.path == str(engine.graph) and network.strongly_typed is True
+    assert isinstance(config, polygraphy_trt.CreateConfig) and not config.fp16 and not config.fp8
+    assert config.timing_cache_path == str(plan.timing_cache)
+    assert config.memory_pool_limits == {trt.MemoryPoolType.WORKSPACE: 1 << 30}
+    assert config.hardware_compatibility_level is trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
+    assert config.profiles[0]["token_type_ids"].min == (1, 1)
+
+
+def test_probe_reads_version_cuda_and_levels(monkeypatch):
+    monkeypatch.setattr(trt_seam, "_cuda_major_version", lambda: "12")
+    fake_tensorrt(monkeypatch, "10.13.0.35")
+    info, why = trt_seam.probe_tensorrt()
+    assert why is None and info.tag_version == "10.13.0" and info.cuda_major_version == "12"
+    assert "same_compute_capability" in info.hardware_compatibility_levels
+    fake_tensorrt(monkeypatch, "8.6.1")
+    assert "too old" in trt_seam.probe_tensorrt()[1]
+    fake_tensorrt(monkeypatch, "")
+    assert "stub" in trt_seam.probe_tensorrt()[1]
+
+
 def test_only_the_seam_imports_tensorrt():
     offenders = []
     for path in (REPO / "nimbuild").rglob("*.py"):
@@ -627,7 +692,7 @@ def test_real_engine_builds_checks_and_is_reused(recipe, export_dir):
     result = engines.build_engines(recipe, plan, quiet())
     fp16 = next(r for r in result.results if r.precision == "fp16")
     assert fp16.status == "built", fp16.reason
-    assert fp16.engine.stat().st_size > 0 and fp16.metrics["latency_ms_opt"]["p50"] > 0
+    assert fp16.engine.stat().st_size > 0 and fp16.metrics["latency_ms"]["p50"] > 0
     assert fp16.tags["trt_version"] == trt_seam.probe_tensorrt()[0].tag_version
     assert plan.timing_cache.stat().st_size > 0                      # the timing cache was saved
     again = engines.build_engines(recipe, plan, quiet())

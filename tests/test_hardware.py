@@ -92,7 +92,11 @@ def fake_pynvml(gpus: list[FakeGpu], *, init_error: int | None = None, count_err
     mod.nvmlDeviceGetPciInfo = pci
     mod.nvmlDeviceGetCudaComputeCapability = lambda gpu: gpu.cc
     mod.nvmlDeviceGetMemoryInfo = memory
-    mod.nvmlDeviceGetUUID = lambda gpu: gpu.uuid
+    def uuid(gpu):
+        check(gpu, "uuid")
+        return gpu.uuid
+
+    mod.nvmlDeviceGetUUID = uuid
     return mod
 
 
@@ -205,6 +209,20 @@ def test_memory_unknown_keeps_the_gpu(nvml):
     assert any("memory unknown" in n for n in host.notes)
 
 
+def test_driver_cuda_and_uuid_failures_leave_those_fields_empty(nvml):
+    mod = nvml([FakeGpu("NVIDIA L40S", 0x26B910DE, (8, 9), 46068, 40000, broken="uuid")])
+
+    def unsupported():
+        raise FakeNVMLError(3)
+
+    mod.nvmlSystemGetDriverVersion = unsupported
+    mod.nvmlSystemGetCudaDriverVersion = unsupported
+    host = detect_host({})
+    assert host.cpu_only_reason is None and len(host.gpus) == 1
+    assert host.gpus[0].uuid is None and host.driver_version is None and host.cuda_driver_version is None
+    assert not any(line.startswith("- Driver:") for line in host.system_info())
+
+
 @pytest.mark.parametrize("value", ["1", "true", "TRUE", "yes", "on", " 1 "])
 def test_nim_cpu_only_makes_a_gpu_host_a_cpu_host_but_lists_the_gpus(nvml, value):
     nvml([H100])
@@ -302,3 +320,26 @@ def test_assumed_host_does_not_touch_nvml(monkeypatch):
     mod.nvmlInit = boom
     monkeypatch.setitem(sys.modules, "pynvml", mod)
     assert len(assumed_host(["a100-sxm4-80gb"]).gpus) == 1
+
+
+def _nvml_gpu_count() -> int:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:
+        return 0
+
+
+@pytest.mark.skipif(_nvml_gpu_count() == 0, reason="needs an NVIDIA GPU and driver (NVML finds none here)")
+def test_real_nvml_describes_every_gpu():
+    host = detect_host({})
+    assert len(host.gpus) == _nvml_gpu_count() and host.cpu_only_reason is None
+    for g in host.gpus:
+        assert g.pci_device_id.endswith(":10de") and g.compute_capability.count(".") == 1
+        assert 0 < g.memory_free_mib <= g.memory_total_mib
+    assert host.driver_version and host.cuda_driver_version

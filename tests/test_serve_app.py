@@ -101,6 +101,8 @@ def test_truncate_end_and_none(client):
     (json.dumps({"query": {"text": "q"}, "passages": [{"text": "a"}]}).encode(), 422, "model"),
     (json.dumps({"model": "other", "query": {"text": "q"}, "passages": [{"text": "a"}]}).encode(), 404, "serve-tiny"),
     (b"{" + b" " * 25_000 + b"}", 413, "NIM_MAX_REQUEST_BYTES"),
+    (b"[" * 15_000, 400, "nested too deeply"),
+    (b'{"model": "serve-tiny", "query": {"text": "q"}, "passages": [{"text": "a\\ud800b"}]}', 422, "not valid Unicode"),
 ])
 def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(client, body, status, words):
     r = client.post("/v1/ranking", content=body, headers={"content-type": "application/json"})
@@ -146,20 +148,18 @@ def test_health_models_metadata_metrics(client):
 
 
 def test_gpu_profile_that_only_gets_the_cpu_is_a_failed_start():
+    """onnxruntime-gpu falls back to the CPU silently (or plain onnxruntime has no CUDA at all): refused."""
     from nimbuild.runtime.serve.backends.onnxruntime import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(served_export() / "onnx/fp32/model.onnx", device="gpu")
     try:
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            backend.start()   # either CUDA really started (a GPU host) or this raises below
-            assert backend.providers[0] == "CUDAExecutionProvider"
-            pytest.skip("a GPU is present: CUDA really started")
+        backend.start()
     except BackendStartError as exc:
         assert "only got CPUExecutionProvider" in str(exc)
+        assert backend.session is None
         return
-    pytest.fail("the GPU profile started without CUDA")
+    assert backend.providers[0] == "CUDAExecutionProvider"   # a host where CUDA really started
+    backend.stop()
 
 
 def test_altered_file_fails_verification(tmp_path):
@@ -181,3 +181,98 @@ def test_triton_backend_without_tritonserver_is_a_failed_start(monkeypatch):
     backend = TritonBackend(manifest, _cpu(manifest), binary="tritonserver-that-is-not-here")
     with pytest.raises(BackendStartError, match="not found on PATH"):
         backend.start()
+
+
+def test_triton_backend_renders_the_profile_as_a_model_store(tmp_path):
+    """The store tritonserver would be started on (render's materialize_profile), without starting it."""
+    from nimbuild.runtime.serve.backends.triton import TritonBackend
+
+    manifest = load_manifest(served_export() / "manifest.yaml")
+    backend = TritonBackend(manifest, _cpu(manifest))
+    store, model = backend._materialize(tmp_path / "store")
+    config = (store / model / "config.pbtxt").read_text()
+    assert f'name: "{model}"' in config and "onnxruntime" in config
+    assert backend.max_batch_size == int(_cpu(manifest).tags["max_batch_size"])
+
+
+@pytest.mark.gpu
+def test_triton_backend_serves_like_onnxruntime(tmp_path):
+    """A real tritonserver child on the GPU ONNX profile: same logits as ONNX Runtime, stopped cleanly."""
+    if shutil.which("tritonserver") is None:
+        pytest.skip("tritonserver is not on PATH (run inside a Triton image)")
+    from nimbuild.runtime.serve.backends.triton import TritonBackend
+    from nimbuild.runtime.serve.tokenize import PairTokenizer, pad_rows
+
+    root = served_export()
+    manifest = load_manifest(root / "manifest.yaml")
+    gpu = next(p for p in manifest.profiles if p.tags["device"] == "gpu")
+    backend = TritonBackend(manifest, gpu, workdir=tmp_path)
+    backend.start()
+    try:
+        tok = PairTokenizer.from_files(root / "tokenizer/tokenizer.json", MAX_SEQ)
+        got = backend.infer(*pad_rows(tok.encode(QUERY, PASSAGES, "END"), tok.pad_id))
+    finally:
+        backend.stop()
+    assert backend.proc is None
+    ref = ort_scores(root / "onnx/fp32/model.onnx", root / "hf", QUERY, PASSAGES)
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+
+
+def test_a_profile_that_cannot_start_falls_back_to_the_next_runnable(caplog):
+    """Assume an H100: the GPU ONNX profile ranks first, cannot get CUDA here, and the CPU one is served."""
+    import logging
+
+    from nimbuild.runtime.serve.server import start_service
+
+    logger = logging.getLogger("nimbuild.serve")
+    logger.addHandler(caplog.handler)
+    caplog.handler.setLevel(logging.INFO)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        service = start_service(served_export() / "manifest.yaml", env={}, assume_gpu=["NVIDIA H100 80GB HBM3"])
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.setLevel(old_level)
+    service.stop()
+    text = caplog.text
+    assert "Selected profile:" in text and "onnx-fp32-triton-onnxruntime" in text
+    if service.profile["tags"]["device"] == "gpu":   # a host where CUDA really starts
+        assert service.backend.describe()["providers"][0] == "CUDAExecutionProvider"
+        return
+    assert "could not start: GPU profile, but ONNX Runtime only got CPUExecutionProvider" in text
+    assert service.profile["name"] == "cpu-fp32-onnxruntime"
+
+
+def test_limits_from_the_environment():
+    from nimbuild.errors import NimbuildError
+
+    limits = Limits.from_env({"NIM_MAX_PASSAGES": "12", "NIM_MAX_QUEUE_DELAY_MS": "0.5", "NIM_MAX_BATCH_SIZE": "4"})
+    assert (limits.max_passages, limits.max_queue_delay_ms, limits.max_batch_size) == (12, 0.5, 4)
+    assert Limits.from_env({}) == Limits()
+    with pytest.raises(NimbuildError, match="NIM_MAX_PASSAGES='many'"):
+        Limits.from_env({"NIM_MAX_PASSAGES": "many"})
+    with pytest.raises(NimbuildError, match="NIM_MAX_REQUEST_BYTES"):
+        Limits.from_env({"NIM_MAX_REQUEST_BYTES": "0"})
+
+
+def test_big_requests_are_tokenized_off_the_event_loop_with_the_same_result(client, monkeypatch):
+    import threading
+
+    from nimbuild.runtime.serve import service as service_module
+    from nimbuild.runtime.serve.tokenize import PairTokenizer
+
+    threads = []
+    original = PairTokenizer.encode
+
+    def spy(self, *args, **kwargs):
+        threads.append(threading.current_thread())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PairTokenizer, "encode", spy)
+    inline = rank(client)                       # small: tokenized on the event loop's thread
+    monkeypatch.setattr(service_module, "_INLINE_CHARS", 10)
+    offloaded = rank(client)                    # "big": tokenized in a worker thread
+    assert inline.status_code == offloaded.status_code == 200
+    assert offloaded.json() == inline.json()
+    assert len(threads) == 2 and threads[0] is not threads[1]

@@ -102,3 +102,11 @@ def test_serve_process_end_to_end(tmp_path):
     assert proc.returncode == 0, err
     assert "Selected profile:" in err and "Server stopped on signal SIGTERM" in err
     assert "Traceback" not in err
+
+
+def test_serve_with_a_missing_manifest_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nimbuild", "serve", "--manifest", str(tmp_path / "nope.yaml")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "NIM_CPU_ONLY": "1"})
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and "nope.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr

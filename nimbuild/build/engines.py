@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from nimbuild.errors import NimbuildError
+from nimbuild.fsutil import atomic_write_text, staging_dir
 
 ENGINE_PRECISIONS = ("fp8", "fp16")          # the order engines are planned, built and listed in
 ENGINE_FILE = "model.plan"
@@ -46,6 +47,7 @@ DEFAULT_OPT_LEVEL = 3                        # TensorRT's own default, written o
 HARDWARE_COMPATIBILITY_LEVEL = "same_compute_capability"
 # A cross-encoder's usual inputs, shown in a dry run before `nimbuild export` has said which it has.
 ASSUMED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SYNTHETIC_QUERIES, SYNTHETIC_PASSAGES = 12, 8     # as `nimbuild export` without a pairs file
 
 TENSORRT_HINT = (
     "run inside NVIDIA's TensorRT or Triton container (nvcr.io/nvidia/tensorrt, "
@@ -593,22 +595,26 @@ def reproduce_script(plan: EnginePlan, engine: PlannedEngine, trt: Any, gpu: Bui
 def evaluation_feeds(recipe: Any, plan: EnginePlan) -> tuple[list[list[dict]], str]:
     """The recipe's evaluation pairs as engine feeds: per query, batches within the profile.
 
-    Returns (per query a list of feed dicts, sha256 of the pairs) so that the gate
-    can put a query's passages back together after chunking to ``max`` batch.
+    Returns (per query a list of ``{"feed", "rows"}`` chunks, sha256 of the pairs):
+    a query with more passages than the profile's max batch is split, a chunk below
+    its min batch is padded with copies of its last row (``rows`` says how many are
+    real), so that the gate judges each query's full ranking. Without a pairs file,
+    the same synthetic pairs as `nimbuild export` (parity only).
     """
     import numpy as np
 
     from nimbuild.build import pairs as pairs_mod
 
-    tokenizer_dir = plan.out_dir / "tokenizer"
-    tokenizer = pairs_mod.load_tokenizer(tokenizer_dir) if hasattr(pairs_mod, "load_tokenizer") else None
-    if tokenizer is None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    pairs_path = recipe.resolve(recipe.pairs)
-    groups = pairs_mod.load_pairs(pairs_path)
-    encoded = pairs_mod.encode(tokenizer, groups, plan.sequence[2])
+    tokenizer = pairs_mod.load_tokenizer(plan.out_dir / "tokenizer",
+                                         trust_remote_code=bool(getattr(recipe, "trust_remote_code", False)))
+    if recipe.pairs:
+        pairs_path = recipe.resolve(recipe.pairs)
+        groups = pairs_mod.load_pairs(pairs_path)
+        pairs_sha = sha256_file(pairs_path)
+    else:
+        groups = pairs_mod.synthesize_pairs(tokenizer, SYNTHETIC_QUERIES, SYNTHETIC_PASSAGES, seed=0)
+        pairs_sha = _key({"synthetic": [[g.query, list(g.passages)] for g in groups]})
+    encoded = pairs_mod.encode(tokenizer, groups, plan.sequence[2], list(plan.inputs))
     bmin, _, bmax = plan.batch
     feeds: list[list[dict]] = []
     for query in encoded:
@@ -618,12 +624,12 @@ def evaluation_feeds(recipe: Any, plan: EnginePlan) -> tuple[list[list[dict]], s
         for start in range(0, n, bmax):
             chunk = {k: v[start:start + bmax] for k, v in arrays.items()}
             rows = next(iter(chunk.values())).shape[0]
-            if rows < bmin:                      # pad with copies of the last row; the gate drops them
+            if rows < bmin:
                 chunk = {k: np.concatenate([v, np.repeat(v[-1:], bmin - rows, axis=0)]) for k, v in chunk.items()}
             chunk = {k: _fit_sequence(v, plan.sequence[0]) for k, v in chunk.items()}
             chunks.append({"feed": chunk, "rows": rows})
         feeds.append(chunks)
-    return feeds, sha256_file(pairs_path)
+    return feeds, pairs_sha
 
 
 def _fit_sequence(array, min_len: int):
@@ -659,11 +665,9 @@ def engine_tags(plan: EnginePlan, trt: Any, model_revision: str, precision: str)
 
 
 def _thresholds_dict(thresholds: Any) -> dict[str, Any]:
-    if hasattr(thresholds, "model_dump"):
-        return thresholds.model_dump()
-    if hasattr(thresholds, "to_dict"):
-        return thresholds.to_dict()
-    return dict(thresholds)
+    from nimbuild.build.gate import thresholds_dict
+
+    return thresholds_dict(thresholds)
 
 
 def build_engines(recipe: Any, plan: EnginePlan, output: Any, seam: Any = None,
@@ -675,8 +679,6 @@ def build_engines(recipe: Any, plan: EnginePlan, output: Any, seam: Any = None,
     same functions (``probe_tensorrt``, ``build_engine``, ``check_engine``,
     ``measure_latency``).
     """
-    from nimbuild.fsutil import atomic_write_text, staging_dir
-
     if seam is None:
         from nimbuild.build import trt_seam as seam
 
@@ -698,7 +700,7 @@ def build_engines(recipe: Any, plan: EnginePlan, output: Any, seam: Any = None,
     reference = plan.out_dir / "onnx" / "fp32" / "model.onnx"
     feeds, pairs_sha = evaluation_feeds(recipe, plan)
     thresholds = _thresholds_dict(recipe.thresholds)
-    ckey = check_key(graph_digest(reference), pairs_sha, thresholds)
+    checking = _CheckInputs(reference, feeds, thresholds, check_key(graph_digest(reference), pairs_sha, thresholds))
     plan.timing_cache.parent.mkdir(parents=True, exist_ok=True)
 
     results: list[EngineResult] = [
@@ -708,8 +710,7 @@ def build_engines(recipe: Any, plan: EnginePlan, output: Any, seam: Any = None,
         task = progress.add_task(f"engines for {plan.sku.slug}", total=len(plan.planned))
         for engine in plan.planned:
             progress.update(task, description=f"{engine.precision} engine for {plan.sku.slug}")
-            results.append(_one_engine(plan, engine, seam, trt, gpu, model_revision, reference, feeds,
-                                       thresholds, ckey, force, output, staging_dir, atomic_write_text))
+            results.append(_one_engine(plan, engine, seam, trt, gpu, model_revision, checking, force, output))
             progress.advance(task)
 
     results.sort(key=lambda r: ENGINE_PRECISIONS.index(r.precision))
@@ -722,8 +723,26 @@ def build_engines(recipe: Any, plan: EnginePlan, output: Any, seam: Any = None,
     return EnginesResult(plan, gpu, trt.version, results, fragment)
 
 
-def _one_engine(plan, engine, seam, trt, gpu, model_revision, reference, feeds, thresholds, ckey, force,
-                output, staging_dir, atomic_write_text) -> EngineResult:
+@dataclass(frozen=True)
+class _CheckInputs:
+    """What every engine is checked with: the FP32 reference graph, the pairs' feeds, the thresholds."""
+
+    reference: Path
+    feeds: list
+    thresholds: dict
+    key: dict
+
+
+def _check(seam: Any, engine_file: Path, plan: EnginePlan, checking: _CheckInputs) -> tuple[dict, dict]:
+    check = seam.check_engine(engine_file, checking.reference, checking.feeds, checking.thresholds)
+    latency = seam.measure_latency(engine_file, opt_feed(plan, checking.feeds[0][0]["feed"]))
+    return check, latency
+
+
+def _one_engine(plan: EnginePlan, engine: PlannedEngine, seam: Any, trt: Any, gpu: BuildGpu, model_revision: str,
+                checking: _CheckInputs, force: bool, output: Any) -> EngineResult:
+    """Reuse (re-checking if the check's inputs changed) or build one engine; never half-written."""
+    ckey = checking.key
     bkey = build_key(plan, engine, graph_digest(engine.graph), trt.version, gpu)
     record = None if force else read_record(engine)
     tags = engine_tags(plan, trt, model_revision, engine.precision)
@@ -734,8 +753,7 @@ def _one_engine(plan, engine, seam, trt, gpu, model_revision, reference, feeds, 
             return _result_from_record(engine, record, status, tags)
         output.note(f"{engine.precision}: reusing {engine.engine_path}; re-checking it (pairs or thresholds changed)")
         build_seconds = record.get("metrics", {}).get("build_seconds")
-        check = seam.check_engine(engine.engine_path, reference, feeds, thresholds)
-        latency = seam.measure_latency(engine.engine_path, opt_feed(plan, feeds[0][0]["feed"]))
+        check, latency = _check(seam, engine.engine_path, plan, checking)
         record = _record(plan, engine, bkey, ckey, tags, gpu, trt, build_seconds, check, latency)
         atomic_write_text(engine.engine_dir / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
         return _result_from_record(engine, record, status, tags)
@@ -747,8 +765,7 @@ def _one_engine(plan, engine, seam, trt, gpu, model_revision, reference, feeds, 
             started = time.perf_counter()
             seam.build_engine(engine.graph, staged_engine, plan.create_config_args(engine))
             build_seconds = round(time.perf_counter() - started, 3)
-            check = seam.check_engine(staged_engine, reference, feeds, thresholds)
-            latency = seam.measure_latency(staged_engine, opt_feed(plan, feeds[0][0]["feed"]))
+            check, latency = _check(seam, staged_engine, plan, checking)
             record = _record(plan, engine, bkey, ckey, tags, gpu, trt, build_seconds, check, latency,
                              engine_file=staged_engine)
             (staged / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -765,16 +782,13 @@ def _record(plan, engine, bkey, ckey, tags, gpu, trt, build_seconds, check, late
             engine_file: Path | None = None) -> dict[str, Any]:
     engine_file = engine_file or engine.engine_path
     gate = check["gate"]
-    metrics = {
-        "engine_bytes": engine_file.stat().st_size,
+    metrics = {                     # the same names as the ONNX profiles' (size_bytes, build_seconds, gate)
+        "size_bytes": engine_file.stat().st_size,
         "build_seconds": build_seconds,
+        "gate": gate,
+        "latency_ms": latency,
         "gpu_name": gpu.name,
-        "gpu_device": gpu.pci_device_id,
-        "compute_capability": gpu.compute_capability,
         "trt_version_full": trt.version,
-        "latency_ms_opt": latency,
-        "accuracy": gate.get("metrics", {}),
-        "max_abs_logit_error": check.get("max_abs_error"),
     }
     return {
         "schema": CACHE_SCHEMA,
@@ -841,7 +855,7 @@ def write_fragment(plan: EnginePlan, passed: Sequence[EngineResult], report: Map
 
 def default_out_dir(recipe: Any) -> Path:
     """Where `nimbuild export` puts a recipe's artifacts unless told otherwise."""
-    return Path("out") / recipe.name
+    return Path("build") / recipe.name
 
 
 def engines_command(recipe_path: Path, gpu: str, out_dir: Path | None, output: Any, *, dry_run: bool = False,

@@ -100,7 +100,7 @@ def _canonical(arch: str) -> str:
 # --------------------------------------------------------------------------- tokenizers
 
 
-def _wordpiece(specials: list[str], model_input_names: list[str]):
+def _wordpiece(specials: list[str]):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     vocab: dict[str, int] = {}
@@ -155,13 +155,13 @@ def _unigram(specials: list[str], unk: str):
     return tok, vocab
 
 
-def _tokenizer(family: str, max_len: int):
+def _tokenizer(family: str):
     """(tokenizers.Tokenizer, vocab, special-token kwargs for the HF wrapper, model_input_names, ids)."""
     from tokenizers import processors
 
     if family == "wordpiece":
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        tok, vocab = _wordpiece(specials, [])
+        tok, vocab = _wordpiece(specials)
         names = dict(pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
         ids = dict(pad=vocab["[PAD]"], cls=vocab["[CLS]"], sep=vocab["[SEP]"])
     elif family == "bpe-roberta":
@@ -288,7 +288,7 @@ def build_tiny_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok, vocab_size, names, ids = _tokenizer(family, max_positions)
+    tok, vocab_size, names, ids = _tokenizer(family)
     uses_token_types = arch in ("bert", "electra")
     input_names = ["input_ids", "token_type_ids", "attention_mask"] if uses_token_types else ["input_ids", "attention_mask"]
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_positions, model_input_names=input_names,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import re
 import statistics
 import sys
@@ -58,11 +59,16 @@ class TensorRTInfo:
 
 @contextlib.contextmanager
 def polygraphy_on_stderr() -> Iterator[None]:
-    """Polygraphy logs to stdout; keep stdout for the command's result (``--json``)."""
+    """Polygraphy logs to stdout; keep stdout for the command's result (``--json``).
+
+    Only its warnings and errors are shown (TensorRT's build log included), all of
+    it with ``NIMBUILD_DEBUG=1``.
+    """
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.colors = False                        # no "'colored' module is not installed" notice
-    with contextlib.redirect_stdout(sys.stderr):
+    debug = os.environ.get("NIMBUILD_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+    with contextlib.redirect_stdout(sys.stderr), G_LOGGER.verbosity(G_LOGGER.INFO if debug else G_LOGGER.WARNING):
         yield
 
 
@@ -147,13 +153,10 @@ def build_engine(graph: Path, engine_path: Path, config_args: Mapping[str, Any])
 
 
 def scores_of(outputs: Mapping[str, Any], rows: int):
-    """A cross-encoder's relevance score per pair: the last logit column of the first output."""
-    import numpy as np
+    """A cross-encoder's relevance score per real row: the gate's reading of the first output's logits."""
+    from nimbuild.build.gate import scores_from_logits
 
-    logits = np.asarray(next(iter(outputs.values())), dtype=np.float64)
-    if logits.ndim == 2:
-        logits = logits[:, -1]
-    return logits.reshape(-1)[:rows]
+    return scores_from_logits(next(iter(outputs.values())))[:rows]
 
 
 def compare_on_pairs(reference_runner: Any, candidate_runner: Any, feeds: Sequence[Sequence[Mapping[str, Any]]],
@@ -162,18 +165,25 @@ def compare_on_pairs(reference_runner: Any, candidate_runner: Any, feeds: Sequen
 
     ``feeds``: per query, chunks ``{"feed": {input: array}, "rows": n}`` (n real
     rows; the rest is padding to the profile's min batch). Returns the gate's
-    verdict (``GateResult.to_dict()``), the max absolute logit error and
+    verdict (``GateResult.to_dict()``, max absolute logit error included) and
     Polygraphy's own elementwise comparison (for information: the ranking gate decides).
     """
     import numpy as np
-    from polygraphy.comparator import CompareFunc, Comparator
+    from polygraphy.comparator import Comparator
+
+    try:  # Polygraphy >= 0.53; CompareFunc.simple before (deprecated since)
+        from polygraphy.comparator.compare import SimpleCompareFunc as simple_compare
+    except ImportError:
+        from polygraphy.comparator import CompareFunc
+
+        simple_compare = CompareFunc.simple
 
     from nimbuild.build import gate as gate_mod
 
     flat = [chunk["feed"] for query in feeds for chunk in query]
     with polygraphy_on_stderr():
         results = Comparator.run([reference_runner, candidate_runner], data_loader=flat)
-        elementwise = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=1e-2, rtol=1e-2))
+        elementwise = Comparator.compare_accuracy(results, compare_func=simple_compare(atol=1e-2, rtol=1e-2))
     (_, reference_iterations), (_, candidate_iterations) = list(results.items())
     reference_scores, candidate_scores = [], []
     i = 0
@@ -186,24 +196,32 @@ def compare_on_pairs(reference_runner: Any, candidate_runner: Any, feeds: Sequen
         reference_scores.append(np.concatenate(ref))
         candidate_scores.append(np.concatenate(cand))
     metrics = gate_mod.ranking_metrics(reference_scores, candidate_scores)
-    verdict = gate_mod.judge(metrics, thresholds)
-    max_abs = max(float(np.max(np.abs(r - c))) for r, c in zip(reference_scores, candidate_scores))
+    verdict = gate_mod.judge(metrics, thresholds, n_queries=len(feeds),
+                             n_pairs=int(sum(len(s) for s in candidate_scores)),
+                             notes=["engine (candidate) vs ONNX Runtime on the FP32 graph (reference)"])
     return {
-        "gate": verdict.to_dict() if hasattr(verdict, "to_dict") else dict(verdict),
-        "max_abs_error": max_abs,
+        "gate": verdict.to_dict(),
         "comparator": {"elementwise_atol_rtol_1e-2_passed": bool(elementwise), "iterations": len(flat)},
     }
+
+
+def _load_engine(engine_path: Path):
+    """A loader that deserializes the saved engine (every Polygraphy release has these two)."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.trt import EngineFromBytes
+
+    return EngineFromBytes(BytesFromPath(str(engine_path)))
 
 
 def check_engine(engine_path: Path, reference_onnx: Path, feeds: Sequence[Sequence[Mapping[str, Any]]],
                  thresholds: Mapping[str, Any]) -> dict[str, Any]:
     """The engine (TrtRunner) against ONNX Runtime on the FP32 graph (CPU), judged by the ranking gate."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    from polygraphy.backend.trt import EngineFromPath, TrtRunner
+    from polygraphy.backend.trt import TrtRunner
     from polygraphy.exception import PolygraphyException
 
     reference = OnnxrtRunner(SessionFromOnnx(str(reference_onnx), providers=["cpu"]), name="onnxrt-fp32")
-    candidate = TrtRunner(EngineFromPath(str(engine_path)), name="tensorrt")
+    candidate = TrtRunner(_load_engine(engine_path), name="tensorrt")
     try:
         return compare_on_pairs(reference, candidate, feeds, thresholds)
     except PolygraphyException as exc:
@@ -229,6 +247,6 @@ def time_runner(runner: Any, feed: Mapping[str, Any], warmup: int = LATENCY_WARM
 
 def measure_latency(engine_path: Path, feed: Mapping[str, Any]) -> dict[str, Any]:
     """Latency of the engine at the opt shape (``feed`` is built that shape by the plan)."""
-    from polygraphy.backend.trt import EngineFromPath, TrtRunner
+    from polygraphy.backend.trt import TrtRunner
 
-    return time_runner(TrtRunner(EngineFromPath(str(engine_path)), name="tensorrt"), feed)
+    return time_runner(TrtRunner(_load_engine(engine_path), name="tensorrt"), feed)

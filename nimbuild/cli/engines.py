@@ -15,7 +15,7 @@ def engines(
     gpu: Annotated[str, typer.Option("--gpu", "-g", help="GPU SKU to build for (h100-sxm, an NVML name, "
                                      "a canonical name), or 'auto' for the visible GPU.", show_default=False)],
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="The export dir `nimbuild export` "
-                                                    "wrote (default: out/<recipe name>).")] = None,
+                                                    "wrote (default: build/<recipe name>, as export's).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and the equivalent `polygraphy "
                                           "convert` commands; needs no GPU and no TensorRT.")] = False,
     hardware_compatible: Annotated[bool, typer.Option(
@@ -104,10 +104,10 @@ def _print_results(o, result) -> None:
     for r in result.results:
         if r.passed:
             m = r.metrics
-            latency = m.get("latency_ms_opt") or {}
-            accuracy = m.get("accuracy") or {}
+            latency = m.get("latency_ms") or {}
+            accuracy = (m.get("gate") or {}).get("metrics") or {}
             acc = ", ".join(f"{k} {v:.3f}" for k, v in sorted(accuracy.items()) if isinstance(v, (int, float)))
-            o.line(f"  {r.status:7} {r.precision:5} {r.engine}  {m.get('engine_bytes', 0) / 1e6:.1f} MB, "
+            o.line(f"  {r.status:7} {r.precision:5} {r.engine}  {m.get('size_bytes', 0) / 1e6:.1f} MB, "
                    f"built in {m.get('build_seconds')} s, p50 {latency.get('p50')} ms at "
                    f"{'x'.join(str(d) for d in latency.get('shape', []))}; {acc}")
         else:

@@ -33,12 +33,22 @@ def decide(manifest: Optional[Path], assume_gpu: Optional[list[str]], env=os.env
     """
     from nimbuild.errors import NimbuildError
     from nimbuild.manifest import load_manifest
-    from nimbuild.runtime.hardware import assumed_host, detect_host
+    from nimbuild.runtime.hardware import assumed_host, cpu_only_requested, detect_host
     from nimbuild.runtime.selection import default_manifest_path, select
 
     path = manifest if manifest is not None else default_manifest_path(env)
+    if not path.exists():
+        origin = "--manifest" if manifest is not None else (
+            "NIM_MANIFEST_PATH" if env.get("NIM_MANIFEST_PATH") else "the default ./manifest.yaml")
+        raise NimbuildError(f"{path}: no such manifest (from {origin})",
+                            hint="pass --manifest PATH or set NIM_MANIFEST_PATH; `nimbuild build` writes one")
     loaded = load_manifest(path)
-    host = assumed_host(list(assume_gpu)) if assume_gpu else detect_host(env)
+    if assume_gpu:
+        host = assumed_host(list(assume_gpu))
+        if cpu_only_requested(env):      # the preview honours NIM_CPU_ONLY too, and says so
+            host.cpu_only_reason = f"NIM_CPU_ONLY={env['NIM_CPU_ONLY'].strip()} is set"
+    else:
+        host = detect_host(env)
     try:
         return select(loaded, host, env), None
     except NimbuildError as exc:
@@ -76,10 +86,7 @@ def list_model_profiles(manifest: ManifestOpt = None, json_mode: JsonOpt = False
                         assume_gpu: AssumeGpuOpt = None) -> None:
     """List the manifest's profiles as this host sees them, and the one it would select.
 
-    Prints SYSTEM INFO (the GPUs seen, or "no GPU" and why), then the profiles in three
-    groups (runnable; compatible but not runnable; incompatible, each with its reason),
-    then the selected profile and its metadata. Works without a GPU, NVML or TensorRT.
-    Honours NIM_MODEL_PROFILE, NIM_TAGS_SELECTOR, NIM_CACHE_PATH and NIM_CPU_ONLY.
+    Prints SYSTEM INFO (the GPUs seen, or "no GPU" and why), then the profiles in three groups (runnable; compatible but not runnable; incompatible, each with its reason), then the selected profile and its metadata. Works without a GPU, NVML or TensorRT. Honours NIM_MODEL_PROFILE, NIM_TAGS_SELECTOR, NIM_CACHE_PATH and NIM_CPU_ONLY.
 
     Example: nimbuild list-model-profiles --manifest build/example-tiny/manifest.yaml --assume-gpu h100-sxm
     """
@@ -93,8 +100,7 @@ def select_profile(manifest: ManifestOpt = None, json_mode: JsonOpt = False,
                    assume_gpu: AssumeGpuOpt = None) -> None:
     """Make the decision `nimbuild serve` will make and print it as its startup log.
 
-    Exit 0 with a selected profile; exit 1 with the reason when none can be selected
-    (nothing runnable, or an override that names nothing or a profile this host cannot run).
+    Exit 0 with a selected profile; exit 1 with the reason when none can be selected (nothing runnable, or an override that names nothing or a profile this host cannot run).
 
     Example: NIM_MODEL_PROFILE=onnx-fp16-triton-onnxruntime nimbuild select -m build/example-tiny/manifest.yaml --json
     """

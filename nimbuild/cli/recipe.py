@@ -32,6 +32,8 @@ def check(
     results = []
     for f in files:
         r = load_recipe(f)  # NimbuildError -> one line, exit 1
+        if r.source.revision and set(r.source.revision) == {"0"}:
+            out.warn(f"{f}: source.revision is a placeholder (all zeros): pin the real commit sha before building")
         results.append(
             {
                 "file": str(f),

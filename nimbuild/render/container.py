@@ -1,7 +1,7 @@
 """The serving image: ``Dockerfile`` (templates/Dockerfile.j2) and its ``.dockerignore``.
 
 Based on NVIDIA's Triton server image (the recipe's ``serving.triton_image``),
-installing ``nimbuild[runtime]`` only, with the manifest and exactly the files
+installing ``nimbuild[runtime,triton]`` only (the light half), with the manifest and exactly the files
 it lists (a whitelist .dockerignore, so a build folder full of other things does
 not leak into the image), ``ENTRYPOINT ["nimbuild", "serve"]``, a health check
 on ``/v1/health/ready``, a non-root user and OCI labels naming the source, the
@@ -26,8 +26,10 @@ MODEL_DIR = "/opt/nim/model"
 CACHE_PATH = "/opt/nim/.cache"
 USER, UID = "nim", 10001
 PORT = 8000
+# The light half only; `triton` adds tritonclient[http], which serve needs to drive tritonserver.
+RUNTIME_EXTRAS = "runtime,triton"
 WHEELS_README = ("Put a nimbuild wheel here (pip wheel --no-deps -w wheels .) to install it instead of the\n"
-                 "published one; the Dockerfile installs nimbuild[runtime] with --find-links on this folder.\n")
+                 "published one; the Dockerfile installs nimbuild[runtime,triton] with --find-links on this folder.\n")
 
 
 @dataclass
@@ -101,9 +103,7 @@ def render_container(manifest_path: str | os.PathLike, out_dir: str | os.PathLik
             notes.append(f"{triton_dir} is outside the build context {context}: the image re-renders "
                          "Triton repositories at start (ONNX profiles only need their graph)")
         else:
-            for p in manifest.profiles:
-                if (Path(triton_dir) / p.name).is_dir():
-                    paths.append(f"{rel}/{p.name}/")
+            paths += [f"{rel}/{name}/" for name in repositories_for(manifest, Path(triton_dir))]
     source_url, source_revision = _source(recipe, header)
     profiles = [{"id": p.id, "name": p.name} for p in sorted(manifest.profiles, key=lambda p: p.name)]
     dockerfile = out_dir / "Dockerfile"
@@ -111,7 +111,7 @@ def render_container(manifest_path: str | os.PathLike, out_dir: str | os.PathLik
     text = render(
         "Dockerfile.j2",
         nimbuild_version=__version__, model=model, tag=__version__, profiles=profiles,
-        base_image=base_image, nimbuild_requirement=f"nimbuild[runtime]=={__version__}",
+        base_image=base_image, nimbuild_requirement=f"nimbuild[{RUNTIME_EXTRAS}]=={__version__}",
         source_url=source_url, source_revision=source_revision,
         model_revision=str(header.get("model_revision", "")), recipe_sha256=str(header.get("recipe_sha256", "")),
         user=USER, uid=UID, port=PORT, model_dir=MODEL_DIR, cache_path=CACHE_PATH,
@@ -134,6 +134,22 @@ def render_container(manifest_path: str | os.PathLike, out_dir: str | os.PathLik
         atomic_write_text(wheels / "README.txt", WHEELS_README)
     return ContainerFiles(dockerfile=dockerfile, dockerignore=ignores, context=context, base_image=base_image,
                           profile_ids=[p["id"] for p in profiles], included=["manifest.yaml", *paths], notes=notes)
+
+
+def repositories_for(manifest, triton_dir: Path) -> list[str]:
+    """Folders under ``triton_dir`` rendered from this manifest's profiles (stale ones are left out)."""
+    from nimbuild.render.triton import REPOSITORY_INFO
+
+    ids = {p.id for p in manifest.profiles}
+    names = []
+    for folder in sorted(triton_dir.iterdir()) if triton_dir.is_dir() else []:
+        try:
+            info = json.loads((folder / REPOSITORY_INFO).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if info.get("profile_ids") and set(info["profile_ids"]) <= ids:
+            names.append(folder.name)
+    return names
 
 
 _IMAGE_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]{1,2}[a-z0-9]+)*)*"
@@ -197,8 +213,10 @@ def check_dockerfile(text: str) -> list[str]:
         if key + "=" not in labels:
             problems.append(f"LABEL {key} is missing")
     runs = " ".join(a for w, a in ins if w == "RUN")
-    if "nimbuild[runtime]" not in text or re.search(r"nimbuild\[(build|tensorrt)", text):
-        problems.append("install nimbuild[runtime] only")
+    extras = re.findall(r"nimbuild\[([a-z,]+)\]", text)
+    if not extras or any(set(e.split(",")) - {"runtime", "triton"} for e in extras) or \
+            not all("runtime" in e.split(",") for e in extras):
+        problems.append(f"install nimbuild[runtime] (+ triton) only, got extras {extras}")
     if re.search(r"\b(torch|transformers|tensorrt)\b", runs):
         problems.append("a RUN installs a heavy (build-half) package")
     return problems

@@ -22,7 +22,8 @@ def copy_verified(src: Path, dst: Path, sha256: str | None = None, size: int | N
                   chunk: int = 1 << 22) -> str:
     """Copy ``src`` to ``dst`` hashing the bytes on the way; refuse (and remove ``dst``) on a mismatch.
 
-    Hashing while copying reads the source once, so the check costs no extra pass.
+    The bytes hashed are exactly the bytes written (no window for the source to
+    change between copy and check); benchmarks/RESULTS-render.md has its cost.
     """
     dst.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()

@@ -556,10 +556,23 @@ def multi_cc_info(manifest, name: str, profiles: list, serving: ServingOptions, 
 
 # --------------------------------------------------------------------------- the command
 
-def render_repositories(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, mode: str = "link",
-                        serving: ServingOptions | None = None, recipe_path: str | os.PathLike | None = None,
-                        out=None) -> list[RenderedRepository]:
-    """``nimbuild render``: ``out_dir/triton/<profile name>/`` for every profile of a verified manifest.
+@dataclass
+class RenderResult:
+    repositories: list[RenderedRepository]
+    container: Any = None   # nimbuild.render.container.ContainerFiles
+    skipped: list[str] = field(default_factory=list)   # profiles with no Triton model, and why
+
+    def to_dict(self) -> dict:
+        return {"repositories": [r.to_dict() for r in self.repositories], "skipped": self.skipped,
+                "container": self.container.to_dict() if self.container is not None else None}
+
+
+def render_all(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, mode: str = "link",
+               serving: ServingOptions | None = None, recipe_path: str | os.PathLike | None = None,
+               out=None, dockerfile: bool = True) -> RenderResult:
+    """``nimbuild render``: ``out_dir/triton/<profile name>/`` for every profile of a verified manifest,
+    one repository per set of engines spanning several compute capabilities, and
+    ``out_dir/Dockerfile`` (+ its dockerignore) for the serving image.
 
     Refuses a manifest that fails :func:`nimbuild.manifest.verify_manifest`
     (wrong IDs, missing or altered files): nothing is rendered from it.
@@ -569,32 +582,48 @@ def render_repositories(manifest_path: str | os.PathLike, out_dir: str | os.Path
 
     check_mode(mode)
     manifest = load_manifest(manifest_path)
-    if serving is None:
-        serving = ServingOptions()
-        if recipe_path is not None:
-            from nimbuild.recipe import load_recipe
+    recipe = None
+    if recipe_path is not None:
+        from nimbuild.recipe import load_recipe
 
-            serving = ServingOptions.from_recipe(load_recipe(recipe_path))
+        recipe = load_recipe(recipe_path)
+    if serving is None:
+        serving = ServingOptions.from_recipe(recipe) if recipe is not None else ServingOptions()
     problems = verify_manifest(manifest, check_files=True)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise NimbuildError(f"{manifest_path}: the manifest does not verify, nothing rendered: {shown}",
                             hint="run `nimbuild manifest verify` and rebuild what it names")
     triton_dir = Path(out_dir) / "triton"
-    jobs = [(p.name, lambda p=p: profile_info(manifest, p, serving)) for p in manifest.profiles]
+    servable = [p for p in manifest.profiles if p.tags.get("backend") in ("tensorrt", "onnx")]
+    skipped = [f"{p.name}: backend {p.tags.get('backend')!r} has no Triton model; not rendered"
+               for p in manifest.profiles if p not in servable]
+    if out is not None:
+        for note in skipped:
+            out.note(note)
+    jobs = [(p.name, lambda p=p: profile_info(manifest, p, serving)) for p in servable]
     jobs += [(name, lambda name=name, ps=ps: multi_cc_info(manifest, name, ps, serving))
              for name, ps in multi_cc_groups(manifest)]
+    infos = [(name, make()) for name, make in jobs]   # read every graph before writing anything
     rendered = []
     progress_ctx = out.progress() if out is not None else _null_progress()
     with progress_ctx as progress:
-        task = progress.add_task("rendering Triton repositories", total=len(jobs)) if progress else None
-        for name, make_info in jobs:
-            info = make_info()
-            repo = write_repository(info, triton_dir / name, Path(manifest.root), mode=mode)
-            rendered.append(repo)
+        task = progress.add_task("rendering Triton repositories", total=len(infos)) if progress else None
+        for name, info in infos:
+            rendered.append(write_repository(info, triton_dir / name, Path(manifest.root), mode=mode))
             if progress:
                 progress.advance(task)
-    return rendered
+    container = None
+    if dockerfile:
+        from nimbuild.render.container import render_container
+
+        container = render_container(manifest_path, out_dir, recipe=recipe, triton_dir=triton_dir)
+    return RenderResult(repositories=rendered, container=container, skipped=skipped)
+
+
+def render_repositories(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, **options) -> list[RenderedRepository]:
+    """:func:`render_all` (repositories and Dockerfile), returning the repositories (``nimbuild build``'s step)."""
+    return render_all(manifest_path, out_dir, **options).repositories
 
 
 class _null_progress:

@@ -13,6 +13,7 @@ graph never sits where the manifest would look for it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -106,6 +107,21 @@ def _build_one(precision: str, fp32_path: Path, out_path: Path, *, architecture:
                           num_heads=heads, hidden_size=hidden)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _readable_like_the_rest(folder: Path) -> None:
+    """mkdtemp makes 0700 folders (and ONNX writes .data files 0600): give them the umask's modes, like onnx/fp32."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for f in folder.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o666 & ~mask)
+
+
 def _remove_stale(final_dir: Path) -> None:
     """A graph from an earlier run must not outlive a rejection now."""
     if final_dir.exists():
@@ -187,6 +203,7 @@ def build_precisions(
                     entry["gate"] = gate.to_dict()
                     if not gate.passed:
                         raise _Rejected(gate)
+                    _readable_like_the_rest(stage)
                 entry.update(status="passed", path=rel)
             except _Rejected as rej:
                 _remove_stale(final_dir)
@@ -220,10 +237,13 @@ def _fmt(value) -> str:
 
 
 def _print_table(report: dict[str, dict], out) -> None:
+    """The gate figures as a table, then one line per graph: where it is, or why it is not."""
     rows = []
     for name, e in report.items():
         m = (e.get("gate") or {}).get("metrics", {})
         rows.append([name, e["status"], _fmt(m.get("top1")), _fmt(m.get("spearman")), _fmt(m.get("ndcg10")),
-                     _fmt(m.get("max_abs_logit")), _fmt(e.get("seconds")), e.get("path") or e.get("reason") or ""])
-    out.table(["precision", "status", "top1", "spearman", "ndcg@10", "max |Δlogit|", "s", "graph / reason"], rows,
+                     _fmt(m.get("max_abs_logit")), _fmt(e.get("seconds"))])
+    out.table(["precision", "status", "top1", "spearman", "ndcg@10", "max|Δlogit|", "s"], rows,
               title="precision graphs (ONNX Runtime CPU vs PyTorch FP32)")
+    for name, e in report.items():
+        out.line(f"  {name}: {e['path']}" if e.get("path") else f"  {name}: {e['status']}: {e.get('reason') or ''}")

@@ -85,7 +85,9 @@ def save_model(model, path: str | os.PathLike) -> list[str]:
         model.ir_version = IR_VERSION
     if weight_bytes(model) > EXTERNAL_DATA_BYTES:
         data = path.name + ".data"
-        onnx.save_model(model, os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True,
+        copy = onnx.ModelProto()  # saving with external data empties the tensors of the proto it is given
+        copy.CopyFrom(model)
+        onnx.save_model(copy, os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data, size_threshold=1024)
         return [path.name, data]
     onnx.save_model(model, os.fspath(path))

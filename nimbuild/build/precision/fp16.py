@@ -47,28 +47,37 @@ def overflowing_nodes(model, calibration: list[dict[str, np.ndarray]], limit: fl
     """
     import onnx
 
+    import tempfile
+
     graph = model.graph
     inits = {t.name for t in graph.initializer}
     # every float tensor that some node produces becomes an extra output of a copy of the graph
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
-    floaty = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
-    produced = [o for n in graph.node for o in n.output if o and o not in inits and types.get(o) in floaty]
-    existing = {o.name for o in graph.output}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    for name in produced:
-        if name not in existing:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    probe.ir_version = min(probe.ir_version, 10)
-    sess = cpu_session(probe.SerializeToString())
-    names = [o.name for o in sess.get_outputs()]
-    amax: dict[str, float] = {}
-    for feeds in feeds_for(sess, calibration[:OVERFLOW_CHECK_QUERIES]):
-        for name, value in zip(names, sess.run(None, feeds)):
-            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
-                m = float(np.max(np.abs(value)))
-                amax[name] = max(amax.get(name, 0.0), m)
+    # (through files: shape inference and sessions on a >2 GB graph cannot go through one protobuf)
+    with tempfile.TemporaryDirectory(prefix="nimbuild-fp16-") as tmp:
+        src, inferred_path = Path(tmp) / "model.onnx", Path(tmp) / "inferred.onnx"
+        save_model(model, src)
+        onnx.shape_inference.infer_shapes_path(os.fspath(src), os.fspath(inferred_path))
+        inferred = onnx.load(os.fspath(inferred_path), load_external_data=False)
+        types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+        del inferred
+        floaty = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+        produced = [o for n in graph.node for o in n.output if o and o not in inits and types.get(o) in floaty]
+        existing = {o.name for o in graph.output}
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        for name in produced:
+            if name not in existing:
+                probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        save_model(probe, src)
+        del probe
+        sess = cpu_session(src)
+        names = [o.name for o in sess.get_outputs()]
+        amax: dict[str, float] = {}
+        for feeds in feeds_for(sess, calibration[:OVERFLOW_CHECK_QUERIES]):
+            for name, value in zip(names, sess.run(None, feeds)):
+                if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
+                    amax[name] = max(amax.get(name, 0.0), float(np.max(np.abs(value))))
+        del sess
     hot = {t: v for t, v in amax.items() if not np.isfinite(v) or v >= limit}
     blocked = [n.name for n in graph.node if set(n.output) & hot.keys() or set(n.input) & hot.keys()]
     return blocked, hot
@@ -88,6 +97,42 @@ def _drop_duplicate_nodes(model) -> None:
         model.graph.node.extend(keep)
 
 
+def _keep_fp32_between_fp32_nodes(model, blocked_names: set[str], blocked_ops: set[str]) -> int:
+    """Drop the FP32 -> FP16 -> FP32 round trips the converter puts between two blocked nodes.
+
+    The converter types every float tensor FP16 and wraps each blocked node in casts, so a
+    tensor passed from one FP32 node to the next is still rounded (and overflows) in FP16.
+    A Cast-to-FP32 whose input is a Cast-to-FP16 of a blocked node's output becomes an
+    Identity of that FP32 output. Returns how many round trips were removed.
+    """
+    from onnx import TensorProto, helper
+
+    def cast_to(node) -> int | None:
+        if node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    producers = {o: n for n in model.graph.node for o in n.output}
+    fixed = 0
+    for node in model.graph.node:
+        if cast_to(node) != TensorProto.FLOAT:
+            continue
+        first = producers.get(node.input[0])
+        if first is None or cast_to(first) != TensorProto.FLOAT16:
+            continue
+        origin = producers.get(first.input[0])
+        if origin is None or not (origin.name in blocked_names or origin.op_type in blocked_ops):
+            continue
+        node.CopyFrom(helper.make_node("Identity", [first.input[0]], list(node.output), name=node.name))
+        fixed += 1
+    # casts nobody reads any more
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [n for n in model.graph.node if n.op_type != "Cast" or any(o in used for o in n.output)]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return fixed
+
+
 def build_fp16(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
                calibration: list[dict[str, np.ndarray]] | None = None) -> dict:
     """Write the FP16 graph of ``fp32_path`` to ``out_path``; returns facts for the report."""
@@ -99,13 +144,10 @@ def build_fp16(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
         if not node.name:
             node.name = f"{node.op_type}_{i}"
     blocked, hot = overflowing_nodes(model, calibration) if calibration else ([], {})
-    fp16 = convert_float_to_float16(
-        model,
-        keep_io_types=True,
-        op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS)),
-        node_block_list=blocked,
-    )
+    blocked_ops = set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS)
+    fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(blocked_ops), node_block_list=blocked)
     _drop_duplicate_nodes(fp16)
+    _keep_fp32_between_fp32_nodes(fp16, set(blocked), blocked_ops)
     files = save_model(fp16, out_path)
     kept = sum(1 for n in fp16.graph.node if n.op_type in FRAGILE_OPS) + len(blocked)
     notes = [f"{kept} nodes kept in FP32 ({len(blocked)} for overflow >= {FP16_SAFE_MAX:g} on the calibration pairs)"]

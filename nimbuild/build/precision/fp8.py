@@ -34,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nimbuild.build.precision.common import load_model, node_output_is_graph_output, opset, save_model
+from nimbuild.build.precision.common import (
+    EXTERNAL_DATA_BYTES, load_model, node_output_is_graph_output, opset, save_model, weight_bytes,
+)
 
 E4M3_MAX = 448.0
 QUANTIZED_OPS = ("MatMul", "Gemm")
@@ -62,6 +64,7 @@ def calibrate_amax(model, calibration: list[dict[str, np.ndarray]], op_types=QUA
         calibrator = create_calibrator(
             src, list(op_types), augmented_model_path=os.fspath(Path(tmp) / "augmented.onnx"),
             calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": True},
+            use_external_data_format=weight_bytes(model) > EXTERNAL_DATA_BYTES,
         )
         calibrator.collect_data(_Reader(calibration, input_names))
         ranges = calibrator.compute_data()
@@ -122,7 +125,7 @@ def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
                 q_name = f"{tensor}_fp8_q"
                 new_inits.append(numpy_helper.from_array(np.array(s, dtype=np.float32), scale_name))
                 new_nodes.setdefault(idx, []).extend([
-                    helper.make_node("QuantizeLinear", [tensor, scale_name, zp_name], [q_name], name=f"{tensor}_QuantizeLinear", saturate=1),
+                    helper.make_node("QuantizeLinear", [tensor, scale_name, zp_name], [q_name], name=f"{tensor}_QuantizeLinear"),
                     helper.make_node("DequantizeLinear", [q_name, scale_name, zp_name], [dq_name], name=f"{tensor}_DequantizeLinear"),
                 ])
                 counts["activations"] += 1
@@ -142,7 +145,7 @@ def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep + new_inits)
-    if sum(len(t.raw_data) for t in graph.initializer) < 1_800_000_000:
+    if weight_bytes(model) < EXTERNAL_DATA_BYTES:
         onnx.checker.check_model(model)
     return counts
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nimbuild.build.precision.common import cpu_int8_support, load_model, save_model
+from nimbuild.build.precision.common import EXTERNAL_DATA_BYTES, cpu_int8_support, load_model, save_model, weight_bytes
 
 # transformers architecture prefix -> ORT optimizer model_type (encoder families with BERT-like graphs)
 _MODEL_TYPES = {
@@ -66,10 +66,16 @@ FUSION_TOLERANCE = 1e-3  # max |delta logit| relative to the logits' range
 
 
 def _max_abs_diff(a_path, b_model, feeds) -> tuple[float, float]:
-    from nimbuild.build.precision.common import cpu_session, feeds_for
+    from nimbuild.build.precision.common import cpu_session
 
-    a = cpu_session(a_path)
-    b = cpu_session(b_model.SerializeToString())
+    with tempfile.TemporaryDirectory(prefix="nimbuild-fuse-") as tmp:
+        save_model(b_model, Path(tmp) / "fused.onnx")
+        return _compare(cpu_session(a_path), cpu_session(Path(tmp) / "fused.onnx"), feeds)
+
+
+def _compare(a, b, feeds) -> tuple[float, float]:
+    from nimbuild.build.precision.common import feeds_for
+
     diff, scale = 0.0, 0.0
     for fa, fb in zip(feeds_for(a, feeds), feeds_for(b, feeds)):
         ya, yb = a.run(None, fa)[0], b.run(None, fb)[0]
@@ -148,6 +154,7 @@ def build_cpu_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ar
         notes.append("fused: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
     else:
         notes.append(f"no ONNX Runtime transformer fusions kept for {architecture}: quantized unfused")
+    notes = [n for i, n in enumerate(notes) if n not in notes[:i]]
     with tempfile.TemporaryDirectory(prefix="nimbuild-int8-") as tmp:
         fused_path = Path(tmp) / "fused.onnx"
         if stats:  # plain ONNX shape inference does not know ORT's contrib ops; the quantizer needs the types
@@ -159,8 +166,9 @@ def build_cpu_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ar
                 pass
         save_model(fused, fused_path)
         q_path = Path(tmp) / "int8.onnx"
+        large = weight_bytes(fused) > EXTERNAL_DATA_BYTES
         if mode == "dynamic":
-            quantize_dynamic(fused_path, q_path, weight_type=QuantType.QInt8, per_channel=False,
+            quantize_dynamic(fused_path, q_path, weight_type=QuantType.QInt8, per_channel=False, use_external_data_format=large,
                              reduce_range=not cpu["vnni"], extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         else:
             if not calibration:
@@ -171,6 +179,10 @@ def build_cpu_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ar
             quantize_static(fused_path, q_path, _Reader(calibration, names), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
                             reduce_range=not cpu["vnni"], calibrate_method=CalibrationMethod.MinMax,
+                            use_external_data_format=large,
+                            # MatMul/Gemm only: quantizing every op also quantizes the attention mask's
+                            # float32.min fill, whose range then wipes out the scores (measured: top-1 0)
+                            op_types_to_quantize=["MatMul", "Gemm"],
                             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         files = save_model(load_model(q_path), out_path)
     notes.insert(0, f"{mode} INT8 (weights int8 per tensor{', 7-bit' if not cpu['vnni'] else ''}) on the fused graph")

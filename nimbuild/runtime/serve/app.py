@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from nimbuild.runtime.serve.batching import QueueFull
+from nimbuild.runtime.serve.batching import QueueFull, ShuttingDown
 from nimbuild.runtime.serve.service import RankingService
 from nimbuild.runtime.serve.tokenize import TRUNCATE_MODES, TooManyTokens
 
@@ -62,6 +62,10 @@ def _text(value: Any, where: str, limit: int) -> str:
         raise RequestError(422, f"{where}.text: expected a string, got {got}")
     if len(text) > limit:
         raise RequestError(422, f"{where}.text: {len(text)} characters, more than the limit of {limit} (NIM_MAX_TEXT_CHARS)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:   # a lone surrogate (\ud800) sent as a JSON escape
+        raise RequestError(422, f"{where}.text: not valid Unicode ({exc.reason} at {exc.start})") from None
     return text
 
 
@@ -113,6 +117,8 @@ def create_app(service: RankingService) -> Starlette:
                 payload = json.loads(body)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise RequestError(400, "request body is not valid JSON: nested too deeply") from None
             query, passages, truncate = parse_ranking_request(payload, service)
             try:
                 logits = await service.rank(query, passages, truncate)
@@ -120,6 +126,8 @@ def create_app(service: RankingService) -> Starlette:
                 raise RequestError(400, str(exc)) from None
             except QueueFull as exc:
                 raise RequestError(429, f"server busy: {exc}; retry later") from None
+            except ShuttingDown as exc:
+                raise RequestError(503, str(exc)) from None
         except RequestError as exc:
             return count("/v1/ranking", _error(exc.status, exc.message))
         except ClientDisconnect:

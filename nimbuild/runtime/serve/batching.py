@@ -30,6 +30,10 @@ class QueueFull(RuntimeError):
     """More rows waiting than the server accepts (a 429 for the client)."""
 
 
+class ShuttingDown(RuntimeError):
+    """The server is stopping and takes no new work (a 503)."""
+
+
 class _Job:
     __slots__ = ("rows", "scores", "remaining", "future", "loop", "enqueued")
 
@@ -100,7 +104,7 @@ class DynamicBatcher:
         job = _Job(rows, loop.create_future(), loop)
         with self._cond:
             if self._stopping:
-                raise RuntimeError("the server is shutting down")
+                raise ShuttingDown("the server is shutting down")
             if self._pending_rows + len(rows) > self.max_pending_rows and self._pending:
                 raise QueueFull(f"{self._pending_rows} passages already queued (limit {self.max_pending_rows})")
             self._pending.append(job)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -10,11 +11,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from nimbuild.runtime.serve.backends import Backend
-from nimbuild.runtime.serve.batching import DynamicBatcher
+from nimbuild.runtime.serve.batching import DynamicBatcher, ShuttingDown
 from nimbuild.runtime.serve.metrics import ServeMetrics
 from nimbuild.runtime.serve.tokenize import PairTokenizer
 
 log = logging.getLogger("nimbuild.serve")
+
+_INLINE_CHARS = 50_000   # up to this many characters a request is tokenized on the event loop (< ~1 ms)
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ class RankingService:
     @property
     def max_batch_size(self) -> int:
         profile_max = int(self.profile.get("tags", {}).get("max_batch_size", 64))
-        return min(profile_max, self.limits.max_batch_size or profile_max)
+        return min(profile_max, self.limits.max_batch_size or profile_max, self.backend.max_batch_size or profile_max)
 
     def start(self) -> None:
         """Start the batching worker (the backend is already started)."""
@@ -95,8 +98,16 @@ class RankingService:
         log.info("Model %s answered its warm-up: ready", self.model)
 
     async def rank(self, query: str, passages: Sequence[str], truncate: str) -> np.ndarray:
-        rows = self.tokenizer.encode(query, passages, truncate)
-        return await self.batcher.submit(rows)
+        if len(query) + sum(map(len, passages)) > _INLINE_CHARS:
+            # A big request is tokenized in a thread (the Rust tokenizer releases the GIL),
+            # so health checks and small requests are not held behind it.
+            rows = await asyncio.to_thread(self.tokenizer.encode, query, passages, truncate)
+        else:
+            rows = self.tokenizer.encode(query, passages, truncate)
+        batcher = self.batcher
+        if batcher is None:
+            raise ShuttingDown("the server is shutting down")
+        return await batcher.submit(rows)
 
     def stop(self) -> None:
         self.ready = False

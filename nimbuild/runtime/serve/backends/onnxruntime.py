@@ -44,6 +44,8 @@ class OnnxRuntimeBackend(Backend):
         threads = self.intra_op_threads if self.intra_op_threads is not None else _env_int("NIM_ORT_INTRA_OP_THREADS")
         if threads:
             opts.intra_op_num_threads = threads
+        if os.environ.get("NIM_ORT_CPU_ARENA", "1") == "0":
+            opts.enable_cpu_mem_arena = False
         opts.log_severity_level = 3  # the provider check below says what matters, without ORT's warnings
         try:
             self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=wanted)

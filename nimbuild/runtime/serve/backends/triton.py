@@ -81,7 +81,9 @@ class TritonBackend(Backend):
         http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
         self._log_path = self.workdir / "tritonserver.log"
         cmd = [exe, f"--model-repository={store}", f"--http-port={http_port}", f"--grpc-port={grpc_port}",
-               f"--metrics-port={metrics_port}", "--http-address=127.0.0.1", "--exit-on-error=true"]
+               f"--metrics-port={metrics_port}", "--http-address=127.0.0.1", "--exit-on-error=true",
+               # Only the graph: tokenization happens in this process (the store's tokenizer/ensemble stay unloaded).
+               "--model-control-mode=explicit", f"--load-model={self.model_name}"]
         log.info("Starting %s", " ".join(cmd))
         with open(self._log_path, "wb") as log_file:
             self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
@@ -103,11 +105,11 @@ class TritonBackend(Backend):
             result = materialize_profile(self.manifest, self.profile, dest)
         except Exception as exc:
             raise BackendStartError(f"rendering the Triton model store failed: {exc}") from exc
-        store = Path(getattr(result, "store", result if isinstance(result, (str, os.PathLike)) else dest))
-        names = sorted(p.name for p in store.iterdir() if (p / "config.pbtxt").is_file())
-        if not names:
-            raise BackendStartError(f"{store}: no model with a config.pbtxt was rendered")
-        return store, getattr(result, "model_name", None) or names[0]
+        store, name = Path(result.store), result.model_name
+        if not (store / name / "config.pbtxt").is_file():
+            raise BackendStartError(f"{store / name}: no config.pbtxt was rendered")
+        self.max_batch_size = int(result.max_batch_size)
+        return store, name
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s

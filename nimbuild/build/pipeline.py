@@ -1,0 +1,239 @@
+"""`nimbuild export` end to end: resolve, export, gate, precision graphs, report, rename.
+
+Everything is written into a staging folder beside OUT and renamed into place
+only when the FP32 graph has passed its gate, so a failed export leaves nothing
+that looks finished (docs/internals.md, "Export directory").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from nimbuild.errors import NimbuildError
+from nimbuild.output import Output, dumps
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spm.model", "added_tokens.json")
+SYNTH_QUERIES, SYNTH_PASSAGES = 12, 8
+
+
+def as_recipe(recipe_or_model: Any, *, trust_remote_code: bool | None = None, revision: str | None = None):
+    """A Recipe from a Recipe, a recipe file (.yaml/.yml) or a model (folder or hub repo id)."""
+    from nimbuild.recipe import Recipe, load_recipe, recipe_for_model
+
+    if isinstance(recipe_or_model, Recipe):
+        return recipe_or_model
+    text = os.fspath(recipe_or_model)
+    if text.endswith((".yaml", ".yml")):
+        return load_recipe(text)
+    return recipe_for_model(text, revision=revision, trust_remote_code=bool(trust_remote_code))
+
+
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NimbuildError(f"output {out_dir} exists and is a file", hint="give a folder path with --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise NimbuildError(
+            f"output folder {out_dir} already exists and is not empty",
+            hint="choose another --out, or pass --force to replace it",
+        )
+
+
+def save_tokenizer(model_dir: Path, dest: Path, trust_remote_code: bool) -> Any:
+    """The tokenizer files (tokenizer.json and friends) + config.json into ``dest``; returns the tokenizer."""
+    from nimbuild.build.pairs import load_tokenizer
+
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        tok = load_tokenizer(model_dir, trust_remote_code)
+    except Exception as exc:
+        raise NimbuildError(f"model {model_dir}: its tokenizer could not be loaded: {str(exc).splitlines()[0][:300]}",
+                            hint="the folder needs tokenizer.json (or the files its tokenizer class reads)") from None
+    tok.save_pretrained(str(dest))
+    for name in ("config.json",) + tuple(n for n in TOKENIZER_FILES if not (dest / n).exists()):
+        src = model_dir / name
+        if src.is_file() and not (dest / name).exists():
+            shutil.copyfile(src, dest / name)
+    if not (dest / "tokenizer.json").exists():
+        raise NimbuildError(f"model {model_dir}: no fast tokenizer (tokenizer.json) could be written",
+                            hint="the runtime tokenizes with tokenizer.json; use a model with a fast tokenizer")
+    return tok
+
+
+def _toolchain() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg, dist in (("torch", "torch"), ("transformers", "transformers"), ("onnx", "onnx"),
+                      ("onnxruntime", "onnxruntime-gpu"), ("nimbuild", "nimbuild")):
+        try:
+            versions[pkg] = md.version(dist)
+        except md.PackageNotFoundError:
+            if pkg == "onnxruntime":
+                try:
+                    versions[pkg] = md.version("onnxruntime")
+                except md.PackageNotFoundError:
+                    pass
+    return versions
+
+
+def _fp32_thresholds(recipe_thresholds: Any, reference: Sequence[np.ndarray]) -> dict:
+    """FP32 must match PyTorch: the recipe's ranking thresholds plus max |Δlogit| <= 1e-4 * max(1, |logit|)."""
+    from nimbuild.build.export import FP32_TOLERANCE
+    from nimbuild.build.gate import thresholds_dict
+
+    th = thresholds_dict(recipe_thresholds)
+    scale = max(1.0, max(float(np.max(np.abs(r))) for r in reference))
+    limit = FP32_TOLERANCE * scale
+    th["max_abs_logit"] = limit if th["max_abs_logit"] is None else min(th["max_abs_logit"], limit)
+    return th
+
+
+def run_export(recipe_or_model: Any, out_dir: str | Path, precisions: Sequence[str] | None = None,
+               pairs: str | Path | None = None, out: Output | None = None, *, force: bool = False,
+               trust_remote_code: bool | None = None, revision: str | None = None, exporter: str = "auto") -> dict:
+    """Export a model (recipe, folder or hub id) into ``out_dir``; returns the export report.
+
+    ``precisions``: None = the recipe's; fp32 is always built. ``pairs``: a JSONL
+    overriding the recipe's (none at all: synthetic pairs from the vocabulary).
+    """
+    from nimbuild.build import export as exp
+    from nimbuild.build import gate as gate_mod
+    from nimbuild.build import pairs as pairs_mod
+    from nimbuild.build.source import resolve_source
+    from nimbuild.fsutil import atomic_write_text, staging_dir
+
+    out = out or Output(quiet=True)
+    started = time.perf_counter()
+    recipe = as_recipe(recipe_or_model, trust_remote_code=trust_remote_code, revision=revision)
+    trust = recipe.trust_remote_code if trust_remote_code is None else trust_remote_code
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, force)
+    wanted = list(recipe.precisions if precisions is None else precisions)
+    wanted = ["fp32"] + [p for p in dict.fromkeys(x.strip().lower() for x in wanted) if p and p != "fp32"]
+    pairs_path = Path(pairs) if pairs is not None else (recipe.resolve(recipe.pairs) if recipe.pairs else None)
+    groups = pairs_mod.load_pairs(pairs_path) if pairs_path is not None else None  # bad pairs fail before any work
+
+    with out.progress() as progress:
+        t = progress.add_task(f"resolve {recipe.source.describe()}", total=1)
+        resolved = resolve_source(recipe, trust_remote_code=trust)
+        progress.advance(t)
+    arch = exp.check_supported(resolved.config, resolved.path, trust)
+    out.note(f"model {recipe.name}: {arch} from {resolved.path} (revision {resolved.revision})")
+
+    with staging_dir(out_dir) as stage:
+        with out.progress() as progress:
+            t = progress.add_task("export fp32 (PyTorch -> ONNX)", total=3)
+            tokenizer = save_tokenizer(resolved.path, stage / "tokenizer", trust)
+            progress.advance(t)
+            model = exp.load_model(resolved.path, trust)
+            progress.advance(t)
+            fp32_dir = stage / "onnx" / "fp32"
+            t0 = time.perf_counter()
+            info = exp.export_fp32(resolved.path, fp32_dir, recipe.shapes, trust_remote_code=trust, exporter=exporter, model=model)
+            progress.advance(t)
+            fp32_seconds = time.perf_counter() - t0
+
+        names = info["inputs"]
+        notes = []
+        if groups is None:
+            groups = pairs_mod.synthesize_pairs(tokenizer, SYNTH_QUERIES, SYNTH_PASSAGES, seed=0)
+            notes.append(f"no pairs file: {SYNTH_QUERIES}x{SYNTH_PASSAGES} synthetic pairs from the vocabulary "
+                         "(parity only; give the recipe real pairs for meaningful ranking metrics)")
+        max_len = recipe.shapes.sequence.max
+        encoded = pairs_mod.encode(tokenizer, groups, max_len, names)
+
+        session = exp.cpu_session(fp32_dir / "model.onnx")
+        with out.progress() as progress:
+            cases = exp.parity_cases(recipe.shapes, exp._max_positions(model.config))
+            t = progress.add_task("validate fp32 (ONNX Runtime vs PyTorch)", total=len(cases) + 1)
+            parity = exp.check_parity(model, session, names, recipe.shapes, progress=progress, task=t)
+            reference = exp.torch_scores(model, names, encoded)
+            gate = gate_mod.run_gate(session, encoded, reference, _fp32_thresholds(recipe.thresholds, reference),
+                                     max_batch=recipe.shapes.batch.max, notes=notes)
+            progress.advance(t)
+        if not parity["passed"] or not gate.passed:
+            bad = [f"batch {c['batch']} x seq {c['sequence']}: |Δlogit| {c['max_abs_logit']:.2e} > {c['limit']:.1e}"
+                   for c in parity["cases"] if not c["passed"]]
+            raise NimbuildError(
+                f"fp32 graph of {recipe.name} does not match PyTorch: " + "; ".join(bad + gate.failures),
+                hint="nothing was written; NIMBUILD_DEBUG=1 for details, or try --exporter dynamo",
+            )
+
+        report: dict[str, Any] = {
+            "model": recipe.name,
+            "model_revision": resolved.revision,
+            "source": {**recipe.source.model_dump(exclude_none=True), **resolved.to_dict()},
+            "architecture": info["architecture"],
+            "model_type": info["model_type"],
+            "inputs": names,
+            "outputs": info["outputs"],
+            "num_labels": info["num_labels"],
+            "opset": info["opset"],
+            "exporter": info["exporter"],
+            "max_batch_size": recipe.shapes.batch.max,
+            "max_sequence_length": recipe.shapes.sequence.max,
+            "shapes": recipe.shapes.model_dump(),
+            "recipe": str(recipe.path) if recipe.path else None,
+            "recipe_sha256": recipe.sha256,
+            "trust_remote_code": trust,
+            "pairs": {"file": str(pairs_path) if pairs_path else None, "queries": len(groups),
+                      "pairs": int(sum(len(g.passages) for g in groups)), "synthetic": pairs_path is None},
+            "thresholds": gate_mod.thresholds_dict(recipe.thresholds),
+            "toolchain": _toolchain(),
+            "precisions": {
+                "fp32": {"status": "passed", "path": "onnx/fp32/model.onnx",
+                         "files": [f"onnx/fp32/{f}" for f in info["files"]], "gate": gate.to_dict(),
+                         "parity": parity, "external_data": info["external_data"],
+                         "seconds": round(fp32_seconds, 3)},
+            },
+        }
+
+        others = [p for p in wanted if p != "fp32"]
+        if others:
+            report["precisions"].update(_build_precisions(stage, others, info, encoded, reference, recipe, out))
+        report["seconds"] = round(time.perf_counter() - started, 3)
+        atomic_write_text(stage / "export_report.json", dumps(report) + "\n")
+    return report
+
+
+def _split(encoded: list, reference: list) -> tuple[list, list, list]:
+    """Calibration and evaluation sets: all queries for both when few, else calibrate on the even ones."""
+    if len(encoded) >= 8:
+        return encoded[::2], encoded, reference
+    return encoded, encoded, reference
+
+
+def _build_precisions(stage: Path, precisions: list[str], info: dict, encoded: list, reference: list, recipe,
+                      out: Output) -> dict[str, dict]:
+    try:
+        from nimbuild.build.precision import build_precisions
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("nimbuild.build.precision"):
+            reason = "nimbuild.build.precision is not installed in this tree"
+            out.warn(reason)
+            return {p: {"status": "skipped", "reason": reason} for p in precisions}
+        raise
+    calibration, evaluation, ref = _split(encoded, reference)
+    return build_precisions(
+        stage / "onnx" / "fp32" / "model.onnx", stage, precisions,
+        architecture=info["architecture"], input_names=info["inputs"], calibration=calibration,
+        evaluation=evaluation, reference=ref, thresholds=recipe.thresholds, out=out,
+        config_dir=stage / "tokenizer",
+    )
+
+
+def load_report(export_dir: str | Path) -> dict:
+    """export_report.json of an export folder (NimbuildError when it is not one)."""
+    p = Path(export_dir) / "export_report.json"
+    if not p.is_file():
+        raise NimbuildError(f"{export_dir} is not an export folder (no export_report.json)",
+                            hint="run `nimbuild export RECIPE --out DIR` first")
+    return json.loads(p.read_text(encoding="utf-8"))
