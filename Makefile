@@ -38,13 +38,14 @@ serve: venv
 TRITON_VENV := .venv-triton
 $(TRITON_VENV)/.installed-stamp:
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
-	$(TRITON_VENV)/bin/python -m pip install -q $(PIP_FIND) 'nvidia-pytriton>=0.5' 'tokenizers>=0.19'
+	$(TRITON_VENV)/bin/python -m pip install -q $(PIP_FIND) 'nvidia-pytriton==0.7.0' 'numpy<2' 'tokenizers>=0.19'
 	touch $@
 
 venv-triton: $(TRITON_VENV)/.installed-stamp
 
-## All tests (GPU tests skip themselves here, with the reason).
-test: venv
+## All tests (GPU tests skip themselves here, with the reason). The second venv holds the
+## real `tritonserver` (python backend) that nvidia-pytriton bundles; it wants numpy<2.
+test: venv venv-triton
 	$(BIN)/python -m pytest -q
 
 ## Regenerate the committed example model and its committed manifest.

@@ -12,7 +12,7 @@ On a MiniLM-L6-sized random BERT cross-encoder (hidden 384, 6 layers, 12 heads, 
 
     .venv/bin/python benchmarks/bench_precision.py [--queries 16] [--accuracy-queries 48] [--repeats 2]
 
-Writes benchmarks/results/precision.json and prints a table. The machine is shared: the
+Writes WORK/precision.json (default /tmp/nimbuild-bench) and prints a table. The machine is shared: the
 ``uptime`` load is recorded with the figures.
 """
 
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--accuracy-queries", type=int, default=48, help="queries for the top-1 agreement")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--work", default=os.environ.get("NIMBUILD_BENCH_DIR", str(Path(tempfile.gettempdir()) / "nimbuild-bench")))
-    ap.add_argument("--out", default=str(Path(__file__).with_name("results") / "precision.json"))
+    ap.add_argument("--out", default=None, help="JSON results (default: WORK/precision.json)")
     ap.add_argument("--skip-gpu-graphs", action="store_true", help="do not build the fp16/fp8 graphs")
     args = ap.parse_args(argv)
 
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from nimbuild.build.precision.int8 import build_cpu_int8
 
     work = Path(args.work)
+    args.out = args.out or str(work / "precision.json")
     model_dir = build_minilm_sized(work / "minilm-l6-random")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     n_acc = max(args.accuracy_queries, args.queries)

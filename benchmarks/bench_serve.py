@@ -41,26 +41,11 @@ MAX_SEQ = 512
 
 
 def export_fp32(model_dir: Path, out: Path) -> None:
-    """PyTorch -> ONNX fp32 (the export engineer's exporter when present, else the TorchScript exporter)."""
-    import warnings
+    """PyTorch -> ONNX fp32 at ``out`` (.../model.onnx), with nimbuild's own exporter (what ships)."""
+    from nimbuild.build.export import export_fp32 as nimbuild_export
 
-    import onnx
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    enc = tok(["what is it"], ["the passage"], return_tensors="pt")
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, tuple(enc[n] for n in names), str(out), dynamo=False, opset_version=17,
-                          input_names=names, output_names=["logits"], dynamic_axes=axes)
-    graph = onnx.load(str(out))
-    graph.ir_version = 10
-    onnx.save(graph, str(out))
+    shapes = {"batch": {"min": 1, "opt": 32, "max": MAX_BATCH}, "sequence": {"min": 1, "opt": 128, "max": MAX_SEQ}}
+    nimbuild_export(model_dir, out.parent, shapes)
 
 
 def prepare(work: Path, precision: str) -> tuple[Path, str, list[str]]:

@@ -17,24 +17,12 @@ MAX_BATCH = 8
 
 
 def export_onnx(model_dir: Path, out_path: Path) -> None:
-    """The tiny model to ONNX fp32 (TorchScript exporter, IR 10 so ONNX Runtime 1.31 loads it)."""
-    import onnx
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """The tiny model to ONNX fp32, with nimbuild's own exporter (what ships)."""
+    from nimbuild.build.export import export_fp32
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    enc = tok(["what is it"], ["the passage"], return_tensors="pt")
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
-    with torch.no_grad():
-        torch.onnx.export(model, tuple(enc[n] for n in names), str(out_path), dynamo=False, opset_version=17,
-                          input_names=names, output_names=["logits"], dynamic_axes=axes)
-    graph = onnx.load(str(out_path))
-    graph.ir_version = 10
-    onnx.save(graph, str(out_path))
+    assert out_path.name == "model.onnx"
+    shapes = {"batch": {"min": 1, "opt": 4, "max": MAX_BATCH}, "sequence": {"min": 1, "opt": 32, "max": MAX_SEQ}}
+    export_fp32(model_dir, out_path.parent, shapes)
 
 
 @functools.lru_cache(maxsize=None)

@@ -90,12 +90,12 @@ def _build_one(precision: str, fp32_path: Path, out_path: Path, *, architecture:
     if precision == "fp16":
         return build_fp16(fp32_path, out_path, calibration)
     if precision == "fp8":
+        from nimbuild.build.precision.fp8 import NothingToQuantize
+
         try:
             return build_fp8(fp32_path, out_path, calibration)
-        except ValueError as exc:
-            if "no MatMul/Gemm" in str(exc):
-                raise _Unsupported(f"fp8 is not available for {architecture}: {exc}") from exc
-            raise
+        except NothingToQuantize as exc:
+            raise _Unsupported(f"fp8 is not available for {architecture}: {exc}") from exc
     cpu = cpu_int8_support()
     if not cpu["supported"]:
         raise _Unsupported(f"int8 is not available on this CPU ({cpu['machine']}): ONNX Runtime has no INT8 "
@@ -103,8 +103,11 @@ def _build_one(precision: str, fp32_path: Path, out_path: Path, *, architecture:
     from nimbuild.build.precision.int8 import attention_shape
 
     heads, hidden = attention_shape(config_dirs)
-    return build_cpu_int8(fp32_path, out_path, architecture, calibration=calibration, mode=int8_mode,
+    info = build_cpu_int8(fp32_path, out_path, architecture, calibration=calibration, mode=int8_mode,
                           num_heads=heads, hidden_size=hidden)
+    if info.get("cpu_note"):
+        info["warn"] = info["cpu_note"]  # said out loud, not only in the report
+    return info
 
 
 def _umask() -> int:
@@ -192,6 +195,8 @@ def build_precisions(
                     info = _build_one(name, fp32_path, stage / "model.onnx", architecture=architecture,
                                       calibration=calibration, config_dirs=config_dirs, int8_mode=int8_mode)
                     entry["tool"] = _tool(name, info)
+                    if info.get("warn"):
+                        out.warn(f"{name}: {info['warn']}")
                     entry["notes"] = info.get("notes", [])
                     entry["files"] = [f"onnx/{DIRS[name]}/{f}" for f in info.get("files", ["model.onnx"])]
                     try:

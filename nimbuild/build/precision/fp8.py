@@ -43,6 +43,10 @@ QUANTIZED_OPS = ("MatMul", "Gemm")
 MIN_OPSET = 19  # QuantizeLinear/DequantizeLinear with float8 types
 
 
+class NothingToQuantize(ValueError):
+    """The graph has no MatMul/Gemm that FP8 Q/DQ could go on."""
+
+
 class _Reader:
     """ONNX Runtime's CalibrationDataReader protocol over per-query feeds."""
 
@@ -178,7 +182,8 @@ def build_fp8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibra
     amax = calibrate_amax(model, calibration)
     counts = insert_fp8_qdq(model, amax)
     if counts["nodes"] == 0:
-        raise ValueError("no MatMul/Gemm node could be quantized: " + "; ".join(counts["skipped"][:3]))
+        raise NothingToQuantize("no MatMul/Gemm node could be quantized" +
+                                (": " + "; ".join(counts["skipped"][:3]) if counts["skipped"] else ""))
     files = save_model(model, out_path)
     notes = [f"{counts['nodes']} MatMul/Gemm in FP8 ({counts['activations']} activation Q/DQ, {counts['weights']} FP8 weights), "
              "per-tensor amax/448 scales, score head in FP32; gated in ONNX Runtime CPU as simulated FP8"]

@@ -145,9 +145,11 @@ def build_cpu_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ar
         raise ValueError(f"int8 mode {mode!r}: expected one of {MODES}")
     cpu = cpu_int8_support()
     notes = []
+    cpu_note = None
     if not cpu["vnni"]:
-        notes.append(f"this CPU ({cpu['machine']}, {', '.join(cpu['flags']) or 'no AVX-512/VNNI flags'}) lacks VNNI: "
-                     "weights use 7-bit range (reduce_range) and INT8 may be little faster than FP32 here")
+        cpu_note = (f"this CPU ({cpu['machine']}, {', '.join(cpu['flags']) or 'no AVX-512/VNNI flags'}) lacks VNNI: "
+                    "weights use 7-bit range (reduce_range) and INT8 may be little faster than FP32 here")
+        notes.append(cpu_note)
     fused, stats, fuse_notes = fuse(fp32_path, architecture, num_heads, hidden_size, check_feeds=_padded(calibration))
     notes += fuse_notes
     if stats:
@@ -186,4 +188,4 @@ def build_cpu_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ar
                             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         files = save_model(load_model(q_path), out_path)
     notes.insert(0, f"{mode} INT8 (weights int8 per tensor{', 7-bit' if not cpu['vnni'] else ''}) on the fused graph")
-    return {"files": files, "notes": notes, "mode": mode, "fusions": stats, "cpu": cpu}
+    return {"files": files, "notes": notes, "mode": mode, "fusions": stats, "cpu": cpu, "cpu_note": cpu_note}
