@@ -10,12 +10,28 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _public(path: str | os.PathLike, mode: int) -> None:
+    """mkstemp/mkdtemp make private (0600/0700) entries; give them the usual umask-based mode.
+
+    Artifacts are read by other users (a serving image's non-root user, CI jobs):
+    a file that only root can read would fail at container start, not at build time.
+    """
+    os.chmod(path, mode & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _public(tmp, 0o666)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -42,6 +58,7 @@ def staging_dir(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    _public(tmp, 0o777)
     try:
         yield tmp
     except BaseException:

@@ -44,7 +44,9 @@ class Output:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(highlight=False, soft_wrap=True)
+            # piped into a file or a CI log: no terminal width to fit, so don't fold tables at 80 columns
+            width = None if sys.stdout.isatty() else 160
+            self._console = Console(highlight=False, soft_wrap=True, width=width)
         return self._console
 
     @property
@@ -52,7 +54,8 @@ class Output:
         if self._err_console is None:
             from rich.console import Console
 
-            self._err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+            width = None if sys.stderr.isatty() else 160
+            self._err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=width)
         return self._err_console
 
     def emit(self, data: Any, human: str | Callable[["Output"], None] | None = None) -> None:
