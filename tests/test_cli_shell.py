@@ -88,3 +88,27 @@ def test_module_entry_point_runs():
     res = _nimbuild("--help")
     assert res.returncode == 0, res.stderr
     assert "nimbuild" in res.stdout
+
+
+def test_missing_optional_package_names_the_extra(capsys, monkeypatch):
+    monkeypatch.delenv("NIMBUILD_DEBUG", raising=False)
+    app = typer.Typer(pretty_exceptions_enable=False)
+
+    @app.command()
+    def export() -> None:
+        raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
+
+    @app.command()
+    def other() -> None:
+        raise ModuleNotFoundError("No module named 'nimbuild_typo'", name="nimbuild_typo")
+
+    with pytest.raises(SystemExit) as exc:
+        run(app, ["export"])
+    assert exc.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: this command needs the Python package 'transformers', which is not installed; "
+        "pip install 'nimbuild[build]'\n"
+    )
+    # anything that is not an optional dependency stays a bug, with its traceback
+    with pytest.raises(ModuleNotFoundError):
+        run(app, ["other"])

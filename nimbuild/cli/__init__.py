@@ -39,10 +39,41 @@ def _register() -> None:
     _commands.register(app)
 
 
+# A missing optional dependency is the user's to fix, not a bug: say which extra brings it.
+_EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "transformers", "onnx", "onnxscript", "polygraphy", "huggingface_hub",
+                     "ml_dtypes", "safetensors", "sentencepiece"), "build"),
+    **dict.fromkeys(("onnxruntime", "tokenizers", "starlette", "uvicorn", "prometheus_client", "pynvml",
+                     "jinja2"), "runtime"),
+    "tritonclient": "triton",
+    "tensorrt": "tensorrt",
+}
+
+
+def missing_dependency_error(exc: ModuleNotFoundError) -> NimbuildError | None:
+    """The NimbuildError for an optional package that is not installed, or None for anything else."""
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    if extra == "tensorrt":
+        hint = ("TensorRT comes with NVIDIA's TensorRT/Triton containers, or "
+                "`pip install --extra-index-url https://pypi.nvidia.com tensorrt`")
+    else:
+        hint = f"pip install 'nimbuild[{extra}]'"
+    return NimbuildError(f"this command needs the Python package '{top}', which is not installed", hint=hint)
+
+
 def run(application: typer.Typer, argv: list[str] | None = None, prog_name: str | None = None) -> None:
     """Run a Typer app, turning NimbuildError into one line on stderr and exit 1."""
     try:
-        application(args=argv, prog_name=prog_name)
+        try:
+            application(args=argv, prog_name=prog_name)
+        except ModuleNotFoundError as exc:
+            mapped = missing_dependency_error(exc)
+            if mapped is None or _debug():
+                raise
+            raise mapped from exc
     except NimbuildError as exc:
         if _debug():
             raise
