@@ -143,3 +143,22 @@ def test_stop_drains_what_is_queued():
         return await fut
 
     assert asyncio.run(main()).tolist() == pytest.approx([9.002])
+
+
+def test_limits_take_the_nim_triton_names_too():
+    """NIM users set NIM_TRITON_MAX_BATCH_SIZE / ..._MAX_QUEUE_DELAY_MICROSECONDS: the embedded batcher honours them."""
+    import pytest
+
+    from nimbuild.errors import NimbuildError
+    from nimbuild.runtime.serve.service import Limits
+
+    nim = Limits.from_env({"NIM_TRITON_MAX_BATCH_SIZE": "16",
+                           "NIM_TRITON_DYNAMIC_BATCHING_MAX_QUEUE_DELAY_MICROSECONDS": "500"})
+    assert nim.max_batch_size == 16
+    assert nim.max_queue_delay_ms == pytest.approx(0.5)
+    # nimbuild's own names win where both are set
+    both = Limits.from_env({"NIM_MAX_BATCH_SIZE": "8", "NIM_TRITON_MAX_BATCH_SIZE": "16", "NIM_MAX_QUEUE_DELAY_MS": "3"})
+    assert (both.max_batch_size, both.max_queue_delay_ms) == (8, 3.0)
+    assert Limits.from_env({}).max_batch_size is None
+    with pytest.raises(NimbuildError, match="NIM_TRITON_MAX_BATCH_SIZE"):
+        Limits.from_env({"NIM_TRITON_MAX_BATCH_SIZE": "lots"})

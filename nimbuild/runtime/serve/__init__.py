@@ -19,8 +19,8 @@ Settings (environment):
     NIM_MAX_REQUEST_BYTES (8 MiB)       body size, beyond: 413
     NIM_MAX_TEXT_CHARS (65536)          characters per query or passage, beyond: 422
     NIM_MAX_QUEUED_PASSAGES (100000)    passages waiting, beyond: 429
-    NIM_MAX_BATCH_SIZE                  rows per model call (<= the profile's max_batch_size)
-    NIM_MAX_QUEUE_DELAY_MS (2)          how long a call waits for more rows
+    NIM_MAX_BATCH_SIZE or NIM_TRITON_MAX_BATCH_SIZE            rows per model call (<= the profile's max_batch_size)
+    NIM_MAX_QUEUE_DELAY_MS (2), or NIM_TRITON_DYNAMIC_BATCHING_MAX_QUEUE_DELAY_MICROSECONDS: how long a call waits for more rows
     NIM_ORT_INTRA_OP_THREADS, NIM_ORT_CPU_ARENA (1; 0 = off)
     NIM_TRITONSERVER (tritonserver), NIM_TRITON_START_TIMEOUT (600 s)
     NIM_GRACEFUL_SHUTDOWN_SECONDS (30), NIM_ACCESS_LOG (off), NIM_LOG_LEVEL (info)

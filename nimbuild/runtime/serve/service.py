@@ -31,13 +31,16 @@ class Limits:
     max_queue_delay_ms: float = 2.0     # NIM_MAX_QUEUE_DELAY_MS (dynamic batching wait)
     max_batch_size: int | None = None   # NIM_MAX_BATCH_SIZE (<= the profile's max_batch_size)
 
+    # attribute -> the variables that set it, first found wins: (name, factor to the attribute's unit).
+    # The NIM_TRITON_* names are the reranking NIM's own; they apply to the embedded batcher too.
     ENV = {
-        "max_passages": "NIM_MAX_PASSAGES",
-        "max_body_bytes": "NIM_MAX_REQUEST_BYTES",
-        "max_text_chars": "NIM_MAX_TEXT_CHARS",
-        "max_queued_passages": "NIM_MAX_QUEUED_PASSAGES",
-        "max_queue_delay_ms": "NIM_MAX_QUEUE_DELAY_MS",
-        "max_batch_size": "NIM_MAX_BATCH_SIZE",
+        "max_passages": (("NIM_MAX_PASSAGES", 1),),
+        "max_body_bytes": (("NIM_MAX_REQUEST_BYTES", 1),),
+        "max_text_chars": (("NIM_MAX_TEXT_CHARS", 1),),
+        "max_queued_passages": (("NIM_MAX_QUEUED_PASSAGES", 1),),
+        "max_queue_delay_ms": (("NIM_MAX_QUEUE_DELAY_MS", 1.0),
+                               ("NIM_TRITON_DYNAMIC_BATCHING_MAX_QUEUE_DELAY_MICROSECONDS", 0.001)),
+        "max_batch_size": (("NIM_MAX_BATCH_SIZE", 1), ("NIM_TRITON_MAX_BATCH_SIZE", 1)),
     }
 
     @classmethod
@@ -45,17 +48,19 @@ class Limits:
         from nimbuild.errors import NimbuildError
 
         values: dict[str, Any] = {}
-        for attr, var in cls.ENV.items():
-            raw = env.get(var, "").strip()
-            if not raw:
-                continue
-            try:
-                value = float(raw) if attr == "max_queue_delay_ms" else int(raw)
-            except ValueError:
-                raise NimbuildError(f"{var}={raw!r} is not a number", hint=f"set {var} to a positive number") from None
-            if value < 0 or (value == 0 and attr != "max_queue_delay_ms"):
-                raise NimbuildError(f"{var}={raw!r} is out of range", hint=f"set {var} to a positive number")
-            values[attr] = value
+        for attr, variables in cls.ENV.items():
+            for var, factor in variables:
+                raw = env.get(var, "").strip()
+                if not raw:
+                    continue
+                try:
+                    value = float(raw) * factor if attr == "max_queue_delay_ms" else int(raw)
+                except ValueError:
+                    raise NimbuildError(f"{var}={raw!r} is not a number", hint=f"set {var} to a positive number") from None
+                if value < 0 or (value == 0 and attr != "max_queue_delay_ms"):
+                    raise NimbuildError(f"{var}={raw!r} is out of range", hint=f"set {var} to a positive number")
+                values[attr] = value
+                break
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
