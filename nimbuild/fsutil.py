@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ def _public(path: str | os.PathLike, mode: int) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, rename it over ``path``."""
     path = Path(path)
+    if path.is_dir():  # say so plainly, before os.replace fails naming the temp file
+        raise IsADirectoryError(errno.EISDIR, "a folder is where a file should be written", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -112,3 +112,38 @@ def test_missing_optional_package_names_the_extra(capsys, monkeypatch):
     # anything that is not an optional dependency stays a bug, with its traceback
     with pytest.raises(ModuleNotFoundError):
         run(app, ["other"])
+
+
+def test_usage_errors_are_one_line_with_exit_2():
+    for args, expected in [
+        (("nosuchcmd",), "error: No such command 'nosuchcmd'; see `nimbuild --help`"),
+        (("engines",), "error: Missing argument 'RECIPE'; see `nimbuild engines --help`"),
+        (("list-model-profiles", "--bogus"), "error: No such option '--bogus'; see `nimbuild list-model-profiles --help`"),
+    ]:
+        res = _nimbuild(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert res.stderr.strip() == expected
+
+
+def test_file_system_errors_name_the_path(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("NIMBUILD_DEBUG", raising=False)
+    app = typer.Typer(pretty_exceptions_enable=False)
+
+    @app.command()
+    def write() -> None:
+        from nimbuild.fsutil import atomic_write_text
+
+        atomic_write_text(tmp_path, "x")  # a folder where a file goes
+
+    @app.command()
+    def nameless() -> None:
+        raise OSError("socket trouble")  # no path: a bug, keeps its traceback
+
+    with pytest.raises(SystemExit) as exc:
+        run(app, ["write"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: a folder is where a file should be written: ")
+    assert str(tmp_path) in err
+    with pytest.raises(OSError):
+        run(app, ["nameless"])

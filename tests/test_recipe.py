@@ -187,3 +187,24 @@ def test_cli_check_bad_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
 def test_cli_help_has_an_example(capsys):
     code, out, _ = _cli(["recipe", "check", "--help"], capsys)
     assert code == 0 and "Example: nimbuild recipe check" in out
+
+
+def test_cli_check_finds_missing_local_files(tmp_path, capsys, monkeypatch):
+    """A typo'd source.path or pairs path fails at `recipe check`, naming the field, not mid-export."""
+    monkeypatch.delenv("NIMBUILD_DEBUG", raising=False)
+    p = _write(tmp_path, GOOD)  # models/demo and pairs/demo.jsonl do not exist beside it
+    code, out, err = _cli(["recipe", "check", str(p)], capsys)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "field 'source.path'" in err and str(tmp_path / "models" / "demo") in err
+
+    (tmp_path / "models" / "demo").mkdir(parents=True)
+    (tmp_path / "models" / "demo" / "config.json").write_text("{}")
+    code, out, err = _cli(["recipe", "check", str(p), "--json"], capsys)
+    data = json.loads(out)
+    assert code == 1 and data["ok"] is False and data["recipes"] == []
+    assert "field 'pairs'" in data["errors"][0]["error"] and "field 'pairs'" in err
+
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "demo.jsonl").write_text('{"query": "q", "passages": ["p"]}\n')
+    code, out, _ = _cli(["recipe", "check", str(p), "--json"], capsys)
+    assert code == 0 and json.loads(out)["ok"] is True

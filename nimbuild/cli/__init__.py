@@ -17,6 +17,7 @@ from nimbuild.errors import NimbuildError
 
 app = typer.Typer(
     name="nimbuild",
+    rich_markup_mode=None,  # help texts show [defaults] and <placeholders> literally
     help=(
         "Turn a Hugging Face cross-encoder into hashed, hardware-specific, servable profiles.\n\n"
         "Example: nimbuild build recipes/example-tiny.yaml --out build/example-tiny"
@@ -64,13 +65,35 @@ def missing_dependency_error(exc: ModuleNotFoundError) -> NimbuildError | None:
     return NimbuildError(f"this command needs the Python package '{top}', which is not installed", hint=hint)
 
 
+def _file_system_error(exc: OSError) -> NimbuildError | None:
+    """An OSError about a named path (missing folder, no permission, a folder where a file goes,
+    a full disk) is the user's to fix: one line naming the path. Others stay bugs."""
+    if exc.filename is None:
+        return None
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    return NimbuildError(f"{exc.strerror or type(exc).__name__}: {where}",
+                         hint="check that the path exists, is of the right kind (file or folder), is writable and has room")
+
+
 def run(application: typer.Typer, argv: list[str] | None = None, prog_name: str | None = None) -> None:
-    """Run a Typer app, turning NimbuildError into one line on stderr and exit 1."""
+    """Run a Typer app: every user error is one line on stderr.
+
+    NimbuildError, a missing optional package and a file-system error on a named path
+    exit 1; a usage error (unknown option, missing argument, bad value) exits 2, as
+    click and argparse do, with a pointer to --help. NIMBUILD_DEBUG=1 keeps tracebacks.
+    """
+    import click
+
     try:
         try:
-            application(args=argv, prog_name=prog_name)
+            code = application(args=argv, prog_name=prog_name, standalone_mode=False)
         except ModuleNotFoundError as exc:
             mapped = missing_dependency_error(exc)
+            if mapped is None or _debug():
+                raise
+            raise mapped from exc
+        except OSError as exc:
+            mapped = _file_system_error(exc)
             if mapped is None or _debug():
                 raise
             raise mapped from exc
@@ -79,9 +102,17 @@ def run(application: typer.Typer, argv: list[str] | None = None, prog_name: str 
             raise
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "nimbuild")
+        sys.stderr.write(f"error: {exc.format_message().rstrip('.')}; see `{where} --help`\n")
+        sys.exit(2)
+    except click.ClickException as exc:
+        sys.stderr.write(f"error: {exc.format_message()}\n")
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
         sys.stderr.write("interrupted\n")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from nimbuild.cli.options import JsonOpt, QuietOpt
 
 manifest_app = typer.Typer(
     name="manifest",
+    rich_markup_mode=None,
     help=("Write, merge, print and verify manifest.yaml (hashed profile IDs, sha256 per file).\n\n"
           "Example: nimbuild manifest verify out/example-tiny/manifest.yaml"),
     no_args_is_help=True,

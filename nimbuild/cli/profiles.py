@@ -122,7 +122,7 @@ def register(app: typer.Typer) -> None:
 
 def standalone_list_app() -> typer.Typer:
     """The `list-model-profiles` console script: the same command as a one-command app."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                       context_settings={"help_option_names": ["-h", "--help"]})
     app.command("list-model-profiles")(list_model_profiles)
     return app

@@ -11,6 +11,7 @@ from nimbuild.cli.options import JsonOpt
 
 recipe_app = typer.Typer(
     name="recipe",
+    rich_markup_mode=None,
     help="Check recipes (recipes/*.yaml).\n\nExample: nimbuild recipe check recipes/example-tiny.yaml",
     no_args_is_help=True,
 )
@@ -25,13 +26,21 @@ def check(
 
     Example: nimbuild recipe check recipes/example-tiny.yaml recipes/ms-marco-minilm-l6.yaml
     """
+    import sys
+
+    from nimbuild.errors import NimbuildError
     from nimbuild.output import Output
     from nimbuild.recipe import load_recipe
 
     out = Output(json_mode=json_mode)
-    results = []
+    results, errors = [], []
     for f in files:
-        r = load_recipe(f)  # NimbuildError -> one line, exit 1
+        try:
+            r = load_recipe(f)
+            _check_local_files(r, f)
+        except NimbuildError as exc:  # every file is checked; each problem is one line
+            errors.append({"file": str(f), "error": str(exc)})
+            continue
         if r.source.revision and set(r.source.revision) == {"0"}:
             out.warn(f"{f}: source.revision is a placeholder (all zeros): pin the real commit sha before building")
         results.append(
@@ -46,7 +55,7 @@ def check(
                 "pairs": r.pairs,
             }
         )
-    data = {"ok": True, "recipes": results}
+    data = {"ok": not errors, "recipes": results, "errors": errors}
 
     def human(o: Output) -> None:
         for item in results:
@@ -59,6 +68,27 @@ def check(
             )
 
     out.emit(data, human)
+    if errors:
+        for e in errors:
+            sys.stderr.write(f"error: {e['error']}\n")
+        raise typer.Exit(1)
+
+
+def _check_local_files(recipe, file: Path) -> None:
+    """What the recipe points at on this disk must be there: a typo'd path fails here, not mid-export."""
+    from nimbuild.errors import NimbuildError
+
+    if recipe.source.path:
+        model_dir = recipe.resolve(recipe.source.path)
+        if not (model_dir / "config.json").is_file():
+            what = "does not exist" if not model_dir.exists() else "has no config.json"
+            raise NimbuildError(f"recipe {file}: field 'source.path': model folder {model_dir} {what}",
+                                hint="give a folder saved with save_pretrained (relative to the recipe file), or use source.repo")
+    if recipe.pairs:
+        pairs = recipe.resolve(recipe.pairs)
+        if not pairs.is_file():
+            raise NimbuildError(f"recipe {file}: field 'pairs': file {pairs} does not exist",
+                                hint="give a JSONL file of {\"query\", \"passages\"} lines, relative to the recipe file")
 
 
 def register(app: typer.Typer) -> None:
