@@ -4,7 +4,7 @@
    (what create-model-store uses in a serving image) vs ``onnx.load(load_external_data=False)``,
    on a graph whose weights are stored inside the .onnx file (the common case under 2 GB).
 2. Copying a profile file into a model store with its sha256 checked: hashing while copying
-   (``nimbuild.render.files.copy_verified``: the bytes hashed are the bytes written) vs
+   (``nimbuild.runtime.triton_repo.files.copy_verified``: the bytes hashed are the bytes written) vs
    ``shutil.copyfile`` (sendfile) + fsync, then ``sha256_file`` of the copy. Both hash once.
 
     .venv/bin/python benchmarks/bench_render.py --mib 256 --runs 5 --write benchmarks/RESULTS-render.md
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from nimbuild.manifest import sha256_file
-    from nimbuild.render.files import copy_verified
-    from nimbuild.render.onnx_io import read_graph_io
+    from nimbuild.runtime.triton_repo.files import copy_verified
+    from nimbuild.runtime.triton_repo.onnx_io import read_graph_io
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="nimbuild-bench-render-") as tmp:

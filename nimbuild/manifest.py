@@ -149,9 +149,13 @@ def safe_join(root: str | os.PathLike, relpath: str, where: str = "") -> Path:
     return path
 
 
-def _is_remote(uri: str) -> bool:
+def is_remote_uri(uri: str) -> bool:
+    """A URL of a remote scheme (https://, ngc://, hf://, ...): fetched, not read from the manifest's folder."""
     m = _URI_SCHEME.match(uri)
     return bool(m) and uri.split("://", 1)[0].lower() in _REMOTE_SCHEMES
+
+
+_is_remote = is_remote_uri
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -256,6 +260,10 @@ def _parse_profile(raw: object, index: int, src: str) -> Profile:
                 raise _err(src, f"{fwhere}.uri", f"{uri!r} is neither a relative path nor a remote URL",
                            f"use a path relative to the manifest, or one of {', '.join(s + '://' for s in _REMOTE_SCHEMES)}")
             uri = check_relpath(uri, f"{src}: {fwhere}.uri")
+            if uri != norm:   # readers open the key, download-to-cache the uri: one file, one path
+                raise _err(src, f"{fwhere}.uri", f"local uri {uri!r} differs from the file's path {norm!r}",
+                           f"set uri to {norm!r} (or leave it out), or use a remote URL "
+                           f"({', '.join(s + '://' for s in _REMOTE_SCHEMES)})")
         sha = entry.get("sha256")
         if not isinstance(sha, str) or not _HEX64.match(sha):
             raise _err(src, f"{fwhere}.sha256", f"expected 64 lower-case hex characters, got {sha!r}",

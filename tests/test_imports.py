@@ -121,3 +121,56 @@ def test_the_console_scripts_run(small_manifest):
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.splitlines()[0] == "SYSTEM INFO"
         assert "Selected profile: " in proc.stdout
+
+
+# What a module under nimbuild/runtime may import of nimbuild, anywhere in it (top level or inside a function).
+RUNTIME_MAY_IMPORT = ("nimbuild.errors", "nimbuild.output", "nimbuild.skus", "nimbuild.profiles", "nimbuild.manifest",
+                      "nimbuild.fsutil", "nimbuild.runtime")
+
+
+def _nimbuild_imports(path: Path, root: Path = REPO) -> list[tuple[int, str]]:
+    """(line, module) of every nimbuild import in one file (``root``: the repository), relative ones resolved."""
+    import ast
+
+    package = ".".join(path.relative_to(root).with_suffix("").parts).rsplit(".", 1)[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if base == "nimbuild":   # from nimbuild import render: the submodule is the import
+                found += [(node.lineno, f"nimbuild.{a.name}") for a in node.names if not a.name.startswith("__")]
+            else:
+                found.append((node.lineno, base))
+    return [(line, mod) for line, mod in found if mod == "nimbuild" or mod.startswith("nimbuild.")]
+
+
+def test_runtime_source_never_imports_build_render_or_recipe():
+    bad = []
+    for path in sorted((REPO / "nimbuild" / "runtime").rglob("*.py")):
+        for line, mod in _nimbuild_imports(path):
+            if not any(mod == ok or mod.startswith(ok + ".") for ok in RUNTIME_MAY_IMPORT):
+                bad.append(f"{path.relative_to(REPO)}:{line}: imports {mod}")
+    assert bad == [], "nimbuild/runtime may import only " + ", ".join(RUNTIME_MAY_IMPORT) + ":\n" + "\n".join(bad)
+
+
+def test_the_static_import_check_sees_lazy_and_relative_imports(tmp_path):
+    # The checker itself: imports inside a function, relative ones and `from nimbuild import x` all count.
+    probe = tmp_path / "nimbuild" / "runtime" / "serve" / "probe.py"
+    probe.parent.mkdir(parents=True)
+    probe.write_text("import nimbuild.errors\n"
+                     "def f():\n    from nimbuild.render import store\n    from ...build import steps\n"
+                     "    from nimbuild import recipe, __version__\n    from . import app\n")
+    assert [m for _, m in _nimbuild_imports(probe, tmp_path)] == [
+        "nimbuild.errors", "nimbuild.render", "nimbuild.build", "nimbuild.recipe", "nimbuild.runtime.serve"]
+
+
+def test_the_model_store_loads_nothing_heavy(tmp_path):
+    modules, proc = _loaded("import nimbuild.runtime.model_store, nimbuild.runtime.triton_repo.repository", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "nimbuild.runtime.model_store" in modules
+    assert _heavy(modules) == []

@@ -195,6 +195,29 @@ def test_remote_uri_is_allowed(built):
     assert mf.load_manifest(built)
 
 
+def test_local_uri_other_than_its_key_is_rejected(built):
+    # download-to-cache reads the uri, serve and verify the key: they must name one file.
+    def swap(d):
+        prof = next(p for p in d["profiles"] if p["tags"]["precision"] == "int8")
+        files = prof["workspace"]["files"]
+        key = next(k for k in files if k.endswith("model.onnx"))
+        files[key]["uri"] = "onnx/fp16-gpu/model.onnx"
+    _edit(built, swap)
+    with pytest.raises(NimbuildError) as exc:
+        mf.load_manifest(built)
+    msg = str(exc.value)
+    assert str(built) in msg and "int8" in msg and ".uri" in msg and "onnx/fp16-gpu/model.onnx" in msg
+
+
+def test_local_uri_equal_to_its_key_or_normalised_is_fine(built):
+    def same(d):
+        for entry_key, entry in d["profiles"][0]["workspace"]["files"].items():
+            entry["uri"] = "./" + entry_key
+    _edit(built, same)
+    m = mf.load_manifest(built)
+    assert all(e.uri == k for k, e in m.profiles[0].files.items())
+
+
 def test_symlink_out_of_the_folder_is_rejected(built, tmp_path):
     outside = tmp_path / "secret.bin"
     outside.write_bytes(b"secret")

@@ -12,7 +12,9 @@ import pytest
 
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import load_manifest, sha256_file
-from nimbuild.render import pbtxt, store, triton
+from nimbuild.render import triton
+from nimbuild.runtime import model_store as store
+from nimbuild.runtime.triton_repo import pbtxt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from render_support import build_manifest  # noqa: E402
@@ -48,6 +50,23 @@ def test_profile_by_id_prefix_and_errors_that_list_the_choices(export, tmp_path)
     with pytest.raises(NimbuildError) as exc:
         store.resolve_profile(manifest, "no-such-profile")
     assert CPU in str(exc.value) and H100 in str(exc.value)
+
+
+def test_profile_prefix_follows_nim_model_profile_rule(export):
+    # One rule with NIM_MODEL_PROFILE: a prefix shorter than MIN_PREFIX matches nothing, in both.
+    from nimbuild.runtime.hardware import assumed_host
+    from nimbuild.runtime.selection import MIN_PREFIX, match_profiles, select
+
+    manifest = load_manifest(export)
+    pid = manifest.by_name(CPU).id
+    assert MIN_PREFIX == 8
+    with pytest.raises(NimbuildError, match="at least 8 characters"):
+        store.resolve_profile(manifest, pid[:6])
+    with pytest.raises(NimbuildError, match="at least 8 characters"):
+        select(manifest, assumed_host([]), {"NIM_MODEL_PROFILE": pid[:6]})
+    assert match_profiles(pid[:6], manifest.profiles) == []
+    assert [p.name for p in match_profiles(pid[:8].upper(), manifest.profiles)] == [CPU]
+    assert store.resolve_profile(manifest, pid[:8].upper()).name == CPU
 
 
 def test_a_tampered_file_fails_the_copy_and_leaves_nothing(export, tmp_path):
@@ -124,7 +143,7 @@ def test_create_model_store_path_imports_no_onnx_and_no_tritonclient(export, tmp
     """The serving image has nimbuild[runtime] only: the store must work without the build half."""
     code = f"""
 import sys, json
-from nimbuild.render.store import create_model_store
+from nimbuild.runtime.model_store import create_model_store
 made = create_model_store({str(export)!r}, {CPU!r}, {str(tmp_path / 'store')!r}, env={{}})
 heavy = sorted(m for m in ('onnx', 'torch', 'transformers', 'tritonclient', 'polygraphy', 'tensorrt') if m in sys.modules)
 print(json.dumps({{"heavy": heavy, "model": made.model_name}}))

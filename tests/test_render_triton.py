@@ -15,8 +15,10 @@ import pytest
 
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import load_manifest
-from nimbuild.render import pbtxt, store, triton
-from nimbuild.render.onnx_io import read_graph_io
+from nimbuild.render import triton
+from nimbuild.runtime import model_store as store
+from nimbuild.runtime.triton_repo import pbtxt
+from nimbuild.runtime.triton_repo.onnx_io import read_graph_io
 
 sys.path.insert(0, str(Path(__file__).parent))
 from render_support import build_manifest, write_graph, write_tokenizer  # noqa: E402

@@ -215,10 +215,25 @@ def _status(sel, pid):
     return next((c.status, c.reason, c.gpus) for c in sel.classified if c.profile.id == pid)
 
 
-def test_gpu_count_too_few_gpus_in_the_host_is_incompatible(edge):
+def test_gpu_count_too_few_gpus_in_the_host_is_compatible_but_not_runnable(edge):
+    # issue 6 / DESIGN "Selection": the right GPU, but too few of them -> compatible but not runnable.
     manifest, eids = edge
     sel = select(manifest, assumed_host(["h100-sxm"]), NO_OVERRIDES)
-    assert _status(sel, eids["tp2"]) == ("incompatible", "needs 2 GPUs; this host has 1", [])
+    assert _status(sel, eids["tp2"]) == (
+        "not_runnable", "needs gpu_device 2330:10de on 2 GPUs; this host has 1 of that kind", [])
+    # no GPU it can run on at all: incompatible, whatever the count
+    sel = select(manifest, assumed_host(["l40s x4"]), NO_OVERRIDES)
+    assert _status(sel, eids["tp2"]) == ("incompatible", "needs gpu_device 2330:10de", [])
+
+
+def test_onnx_gpu_profile_with_too_few_gpus_is_not_runnable(tmp_path):
+    tags = {**onnx_tags("fp16", "gpu"), "gpu_count": "2"}
+    p = _profile(tmp_path, tags, [_file(tmp_path, "onnx/fp16/model.onnx", 100)])
+    manifest = load_manifest(_write(tmp_path, [p]))
+    assert _status(select(manifest, assumed_host(["l40s"]), NO_OVERRIDES), p.id) == (
+        "not_runnable", "needs 2 GPUs; this host has 1", [])
+    assert _status(select(manifest, assumed_host(["l40s", "a100-sxm4-80gb"]), NO_OVERRIDES), p.id) == (
+        "runnable", None, [0, 1])
 
 
 def test_gpu_count_too_few_of_the_right_kind_is_not_runnable(edge):
@@ -622,3 +637,78 @@ def test_an_id_that_does_not_match_its_tags_is_an_error(tmp_path, capsys, monkey
     path = _foreign(tmp_path, FOREIGN_TAGS, wrong_id=True)
     code, out, err = _cli(["list-model-profiles", "-m", str(path)], capsys, monkeypatch)
     assert code == 1 and "their-profile-0" in err and "does not match its tags" in err and out == ""
+
+
+# ------------------------------------------------------------------ files: selection and serve agree
+
+@pytest.fixture
+def on_disk(tmp_path):
+    """CPU INT8 + FP32 and an H100 engine, each with its own model file and a shared tokenizer (a fresh copy per test)."""
+    root = tmp_path / "m"
+    tok = _file(root, "tokenizer/tokenizer.json", 200)
+    items = {
+        "int8": _profile(root, onnx_tags("int8", "cpu"), [_file(root, "onnx/cpu-int8/model.onnx", 300), tok]),
+        "fp32": _profile(root, onnx_tags("fp32", "cpu"), [_file(root, "onnx/fp32/model.onnx", 400), tok]),
+        "h100": _profile(root, trt_tags("h100-sxm", "fp16"), [_file(root, "engines/h100/model.plan", 500), tok]),
+    }
+    return _write(root, list(items.values())), {k: p.id for k, p in items.items()}
+
+
+def test_a_missing_file_makes_the_profile_not_runnable_and_selection_falls_back(on_disk):
+    path, pids = on_disk
+    assert select(load_manifest(path), CPU_HOST, NO_OVERRIDES).selected.id == pids["int8"]
+    (path.parent / "onnx/cpu-int8/model.onnx").unlink()
+    sel = select(load_manifest(path), CPU_HOST, NO_OVERRIDES)
+    assert sel.selected.id == pids["fp32"]
+    assert _status(sel, pids["int8"]) == ("not_runnable", "file onnx/cpu-int8/model.onnx is missing", [])
+    assert "  - %s (cpu-int8-onnxruntime): file onnx/cpu-int8/model.onnx is missing" % pids["int8"] in startup_log(sel)
+    # the hardware's verdict comes first: a GPU profile on a CPU host stays incompatible
+    (path.parent / "engines/h100/model.plan").unlink()
+    assert _status(select(load_manifest(path), CPU_HOST, NO_OVERRIDES), pids["h100"])[0] == "incompatible"
+
+
+def test_a_file_of_another_size_or_kind_is_not_runnable(on_disk):
+    path, pids = on_disk
+    model = path.parent / "onnx/cpu-int8/model.onnx"
+    model.write_bytes(b"short")
+    assert _status(select(load_manifest(path), CPU_HOST, NO_OVERRIDES), pids["int8"]) == (
+        "not_runnable", "file onnx/cpu-int8/model.onnx has 5 bytes; the manifest says 300", [])
+    model.unlink()
+    model.mkdir()
+    assert _status(select(load_manifest(path), CPU_HOST, NO_OVERRIDES), pids["int8"])[:2] == (
+        "not_runnable", "file onnx/cpu-int8/model.onnx is not a regular file")
+
+
+def test_same_size_other_bytes_is_left_to_serves_sha256(on_disk):
+    # selection only stats; serve's sha256 check (verify_profile) catches this one and falls back.
+    from nimbuild.manifest import verify_profile
+
+    path, pids = on_disk
+    model = path.parent / "onnx/cpu-int8/model.onnx"
+    model.write_bytes(bytes(300))
+    manifest = load_manifest(path)
+    assert select(manifest, CPU_HOST, NO_OVERRIDES).selected.id == pids["int8"]
+    assert any("sha256" in p for p in verify_profile(manifest, manifest.by_id(pids["int8"])))
+
+
+def test_a_copy_in_the_cache_counts_as_present(on_disk, tmp_path):
+    path, pids = on_disk
+    model = path.parent / "onnx/cpu-int8/model.onnx"
+    cache = tmp_path / "cache"
+    (cache / "onnx/cpu-int8").mkdir(parents=True)
+    (cache / "onnx/cpu-int8/model.onnx").write_bytes(model.read_bytes())
+    model.unlink()
+    sel = select(load_manifest(path), CPU_HOST, {"NIM_CACHE_PATH": str(cache)})
+    assert sel.selected.id == pids["int8"]
+
+
+def test_remote_files_are_not_checked(on_disk):
+    import yaml
+
+    path, pids = on_disk
+    data = yaml.safe_load(path.read_text())
+    prof = next(p for p in data["profiles"] if p["id"] == pids["int8"])
+    prof["workspace"]["files"]["onnx/cpu-int8/model.onnx"]["uri"] = "https://example.com/model.onnx"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    (path.parent / "onnx/cpu-int8/model.onnx").unlink()
+    assert select(load_manifest(path), CPU_HOST, NO_OVERRIDES).selected.id == pids["int8"]

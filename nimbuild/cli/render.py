@@ -74,7 +74,7 @@ def create_model_store(
     Example: nimbuild create-model-store --profile onnx-fp16-triton-onnxruntime --model-store /tmp/store
     """
     from nimbuild.output import Output
-    from nimbuild.render.store import create_model_store as create
+    from nimbuild.runtime.model_store import create_model_store as create
 
     out = Output(json_mode=json_mode)
     store = create(manifest, profile, model_store, mode="link" if link else "copy", env=os.environ)
@@ -96,7 +96,7 @@ def download_to_cache(
     Example: NIM_CACHE_PATH=/opt/nim/.cache nimbuild download-to-cache --profile cpu-int8-onnxruntime
     """
     from nimbuild.output import Output
-    from nimbuild.render.store import download_to_cache as download
+    from nimbuild.runtime.model_store import download_to_cache as download
 
     out = Output(json_mode=json_mode, quiet=quiet)
     result = download(manifest, profile, cache_path=cache_path, env=os.environ, out=out)

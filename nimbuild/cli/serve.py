@@ -35,8 +35,15 @@ def register(app: typer.Typer) -> None:
         """
         import os
 
-        from nimbuild.runtime.serve.server import run_server, setup_logging, start_service
+        from nimbuild.runtime.serve.server import (bind_listener, graceful_shutdown_seconds, run_server,
+                                                   setup_logging, start_service)
 
         setup_logging(log_level)
-        service = start_service(manifest, env=os.environ, assume_gpu=assume_gpu or (), backend=backend)
-        raise typer.Exit(run_server(service, host=host, port=port, log_level=log_level.lower()))
+        graceful_shutdown_seconds(os.environ)   # settings and the port fail before a backend starts
+        sock = bind_listener(host, port)
+        try:
+            service = start_service(manifest, env=os.environ, assume_gpu=assume_gpu or (), backend=backend)
+        except BaseException:
+            sock.close()
+            raise
+        raise typer.Exit(run_server(service, host=host, port=port, log_level=log_level.lower(), sock=sock))

@@ -79,7 +79,7 @@ def render_container(manifest_path: str | os.PathLike, out_dir: str | os.PathLik
     from nimbuild import __version__
     from nimbuild.fsutil import atomic_write_text
     from nimbuild.manifest import load_manifest
-    from nimbuild.render.templating import render
+    from nimbuild.runtime.triton_repo.templating import render
 
     manifest_path = Path(manifest_path)
     manifest = load_manifest(manifest_path)

@@ -95,7 +95,7 @@ def render_plan(recipe: Any, fmt: str, *, builder_image: str | None = None, imag
     import yaml
 
     from nimbuild import __version__
-    from nimbuild.render.templating import environment
+    from nimbuild.runtime.triton_repo.templating import environment
 
     if fmt not in FORMATS:
         raise NimbuildError(f"unknown plan format {fmt!r}", hint=f"use one of: {', '.join(FORMATS)}")

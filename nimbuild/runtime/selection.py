@@ -3,12 +3,12 @@
 DESIGN.md "Selection" fixes the rules and the words of the log. In short:
 
 - *runnable*: the host has the profile's hardware, enough of it, with enough free memory;
-- *not runnable* ("compatible but not runnable"): the right GPU kind is there and
-  the host has enough GPUs in all, but too few of that kind, or too few with
-  enough free memory;
-- *incompatible*: a GPU profile on a CPU host or with ``NIM_CPU_ONLY``, the wrong
-  GPU, FP8 below compute capability 8.9, or fewer GPUs in the host than the
-  profile needs (this host can never run it).
+- *not runnable* ("compatible but not runnable"): at least one GPU of the host
+  can run it, but fewer than its ``gpu_count``, or too few with enough free
+  memory; or (GPU and CPU profiles alike) a local file of its workspace is
+  missing or not of the manifest's size (stat only: ``serve`` checks sha256);
+- *incompatible*: no GPU of the host can run it: a GPU profile on a CPU host
+  or with ``NIM_CPU_ONLY``, the wrong GPU, FP8 below compute capability 8.9.
 
 A TensorRT profile matches on its ``gpu_device`` tag (PCI device:vendor, or any
 id the SKU catalog lists for the same SKU), or, when it was built
@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 from nimbuild import skus
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import Manifest, Profile, check_relpath
+from nimbuild.manifest import Manifest, Profile, check_relpath, is_remote_uri, safe_join
 from nimbuild.runtime.hardware import Gpu, Host, cpu_only_requested
 
 Status = Literal["runnable", "not_runnable", "incompatible"]
@@ -208,7 +209,7 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> 
         if not matching:
             return judged("incompatible", needs)
     else:
-        matching, needs = gpus, "needs a GPU"
+        matching, needs = gpus, None
     if tags.get("precision") == "fp8":
         fp8 = [g for g in matching if (_cc(g.compute_capability) or (0, 0)) >= _FP8_MIN_CC]
         if not fp8:
@@ -218,9 +219,9 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> 
     count = _gpu_count(tags)
     if count is None:
         return judged("incompatible", f"gpu_count tag {tags.get('gpu_count')!r} is not a positive integer")
-    if len(gpus) < count:
-        return judged("incompatible", f"needs {_plural(count, 'GPU')}; this host has {len(gpus)}")
-    if len(matching) < count:
+    if len(matching) < count:   # it can run here, just not on this few GPUs: compatible but not runnable
+        if needs is None:
+            return judged("not_runnable", f"needs {_plural(count, 'GPU')}; this host has {len(matching)}")
         return judged("not_runnable", f"{needs} on {_plural(count, 'GPU')}; this host has {len(matching)} of that kind")
     need_mib = required_memory_mib(profile)
     free = [g for g in matching if not g.memory_known or g.memory_free_mib >= need_mib]
@@ -239,10 +240,63 @@ def cpu_only_reason(host: Host, env: Mapping[str, str]) -> str | None:
     return None
 
 
-def classify(manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ) -> list[Classified]:
-    """Every profile of ``manifest`` judged against ``host``, in manifest order."""
+def _stat_problem(root: Path, rel: str, size: int) -> str | None:
+    """Why the file at ``root/rel`` is not the manifest's (missing, not a file, other size), or None."""
+    try:
+        path = safe_join(root, rel)
+        st = path.stat()
+    except NimbuildError as exc:
+        return exc.message
+    except OSError:
+        return f"file {rel} is missing"
+    if not stat.S_ISREG(st.st_mode):
+        return f"file {rel} is not a regular file"
+    if st.st_size != size:
+        return f"file {rel} has {st.st_size} bytes; the manifest says {size}"
+    return None
+
+
+def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike | None = None) -> str | None:
+    """The first local file of ``profile`` that is not there with the manifest's size (stat only), or None.
+
+    A file counts as present in the manifest's folder or at ``cache_path/<its path>``;
+    remote URIs are not checked (they are fetched by download-to-cache). The
+    sha256 is ``serve``'s check, before use: this one must stay cheap.
+    """
+    if manifest.root is None:
+        return None
+    for rel in sorted(profile.files):
+        entry = profile.files[rel]
+        if is_remote_uri(entry.uri):
+            continue
+        problem = _stat_problem(Path(manifest.root), rel, entry.size)
+        if problem is not None and cache_path and _stat_problem(Path(cache_path), rel, entry.size) is None:
+            problem = None
+        if problem is not None:
+            return problem
+    return None
+
+
+def classify(manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ,
+             cache_path: str | os.PathLike | None = None) -> list[Classified]:
+    """Every profile of ``manifest`` judged against ``host``, in manifest order.
+
+    A profile the hardware can run whose files are missing or of the wrong size
+    is *not runnable*, with the file in the reason (``cache_path`` defaults to
+    ``NIM_CACHE_PATH``; copies there count).
+    """
+    if cache_path is None:
+        cache_path = env.get("NIM_CACHE_PATH") or None
     reason = cpu_only_reason(host, env)
-    return [_classify_one(p, host, reason) for p in manifest.profiles]
+    out = []
+    for profile in manifest.profiles:
+        entry = _classify_one(profile, host, reason)
+        if entry.status == "runnable":
+            problem = missing_file(manifest, profile, cache_path)
+            if problem is not None:
+                entry = Classified(profile=profile, status="not_runnable", reason=problem)
+        out.append(entry)
+    return out
 
 
 # --------------------------------------------------------------------------- rank
@@ -319,15 +373,24 @@ def _runnable_list(classified: list[Classified]) -> str:
     return "runnable here: " + ", ".join(f"{c.profile.id} ({c.profile.name})" for c in runnable)
 
 
-def _match_profile(value: str, classified: list[Classified]) -> list[Classified]:
-    """NIM_MODEL_PROFILE: a full ID, a name, or a unique ID prefix of at least 8 characters."""
-    exact = [c for c in classified if c.profile.id == value or c.profile.name == value]
-    if exact:
+def match_profiles(value: str, profiles: Sequence[Profile]) -> list[Profile]:
+    """The profiles ``value`` names: a full ID, a name, or an ID prefix of at least MIN_PREFIX characters.
+
+    One rule for NIM_MODEL_PROFILE and every ``--profile`` option; more than one
+    match means the prefix is ambiguous (the caller says so).
+    """
+    value = (value or "").strip()
+    exact = [p for p in profiles if p.id == value or p.name == value]
+    if exact or len(value) < MIN_PREFIX:
         return exact
-    if len(value) < MIN_PREFIX:
-        return []
     prefix = value.lower()
-    return [c for c in classified if c.profile.id.startswith(prefix)]
+    return [p for p in profiles if p.id.startswith(prefix)]
+
+
+def _match_profile(value: str, classified: list[Classified]) -> list[Classified]:
+    """NIM_MODEL_PROFILE, by :func:`match_profiles`."""
+    ids = {id(p) for p in match_profiles(value, [c.profile for c in classified])}
+    return [c for c in classified if id(c.profile) in ids]
 
 
 def _apply_overrides(classified: list[Classified], env: Mapping[str, str],
@@ -394,7 +457,7 @@ def select(manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ,
     """
     if cache_path is None:
         cache_path = env.get("NIM_CACHE_PATH") or None
-    classified = classify(manifest, host, env)
+    classified = classify(manifest, host, env, cache_path)
     for entry in classified:
         if entry.status == "runnable":
             entry.cached = is_cached(entry.profile, cache_path)

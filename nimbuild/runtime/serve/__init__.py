@@ -1,7 +1,7 @@
 """`nimbuild serve`: the reranking NIM's HTTP API over the best profile this host can run.
 
 Light by rule: no torch, transformers, onnx, polygraphy or tensorrt; the Triton
-backend imports nimbuild.render.store only when it starts.
+backend imports nimbuild.runtime.model_store only when it starts.
 
     server.py      detect -> select -> verify -> start a backend (falling back in rank order) -> uvicorn
     app.py         the Starlette app: /v1/ranking, health, models, metadata, metrics

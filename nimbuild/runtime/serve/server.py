@@ -9,9 +9,11 @@ finish, stops the backend (and a ``tritonserver`` child) and exits 0.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -135,14 +137,74 @@ def start_service(manifest_path: str | os.PathLike, *, env: Mapping[str, str] = 
                         hint="see the log above for each reason; `nimbuild list-model-profiles` lists the profiles")
 
 
+def graceful_shutdown_seconds(env: Mapping[str, str] = os.environ) -> int:
+    """``NIM_GRACEFUL_SHUTDOWN_SECONDS`` (default 30), read like the other limits (Limits.from_env)."""
+    var = "NIM_GRACEFUL_SHUTDOWN_SECONDS"
+    raw = (env.get(var) or "").strip()
+    if not raw:
+        return 30
+    try:
+        value = int(raw)
+    except ValueError:
+        raise NimbuildError(f"{var}={raw!r} is not a number", hint=f"set {var} to a whole number of seconds") from None
+    if value < 0:
+        raise NimbuildError(f"{var}={raw!r} is out of range", hint=f"set {var} to 0 or more seconds")
+    return value
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_port(host: str, port: int) -> None:
+    """A TCP port is 1..65535: say so before anything starts (the socket layer raises OverflowError)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise NimbuildError(f"cannot serve on {_address(host, port)}: port {port} is out of range",
+                            hint="set NIM_HTTP_API_PORT or --port to a port between 1 and 65535")
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (not yet listening), or one NimbuildError naming the address and the fix.
+
+    Bound before the backend starts, so a busy port fails in a second, not after
+    an engine has loaded; uvicorn then serves on this socket.
+    """
+    check_port(host, port)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn: restart over TIME_WAIT
+        sock.bind((host, port))
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        hint = ("stop what listens there, or pick a free port with NIM_HTTP_API_PORT or --port"
+                if getattr(exc, "errno", None) == errno.EADDRINUSE
+                else "check the address (NIM_HTTP_API_HOST / --host) and the port (NIM_HTTP_API_PORT / --port)")
+        raise NimbuildError(f"cannot serve on {_address(host, port)}: {reason}", hint=hint) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run_server(service: RankingService, host: str = "0.0.0.0", port: int = 8000, log_level: str = "info",
-               env: Mapping[str, str] = os.environ) -> int:
-    """Serve until SIGTERM/SIGINT; in-flight requests finish first. Returns the exit code (0)."""
+               env: Mapping[str, str] = os.environ, sock: socket.socket | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; in-flight requests finish first. Returns the exit code (0).
+
+    ``sock``: a socket from :func:`bind_listener` (the CLI binds before the
+    backend starts); without one, it is bound here. A port that cannot be
+    served on is one NimbuildError, never uvicorn's log and exit code.
+    """
     import uvicorn
 
     from nimbuild.runtime.serve.app import create_app
 
-    grace = int(env.get("NIM_GRACEFUL_SHUTDOWN_SECONDS", "30") or 30)
+    try:
+        grace = graceful_shutdown_seconds(env)
+        if sock is None:
+            sock = bind_listener(host, port)
+    except NimbuildError:
+        service.stop()
+        raise
     config = uvicorn.Config(create_app(service), host=host, port=port, lifespan="on", log_level=log_level,
                             access_log=env.get("NIM_ACCESS_LOG", "") in {"1", "true"},
                             timeout_graceful_shutdown=grace, timeout_keep_alive=30)
@@ -150,13 +212,19 @@ def run_server(service: RankingService, host: str = "0.0.0.0", port: int = 8000,
     received: list[int] = []
     # uvicorn re-raises the signal it stopped on; with these handlers that ends in a clean exit 0.
     previous = {sig: signal.signal(sig, lambda s, f: received.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    failure = None
     try:
-        server.run()
+        log.info("Listening on http://%s", _address(host, port))
+        server.run(sockets=[sock])
+    except SystemExit as exc:   # uvicorn's startup failure (sys.exit(3)): reported below as one error
+        failure = f"the server stopped during start-up (exit {exc.code})"
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         service.stop()  # idempotent: the app's shutdown already did it unless the server never started
-    if not server.started:
-        raise NimbuildError(f"could not serve on {host}:{port}", hint="is the port free? set NIM_HTTP_API_PORT or --port")
+        sock.close()
+    if failure or not server.started:
+        raise NimbuildError(f"could not serve on {_address(host, port)}: {failure or 'the server did not start'}",
+                            hint="see the log above; is the port free? set NIM_HTTP_API_PORT or --port")
     log.info("Server stopped%s", f" on signal {signal.Signals(received[-1]).name}" if received else "")
     return 0

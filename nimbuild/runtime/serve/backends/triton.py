@@ -1,6 +1,6 @@
 """Triton Inference Server as a child process: TensorRT profiles (and ONNX ones when asked).
 
-The profile is materialized as a Triton model store (by nimbuild.render.store,
+The profile is materialized as a Triton model store (by nimbuild.runtime.model_store,
 imported here only, so the light runtime does not load it otherwise),
 ``tritonserver`` is started on loopback ports of its own, and the server waits
 until Triton says the model is ready. A Triton that exits or never gets ready
@@ -98,7 +98,7 @@ class TritonBackend(Backend):
     def _materialize(self, dest: Path) -> tuple[Path, str]:
         """The profile's Triton model store (render's store builder); returns (store folder, model name)."""
         try:
-            from nimbuild.render.store import materialize_profile
+            from nimbuild.runtime.model_store import materialize_profile
         except ImportError as exc:
             raise BackendStartError(f"cannot render a Triton model store here ({exc})") from exc
         try:

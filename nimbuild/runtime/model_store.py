@@ -4,7 +4,7 @@ Runtime side: a serving image has ``nimbuild[runtime]`` only, so nothing here
 imports onnx or tritonclient. A repository pre-rendered by ``nimbuild render``
 (``<manifest folder>/triton/<profile name>/``) carries its templates' contexts,
 so the store is re-rendered from that record; without one, the graph's inputs
-are read by :mod:`nimbuild.render.onnx_io`'s light reader.
+are read by :mod:`nimbuild.runtime.triton_repo.onnx_io`'s light reader.
 
 Cache layout (shared with ``nimbuild.runtime.selection.is_cached``): a file of
 the manifest at ``<relpath>`` is cached at ``$NIM_CACHE_PATH/<relpath>``.
@@ -49,22 +49,23 @@ class MaterializedStore:
 # --------------------------------------------------------------------------- profiles
 
 def resolve_profile(manifest, ref: str):
-    """The profile named by a full ID, a unique ID prefix, or a name (as NIM_MODEL_PROFILE)."""
+    """The profile named by a full ID, a unique ID prefix, or a name: NIM_MODEL_PROFILE's rule
+    (:func:`nimbuild.runtime.selection.match_profiles`)."""
+    from nimbuild.runtime.selection import MIN_PREFIX, match_profiles
+
     ref = (ref or "").strip()
     if not ref:
         raise NimbuildError("no profile given", hint="pass --profile with an ID, an ID prefix or a name")
-    found = manifest.by_id(ref) or manifest.by_name(ref)
-    if found is None and len(ref) >= 4:
-        matches = [p for p in manifest.profiles if p.id.startswith(ref.lower())]
-        if len(matches) > 1:
-            raise NimbuildError(f"profile prefix {ref!r} matches {len(matches)} profiles: "
-                                f"{', '.join(p.name for p in matches)}", hint="give more characters of the ID")
-        found = matches[0] if matches else None
-    if found is None:
+    matches = match_profiles(ref, manifest.profiles)
+    if len(matches) > 1:
+        raise NimbuildError(f"profile prefix {ref!r} matches {len(matches)} profiles: "
+                            f"{', '.join(p.name for p in matches)}", hint="give more characters of the ID")
+    if not matches:
         known = ", ".join(f"{p.id[:12]} ({p.name})" for p in manifest.profiles) or "none"
-        raise NimbuildError(f"{manifest.source or 'manifest'}: no profile {ref!r}",
-                            hint=f"use an ID, an ID prefix (4+ characters) or a name: {known}")
-    return found
+        short = f" (an ID prefix needs at least {MIN_PREFIX} characters)" if len(ref) < MIN_PREFIX else ""
+        raise NimbuildError(f"{manifest.source or 'manifest'}: no profile {ref!r}{short}",
+                            hint=f"use an ID, an ID prefix ({MIN_PREFIX}+ characters) or a name: {known}")
+    return matches[0]
 
 
 def cache_root(env: Mapping[str, str] | None = None, cache_path: str | os.PathLike | None = None) -> Path:
@@ -130,7 +131,7 @@ def download_to_cache(manifest_path: str | os.PathLike, ref: str, *, cache_path:
     final name only once complete (temp file + rename).
     """
     from nimbuild.manifest import load_manifest, safe_join
-    from nimbuild.render.files import copy_verified
+    from nimbuild.runtime.triton_repo.files import copy_verified
 
     manifest = load_manifest(manifest_path)
     profile = resolve_profile(manifest, ref)
@@ -172,7 +173,7 @@ class _NullProgress:
 
 def _prerendered(manifest, profile) -> dict | None:
     """The record of ``nimbuild render``'s repository for this profile, if it matches the manifest."""
-    from nimbuild.render.triton import REPOSITORY_INFO, read_repository_info
+    from nimbuild.runtime.triton_repo.repository import REPOSITORY_INFO, read_repository_info
 
     if manifest.root is None:
         return None
@@ -232,7 +233,7 @@ def materialize_profile(manifest, profile, dest: str | os.PathLike, *, mode: str
     does; the copy mode checks every byte it copies anyway).
     """
     from nimbuild.manifest import verify_profile
-    from nimbuild.render import triton
+    from nimbuild.runtime.triton_repo import repository as triton
 
     env = os.environ if env is None else env
     if verify:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nimbuild.errors import NimbuildError
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"   # nimbuild/templates
 
 
 def pbstr(value: object) -> str:
