@@ -178,14 +178,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def gpu_graph_gates(fp32_path, export_dir, model_dir, calibration, feeds, reference) -> dict:
-    """fp16/fp8/int8 through build_precisions and nimbuild's gate, with the recipe's default thresholds."""
-    from nimbuild.recipe import Thresholds
+    """fp16/fp8/int8 through build_precisions and nimbuild's gate, with the bundled example recipe's thresholds
+    (the recipe defaults, and its own fp8 bars for random weights: see recipes/example-tiny.yaml)."""
     from nimbuild.build.precision import build_precisions
     from nimbuild.output import Output
+    from nimbuild.recipe import load_recipe
 
+    thresholds = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "example-tiny.yaml").thresholds
     return build_precisions(fp32_path, export_dir, ["fp16", "fp8", "int8"], architecture="BertForSequenceClassification",
                             input_names=list(feeds[0]), calibration=calibration, evaluation=feeds, reference=reference,
-                            thresholds=Thresholds(), out=Output(quiet=True), config_dir=model_dir)
+                            thresholds=thresholds, out=Output(quiet=True), config_dir=model_dir)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ import numpy as np
 MINILM_L6 = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 
 
+# Query/key weights x this. 1.0 (attention logits rms ~1) is kept on purpose: at 2.0 (rms ~4) every 8-bit graph
+# ranks worse (FP8 top-1 0.67-0.75, weights-only FP8 0.83 on 24 queries; RESULTS-precision.md), i.e. larger
+# attention logits make the model more fragile, not more realistic for the gate.
 ATTENTION_GAIN = 1.0
 TOPIC_WORDS = 10
 HEAD_SCORE_STD = 3.0  # logits: a real reranker spreads a query's passages over several logits

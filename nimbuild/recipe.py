@@ -86,14 +86,40 @@ class Shapes(_Strict):
     sequence: Range = Range(min=1, opt=128, max=512)
 
 
+class PrecisionThresholds(_Strict):
+    """One precision's own thresholds: a metric left out keeps the recipe-wide value, null turns it off."""
+
+    top1: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    spearman: Optional[float] = Field(default=None, ge=-1.0, le=1.0)
+    kendall: Optional[float] = Field(default=None, ge=-1.0, le=1.0)
+    ndcg10: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    max_abs_logit: Optional[float] = Field(default=None, ge=0.0)
+
+
 class Thresholds(_Strict):
-    """The accuracy gate: a metric set to null is reported but not judged."""
+    """The accuracy gate: a metric set to null is reported but not judged.
+
+    ``fp16``/``fp8``/``int8`` (optional) override some metrics for that precision's graph and
+    engines only, e.g. ``fp8: {top1: 0.75}``; they are left out of ``model_dump()`` (the
+    recipe-wide metrics), see ``for_precision``.
+    """
 
     top1: Optional[float] = Field(default=0.95, ge=0.0, le=1.0)
     spearman: Optional[float] = Field(default=0.95, ge=-1.0, le=1.0)
     kendall: Optional[float] = Field(default=None, ge=-1.0, le=1.0)
     ndcg10: Optional[float] = Field(default=0.98, ge=0.0, le=1.0)
     max_abs_logit: Optional[float] = Field(default=None, ge=0.0)
+    fp16: Optional[PrecisionThresholds] = Field(default=None, exclude=True)
+    fp8: Optional[PrecisionThresholds] = Field(default=None, exclude=True)
+    int8: Optional[PrecisionThresholds] = Field(default=None, exclude=True)
+
+    def for_precision(self, precision: str) -> dict[str, Optional[float]]:
+        """The metrics that judge ``precision``: recipe-wide, with that precision's overrides."""
+        merged = self.model_dump()
+        own = getattr(self, precision, None) if precision in ("fp16", "fp8", "int8") else None
+        if own is not None:
+            merged.update(own.model_dump(exclude_unset=True))
+        return merged
 
 
 class Serving(_Strict):

@@ -142,12 +142,52 @@ def test_fp8_graph_is_explicit_qdq_tensorrt_can_build(built):
         assert onnx.numpy_helper.to_array(scale) > 0
     fp8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN and t.dims]
     assert fp8_weights
-    # every MatMul/Gemm but the score head reads dequantized inputs
+    # every projection (a MatMul/Gemm with a weight) but the score head reads dequantized inputs; the
+    # attention BMMs (two activations) stay FP32: SDPA's IsNaN/Where guard keeps them from TensorRT's FP8 MHA
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     outputs = {o.name for o in model.graph.output}
-    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and not set(n.output) & outputs]
-    assert matmuls and all(producers.get(i) == "DequantizeLinear" for n in matmuls for i in n.input[:2])
-    assert report["fp8"]["notes"] and "FP8" in report["fp8"]["notes"][0]
+    fp32_model = onnx.load(export_dir / "onnx/fp32/model.onnx")
+    weights = {t.name for t in fp32_model.graph.initializer}
+    original = {n.name: n for n in fp32_model.graph.node}
+    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    head = [n for n in matmuls if set(n.output) & outputs]
+    projections = [n for n in matmuls if n not in head and any(i in weights for i in original[n.name].input[:2])]
+    bmms = [n for n in matmuls if n not in head and n not in projections]
+    assert len(head) == 1 and projections and len(bmms) == 4  # 2 layers x (Q.K^T, P.V)
+    assert all(producers.get(i) == "DequantizeLinear" for n in projections for i in n.input[:2])
+    assert not [i for n in bmms + head for i in n.input if producers.get(i) == "DequantizeLinear"]
+    notes = report["fp8"]["notes"]
+    assert "FP8" in notes[0] and "4 attention BMMs" in notes[1] and "score head" in notes[1]
+
+
+def test_fp8_quantizes_the_bmms_of_an_attention_tensorrt_fuses():
+    """ModelOpt's rule: BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2 gets FP8; anything between Softmax and BMM2 does not."""
+    from onnx import TensorProto, helper
+
+    from nimbuild.build.precision.fp8 import fused_mha_bmms
+
+    def attention(guard: bool):
+        nodes = [
+            helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="kt"),
+            helper.make_node("MatMul", ["q", "kt"], ["s"], name="bmm1"),
+            helper.make_node("Div", ["s", "sqrt_d"], ["s2"], name="scale"),
+            helper.make_node("Add", ["s2", "mask"], ["s3"], name="mask_add"),
+            helper.make_node("Softmax", ["s3"], ["p"], axis=-1, name="softmax"),
+        ]
+        if guard:
+            nodes += [helper.make_node("IsNaN", ["p"], ["nan"], name="isnan"),
+                      helper.make_node("Where", ["nan", "zero", "p"], ["p2"], name="where")]
+        nodes += [helper.make_node("MatMul", ["p2" if guard else "p", "v"], ["o"], name="bmm2"),
+                  helper.make_node("MatMul", ["o", "w"], ["y"], name="out_proj")]
+        f = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
+        graph = helper.make_graph(nodes, "attn", [f("q"), f("k"), f("v"), f("mask")], [f("y")], initializer=[
+            onnx.numpy_helper.from_array(np.array(4.0, np.float32), "sqrt_d"),
+            onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+    assert fused_mha_bmms(attention(guard=False)) == {"bmm1", "bmm2"}
+    assert fused_mha_bmms(attention(guard=True)) == set()
 
 
 def test_int8_graph_is_fused_and_quantized(built):
@@ -165,32 +205,69 @@ def test_int8_graph_is_fused_and_quantized(built):
 # ----------------------------------------------------------------------------- the gate rejects and accepts
 
 
-def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(exported_copy, example_data, monkeypatch, capsys):
-    """FP8 scales blown up 300x (most values flush to zero) really reorders passages: refused, not written."""
+def test_the_example_recipe_judges_fp8_by_its_own_bars_and_the_honest_graph_meets_them(built, example_recipe):
+    from nimbuild.build.gate import judge
+    from nimbuild.build.precision import thresholds_for
+    from nimbuild.recipe import load_recipe
+
+    thresholds = load_recipe(example_recipe).thresholds
+    fp8 = thresholds_for(thresholds, "fp8")
+    assert fp8["top1"] < RECIPE_DEFAULTS["top1"] and fp8["ndcg10"] == RECIPE_DEFAULTS["ndcg10"]
+    for other in ("fp16", "int8"):
+        assert thresholds_for(thresholds, other) == thresholds.model_dump()
+    # a mapping works the same way (tests and benchmarks pass dicts)
+    assert thresholds_for({"top1": 0.9, "fp8": {"top1": 0.5}}, "fp8") == {"top1": 0.5}
+    assert thresholds_for({"top1": 0.9, "fp8": {"top1": 0.5}}, "fp16") == {"top1": 0.9}
+    _, report = built
+    verdict = judge(report["fp8"]["gate"]["metrics"], fp8)
+    assert verdict.passed, verdict.failures
+
+
+def test_a_misspelt_per_precision_threshold_is_a_recipe_error(tmp_path, example_recipe):
+    from nimbuild.recipe import load_recipe
+
+    bad = tmp_path / "example-tiny.yaml"
+    bad.write_text(example_recipe.read_text().replace("fp8: {top1: 0.75,", "fp8: {topone: 0.75,"))
+    with pytest.raises(NimbuildError, match=r"thresholds\.fp8\.topone"):
+        load_recipe(bad)
+
+
+def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(exported_copy, example_data, example_recipe,
+                                                                     monkeypatch, capsys):
+    """FP8 scales 20x too small (everything past 5% of the range saturates) really reorders passages:
+    refused even by the example recipe's looser fp8 bars, and not written."""
     from nimbuild.build.precision import fp8
+    from nimbuild.recipe import load_recipe
 
     stale = exported_copy / "onnx" / "fp8"
     stale.mkdir(parents=True)
     (stale / "model.onnx").write_bytes(b"an earlier run's graph")
     honest = fp8._scale
-    monkeypatch.setattr(fp8, "_scale", lambda amax: honest(amax) * 300.0)
+    monkeypatch.setattr(fp8, "_scale", lambda amax: honest(amax) / 20.0)
     report = build_precisions(
         exported_copy / "onnx/fp32/model.onnx", exported_copy, ["fp16", "fp8", "bf16", "int8"],
         architecture=example_data["architecture"], input_names=example_data["names"],
         calibration=example_data["encoded"], evaluation=example_data["encoded"], reference=example_data["reference"],
-        thresholds=RECIPE_DEFAULTS, out=Output(), config_dir=exported_copy / "tokenizer")
+        thresholds=load_recipe(example_recipe).thresholds, out=Output(), config_dir=exported_copy / "tokenizer")
 
     bad = report["fp8"]
     assert bad["status"] == "rejected" and bad["path"] is None
-    assert not bad["gate"]["passed"] and bad["gate"]["metrics"]["top1"] < 0.95
-    assert "top1" in bad["reason"] and "< 0.95" in bad["reason"]  # says by how much
+    assert bad["gate"]["thresholds"]["top1"] == 0.75  # judged by the recipe's fp8 bars
+    assert not bad["gate"]["passed"] and bad["gate"]["metrics"]["top1"] < 0.75
+    assert bad["gate"]["metrics"]["ndcg10"] < 0.98
+    assert "top1" in bad["reason"] and "< 0.75" in bad["reason"]  # says by how much
     assert not (exported_copy / "onnx" / "fp8").exists()  # neither the new graph nor the stale one
     for good in ("fp16", "int8"):
         assert report[good]["status"] == "passed" and report[good]["gate"]["passed"], report[good]
         assert (exported_copy / report[good]["path"]).is_file()
     assert report["bf16"]["status"] == "skipped" and "unknown precision" in report["bf16"]["reason"]
+    from nimbuild.build.pipeline import print_gate_table
+
+    capsys.readouterr()
+    print_gate_table(report, Output())
     table = capsys.readouterr().out
-    assert "precision graphs" in table and "rejected" in table and "passed" in table
+    assert "accuracy gate" in table and "rejected" in table and "passed" in table
+    assert f"fp8: rejected: {bad['reason']}" in table  # the table says why a graph is missing
     assert not [p for p in (exported_copy / "onnx").iterdir() if p.name.startswith(".")]
 
 

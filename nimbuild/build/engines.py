@@ -664,9 +664,12 @@ def engine_tags(plan: EnginePlan, trt: Any, model_revision: str, precision: str)
     )
 
 
-def _thresholds_dict(thresholds: Any) -> dict[str, Any]:
+def _thresholds_dict(thresholds: Any, precision: str | None = None) -> dict[str, Any]:
+    """The recipe's thresholds as a dict; with ``precision``, that precision's overrides applied."""
     from nimbuild.build.gate import thresholds_dict
 
+    if precision is not None and hasattr(thresholds, "for_precision"):
+        return thresholds_dict(thresholds.for_precision(precision))
     return thresholds_dict(thresholds)
 
 
@@ -699,8 +702,12 @@ def build_engines(recipe: Any, plan: EnginePlan, output: Any, seam: Any = None,
     model_revision = str(report.get("model_revision") or "unknown")
     reference = plan.out_dir / "onnx" / "fp32" / "model.onnx"
     feeds, pairs_sha = evaluation_feeds(recipe, plan)
-    thresholds = _thresholds_dict(recipe.thresholds)
-    checking = _CheckInputs(reference, feeds, thresholds, check_key(graph_digest(reference), pairs_sha, thresholds))
+    reference_digest = graph_digest(reference)
+
+    def checking_for(precision: str) -> _CheckInputs:  # per precision: the recipe may judge fp8 by its own thresholds
+        thresholds = _thresholds_dict(recipe.thresholds, precision)
+        return _CheckInputs(reference, feeds, thresholds, check_key(reference_digest, pairs_sha, thresholds))
+
     plan.timing_cache.parent.mkdir(parents=True, exist_ok=True)
 
     results: list[EngineResult] = [
@@ -710,7 +717,8 @@ def build_engines(recipe: Any, plan: EnginePlan, output: Any, seam: Any = None,
         task = progress.add_task(f"engines for {plan.sku.slug}", total=len(plan.planned))
         for engine in plan.planned:
             progress.update(task, description=f"{engine.precision} engine for {plan.sku.slug}")
-            results.append(_one_engine(plan, engine, seam, trt, gpu, model_revision, checking, force, output))
+            results.append(_one_engine(plan, engine, seam, trt, gpu, model_revision, checking_for(engine.precision),
+                                       force, output))
             progress.advance(task)
 
     results.sort(key=lambda r: ENGINE_PRECISIONS.index(r.precision))

@@ -201,7 +201,27 @@ def run_export(recipe_or_model: Any, out_dir: str | Path, precisions: Sequence[s
             report["precisions"].update(_build_precisions(stage, others, info, encoded, reference, recipe, out))
         report["seconds"] = round(time.perf_counter() - started, 3)
         atomic_write_text(stage / "export_report.json", dumps(report) + "\n")
+    print_gate_table(report["precisions"], out)
     return report
+
+
+def print_gate_table(precisions: dict[str, dict], out: Output) -> None:
+    """Every graph's gate figures in one table, then where each graph is or why it is not there."""
+
+    def fmt(value, spec=".4f"):
+        return "-" if value is None else format(value, spec)
+
+    rows = []
+    for name, entry in precisions.items():
+        m = (entry.get("gate") or {}).get("metrics") or {}
+        rows.append([name, entry.get("status"), entry.get("path") or "-", fmt(m.get("top1"), ".3f"),
+                     fmt(m.get("spearman")), fmt(m.get("ndcg10")), fmt(m.get("max_abs_logit"), ".2e"),
+                     fmt(entry.get("seconds"), ".2f")])
+    out.table(["precision", "status", "path", "top1", "spearman", "ndcg@10", "max|Δlogit|", "s"], rows,
+              title="accuracy gate (ONNX Runtime CPU vs the PyTorch FP32 reference)")
+    for name, entry in precisions.items():
+        if entry.get("reason"):
+            out.line(f"{name}: {entry['status']}: {entry['reason']}")
 
 
 def _split(encoded: list, reference: list) -> tuple[list, list, list]:
@@ -213,14 +233,8 @@ def _split(encoded: list, reference: list) -> tuple[list, list, list]:
 
 def _build_precisions(stage: Path, precisions: list[str], info: dict, encoded: list, reference: list, recipe,
                       out: Output) -> dict[str, dict]:
-    try:
-        from nimbuild.build.precision import build_precisions
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("nimbuild.build.precision"):
-            reason = "nimbuild.build.precision is not installed in this tree"
-            out.warn(reason)
-            return {p: {"status": "skipped", "reason": reason} for p in precisions}
-        raise
+    from nimbuild.build.precision import build_precisions
+
     calibration, evaluation, ref = _split(encoded, reference)
     return build_precisions(
         stage / "onnx" / "fp32" / "model.onnx", stage, precisions,

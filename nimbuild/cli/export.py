@@ -50,17 +50,6 @@ def export(
 
     def human(o: Output) -> None:
         o.line(f"exported {report['model']} ({report['architecture']}, revision {report['model_revision']}) to {target}")
-        rows = []
-        for name, entry in report["precisions"].items():
-            m = (entry.get("gate") or {}).get("metrics") or {}
-            fmt = lambda v, spec=".4f": "-" if v is None else format(v, spec)  # noqa: E731
-            rows.append([name, entry.get("status"), entry.get("path") or "-", fmt(m.get("top1"), ".3f"),
-                         fmt(m.get("spearman")), fmt(m.get("ndcg10")), fmt(m.get("max_abs_logit"), ".2e"),
-                         ])
-        o.table(["precision", "status", "path", "top1", "spearman", "ndcg@10", "max|Δlogit|"], rows)
-        for name, entry in report["precisions"].items():
-            if entry.get("reason"):
-                o.line(f"{name}: {entry['status']}: {entry['reason']}")
         o.line(f"report: {target / 'export_report.json'}")
 
     out.emit({"out": str(target), "report": report}, human)

@@ -30,7 +30,7 @@ DIRS = {"fp16": "fp16", "fp8": "fp8", "int8": "cpu-int8"}
 ALIASES = {"cpu-int8": "int8", "cpu_int8": "int8"}
 PRECISIONS = tuple(DIRS)
 
-__all__ = ["DIRS", "PRECISIONS", "build_precisions", "build_fp16", "build_fp8", "build_cpu_int8"]
+__all__ = ["DIRS", "PRECISIONS", "build_precisions", "thresholds_for", "build_fp16", "build_fp8", "build_cpu_int8"]
 
 
 def build_fp16(fp32_path, out_path, calibration=None) -> dict:
@@ -61,6 +61,18 @@ class _Rejected(Exception):
 
 class _Unsupported(Exception):
     """This precision cannot be had for this model or this machine (skipped with the reason)."""
+
+
+def thresholds_for(thresholds: Any, precision: str) -> Any:
+    """The gate thresholds for one precision: the recipe's ``Thresholds.for_precision``, or a mapping
+    whose ``fp16``/``fp8``/``int8`` entries override its metrics for that precision."""
+    if hasattr(thresholds, "for_precision"):
+        return thresholds.for_precision(precision)
+    if isinstance(thresholds, dict):
+        merged = {k: v for k, v in thresholds.items() if k not in DIRS}
+        merged.update(thresholds.get(precision) or {})
+        return merged
+    return thresholds
 
 
 def _check_pairs(name: str, queries, need: int) -> int:
@@ -150,6 +162,7 @@ def build_precisions(
 
     ``calibration``/``evaluation``: per query, the encoded feeds for its passages (int64,
     named as the graph inputs); ``reference``: the PyTorch FP32 scores per evaluation query.
+    ``thresholds``: the recipe's (with its per-precision overrides, see ``thresholds_for``).
     ``fp32`` in ``precisions`` is ignored (the export writes it). Entries are keyed by the
     recipe's name (``fp16``, ``fp8``, ``int8``); the int8 graph lives in ``onnx/cpu-int8/``.
     """
@@ -204,7 +217,7 @@ def build_precisions(
                     except Exception as exc:  # e.g. an ONNX Runtime without FP8 Q/DQ kernels
                         raise RuntimeError(f"ONNX Runtime (CPU) cannot run the {name} graph, so it cannot be gated: "
                                            f"{str(exc).splitlines()[0][:300]}") from exc
-                    gate = run_gate(session, evaluation, reference, thresholds)
+                    gate = run_gate(session, evaluation, reference, thresholds_for(thresholds, name))
                     entry["gate"] = gate.to_dict()
                     if not gate.passed:
                         raise _Rejected(gate)
@@ -229,26 +242,4 @@ def build_precisions(
             entry["seconds"] = round(time.perf_counter() - start, 2)
             report[name] = entry
             progress.advance(task)
-    _print_table(report, out)
     return report
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:.3g}"
-    return str(value)
-
-
-def _print_table(report: dict[str, dict], out) -> None:
-    """The gate figures as a table, then one line per graph: where it is, or why it is not."""
-    rows = []
-    for name, e in report.items():
-        m = (e.get("gate") or {}).get("metrics", {})
-        rows.append([name, e["status"], _fmt(m.get("top1")), _fmt(m.get("spearman")), _fmt(m.get("ndcg10")),
-                     _fmt(m.get("max_abs_logit")), _fmt(e.get("seconds"))])
-    out.table(["precision", "status", "top1", "spearman", "ndcg@10", "max|Δlogit|", "s"], rows,
-              title="precision graphs (ONNX Runtime CPU vs PyTorch FP32)")
-    for name, e in report.items():
-        out.line(f"  {name}: {e['path']}" if e.get("path") else f"  {name}: {e['status']}: {e.get('reason') or ''}")

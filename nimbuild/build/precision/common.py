@@ -5,6 +5,7 @@ Kept apart so that fp16.py, fp8.py and int8.py each hold only their own recipe.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -134,3 +135,22 @@ def tool_versions() -> dict[str, str]:
     import onnxruntime
 
     return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+@contextlib.contextmanager
+def quiet_ort_quantization():
+    """ONNX Runtime's quantization tools warn on the *root* logger (e.g. "Please consider to run
+    pre-processing before quantization"), which reaches the user's terminal even with --quiet.
+    Drop their INFO/WARNING records while they run; errors still show."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        from_ort = "onnxruntime" in record.pathname and "quantization" in record.pathname
+        return not (from_ort and record.levelno < logging.ERROR)
+
+    root = logging.getLogger()  # they call logging.warning(): the root logger's own filters see it
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)

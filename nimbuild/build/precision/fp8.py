@@ -1,4 +1,4 @@
-"""The FP8 graph: explicit FP8 (E4M3) Q/DQ on every MatMul/Gemm, calibrated on real pairs, for TensorRT.
+"""The FP8 graph: explicit FP8 (E4M3) Q/DQ on the MatMul/Gemm projections, calibrated on real pairs, for TensorRT.
 
 Decision (measured, Nov 2026; see benchmarks/RESULTS-precision.md):
 
@@ -17,10 +17,19 @@ Decision (measured, Nov 2026; see benchmarks/RESULTS-precision.md):
   recipe's tokenized calibration pairs, and this module places the Q/DQ nodes itself the
   way ModelOpt does for TensorRT's strongly typed FP8 builds:
 
-  * every MatMul/Gemm input gets a QuantizeLinear -> DequantizeLinear pair (activations,
-    including the attention BMMs) or an FP8 initializer -> DequantizeLinear (weights);
-  * scales are per tensor, ``amax / 448``; zero points are FP8 zeros; opset >= 19;
-  * the score head (the node that writes ``logits``) stays in full precision.
+  * every weighted MatMul/Gemm (the Q/K/V, attention-output, FFN and pooler projections)
+    gets a QuantizeLinear -> DequantizeLinear pair on its activation input and an FP8
+    initializer -> DequantizeLinear on its weight;
+  * scales are per tensor, ``amax / 448`` (max calibration: E4M3 keeps the same relative
+    precision over its whole range, so clipping outliers, as entropy or percentile
+    calibration do for INT8, only adds error); zero points are FP8 zeros; opset >= 19;
+  * kept out of FP8, as ModelOpt's ONNX PTQ keeps them out (modelopt/onnx/quantization/
+    graph_utils.py): GEMV-shaped MatMul/Gemm (an output dimension of 1: the score head,
+    ``find_nodes_from_matmul_to_exclude``), and the attention BMMs (Q.K^T and P.V) unless
+    they form TensorRT's FP8 fused-MHA pattern BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2
+    (``find_nodes_from_mha_to_exclude``/``match_fp8_mha_pattern``). Exports through
+    transformers' SDPA put an IsNaN/Where guard between Softmax and BMM2, so TensorRT would
+    not fuse them and they stay in FP32.
 
 The graph runs in ONNX Runtime on the CPU as simulated quantization (Q/DQ kept unfused,
 see common.cpu_session), which is how the accuracy gate judges it.
@@ -41,6 +50,8 @@ from nimbuild.build.precision.common import (
 E4M3_MAX = 448.0
 QUANTIZED_OPS = ("MatMul", "Gemm")
 MIN_OPSET = 19  # QuantizeLinear/DequantizeLinear with float8 types
+# ops ModelOpt's FP8 MHA matcher looks through (match_fp8_mha_pattern's wild cards)
+_MHA_PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Cast")
 
 
 class NothingToQuantize(ValueError):
@@ -80,6 +91,53 @@ def calibrate_amax(model, calibration: list[dict[str, np.ndarray]], op_types=QUA
     return amax
 
 
+def fused_mha_bmms(model) -> set[str]:
+    """Names of the attention BMMs TensorRT can fuse into its FP8 MHA kernel (ModelOpt's rule).
+
+    BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2, with only Reshape/Transpose/Flatten/Cast
+    in between and the Softmax read by BMM2 alone; every other MatMul of two activations
+    (an unfusable BMM) stays out of FP8. ModelOpt also asks for 8 < head size <= 256; not
+    checked here (the head size is symbolic in the graph, and every supported encoder meets it).
+    """
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    readers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def back(node, wanted):
+        for tensor in node.input:
+            p = producer.get(tensor)
+            while p is not None and p.op_type in _MHA_PASS_THROUGH:
+                p = producer.get(p.input[0])
+            if p is not None and p.op_type in wanted:
+                return p
+        return None
+
+    def forward(node):
+        n = node
+        while True:
+            after = readers.get(n.output[0], [])
+            if len(after) != 1:
+                return None
+            n = after[0]
+            if n.op_type not in _MHA_PASS_THROUGH:
+                return n
+
+    fused: set[str] = set()
+    for softmax in (n for n in nodes if n.op_type == "Softmax"):
+        bmm2 = forward(softmax)
+        p = back(softmax, {"Add", "Mul", "Div", "MatMul"})
+        if p is not None and p.op_type == "Add":
+            p = back(p, {"Mul", "Div", "MatMul"})
+        if p is not None and p.op_type in ("Mul", "Div"):
+            p = back(p, {"MatMul"})
+        if bmm2 is not None and bmm2.op_type == "MatMul" and p is not None and p.op_type == "MatMul":
+            fused |= {p.name, bmm2.name}
+    return fused
+
+
 def _scale(amax: float) -> float:
     return max(float(amax), 1e-12) / E4M3_MAX
 
@@ -93,18 +151,25 @@ def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     head = node_output_is_graph_output(model)
+    fused_bmms = fused_mha_bmms(model)
     done: dict[str, str] = {}  # original tensor -> its dequantized name (one Q/DQ per tensor, shared)
     new_inits: list = []
     new_nodes: dict[int, list] = {}  # insert before node index
-    counts = {"activations": 0, "weights": 0, "nodes": 0, "skipped": []}
+    counts = {"activations": 0, "weights": 0, "nodes": 0, "skipped": [], "score_head": 0, "unfused_bmms": 0}
     zp_name = "nimbuild_fp8_zero_point"
     new_inits.append(helper.make_tensor(zp_name, TensorProto.FLOAT8E4M3FN, [], [0.0]))
 
     for idx, node in enumerate(graph.node):
-        if node.op_type not in QUANTIZED_OPS or node.name in head:
+        if node.op_type not in QUANTIZED_OPS:
+            continue
+        if node.name in head:  # GEMV (N = labels): no tensor-core gain, all of the error
+            counts["score_head"] += 1
             continue
         # Gemm: only A and B (alpha, beta, transA/B and the bias C act outside the quantized product)
         operands = list(node.input[:2])
+        if not any(t in inits for t in operands) and node.name not in fused_bmms:
+            counts["unfused_bmms"] += 1
+            continue
         missing = [t for t in operands if t not in inits and amax.get(t, 0.0) <= 0.0]
         if missing:
             counts["skipped"].append(f"{node.name or node.op_type}: no calibration range for {missing}")
@@ -186,7 +251,10 @@ def build_fp8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibra
                                 (": " + "; ".join(counts["skipped"][:3]) if counts["skipped"] else ""))
     files = save_model(model, out_path)
     notes = [f"{counts['nodes']} MatMul/Gemm in FP8 ({counts['activations']} activation Q/DQ, {counts['weights']} FP8 weights), "
-             "per-tensor amax/448 scales, score head in FP32; gated in ONNX Runtime CPU as simulated FP8"]
+             "per-tensor amax/448 scales (max calibration); gated in ONNX Runtime CPU as simulated FP8",
+             f"kept in FP32 as ModelOpt keeps them: the score head (GEMV, {counts['score_head']}) and "
+             f"{counts['unfused_bmms']} attention BMMs outside TensorRT's FP8 fused-MHA pattern "
+             "(BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2)"]
     if counts["skipped"]:
         notes.append(f"{len(counts['skipped'])} left unquantized: " + "; ".join(counts["skipped"][:3]))
     return {"files": files, "notes": notes, "counts": {k: v for k, v in counts.items() if k != "skipped"}}

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from nimbuild.build.precision.common import EXTERNAL_DATA_BYTES, cpu_int8_support, load_model, save_model, weight_bytes
+from nimbuild.build.precision.common import (
+    EXTERNAL_DATA_BYTES, cpu_int8_support, load_model, quiet_ort_quantization, save_model, weight_bytes,
+)
 
 # transformers architecture prefix -> ORT optimizer model_type (encoder families with BERT-like graphs)
 _MODEL_TYPES = {
@@ -170,22 +172,25 @@ def build_cpu_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ar
         q_path = Path(tmp) / "int8.onnx"
         large = weight_bytes(fused) > EXTERNAL_DATA_BYTES
         if mode == "dynamic":
-            quantize_dynamic(fused_path, q_path, weight_type=QuantType.QInt8, per_channel=False, use_external_data_format=large,
-                             reduce_range=not cpu["vnni"], extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+            with quiet_ort_quantization():
+                    quantize_dynamic(fused_path, q_path, weight_type=QuantType.QInt8, per_channel=False,
+                                 use_external_data_format=large, reduce_range=not cpu["vnni"],
+                                 extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         else:
             if not calibration:
                 raise ValueError("static INT8 needs calibration pairs")
             from nimbuild.build.precision.fp8 import _Reader
 
             names = [i.name for i in fused.graph.input]
-            quantize_static(fused_path, q_path, _Reader(calibration, names), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
-                            reduce_range=not cpu["vnni"], calibrate_method=CalibrationMethod.MinMax,
-                            use_external_data_format=large,
-                            # MatMul/Gemm only: quantizing every op also quantizes the attention mask's
-                            # float32.min fill, whose range then wipes out the scores (measured: top-1 0)
-                            op_types_to_quantize=["MatMul", "Gemm"],
-                            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+            with quiet_ort_quantization():
+                quantize_static(fused_path, q_path, _Reader(calibration, names), quant_format=QuantFormat.QDQ,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
+                                reduce_range=not cpu["vnni"], calibrate_method=CalibrationMethod.MinMax,
+                                use_external_data_format=large,
+                                # MatMul/Gemm only: quantizing every op also quantizes the attention mask's
+                                # float32.min fill, whose range then wipes out the scores (measured: top-1 0)
+                                op_types_to_quantize=["MatMul", "Gemm"],
+                                extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         files = save_model(load_model(q_path), out_path)
     notes.insert(0, f"{mode} INT8 (weights int8 per tensor{', 7-bit' if not cpu['vnni'] else ''}) on the fused graph")
     return {"files": files, "notes": notes, "mode": mode, "fusions": stats, "cpu": cpu, "cpu_note": cpu_note}
