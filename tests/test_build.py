@@ -191,3 +191,35 @@ def test_committed_example_manifest_matches_a_fresh_build(real_build):
     fresh = mf.load_manifest(out / "manifest.yaml")
     saved = mf.load_manifest(committed)
     assert {p.id: (p.name, p.tags) for p in saved.profiles} == {p.id: (p.name, p.tags) for p in fresh.profiles}
+
+
+def test_real_reexport_keeps_the_rest_of_the_build_folder(real_build, tmp_path):
+    """A change that matters to the export (here: the gate thresholds) re-exports in place: the new
+    graphs replace the old ones, while what else lives in the build folder (engines, step cache,
+    Triton repositories) stays, and the manifest rebuilt from it verifies."""
+    import shutil
+
+    from nimbuild.build.steps import run_build
+
+    out = tmp_path / "example-tiny"
+    shutil.copytree(real_build[0], out, symlinks=True)
+    (out / "engines").mkdir(exist_ok=True)
+    (out / "engines" / "keep.txt").write_text("another runner's work")
+    text = (REPO / "recipes/example-tiny.yaml").read_text()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        text.replace("path: models/example-tiny", f"path: {REPO / 'recipes/models/example-tiny'}")
+            .replace("pairs: pairs/example-tiny.jsonl", f"pairs: {REPO / 'recipes/pairs/example-tiny.jsonl'}")
+            .replace("  ndcg10: 0.98\n", "  ndcg10: 0.97\n")
+    )
+    res = run_build(recipe, out, Output(quiet=True), engines=False)
+    status = {s.step: s.status for s in res.steps}
+    assert status["export"] == "built"
+    assert (out / "engines" / "keep.txt").read_text() == "another runner's work"
+    assert (out / ".nimbuild-cache").is_dir() and (out / "triton").is_dir()
+    assert not (out / ".export.partial").exists()
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["thresholds"]["ndcg10"] == 0.97
+    assert mf.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
+    forced = run_build(recipe, out, Output(quiet=True), engines=False, force=True)
+    assert {s.step: s.status for s in forced.steps}["export"] == "built"

@@ -77,6 +77,32 @@ def _sync_report_recipe(out_dir: Path, recipe: Any) -> None:
         atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
+def _export_into(recipe: Any, out_dir: Path, out: Output) -> None:
+    """Export beside the build's other outputs, then swap in only the export's own entries.
+
+    ``run_export`` owns a whole folder (staged, then renamed into place); a build folder
+    also holds engines, fragments, the manifest, the Triton repositories and the step
+    cache, which a re-export must keep. A failed export leaves the previous one in place.
+    """
+    import shutil
+
+    from nimbuild.build.pipeline import run_export
+
+    fresh = out_dir / ".export.partial"
+    shutil.rmtree(fresh, ignore_errors=True)
+    try:
+        run_export(recipe, fresh, precisions=list(recipe.precisions), pairs=None, out=out)
+        for name in EXPORT_OUTPUTS:
+            old = out_dir / name
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+            (fresh / name).replace(old)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+
+
 def step_export(recipe: Any, out_dir: Path, cache: StepCache, out: Output, force: bool) -> StepResult:
     t0 = time.perf_counter()
     key = export_key(recipe, cache)
@@ -85,9 +111,7 @@ def step_export(recipe: Any, out_dir: Path, cache: StepCache, out: Output, force
         cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
         return StepResult("export", "reused", time.perf_counter() - t0, "recipe, model files and toolchain unchanged")
     cache.forget("export")
-    from nimbuild.build.pipeline import run_export
-
-    run_export(recipe, out_dir, precisions=list(recipe.precisions), pairs=None, out=out)
+    _export_into(recipe, out_dir, out)
     cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
     report = json.loads((out_dir / "export_report.json").read_text())
     passed = [p for p, e in report.get("precisions", {}).items() if e.get("status") == "passed"]
