@@ -86,8 +86,12 @@ def load_model(model_dir: Path, trust_remote_code: bool = False):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            # eager attention exports as MatMul -> Div -> Add(mask) -> Softmax -> MatMul: the pattern ONNX
+            # Runtime fuses into its Attention op and TensorRT into fused MHA. SDPA exports with an IsNaN/Where
+            # guard after each Softmax that blocks both (measured: cpu-int8 +20% pairs/s on the MiniLM-sized
+            # model, benchmarks/RESULTS-precision.md); the graphs are the same function (parity gate, 1e-4).
             model = AutoModelForSequenceClassification.from_pretrained(
-                str(model_dir), trust_remote_code=trust_remote_code, dtype=torch.float32
+                str(model_dir), trust_remote_code=trust_remote_code, dtype=torch.float32, attn_implementation="eager"
             )
         except (OSError, ValueError) as exc:
             raise NimbuildError(
