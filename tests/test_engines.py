@@ -714,3 +714,19 @@ def test_real_hardware_compatible_engine_is_tagged(recipe, export_dir):
     fp16 = next(r for r in result.results if r.precision == "fp16")
     assert fp16.status == "built", fp16.reason
     assert fp16.tags["hardware_compatibility_level"] == "same_compute_capability"
+
+
+def test_each_engine_is_judged_by_its_own_precisions_thresholds(tmp_path, export_dir):
+    """A recipe's `thresholds.fp8` judges the fp8 engine (and only it); fp16 keeps the recipe-wide bars."""
+    from nimbuild.recipe import load_recipe
+
+    lenient_fp8 = "{top1: 0.95, spearman: 0.95, ndcg10: 0.98, fp8: {top1: 0.0, spearman: -1.0, ndcg10: 0.0}}"
+    recipe = load_recipe(write_recipe(tmp_path / "recipe", thresholds=lenient_fp8))
+    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    result = engines.build_engines(recipe, plan, quiet(), seam=FakeSeam(), gpu_probe=probe(H100))
+    by_precision = {r.precision: r for r in result.results}
+    # the fp8 graph reverses the ranking: it fails the recipe-wide bars (previous tests) but not its own
+    assert by_precision["fp8"].status == "built", by_precision["fp8"].reason
+    assert by_precision["fp8"].gate["thresholds"]["top1"] == 0.0
+    assert by_precision["fp8"].gate["metrics"]["top1"] < 0.5
+    assert by_precision["fp16"].status == "built" and by_precision["fp16"].gate["thresholds"]["top1"] == 0.95
