@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from nimbuild.errors import NimbuildError
 from nimbuild.manifest import load_manifest
 from nimbuild.runtime.serve.app import create_app
 from nimbuild.runtime.serve.backends import BackendStartError
@@ -276,3 +277,26 @@ def test_big_requests_are_tokenized_off_the_event_loop_with_the_same_result(clie
     assert inline.status_code == offloaded.status_code == 200
     assert offloaded.json() == inline.json()
     assert len(threads) == 2 and threads[0] is not threads[1]
+
+
+def test_files_in_nim_cache_path_are_served_when_the_manifest_folder_has_none(tmp_path):
+    """The NIM layout: the manifest ships in the image, the files sit in NIM_CACHE_PATH
+    (`download-to-cache`). Selection counts them as present; serve verifies and loads them there."""
+    from nimbuild.runtime.selection import select
+    from nimbuild.runtime.hardware import detect_host
+    from nimbuild.runtime.serve.server import start_service
+
+    only_manifest = tmp_path / "image"
+    only_manifest.mkdir()
+    shutil.copy(served_export() / "manifest.yaml", only_manifest / "manifest.yaml")
+    env = {"NIM_CPU_ONLY": "1", "NIM_CACHE_PATH": str(served_export())}
+    manifest = load_manifest(only_manifest / "manifest.yaml")
+    assert select(manifest, detect_host(env), env).selected is not None
+    service = start_service(only_manifest / "manifest.yaml", env=env)
+    try:
+        assert service.profile["name"] == "cpu-fp32-onnxruntime"
+    finally:
+        service.stop()
+    # without the cache nothing is runnable: the files are nowhere
+    with pytest.raises(NimbuildError, match="no profile is runnable"):
+        start_service(only_manifest / "manifest.yaml", env={"NIM_CPU_ONLY": "1"})

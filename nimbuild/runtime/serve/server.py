@@ -9,6 +9,7 @@ finish, stops the backend (and a ``tritonserver`` child) and exits 0.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -70,12 +71,27 @@ def make_backend(manifest: Manifest, profile: Profile, backend: str = "auto") ->
     raise BackendStartError(f"profile {profile.name}: backend {kind!r} is not servable here (onnx or tensorrt)")
 
 
-def start_profile(manifest: Manifest, profile: Profile, *, limits: Limits, backend: str = "auto") -> RankingService:
+def files_view(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike | None) -> Manifest:
+    """The manifest as seen from where the profile's files are: ``NIM_CACHE_PATH`` when every file is
+    there (where `download-to-cache` puts them, and what selection counts as present), else its folder."""
+    if cache_path:
+        cache = Path(cache_path)
+        try:
+            if all(safe_join(cache, rel).is_file() for rel in profile.files):
+                return dataclasses.replace(manifest, root=cache)
+        except NimbuildError:
+            pass
+    return manifest
+
+
+def start_profile(manifest: Manifest, profile: Profile, *, limits: Limits, backend: str = "auto",
+                  cache_path: str | os.PathLike | None = None) -> RankingService:
     """Verify one profile's files, start its backend, check one warm-up call; BackendStartError if it cannot."""
+    manifest = files_view(manifest, profile, cache_path)
     problems = verify_profile(manifest, profile, check_files=True)
     if problems:
         raise BackendStartError("files do not verify: " + "; ".join(problems))
-    log.info("Profile %s: %d files verified (sha256)", profile.name, len(profile.files))
+    log.info("Profile %s: %d files verified (sha256) in %s", profile.name, len(profile.files), manifest.root)
     tok_rel = _file(profile, "tokenizer.json")
     if tok_rel is None:
         raise BackendStartError(f"profile {profile.name} lists no tokenizer.json in workspace.files")
@@ -124,7 +140,8 @@ def start_service(manifest_path: str | os.PathLike, *, env: Mapping[str, str] = 
     failures = []
     for profile in candidates:
         try:
-            service = start_profile(manifest, profile, limits=limits, backend=backend)
+            service = start_profile(manifest, profile, limits=limits, backend=backend,
+                                    cache_path=env.get("NIM_CACHE_PATH") or None)
         except BackendStartError as exc:
             log.warning("Profile %s (%s) could not start: %s", profile.id, profile.name, exc)
             failures.append(f"{profile.name}: {exc}")
