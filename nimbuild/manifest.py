@@ -449,19 +449,29 @@ def _differences(a: Profile, b: Profile) -> str:
     for rel in sorted(a.files):
         if a.files[rel] != b.files[rel]:
             return f"file {rel}: sha256 {a.files[rel].sha256[:12]}.. size {a.files[rel].size} vs sha256 {b.files[rel].sha256[:12]}.. size {b.files[rel].size}"
-    if _sorted(a.metrics) != _sorted(b.metrics):
-        return "metrics differ"
     if _sorted(a.extra) != _sorted(b.extra):
         return "other fields differ"
+    if _sorted(a.metrics) != _sorted(b.metrics):
+        return _METRICS_ONLY
     return ""
+
+
+_METRICS_ONLY = "metrics differ"
+
+
+def _metrics_key(p: Profile) -> str:
+    import json
+
+    return json.dumps(_sorted(p.metrics), sort_keys=True, default=str)
 
 
 def merge_manifests(manifests: Iterable[Manifest], root: str | os.PathLike | None = None) -> Manifest:
     """One manifest holding every profile of ``manifests``.
 
     Order-independent and idempotent: profiles are keyed by ID, and the same ID
-    must carry the same name, files and metrics everywhere (else NimbuildError:
-    a conflict is reported, never overwritten). A name used by two IDs is a
+    must carry the same name and files (bytes) everywhere (else NimbuildError:
+    a conflict is reported, never overwritten). Metrics alone may differ (the same
+    artifacts measured twice): one set is kept, chosen independently of order. A name used by two IDs is a
     conflict too. Paths are re-expressed relative to ``root`` (default: the
     deepest folder holding every input's root), so fragments written beside
     their engines merge into the export dir's manifest.
@@ -479,6 +489,13 @@ def merge_manifests(manifests: Iterable[Manifest], root: str | os.PathLike | Non
             if p.id in by_id:
                 prev, prev_m = by_id[p.id]
                 diff = _differences(prev, p)
+                if diff == _METRICS_ONLY:
+                    # the same artifacts measured twice (a re-run runner, a re-merge): information, not a
+                    # conflict; keep one by a rule that does not depend on the order of the inputs
+                    if _metrics_key(p) > _metrics_key(prev):
+                        by_id[p.id] = (p, m)
+                        by_name[p.name] = (p, m)
+                    continue
                 if diff:
                     raise NimbuildError(
                         f"conflict: profile {p.id} ({p.name}) differs between {prev_m.source} and {m.source}: {diff}",

@@ -508,3 +508,19 @@ def test_cli_merge_any_order_byte_identical(tmp_path):
     assert len(merged.profiles) == 3 and mf.verify_manifest(merged) == []
     again = _cli("manifest", "merge", export / "merged-0.yaml", *frags, "--out", export / "merged-0.yaml")
     assert again.exit_code == 0 and (export / "merged-0.yaml").read_bytes() in outs
+
+
+def test_merge_same_bytes_other_metrics_is_not_a_conflict_and_is_order_independent(tmp_path):
+    """A runner re-run (the same engine file, another latency figure) merges; the kept metrics do not
+    depend on the order of the inputs; other bytes under the same ID stay a conflict (test above)."""
+    a_prof = _profile(tmp_path, "fp16", files={"m.bin": b"same"})
+    b_prof = _profile(tmp_path, "fp16", files={"m.bin": b"same"})
+    a_prof.metrics, b_prof.metrics = {"latency_ms": 1.5}, {"latency_ms": 1.7}
+    a = mf.Manifest(profiles=[a_prof], root=tmp_path, source=tmp_path / "first.yaml")
+    b = mf.Manifest(profiles=[b_prof], root=tmp_path, source=tmp_path / "rerun.yaml")
+    kept = set()
+    for order in ([a, b], [b, a]):
+        merged = mf.merge_manifests(order, root=tmp_path)
+        assert len(merged.profiles) == 1
+        kept.add(merged.profiles[0].metrics["latency_ms"])
+    assert len(kept) == 1
