@@ -36,43 +36,21 @@ from benchmarks.common import (  # noqa: E402
 SEQ, BATCH = 128, 32
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def agreement(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
-    top1 = float(np.mean([np.argmax(r) == np.argmax(c) for r, c in zip(reference, candidate)]))
-    sp = float(np.mean([_spearman(r, c) for r, c in zip(reference, candidate)]))
-    err = float(max(np.max(np.abs(r - c)) for r, c in zip(reference, candidate)))
-    return {"top1": round(top1, 4), "spearman": round(sp, 4), "max_abs_logit": round(err, 4)}
+    """The accuracy gate's own figures (nimbuild.build.gate), rounded for the table."""
+    from nimbuild.build.gate import ranking_metrics
+
+    m = ranking_metrics(reference, candidate)
+    return {k: round(m[k], 4) for k in ("top1", "spearman", "max_abs_logit")}
 
 
 def export_fp32(model_dir: Path, out_dir: Path) -> tuple[Path, str]:
-    """nimbuild's own FP32 export (what ships); a plain torch.onnx.export if it is not there yet."""
-    try:
-        from nimbuild.build.export import export_fp32 as nimbuild_export
-    except ImportError:
-        nimbuild_export = None
-    if nimbuild_export is not None:
-        shapes = {"batch": {"min": 1, "opt": BATCH, "max": 64}, "sequence": {"min": 1, "opt": SEQ, "max": 512}}
-        info = nimbuild_export(model_dir, out_dir / "onnx" / "fp32", shapes)
-        return out_dir / "onnx" / "fp32" / "model.onnx", f"nimbuild.build.export.export_fp32 ({info['exporter']})"
-    import onnx
-    import torch
-    from transformers import AutoModelForSequenceClassification
+    """nimbuild's own FP32 export: what ships."""
+    from nimbuild.build.export import export_fp32 as nimbuild_export
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    dummy = {n: torch.ones(2, SEQ, dtype=torch.int64) for n in names}
-    path = out_dir / "onnx" / "fp32" / "model.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (), str(path), kwargs=dummy, input_names=names, output_names=["logits"], opset_version=18,
-                      dynamo=False, dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}})
-    m = onnx.load(str(path))
-    m.ir_version = 10
-    onnx.save(m, str(path))
-    return path, "torch.onnx.export (dynamo=False, eager attention; nimbuild.build.export not available)"
+    shapes = {"batch": {"min": 1, "opt": BATCH, "max": 64}, "sequence": {"min": 1, "opt": SEQ, "max": 512}}
+    info = nimbuild_export(model_dir, out_dir / "onnx" / "fp32", shapes)
+    return out_dir / "onnx" / "fp32" / "model.onnx", f"nimbuild.build.export.export_fp32 ({info['exporter']})"
 
 
 def main(argv: list[str] | None = None) -> int:
