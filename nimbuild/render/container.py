@@ -138,7 +138,7 @@ def render_container(manifest_path: str | os.PathLike, out_dir: str | os.PathLik
 
 def repositories_for(manifest, triton_dir: Path) -> list[str]:
     """Folders under ``triton_dir`` rendered from this manifest's profiles (stale ones are left out)."""
-    from nimbuild.render.triton import REPOSITORY_INFO
+    from nimbuild.runtime.triton_repo.repository import REPOSITORY_INFO
 
     ids = {p.id for p in manifest.profiles}
     names = []

@@ -2,7 +2,7 @@
 
 The repository itself (templates, contexts, checks, writing, serve-time
 overrides) is :mod:`nimbuild.runtime.triton_repo.repository`, shared with the
-runtime's ``create-model-store``; it is re-exported here.
+runtime's ``create-model-store``; this module walks a manifest with it.
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
-from nimbuild.runtime.triton_repo.repository import (  # noqa: F401 (re-exported: render's API)
-    DEFAULT_QUEUE_DELAY_US, ENSEMBLE, ENV_MAX_BATCH, ENV_QUEUE_DELAY, GRAPH_DIRS, INFO_FORMAT, MODEL,
-    ORT_GRAPH_LEVELS, REPOSITORY_INFO, RenderedRepository, ServingOptions, TOKENIZER, TOKENIZER_FEEDS,
-    TOKENIZER_PY, apply_serving_overrides, build_contexts, check_configs, check_repository, companion_files,
-    graph_for, guard_destination, kind_of, model_file, multi_cc_groups, multi_cc_info, profile_info,
-    read_repository_info, render_configs, semantic_problems, tokenizer_sources, with_overrides,
-    write_repository,
+from nimbuild.output import Output
+from nimbuild.runtime.triton_repo.repository import (
+    RenderedRepository, ServingOptions, multi_cc_groups, multi_cc_info, profile_info, write_repository,
 )
 
 
@@ -67,21 +63,19 @@ def render_all(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, 
     servable = [p for p in manifest.profiles if p.tags.get("backend") in ("tensorrt", "onnx")]
     skipped = [f"{p.name}: backend {p.tags.get('backend')!r} has no Triton model; not rendered"
                for p in manifest.profiles if p not in servable]
-    if out is not None:
-        for note in skipped:
-            out.note(note)
+    out = out or Output(quiet=True)
+    for note in skipped:
+        out.note(note)
     jobs = [(p.name, lambda p=p: profile_info(manifest, p, serving)) for p in servable]
     jobs += [(name, lambda name=name, ps=ps: multi_cc_info(manifest, name, ps, serving))
              for name, ps in multi_cc_groups(manifest)]
     infos = [(name, make()) for name, make in jobs]   # read every graph before writing anything
     rendered = []
-    progress_ctx = out.progress() if out is not None else _null_progress()
-    with progress_ctx as progress:
-        task = progress.add_task("rendering Triton repositories", total=len(infos)) if progress else None
+    with out.progress() as progress:
+        task = progress.add_task("rendering Triton repositories", total=len(infos))
         for name, info in infos:
             rendered.append(write_repository(info, triton_dir / name, Path(manifest.root), mode=mode))
-            if progress:
-                progress.advance(task)
+            progress.advance(task)
     container = None
     if dockerfile:
         from nimbuild.render.container import render_container
@@ -93,11 +87,3 @@ def render_all(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, 
 def render_repositories(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, **options) -> list[RenderedRepository]:
     """:func:`render_all` (repositories and Dockerfile), returning the repositories (``nimbuild build``'s step)."""
     return render_all(manifest_path, out_dir, **options).repositories
-
-
-class _null_progress:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
