@@ -109,10 +109,6 @@ def _fetch_remote(uri: str, dst: Path, sha256: str, size: int) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _is_remote(uri: str) -> bool:
-    return "://" in uri
-
-
 def _cached_ok(path: Path, entry) -> bool:
     from nimbuild.manifest import sha256_file
 
@@ -130,21 +126,21 @@ def download_to_cache(manifest_path: str | os.PathLike, ref: str, *, cache_path:
     match the manifest is removed and reported. Each file appears under its
     final name only once complete (temp file + rename).
     """
-    from nimbuild.manifest import load_manifest, safe_join
+    from nimbuild.manifest import is_remote_uri, load_manifest, safe_join
+    from nimbuild.output import Output
     from nimbuild.runtime.triton_repo.files import copy_verified
 
     manifest = load_manifest(manifest_path)
     profile = resolve_profile(manifest, ref)
     root = cache_root(env, cache_path)
     copied, kept = [], []
-    progress_ctx = out.progress() if out is not None else _NullProgress()
-    with progress_ctx as progress:
-        task = progress.add_task(f"caching {profile.name}", total=len(profile.files)) if progress else None
+    with (out or Output(quiet=True)).progress() as progress:
+        task = progress.add_task(f"caching {profile.name}", total=len(profile.files))
         for rel, entry in sorted(profile.files.items()):
             dst = safe_join(root, rel, f"cache for {profile.name}") if root.exists() else root / rel
             if _cached_ok(dst, entry):
                 kept.append(rel)
-            elif _is_remote(entry.uri):
+            elif is_remote_uri(entry.uri):
                 _fetch_remote(entry.uri, dst, entry.sha256, entry.size)
                 copied.append(rel)
             else:
@@ -154,19 +150,10 @@ def download_to_cache(manifest_path: str | os.PathLike, ref: str, *, cache_path:
                                         hint="rebuild the profile or restore the file")
                 copy_verified(src, dst, entry.sha256, entry.size)
                 copied.append(rel)
-            if progress:
-                progress.advance(task)
+            progress.advance(task)
     return {"profile_id": profile.id, "profile_name": profile.name, "cache": str(root),
             "copied": copied, "already_cached": kept,
             "bytes": sum(profile.files[r].size for r in profile.files)}
-
-
-class _NullProgress:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 # --------------------------------------------------------------------------- create-model-store

@@ -41,7 +41,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from nimbuild import skus
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import Manifest, Profile, check_relpath, is_remote_uri, safe_join
+from nimbuild.manifest import Manifest, Profile, is_remote_uri, safe_join
 from nimbuild.runtime.hardware import Gpu, Host, cpu_only_requested
 
 Status = Literal["runnable", "not_runnable", "incompatible"]
@@ -305,15 +305,7 @@ def is_cached(profile: Profile, cache_path: str | os.PathLike | None) -> bool:
     """Every file of the profile is in the cache at its manifest path, with the manifest's size."""
     if not cache_path or not profile.files:
         return False
-    root = Path(cache_path)
-    for rel, entry in profile.files.items():
-        path = root / check_relpath(rel)
-        try:
-            if path.stat().st_size != entry.size:
-                return False
-        except OSError:
-            return False
-    return True
+    return all(_stat_problem(Path(cache_path), rel, entry.size) is None for rel, entry in profile.files.items())
 
 
 def _batch(tags: Mapping[str, str]) -> int:

@@ -72,16 +72,11 @@ def make_backend(manifest: Manifest, profile: Profile, backend: str = "auto") ->
 
 
 def files_view(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike | None) -> Manifest:
-    """The manifest as seen from where the profile's files are: ``NIM_CACHE_PATH`` when every file is
-    there (where `download-to-cache` puts them, and what selection counts as present), else its folder."""
-    if cache_path:
-        cache = Path(cache_path)
-        try:
-            if all(safe_join(cache, rel).is_file() for rel in profile.files):
-                return dataclasses.replace(manifest, root=cache)
-        except NimbuildError:
-            pass
-    return manifest
+    """The manifest as seen from where the profile's files are: ``NIM_CACHE_PATH`` when they are all
+    there (selection's own test, where `download-to-cache` puts them), else the manifest's folder."""
+    from nimbuild.runtime.selection import is_cached
+
+    return dataclasses.replace(manifest, root=Path(cache_path)) if is_cached(profile, cache_path) else manifest
 
 
 def start_profile(manifest: Manifest, profile: Profile, *, limits: Limits, backend: str = "auto",
