@@ -21,3 +21,10 @@ class NimbuildError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(message if not hint else f"{message}; {hint}")
+
+
+def debug_enabled() -> bool:
+    """NIMBUILD_DEBUG is set to a true value: keep tracebacks and tools' full logs."""
+    import os
+
+    return os.environ.get("NIMBUILD_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}

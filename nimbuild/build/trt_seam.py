@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 import re
 import statistics
 import sys
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from nimbuild.errors import NimbuildError
+from nimbuild.errors import NimbuildError, debug_enabled
 
 LATENCY_WARMUP = 10
 LATENCY_ITERATIONS = 50
@@ -67,8 +66,7 @@ def polygraphy_on_stderr() -> Iterator[None]:
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.colors = False                        # no "'colored' module is not installed" notice
-    debug = os.environ.get("NIMBUILD_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
-    with contextlib.redirect_stdout(sys.stderr), G_LOGGER.verbosity(G_LOGGER.INFO if debug else G_LOGGER.WARNING):
+    with contextlib.redirect_stdout(sys.stderr), G_LOGGER.verbosity(G_LOGGER.INFO if debug_enabled() else G_LOGGER.WARNING):
         yield
 
 

@@ -8,12 +8,11 @@ that `nimbuild --help` and `nimbuild list-model-profiles` start fast.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
 
-from nimbuild.errors import NimbuildError
+from nimbuild.errors import NimbuildError, debug_enabled
 
 app = typer.Typer(
     name="nimbuild",
@@ -27,10 +26,6 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def _debug() -> bool:
-    return os.environ.get("NIMBUILD_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _register() -> None:
@@ -89,16 +84,16 @@ def run(application: typer.Typer, argv: list[str] | None = None, prog_name: str 
             code = application(args=argv, prog_name=prog_name, standalone_mode=False)
         except ModuleNotFoundError as exc:
             mapped = missing_dependency_error(exc)
-            if mapped is None or _debug():
+            if mapped is None or debug_enabled():
                 raise
             raise mapped from exc
         except OSError as exc:
             mapped = _file_system_error(exc)
-            if mapped is None or _debug():
+            if mapped is None or debug_enabled():
                 raise
             raise mapped from exc
     except NimbuildError as exc:
-        if _debug():
+        if debug_enabled():
             raise
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(exc.exit_code)
