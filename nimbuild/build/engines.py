@@ -664,13 +664,12 @@ def engine_tags(plan: EnginePlan, trt: Any, model_revision: str, precision: str)
     )
 
 
-def _thresholds_dict(thresholds: Any, precision: str | None = None) -> dict[str, Any]:
-    """The recipe's thresholds as a dict; with ``precision``, that precision's overrides applied."""
+def _thresholds_dict(thresholds: Any, precision: str) -> dict[str, Any]:
+    """The thresholds that judge ``precision``'s engine: the same as its ONNX graph's."""
     from nimbuild.build.gate import thresholds_dict
+    from nimbuild.build.precision import thresholds_for
 
-    if precision is not None and hasattr(thresholds, "for_precision"):
-        return thresholds_dict(thresholds.for_precision(precision))
-    return thresholds_dict(thresholds)
+    return thresholds_dict(thresholds_for(thresholds, precision))
 
 
 def build_engines(recipe: Any, plan: EnginePlan, output: Any, seam: Any = None,
