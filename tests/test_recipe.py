@@ -208,3 +208,18 @@ def test_cli_check_finds_missing_local_files(tmp_path, capsys, monkeypatch):
     (tmp_path / "pairs" / "demo.jsonl").write_text('{"query": "q", "passages": ["p"]}\n')
     code, out, _ = _cli(["recipe", "check", str(p), "--json"], capsys)
     assert code == 0 and json.loads(out)["ok"] is True
+
+
+def test_cli_check_reads_the_model_config_and_the_pairs_as_export_would(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("NIMBUILD_DEBUG", raising=False)
+    p = _write(tmp_path, GOOD)
+    model = tmp_path / "models" / "demo"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text('{"architectures": ["Custom"], "auto_map": {"AutoModel": "x.Custom"}}')
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "demo.jsonl").write_text("not json\n")
+    code, _, err = _cli(["recipe", "check", str(p)], capsys)
+    assert code == 1 and "field 'source.path'" in err and "auto_map" in err   # remote code, not allowed
+    (model / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
+    code, _, err = _cli(["recipe", "check", str(p)], capsys)
+    assert code == 1 and "field 'pairs'" in err and "demo.jsonl:1" in err      # the line that is not JSON

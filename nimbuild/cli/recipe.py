@@ -75,20 +75,26 @@ def check(
 
 
 def _check_local_files(recipe, file: Path) -> None:
-    """What the recipe points at on this disk must be there: a typo'd path fails here, not mid-export."""
+    """What the recipe points at on this disk must be usable: a typo'd path, a folder that is no model,
+    remote code the recipe does not allow, or a malformed pairs file fails here, not mid-export.
+    The export's own readers judge them (the weights are not hashed: this stays quick)."""
+    from nimbuild.build.pairs import load_pairs
+    from nimbuild.build.source import check_remote_code, read_config
     from nimbuild.errors import NimbuildError
 
-    if recipe.source.path:
-        model_dir = recipe.resolve(recipe.source.path)
-        if not (model_dir / "config.json").is_file():
-            what = "does not exist" if not model_dir.exists() else "has no config.json"
-            raise NimbuildError(f"recipe {file}: field 'source.path': model folder {model_dir} {what}",
-                                hint="give a folder saved with save_pretrained (relative to the recipe file), or use source.repo")
-    if recipe.pairs:
-        pairs = recipe.resolve(recipe.pairs)
-        if not pairs.is_file():
-            raise NimbuildError(f"recipe {file}: field 'pairs': file {pairs} does not exist",
-                                hint="give a JSONL file of {\"query\", \"passages\"} lines, relative to the recipe file")
+    field = "source.path"
+    try:
+        if recipe.source.path:
+            model_dir = recipe.resolve(recipe.source.path)
+            if not model_dir.is_dir():
+                raise NimbuildError(f"model folder {model_dir} does not exist",
+                                    hint="give a folder saved with save_pretrained (relative to the recipe file), or use source.repo")
+            check_remote_code(model_dir, read_config(model_dir), recipe.trust_remote_code, f"model {model_dir}")
+        field = "pairs"
+        if recipe.pairs:
+            load_pairs(recipe.resolve(recipe.pairs))
+    except NimbuildError as exc:
+        raise NimbuildError(f"recipe {file}: field '{field}': {exc.message}", hint=exc.hint) from None
 
 
 def register(app: typer.Typer) -> None:
