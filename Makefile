@@ -50,7 +50,7 @@ test: venv venv-triton
 
 ## Regenerate the committed example model and its committed manifest.
 example-model: venv
-	$(BIN)/python -m nimbuild.build.tiny --out recipes/models/example-tiny
+	$(BIN)/python -m nimbuild.builder.tiny --out recipes/models/example-tiny
 
 # --no-engines: the committed manifest is what a CPU-only build gives on every machine.
 example-manifest: venv

@@ -21,8 +21,12 @@ RECIPE = REPO / "recipes" / "example-tiny.yaml"
 
 def nimbuild_build(out: Path, *extra: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "nimbuild", "build", str(RECIPE), "--out", str(out), "--quiet", *extra],
-                   check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "nimbuild", "build", str(RECIPE), "--out", str(out), "--quiet", *extra],
+        check=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     return time.perf_counter() - t0
 
 
@@ -36,9 +40,18 @@ def main() -> None:
     full = statistics.median(nimbuild_build(out, "--force") for _ in range(args.repeat))
     again = [nimbuild_build(out) for _ in range(args.repeat)]
     rebuild = statistics.median(again)
-    print(json.dumps({"first_build_s": round(first, 3), "forced_full_build_s": round(full, 3),
-                      "no_change_rebuild_s": round(rebuild, 3), "runs": [round(x, 3) for x in again],
-                      "ratio_full_over_no_change": round(full / rebuild, 1)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "first_build_s": round(first, 3),
+                "forced_full_build_s": round(full, 3),
+                "no_change_rebuild_s": round(rebuild, 3),
+                "runs": [round(x, 3) for x in again],
+                "ratio_full_over_no_change": round(full / rebuild, 1),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """FP32 export: the TorchScript exporter (dynamo=False, nimbuild's default) vs the dynamo exporter, as a ratio.
 
-Both go through nimbuild.build.export.export_fp32 (same wrapper, same finalisation: IR version,
+Both go through nimbuild.builder.export.export_fp32 (same wrapper, same finalisation: IR version,
 names, checks), on the bundled tiny BERT and on a random model of MiniLM-L6's shape; each run
 also checks the graph against PyTorch (max |Δlogit| over nimbuild's parity cases).
 
@@ -26,7 +26,7 @@ SHAPES = {"batch": {"min": 1, "opt": 8, "max": 64}, "sequence": {"min": 1, "opt"
 
 
 def bench(model_dir: Path, repeat: int) -> dict:
-    from nimbuild.build import export as exp
+    from nimbuild.builder import export as exp
 
     model = exp.load_model(model_dir)
     result = {}
@@ -37,7 +37,9 @@ def bench(model_dir: Path, repeat: int) -> dict:
                 t = time.perf_counter()
                 info = exp.export_fp32(model_dir, Path(tmp) / "fp32", SHAPES, exporter=kind, model=model)
                 times.append(time.perf_counter() - t)
-                parity = exp.check_parity(model, exp.cpu_session(Path(tmp) / "fp32" / "model.onnx"), info["inputs"], SHAPES)
+                parity = exp.check_parity(
+                    model, exp.cpu_session(Path(tmp) / "fp32" / "model.onnx"), info["inputs"], SHAPES
+                )
                 worst = max(worst, parity["max_abs_logit"])
         result[kind] = {"median_s": statistics.median(times), "runs": times, "max_abs_logit": worst}
     result["ratio_dynamo_over_legacy"] = result["dynamo"]["median_s"] / result["legacy"]["median_s"]
@@ -58,9 +60,12 @@ def main() -> int:
     for name, d in models.items():
         r = bench(d, args.repeat)
         rows.append((name, r))
-        print(f"{name}: legacy {r['legacy']['median_s']:.2f}s, dynamo {r['dynamo']['median_s']:.2f}s, "
-              f"ratio {r['ratio_dynamo_over_legacy']:.1f}x; max|Δlogit| legacy {r['legacy']['max_abs_logit']:.1e} "
-              f"dynamo {r['dynamo']['max_abs_logit']:.1e}", flush=True)
+        print(
+            f"{name}: legacy {r['legacy']['median_s']:.2f}s, dynamo {r['dynamo']['median_s']:.2f}s, "
+            f"ratio {r['ratio_dynamo_over_legacy']:.1f}x; max|Δlogit| legacy {r['legacy']['max_abs_logit']:.1e} "
+            f"dynamo {r['dynamo']['max_abs_logit']:.1e}",
+            flush=True,
+        )
     if args.write:
         lines = [
             "# FP32 export: TorchScript (legacy) vs dynamo exporter",
@@ -77,11 +82,17 @@ def main() -> int:
             "|---|---|---|---|---|---|",
         ]
         for name, r in rows:
-            lines.append(f"| {name} | {r['legacy']['median_s']:.2f} | {r['dynamo']['median_s']:.2f} | "
-                         f"**{r['ratio_dynamo_over_legacy']:.1f}x** | {r['legacy']['max_abs_logit']:.1e} | "
-                         f"{r['dynamo']['max_abs_logit']:.1e} |")
-        lines += ["", "Both graphs pass the 1e-4 parity check; nimbuild exports with TorchScript and falls back "
-                  "to dynamo only when tracing fails (`--exporter dynamo` forces it).", ""]
+            lines.append(
+                f"| {name} | {r['legacy']['median_s']:.2f} | {r['dynamo']['median_s']:.2f} | "
+                f"**{r['ratio_dynamo_over_legacy']:.1f}x** | {r['legacy']['max_abs_logit']:.1e} | "
+                f"{r['dynamo']['max_abs_logit']:.1e} |"
+            )
+        lines += [
+            "",
+            "Both graphs pass the 1e-4 parity check; nimbuild exports with TorchScript and falls back "
+            "to dynamo only when tracing fails (`--exporter dynamo` forces it).",
+            "",
+        ]
         args.write.write_text("\n".join(lines))
     return 0
 

@@ -47,13 +47,21 @@ def build_manifest(root: Path, count: int = 50) -> Path:
     items = []
 
     def add(tags: dict, rel: str) -> None:
-        items.append(Profile(id=profiles.profile_id(tags), name=profiles.profile_name(tags), tags=tags,
-                             files={r: file_entry(root, r) for r in (rel, tok)},
-                             metrics={"size_bytes": 8192, "build_seconds": 1.5}))
+        items.append(
+            Profile(
+                id=profiles.profile_id(tags),
+                name=profiles.profile_name(tags),
+                tags=tags,
+                files={r: file_entry(root, r) for r in (rel, tok)},
+                metrics={"size_bytes": 8192, "build_seconds": 1.5},
+            )
+        )
 
     for precision, device in (("fp16", "gpu"), ("fp32", "cpu"), ("int8", "cpu")):
-        add(profiles.onnx_profile_tags("bench", "r1", precision, device, 64, 512),
-            artifact(f"onnx/{device}-{precision}/model.onnx", 8192))
+        add(
+            profiles.onnx_profile_tags("bench", "r1", precision, device, 64, 512),
+            artifact(f"onnx/{device}-{precision}/model.onnx", 8192),
+        )
     variants = [(sku, "fp16", 1) for sku in skus.catalog()]
     variants += [(sku, "fp8", 1) for sku in skus.catalog() if sku.fp8]
     variants += [(sku, "fp16", 2) for sku in skus.catalog()]
@@ -74,9 +82,10 @@ def parse_times(manifest: Path, runs: int = 7) -> dict[str, float]:
 
     text = manifest.read_text()
     result = {}
-    for name, loader in (("yaml.SafeLoader (pure Python)", yaml.SafeLoader),
-                         (f"load_manifest's loader ({_UniqueKeyLoader.get().__mro__[1].__name__} base)",
-                          _UniqueKeyLoader.get())):
+    for name, loader in (
+        ("yaml.SafeLoader (pure Python)", yaml.SafeLoader),
+        (f"load_manifest's loader ({_UniqueKeyLoader.get().__mro__[1].__name__} base)", _UniqueKeyLoader.get()),
+    ):
         samples = []
         for _ in range(runs):
             start = time.perf_counter()
@@ -108,22 +117,35 @@ def main() -> None:
         cases = {
             "python -c pass": [sys.executable, "-c", "pass"],
             "nimbuild list-model-profiles -m M": [str(BIN / "nimbuild"), "list-model-profiles", "-m", manifest],
-            "nimbuild list-model-profiles -m M --json": [str(BIN / "nimbuild"), "list-model-profiles", "-m", manifest, "--json"],
+            "nimbuild list-model-profiles -m M --json": [
+                str(BIN / "nimbuild"),
+                "list-model-profiles",
+                "-m",
+                manifest,
+                "--json",
+            ],
             "list-model-profiles -m M": [str(BIN / "list-model-profiles"), "-m", manifest],
-            "nimbuild select -m M --assume-gpu h100-sxm": [str(BIN / "nimbuild"), "select", "-m", manifest,
-                                                           "--assume-gpu", "h100-sxm"],
+            "nimbuild select -m M --assume-gpu h100-sxm": [
+                str(BIN / "nimbuild"),
+                "select",
+                "-m",
+                manifest,
+                "--assume-gpu",
+                "h100-sxm",
+            ],
         }
         times: dict[str, list[float]] = {name: [] for name in cases}
-        for argv in cases.values():          # warm the page cache once
+        for argv in cases.values():  # warm the page cache once
             timed(argv, env)
-        for _ in range(args.runs):           # interleaved, so load changes hit every case alike
+        for _ in range(args.runs):  # interleaved, so load changes hit every case alike
             for name, argv in cases.items():
                 times[name].append(timed(argv, env))
         parse = parse_times(Path(manifest))
         heavy = None
         if args.heavy_runs:
-            heavy = statistics.median(timed([sys.executable, "-c", "import torch, transformers"], env)
-                                      for _ in range(args.heavy_runs))
+            heavy = statistics.median(
+                timed([sys.executable, "-c", "import torch, transformers"], env) for _ in range(args.heavy_runs)
+            )
 
     floor = statistics.median(times["python -c pass"])
     rows = []
@@ -146,17 +168,26 @@ def main() -> None:
     ]
     lines += [f"| `{n}` | {m:.3f} | {lo:.3f} | {hi:.3f} | {r:.1f} |" for n, m, lo, hi, r in rows]
     listing = statistics.median(times["nimbuild list-model-profiles -m M"])
-    lines += ["", f"Target: the listing under {TARGET_S} s: {'met' if listing < TARGET_S else 'NOT met'} "
-                  f"({listing:.3f} s median)."]
-    lines += ["", "YAML parse of the 50-profile manifest, in process (median of 7): "
-              + "; ".join(f"{name} {sec * 1000:.0f} ms" for name, sec in parse.items())
-              + ". load_manifest switched to libyaml's CSafeLoader (where PyYAML has it) after this benchmark "
-                "showed the pure-Python parse as the listing's largest single cost; the rest is interpreter "
-                "start and the typer/click imports."]
+    lines += [
+        "",
+        f"Target: the listing under {TARGET_S} s: {'met' if listing < TARGET_S else 'NOT met'} "
+        f"({listing:.3f} s median).",
+    ]
+    lines += [
+        "",
+        "YAML parse of the 50-profile manifest, in process (median of 7): "
+        + "; ".join(f"{name} {sec * 1000:.0f} ms" for name, sec in parse.items())
+        + ". load_manifest switched to libyaml's CSafeLoader (where PyYAML has it) after this benchmark "
+        "showed the pure-Python parse as the listing's largest single cost; the rest is interpreter "
+        "start and the typer/click imports.",
+    ]
     if heavy is not None:
-        lines += ["", f"For context, `python -c \"import torch, transformers\"` alone: {heavy:.2f} s median of "
-                      f"{args.heavy_runs} ({heavy / listing:.0f}x the whole listing): what the listing would "
-                      f"cost if it imported the build half."]
+        lines += [
+            "",
+            f'For context, `python -c "import torch, transformers"` alone: {heavy:.2f} s median of '
+            f"{args.heavy_runs} ({heavy / listing:.0f}x the whole listing): what the listing would "
+            f"cost if it imported the build half.",
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:

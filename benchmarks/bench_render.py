@@ -30,14 +30,19 @@ def _graph_with_weights(path: Path, mib: int) -> Path:
 
     n = mib * (1 << 20) // 4
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal(n, dtype=np.float32), "w")
-    nodes = [helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceSum", ["f"], ["s"], keepdims=1),
-             helper.make_node("ReduceSum", ["w"], ["ws"], keepdims=1),
-             helper.make_node("Mul", ["s", "ws"], ["logits"])]
-    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
-              for name in ("input_ids", "attention_mask", "token_type_ids")]
-    graph = helper.make_graph(nodes, "bench", inputs, [helper.make_tensor_value_info("logits", 1, ["batch", 1])],
-                              initializer=[weight])
+    nodes = [
+        helper.make_node("Cast", ["input_ids"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["f"], ["s"], keepdims=1),
+        helper.make_node("ReduceSum", ["w"], ["ws"], keepdims=1),
+        helper.make_node("Mul", ["s", "ws"], ["logits"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
+        for name in ("input_ids", "attention_mask", "token_type_ids")
+    ]
+    graph = helper.make_graph(
+        nodes, "bench", inputs, [helper.make_tensor_value_info("logits", 1, ["batch", 1])], initializer=[weight]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     onnx.save_model(model, str(path))
@@ -71,11 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         size_mib = graph.stat().st_size / (1 << 20)
         assert read_graph_io(graph, use_onnx=False) == read_graph_io(graph, use_onnx=True)
         light, heavy = [], []
-        for _ in range(args.runs):   # interleaved, so that both see the same page cache and load
+        for _ in range(args.runs):  # interleaved, so that both see the same page cache and load
             light += _time(lambda: read_graph_io(graph, use_onnx=False), 1)
             heavy += _time(lambda: read_graph_io(graph, use_onnx=True), 1)
-        rows.append((f"graph inputs/outputs of a {size_mib:.0f} MiB .onnx", "light mmap reader", "onnx.load(load_external_data=False)",
-                     statistics.median(light), statistics.median(heavy)))
+        rows.append(
+            (
+                f"graph inputs/outputs of a {size_mib:.0f} MiB .onnx",
+                "light mmap reader",
+                "onnx.load(load_external_data=False)",
+                statistics.median(light),
+                statistics.median(heavy),
+            )
+        )
 
         src = graph
         digest = sha256_file(src)
@@ -85,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         def one_pass():
             copy_verified(src, dst, digest, src.stat().st_size)
 
-        def two_passes():   # as durable as copy_verified: fsync before it counts
+        def two_passes():  # as durable as copy_verified: fsync before it counts
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             fd = os.open(dst, os.O_RDONLY)
@@ -97,8 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             for fn, acc in ((one_pass, one), (two_passes, two)):
                 dst.unlink(missing_ok=True)
                 acc += _time(fn, 1)
-        rows.append((f"copy {size_mib:.0f} MiB into a store, sha256 checked", "hash while copying",
-                     "copyfile (sendfile) + fsync, then sha256 of the copy", statistics.median(one), statistics.median(two)))
+        rows.append(
+            (
+                f"copy {size_mib:.0f} MiB into a store, sha256 checked",
+                "hash while copying",
+                "copyfile (sendfile) + fsync, then sha256 of the copy",
+                statistics.median(one),
+                statistics.median(two),
+            )
+        )
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [

@@ -42,7 +42,7 @@ MAX_SEQ = 512
 
 def export_fp32(model_dir: Path, out: Path) -> None:
     """PyTorch -> ONNX fp32 at ``out`` (.../model.onnx), with nimbuild's own exporter (what ships)."""
-    from nimbuild.build.export import export_fp32 as nimbuild_export
+    from nimbuild.builder.export import export_fp32 as nimbuild_export
 
     shapes = {"batch": {"min": 1, "opt": 32, "max": MAX_BATCH}, "sequence": {"min": 1, "opt": 128, "max": MAX_SEQ}}
     nimbuild_export(model_dir, out.parent, shapes)
@@ -65,7 +65,7 @@ def prepare(work: Path, precision: str) -> tuple[Path, str, list[str]]:
             if int8.is_file():
                 notes.append(f"cpu-int8 graph reused from {int8}")
             else:
-                from nimbuild.build.precision import build_cpu_int8
+                from nimbuild.builder.precision import build_cpu_int8
 
                 info = build_cpu_int8(fp32, int8, "BertForSequenceClassification")
                 notes += info.get("notes", [])
@@ -84,8 +84,9 @@ def prepare(work: Path, precision: str) -> tuple[Path, str, list[str]]:
     rels = [str(graph.relative_to(work)), "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"]
     rels += [str(p.relative_to(work)) for p in graph.parent.glob("*.data")]
     tags = onnx_profile_tags(MODEL, "random0", precision, "cpu", MAX_BATCH, MAX_SEQ)
-    profile = Profile(id=profile_id(tags), name=profile_name(tags), tags=tags,
-                      files={rel: file_entry(work, rel) for rel in rels})
+    profile = Profile(
+        id=profile_id(tags), name=profile_name(tags), tags=tags, files={rel: file_entry(work, rel) for rel in rels}
+    )
     manifest = work / f"manifest-{precision}.yaml"
     write_manifest(Manifest(profiles=[profile], header={"model": MODEL}, root=work), manifest)
     return manifest, precision, notes
@@ -108,8 +109,13 @@ def bench_cross_encoder(hf: Path, groups: list[dict], batch_size: int) -> dict:
         lat.append(time.perf_counter() - t)
     wall = time.perf_counter() - t0
     n = sum(len(g["passages"]) for g in groups)
-    return {"passages_per_s": n / wall, "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99),
-            "requests": len(groups), "torch_threads": __import__("torch").get_num_threads()}
+    return {
+        "passages_per_s": n / wall,
+        "p50_s": percentile(lat, 50),
+        "p99_s": percentile(lat, 99),
+        "requests": len(groups),
+        "torch_threads": __import__("torch").get_num_threads(),
+    }
 
 
 def bench_raw_ort(graph: Path, tokenizer_json: Path, groups: list[dict]) -> dict:
@@ -126,7 +132,9 @@ def bench_raw_ort(graph: Path, tokenizer_json: Path, groups: list[dict]) -> dict
     def run(rows):
         for call in plan_calls([len(r) for r in rows], MAX_BATCH):
             ids, mask, types = pad_rows([rows[i] for i in call], tok.pad_id)
-            feed = {k: v for k, v in (("input_ids", ids), ("attention_mask", mask), ("token_type_ids", types)) if k in names}
+            feed = {
+                k: v for k, v in (("input_ids", ids), ("attention_mask", mask), ("token_type_ids", types)) if k in names
+            }
             sess.run(None, feed)
 
     run(encoded[0][:8])  # warm-up
@@ -139,9 +147,14 @@ def bench_raw_ort(graph: Path, tokenizer_json: Path, groups: list[dict]) -> dict
     wall = time.perf_counter() - t0
     n = sum(len(r) for r in encoded)
     tokens = [len(r) for rows in encoded for r in rows]
-    return {"passages_per_s": n / wall, "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99),
-            "requests": len(groups), "tokens_per_pair_mean": statistics.mean(tokens),
-            "providers": sess.get_providers()}
+    return {
+        "passages_per_s": n / wall,
+        "p50_s": percentile(lat, 50),
+        "p99_s": percentile(lat, 99),
+        "requests": len(groups),
+        "tokens_per_pair_mean": statistics.mean(tokens),
+        "providers": sess.get_providers(),
+    }
 
 
 def _rss_kib(pid: int) -> int:
@@ -156,8 +169,24 @@ def start_server(manifest: Path, port: int, extra_env: dict | None = None) -> su
 
     env = {**os.environ, "NIM_CPU_ONLY": "1", "NIM_HTTP_API_PORT": str(port), **(extra_env or {})}
     env.pop("NIM_MODEL_PROFILE", None)
-    proc = subprocess.Popen([sys.executable, "-m", "nimbuild", "serve", "--manifest", str(manifest), "--host", "127.0.0.1",
-                             "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nimbuild",
+            "serve",
+            "--manifest",
+            str(manifest),
+            "--host",
+            "127.0.0.1",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -185,8 +214,17 @@ def bench_server(port: int, groups: list[dict], clients: int) -> dict:
     import httpx
 
     url = f"http://127.0.0.1:{port}/v1/ranking"
-    bodies = [json.dumps({"model": MODEL, "query": {"text": g["query"]}, "passages": [{"text": p} for p in g["passages"]],
-                          "truncate": "END"}).encode() for g in groups]
+    bodies = [
+        json.dumps(
+            {
+                "model": MODEL,
+                "query": {"text": g["query"]},
+                "passages": [{"text": p} for p in g["passages"]],
+                "truncate": "END",
+            }
+        ).encode()
+        for g in groups
+    ]
     with httpx.Client() as c:  # warm-up: one request
         c.post(url, content=bodies[0], headers={"content-type": "application/json"}, timeout=300).raise_for_status()
     lat, errors, lock = [], [], threading.Lock()
@@ -215,19 +253,31 @@ def bench_server(port: int, groups: list[dict], clients: int) -> dict:
         t.join()
     wall = time.perf_counter() - t0
     n = sum(len(g["passages"]) for g in groups)
-    return {"passages_per_s": n / wall, "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99),
-            "requests": len(groups), "clients": clients, "errors": len(errors)}
+    return {
+        "passages_per_s": n / wall,
+        "p50_s": percentile(lat, 50),
+        "p99_s": percentile(lat, 99),
+        "requests": len(groups),
+        "clients": clients,
+        "errors": len(errors),
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="/tmp/nimbuild-bench-serve", help="model/graph cache folder (reused)")
-    ap.add_argument("--precision", default="auto", choices=["auto", "int8", "fp32"],
-                    help="auto: cpu-int8 when nimbuild.build.precision can build it, else fp32")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "int8", "fp32"],
+        help="auto: cpu-int8 when nimbuild.builder.precision can build it, else fp32",
+    )
     ap.add_argument("--requests", type=int, default=16, help="requests per contender (each 1 query x --passages)")
     ap.add_argument("--passages", type=int, default=100)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--latency-requests", type=int, default=4, help="requests sent by a single client (unqueued latency)")
+    ap.add_argument(
+        "--latency-requests", type=int, default=4, help="requests sent by a single client (unqueued latency)"
+    )
     ap.add_argument("--ce-batch-size", type=int, default=32, help="CrossEncoder.predict batch_size (its default: 32)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
@@ -240,13 +290,21 @@ def main(argv=None) -> int:
     m = load_manifest(manifest)
     graph = safe_join(m.root, next(r for r in m.profiles[0].files if r.endswith(".onnx")))
     groups = synthetic_groups(args.requests, args.passages, seed=1, passage_words=(80, 110))
-    result = {"machine": machine(), "precision": precision, "profile": m.profiles[0].name, "notes": notes,
-              "shape": {"requests": args.requests, "passages_per_request": args.passages}}
+    result = {
+        "machine": machine(),
+        "precision": precision,
+        "profile": m.profiles[0].name,
+        "notes": notes,
+        "shape": {"requests": args.requests, "passages_per_request": args.passages},
+    }
 
     from nimbuild.runtime.serve.backends.triton import free_port
 
-    print(f"profile {m.profiles[0].name} ({precision}); {args.requests} requests x {args.passages} passages; "
-          f"load: {result['machine'].get('uptime')}", flush=True)
+    print(
+        f"profile {m.profiles[0].name} ({precision}); {args.requests} requests x {args.passages} passages; "
+        f"load: {result['machine'].get('uptime')}",
+        flush=True,
+    )
     result["cross_encoder"] = bench_cross_encoder(work / "hf", groups, args.ce_batch_size)
     print("CrossEncoder.predict      ", _fmt(result["cross_encoder"]), flush=True)
     result["raw_onnxruntime"] = bench_raw_ort(graph, work / "tokenizer" / "tokenizer.json", groups)

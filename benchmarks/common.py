@@ -13,8 +13,8 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -35,13 +35,19 @@ def build_minilm_sized(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from nimbuild.build.tiny import build_tiny_model
+    from nimbuild.builder.tiny import build_tiny_model
 
     out = Path(out_dir)
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
-    build_tiny_model(out, "bert", seed=seed, hidden=MINILM_L6["hidden_size"], layers=MINILM_L6["num_hidden_layers"],
-                     heads=MINILM_L6["num_attention_heads"])  # writes the tokenizer (and a model we replace)
+    build_tiny_model(
+        out,
+        "bert",
+        seed=seed,
+        hidden=MINILM_L6["hidden_size"],
+        layers=MINILM_L6["num_hidden_layers"],
+        heads=MINILM_L6["num_attention_heads"],
+    )  # writes the tokenizer (and a model we replace)
     cfg = BertConfig.from_pretrained(out)
     cfg.intermediate_size = MINILM_L6["intermediate_size"]
     torch.manual_seed(seed)
@@ -56,8 +62,11 @@ def build_minilm_sized(out_dir: str | os.PathLike, seed: int = 0) -> Path:
                     std *= ATTENTION_GAIN
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
             elif "LayerNorm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen) if name.endswith("weight")
-                        else 0.05 * torch.randn(p.shape, generator=gen))
+                p.copy_(
+                    1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+                    if name.endswith("weight")
+                    else 0.05 * torch.randn(p.shape, generator=gen)
+                )
             else:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
     _fit_head(model, out, seed)
@@ -91,9 +100,11 @@ def _fit_head(model, model_dir: Path, seed: int) -> None:
         model.classifier.bias.zero_()
 
 
-def synthetic_groups(n_queries: int, n_passages: int, seed: int = 0, passage_words: tuple[int, int] = (90, 140)) -> list[dict]:
+def synthetic_groups(
+    n_queries: int, n_passages: int, seed: int = 0, passage_words: tuple[int, int] = (90, 140)
+) -> list[dict]:
     """``{"query", "passages"}`` groups of English words the tiny vocabulary covers (long passages: seq 128 fills)."""
-    from nimbuild.build.tiny import vocabulary_words
+    from nimbuild.builder.tiny import vocabulary_words
 
     words = np.array(vocabulary_words())
     rng = np.random.default_rng(seed)
@@ -108,12 +119,20 @@ def synthetic_groups(n_queries: int, n_passages: int, seed: int = 0, passage_wor
     return groups
 
 
-def encode_groups(tokenizer, groups: list[dict], max_length: int, pad_to_max: bool = False) -> list[dict[str, np.ndarray]]:
+def encode_groups(
+    tokenizer, groups: list[dict], max_length: int, pad_to_max: bool = False
+) -> list[dict[str, np.ndarray]]:
     """Per query, the int64 feeds of its (query, passage) pairs."""
     out = []
     for g in groups:
-        enc = tokenizer([g["query"]] * len(g["passages"]), g["passages"], truncation=True, max_length=max_length,
-                        padding="max_length" if pad_to_max else True, return_tensors="np")
+        enc = tokenizer(
+            [g["query"]] * len(g["passages"]),
+            g["passages"],
+            truncation=True,
+            max_length=max_length,
+            padding="max_length" if pad_to_max else True,
+            return_tensors="np",
+        )
         out.append({k: np.asarray(v, dtype=np.int64) for k, v in enc.items()})
     return out
 
@@ -146,7 +165,9 @@ def machine() -> dict:
     """Where the figures come from: CPU, cores, load (others share this machine)."""
     info = {"platform": platform.platform(), "cpus": os.cpu_count()}
     try:
-        info["cpu"] = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+        info["cpu"] = next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), ""
+        )
     except OSError:
         pass
     try:

@@ -42,7 +42,7 @@ def prepare(work: Path, which: str) -> Path:
 
         hf = build_minilm_sized(work / "hf")
     else:
-        from nimbuild.build.tiny import build_tiny_model
+        from nimbuild.builder.tiny import build_tiny_model
 
         hf = work / "hf"
         if not (hf / "config.json").is_file():
@@ -55,24 +55,29 @@ def prepare(work: Path, which: str) -> Path:
         shutil.copy(hf / name, work / "tokenizer" / name)
     rels = ["onnx/fp32/model.onnx", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"]
     tags = onnx_profile_tags(MODEL, "random0", "fp32", "cpu", 64, 128)
-    profile = Profile(id=profile_id(tags), name=profile_name(tags), tags=tags,
-                      files={rel: file_entry(work, rel) for rel in rels})
+    profile = Profile(
+        id=profile_id(tags), name=profile_name(tags), tags=tags, files={rel: file_entry(work, rel) for rel in rels}
+    )
     path = work / "manifest.yaml"
     write_manifest(Manifest(profiles=[profile], header={"model": MODEL}, root=work), path)
     return path
 
 
 def valid_pool(n: int, rng: random.Random) -> list[bytes]:
-    from nimbuild.build.tiny import vocabulary_words
+    from nimbuild.builder.tiny import vocabulary_words
 
     words = vocabulary_words()
     pool = []
     for _ in range(n):
         passages = [" ".join(rng.choices(words, k=rng.randint(3, 60))) for _ in range(rng.randint(1, 20))]
         if rng.random() < 0.2:
-            passages.append(" ".join(rng.choices(words, k=300)))   # over 128 tokens: cut by END
-        body = {"model": MODEL, "query": {"text": " ".join(rng.choices(words, k=rng.randint(2, 10)))},
-                "passages": [{"text": p} for p in passages], "truncate": "END"}
+            passages.append(" ".join(rng.choices(words, k=300)))  # over 128 tokens: cut by END
+        body = {
+            "model": MODEL,
+            "query": {"text": " ".join(rng.choices(words, k=rng.randint(2, 10)))},
+            "passages": [{"text": p} for p in passages],
+            "truncate": "END",
+        }
         pool.append(json.dumps(body).encode())
     return pool
 
@@ -87,7 +92,12 @@ def malformed() -> list[tuple[str, str, bytes, int]]:
         ("missing query", "POST", json.dumps({"model": MODEL, "passages": [{"text": "a"}]}).encode(), 422),
         ("passages not a list", "POST", json.dumps({**ok, "passages": "a"}).encode(), 422),
         ("empty passages", "POST", json.dumps({**ok, "passages": []}).encode(), 422),
-        ("too many passages", "POST", json.dumps({**ok, "passages": [{"text": "a"}] * (MAX_PASSAGES + 1)}).encode(), 422),
+        (
+            "too many passages",
+            "POST",
+            json.dumps({**ok, "passages": [{"text": "a"}] * (MAX_PASSAGES + 1)}).encode(),
+            422,
+        ),
         ("oversized body", "POST", json.dumps({**ok, "passages": [{"text": "x" * 1200}] * 60}).encode(), 413),
         ("wrong model", "POST", json.dumps({**ok, "model": "nope"}).encode(), 404),
         ("bad truncate", "POST", json.dumps({**ok, "truncate": "MIDDLE"}).encode(), 422),
@@ -111,8 +121,10 @@ async def run(port: int, pool: list[bytes], refs: list[dict], n: int, clients: i
     url = f"http://127.0.0.1:{port}/v1/ranking"
     bad = malformed()
     rng = random.Random(seed)
-    plan = [("valid", rng.randrange(len(pool))) if rng.random() < 0.7 else ("bad", rng.randrange(len(bad)))
-            for _ in range(n)]
+    plan = [
+        ("valid", rng.randrange(len(pool))) if rng.random() < 0.7 else ("bad", rng.randrange(len(bad)))
+        for _ in range(n)
+    ]
     stats = Counter()
     problems: list[str] = []
     queue: asyncio.Queue = asyncio.Queue()
@@ -130,7 +142,9 @@ async def run(port: int, pool: list[bytes], refs: list[dict], n: int, clients: i
                     r = await client.post(url, content=pool[i], headers={"content-type": "application/json"})
                 else:
                     name, method, body, status = bad[i]
-                    r = await client.request(method, url, content=body or None, headers={"content-type": "application/json"})
+                    r = await client.request(
+                        method, url, content=body or None, headers={"content-type": "application/json"}
+                    )
             except httpx.HTTPError as exc:
                 stats["lost"] += 1
                 problems.append(f"lost: {type(exc).__name__}: {exc}")
@@ -149,8 +163,14 @@ async def run(port: int, pool: list[bytes], refs: list[dict], n: int, clients: i
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(clients)))
         wall = time.perf_counter() - t0
-    return {"requests": n, "clients": clients, "seconds": wall, "requests_per_s": n / wall,
-            "statuses": dict(stats), "problems": problems[:20]}
+    return {
+        "requests": n,
+        "clients": clients,
+        "seconds": wall,
+        "requests_per_s": n / wall,
+        "statuses": dict(stats),
+        "problems": problems[:20],
+    }
 
 
 def _merge(slices: list[dict]) -> dict:
@@ -159,8 +179,14 @@ def _merge(slices: list[dict]) -> dict:
         statuses.update(sl["statuses"])
     n = sum(sl["requests"] for sl in slices)
     seconds = sum(sl["seconds"] for sl in slices)
-    return {"requests": n, "clients": slices[0]["clients"], "seconds": seconds, "requests_per_s": n / seconds,
-            "statuses": dict(statuses), "problems": [p for sl in slices for p in sl["problems"]][:20]}
+    return {
+        "requests": n,
+        "clients": slices[0]["clients"],
+        "seconds": seconds,
+        "requests_per_s": n / seconds,
+        "statuses": dict(statuses),
+        "problems": [p for sl in slices for p in sl["problems"]][:20],
+    }
 
 
 def main(argv=None) -> int:
@@ -184,18 +210,28 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     pool = valid_pool(60, rng)
     port = free_port()
-    proc = start_server(manifest, port, {"NIM_MAX_PASSAGES": str(MAX_PASSAGES), "NIM_MAX_REQUEST_BYTES": str(MAX_BYTES)})
+    proc = start_server(
+        manifest, port, {"NIM_MAX_PASSAGES": str(MAX_PASSAGES), "NIM_MAX_REQUEST_BYTES": str(MAX_BYTES)}
+    )
     result = {"machine": machine(), "model": args.model}
     try:
-        with httpx.Client(timeout=120) as c:   # the idle server's answers: what every later answer must equal
-            refs = [c.post(f"http://127.0.0.1:{port}/v1/ranking", content=b,
-                           headers={"content-type": "application/json"}).json() for b in pool]
+        with httpx.Client(timeout=120) as c:  # the idle server's answers: what every later answer must equal
+            refs = [
+                c.post(
+                    f"http://127.0.0.1:{port}/v1/ranking", content=b, headers={"content-type": "application/json"}
+                ).json()
+                for b in pool
+            ]
             # Warm-up also reaches the largest call (max_batch_size rows x max_sequence_length tokens),
             # so that ONNX Runtime's arena has grown to its ceiling before the "before" reading.
-            widest = {"model": MODEL, "query": {"text": "warm up"}, "truncate": "END",
-                      "passages": [{"text": " ".join(["honey"] * 150)}] * MAX_PASSAGES}
+            widest = {
+                "model": MODEL,
+                "query": {"text": "warm up"},
+                "truncate": "END",
+                "passages": [{"text": " ".join(["honey"] * 150)}] * MAX_PASSAGES,
+            }
             c.post(f"http://127.0.0.1:{port}/v1/ranking", json=widest).raise_for_status()
-        for k in range(2):   # two rounds of fresh connections, as the measured slices open
+        for k in range(2):  # two rounds of fresh connections, as the measured slices open
             asyncio.run(run(port, pool, refs, args.warmup // 2, args.clients, args.seed + 100 + k))
         rss_before = _rss_kib(proc.pid)
         # The load in slices, RSS read after each: growth that stops is warm-up, growth that goes on is a leak.
@@ -207,9 +243,13 @@ def main(argv=None) -> int:
         result["load"] = _merge(slices)
         rss_after = trace[-1]
         mid = trace[len(trace) // 2]
-        result["rss_kib"] = {"before": rss_before, "after": rss_after, "trace": trace,
-                             "growth": (rss_after - rss_before) / rss_before,
-                             "second_half_growth": (rss_after - mid) / mid}
+        result["rss_kib"] = {
+            "before": rss_before,
+            "after": rss_after,
+            "trace": trace,
+            "growth": (rss_after - rss_before) / rss_before,
+            "second_half_growth": (rss_after - mid) / mid,
+        }
     finally:
         result["exit_code"] = stop_server(proc)
     result["load_after"] = machine().get("uptime")
@@ -221,16 +261,21 @@ def main(argv=None) -> int:
         "none mismatched": s.get("mismatched", 0) == 0,
         "every malformed request got its 4xx": s.get("wrong_status", 0) == 0,
         # A leak grows with every slice; a one-time step while allocators reach their high-water mark does not.
-        "RSS flat (second half of the load < 2% growth, all of it < 15%)":
-            result["rss_kib"]["second_half_growth"] < 0.02 and result["rss_kib"]["growth"] < 0.15,
+        "RSS flat (second half of the load < 2% growth, all of it < 15%)": result["rss_kib"]["second_half_growth"]
+        < 0.02
+        and result["rss_kib"]["growth"] < 0.15,
         "clean exit on SIGTERM": result["exit_code"] == 0,
     }
     result["checks"] = checks
-    print(f"{load['requests']} requests from {load['clients']} clients in {load['seconds']:.1f} s "
-          f"({load['requests_per_s']:.0f}/s); statuses {dict(sorted(s.items()))}")
-    print(f"server RSS {result['rss_kib']['before'] / 1024:.1f} MiB -> {result['rss_kib']['after'] / 1024:.1f} MiB "
-          f"({result['rss_kib']['growth']:+.1%}; MiB after each slice: "
-          f"{', '.join(f'{v / 1024:.1f}' for v in result['rss_kib']['trace'])}); exit code {result['exit_code']}; load: {result['load_after']}")
+    print(
+        f"{load['requests']} requests from {load['clients']} clients in {load['seconds']:.1f} s "
+        f"({load['requests_per_s']:.0f}/s); statuses {dict(sorted(s.items()))}"
+    )
+    print(
+        f"server RSS {result['rss_kib']['before'] / 1024:.1f} MiB -> {result['rss_kib']['after'] / 1024:.1f} MiB "
+        f"({result['rss_kib']['growth']:+.1%}; MiB after each slice: "
+        f"{', '.join(f'{v / 1024:.1f}' for v in result['rss_kib']['trace'])}); exit code {result['exit_code']}; load: {result['load_after']}"
+    )
     for name, ok in checks.items():
         print(f"  [{'ok' if ok else 'FAIL'}] {name}")
     for p in load["problems"]:

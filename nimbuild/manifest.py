@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
 from nimbuild.errors import NimbuildError
 from nimbuild.profiles import profile_id
@@ -52,7 +53,7 @@ class Profile:
     tags: dict[str, str]
     files: dict[str, FileEntry] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)   # keys of other v2 writers, kept as they were
+    extra: dict = field(default_factory=dict)  # keys of other v2 writers, kept as they were
 
     def to_dict(self) -> dict:
         data: dict[str, Any] = {
@@ -75,7 +76,7 @@ class Manifest:
     profiles: list[Profile]
     header: dict = field(default_factory=dict)
     root: Path | None = None
-    source: Path | None = None          # the file it was read from (for messages)
+    source: Path | None = None  # the file it was read from (for messages)
     selection_criteria: str = SELECTION_CRITERIA
     extra: dict = field(default_factory=dict)
 
@@ -109,6 +110,7 @@ def _sorted(obj: Any) -> Any:
 
 # --------------------------------------------------------------------------- paths
 
+
 def check_relpath(relpath: object, where: str = "") -> str:
     """A manifest path must be relative, use '/', and never climb out with '..'.
 
@@ -116,22 +118,29 @@ def check_relpath(relpath: object, where: str = "") -> str:
     """
     at = f"{where}: " if where else ""
     if not isinstance(relpath, str) or not relpath.strip():
-        raise NimbuildError(f"{at}path {relpath!r} is not a non-empty string",
-                            hint="list files by their path relative to the manifest")
+        raise NimbuildError(
+            f"{at}path {relpath!r} is not a non-empty string", hint="list files by their path relative to the manifest"
+        )
     if "\\" in relpath or "\x00" in relpath:
-        raise NimbuildError(f"{at}path {relpath!r} contains a backslash or NUL",
-                            hint="use '/' separated paths relative to the manifest")
+        raise NimbuildError(
+            f"{at}path {relpath!r} contains a backslash or NUL", hint="use '/' separated paths relative to the manifest"
+        )
     pure = PurePosixPath(relpath)
     if pure.is_absolute() or re.match(r"^[a-zA-Z]:", relpath):
-        raise NimbuildError(f"{at}path {relpath!r} is absolute and would leave the manifest's folder",
-                            hint="use a path relative to the manifest's folder")
+        raise NimbuildError(
+            f"{at}path {relpath!r} is absolute and would leave the manifest's folder",
+            hint="use a path relative to the manifest's folder",
+        )
     if ".." in pure.parts:
-        raise NimbuildError(f"{at}path {relpath!r} contains '..' and would leave the manifest's folder",
-                            hint="keep every artifact inside the manifest's folder")
+        raise NimbuildError(
+            f"{at}path {relpath!r} contains '..' and would leave the manifest's folder",
+            hint="keep every artifact inside the manifest's folder",
+        )
     norm = str(pure)
     if norm in ("", "."):
-        raise NimbuildError(f"{at}path {relpath!r} names the manifest's folder itself, not a file",
-                            hint="list files, not folders")
+        raise NimbuildError(
+            f"{at}path {relpath!r} names the manifest's folder itself, not a file", hint="list files, not folders"
+        )
     return norm
 
 
@@ -144,8 +153,10 @@ def safe_join(root: str | os.PathLike, relpath: str, where: str = "") -> Path:
     real = path.resolve()
     if real != real_root and not real.is_relative_to(real_root):
         at = f"{where}: " if where else ""
-        raise NimbuildError(f"{at}path {relpath!r} is a symlink to {real}, outside {real_root}",
-                            hint="copy the artifact into the manifest's folder instead of linking to it")
+        raise NimbuildError(
+            f"{at}path {relpath!r} is a symlink to {real}, outside {real_root}",
+            hint="copy the artifact into the manifest's folder instead of linking to it",
+        )
     return path
 
 
@@ -171,12 +182,14 @@ def file_entry(root: str | os.PathLike, relpath: str) -> FileEntry:
     norm = check_relpath(relpath)
     path = safe_join(root, norm)
     if not path.is_file():
-        raise NimbuildError(f"{path}: no such file to list in the manifest",
-                            hint="build the artifact first, or fix its path")
+        raise NimbuildError(
+            f"{path}: no such file to list in the manifest", hint="build the artifact first, or fix its path"
+        )
     return FileEntry(uri=norm, sha256=sha256_file(path), size=path.stat().st_size)
 
 
 # --------------------------------------------------------------------------- reading
+
 
 class _UniqueKeyLoader:
     """A yaml SafeLoader that rejects a key given twice in one mapping (yaml keeps the last silently)."""
@@ -197,7 +210,8 @@ class _UniqueKeyLoader:
                     key = loader.construct_object(key_node, deep=deep)
                     if isinstance(key, (str, int, float, bool)) and key in seen:
                         raise yaml.constructor.ConstructorError(
-                            None, None, f"duplicate key {key!r}", key_node.start_mark)
+                            None, None, f"duplicate key {key!r}", key_node.start_mark
+                        )
                     seen.add(key)
                 return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
@@ -213,37 +227,62 @@ def _err(src: str, where: str, message: str, hint: str) -> NimbuildError:
 def _parse_profile(raw: object, index: int, src: str) -> Profile:
     where = f"profiles[{index}]"
     if not isinstance(raw, dict):
-        raise _err(src, where, f"expected a mapping, got {type(raw).__name__}",
-                   "each profile is {id, name, tags, workspace}")
+        raise _err(
+            src, where, f"expected a mapping, got {type(raw).__name__}", "each profile is {id, name, tags, workspace}"
+        )
     label = raw.get("name") if isinstance(raw.get("name"), str) else None
     if label:
         where = f"profile {label!r} ({where})"
     pid = raw.get("id")
     if not isinstance(pid, str) or not _HEX64.match(pid):
-        raise _err(src, f"{where}.id", f"expected 64 lower-case hex characters (a sha256), got {pid!r}",
-                   "the id is sha256 of the profile's canonical JSON tags")
+        raise _err(
+            src,
+            f"{where}.id",
+            f"expected 64 lower-case hex characters (a sha256), got {pid!r}",
+            "the id is sha256 of the profile's canonical JSON tags",
+        )
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise _err(src, f"{where}.name", f"expected a non-empty string, got {name!r}",
-                   "give every profile a unique human-readable name")
+        raise _err(
+            src,
+            f"{where}.name",
+            f"expected a non-empty string, got {name!r}",
+            "give every profile a unique human-readable name",
+        )
     tags = raw.get("tags")
     if not isinstance(tags, dict) or not tags:
-        raise _err(src, f"{where}.tags", f"expected a non-empty mapping, got {tags!r}",
-                   "tags identify the profile (model, backend, precision, ...)")
+        raise _err(
+            src,
+            f"{where}.tags",
+            f"expected a non-empty mapping, got {tags!r}",
+            "tags identify the profile (model, backend, precision, ...)",
+        )
     for key, value in tags.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise _err(src, f"{where}.tags.{key}", f"every tag value must be a string, got {type(value).__name__} {value!r}",
-                       f'quote it in the YAML: {key}: "{value}"')
+            raise _err(
+                src,
+                f"{where}.tags.{key}",
+                f"every tag value must be a string, got {type(value).__name__} {value!r}",
+                f'quote it in the YAML: {key}: "{value}"',
+            )
     workspace = raw.get("workspace", {})
     if workspace is None:
         workspace = {}
     if not isinstance(workspace, dict):
-        raise _err(src, f"{where}.workspace", f"expected a mapping, got {type(workspace).__name__}",
-                   "workspace: {files: {relpath: {uri, sha256, size}}}")
+        raise _err(
+            src,
+            f"{where}.workspace",
+            f"expected a mapping, got {type(workspace).__name__}",
+            "workspace: {files: {relpath: {uri, sha256, size}}}",
+        )
     raw_files = workspace.get("files", {}) or {}
     if not isinstance(raw_files, dict):
-        raise _err(src, f"{where}.workspace.files", f"expected a mapping of path -> entry, got {type(raw_files).__name__}",
-                   "files: {relpath: {uri, sha256, size}}")
+        raise _err(
+            src,
+            f"{where}.workspace.files",
+            f"expected a mapping of path -> entry, got {type(raw_files).__name__}",
+            "files: {relpath: {uri, sha256, size}}",
+        )
     files: dict[str, FileEntry] = {}
     for rel, entry in raw_files.items():
         fwhere = f"{where}.workspace.files[{rel!r}]"
@@ -251,70 +290,111 @@ def _parse_profile(raw: object, index: int, src: str) -> Profile:
         if norm in files:
             raise _err(src, fwhere, f"path {norm!r} is listed twice", "list each file once")
         if not isinstance(entry, dict):
-            raise _err(src, fwhere, f"expected a mapping {{uri, sha256, size}}, got {entry!r}", "give uri, sha256 and size")
+            raise _err(
+                src, fwhere, f"expected a mapping {{uri, sha256, size}}, got {entry!r}", "give uri, sha256 and size"
+            )
         uri = entry.get("uri", norm)
         if not isinstance(uri, str) or not uri:
-            raise _err(src, f"{fwhere}.uri", f"expected a string, got {uri!r}", "a path relative to the manifest or an https:// URL")
+            raise _err(
+                src,
+                f"{fwhere}.uri",
+                f"expected a string, got {uri!r}",
+                "a path relative to the manifest or an https:// URL",
+            )
         if not _is_remote(uri):
             if _URI_SCHEME.match(uri) or uri.lower().startswith("file:"):
-                raise _err(src, f"{fwhere}.uri", f"{uri!r} is neither a relative path nor a remote URL",
-                           f"use a path relative to the manifest, or one of {', '.join(s + '://' for s in _REMOTE_SCHEMES)}")
+                raise _err(
+                    src,
+                    f"{fwhere}.uri",
+                    f"{uri!r} is neither a relative path nor a remote URL",
+                    f"use a path relative to the manifest, or one of {', '.join(s + '://' for s in _REMOTE_SCHEMES)}",
+                )
             uri = check_relpath(uri, f"{src}: {fwhere}.uri")
-            if uri != norm:   # readers open the key, download-to-cache the uri: one file, one path
-                raise _err(src, f"{fwhere}.uri", f"local uri {uri!r} differs from the file's path {norm!r}",
-                           f"set uri to {norm!r} (or leave it out), or use a remote URL "
-                           f"({', '.join(s + '://' for s in _REMOTE_SCHEMES)})")
+            if uri != norm:  # readers open the key, download-to-cache the uri: one file, one path
+                raise _err(
+                    src,
+                    f"{fwhere}.uri",
+                    f"local uri {uri!r} differs from the file's path {norm!r}",
+                    f"set uri to {norm!r} (or leave it out), or use a remote URL "
+                    f"({', '.join(s + '://' for s in _REMOTE_SCHEMES)})",
+                )
         sha = entry.get("sha256")
         if not isinstance(sha, str) or not _HEX64.match(sha):
-            raise _err(src, f"{fwhere}.sha256", f"expected 64 lower-case hex characters, got {sha!r}",
-                       "run `nimbuild manifest build` to fill in checksums")
+            raise _err(
+                src,
+                f"{fwhere}.sha256",
+                f"expected 64 lower-case hex characters, got {sha!r}",
+                "run `nimbuild manifest build` to fill in checksums",
+            )
         size = entry.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise _err(src, f"{fwhere}.size", f"expected a byte count (integer >= 0), got {size!r}",
-                       "run `nimbuild manifest build` to fill in sizes")
+            raise _err(
+                src,
+                f"{fwhere}.size",
+                f"expected a byte count (integer >= 0), got {size!r}",
+                "run `nimbuild manifest build` to fill in sizes",
+            )
         files[norm] = FileEntry(uri=uri, sha256=sha, size=size)
     metrics = raw.get("metrics") or {}
     if not isinstance(metrics, dict):
-        raise _err(src, f"{where}.metrics", f"expected a mapping, got {type(metrics).__name__}", "metrics: {name: value}")
+        raise _err(
+            src, f"{where}.metrics", f"expected a mapping, got {type(metrics).__name__}", "metrics: {name: value}"
+        )
     extra = {k: v for k, v in raw.items() if k not in _PROFILE_KEYS}
     return Profile(id=pid, name=name, tags=dict(tags), files=files, metrics=dict(metrics), extra=extra)
 
 
-def parse_manifest(data: object, src: str = "<manifest>", root: Path | None = None, *, check_ids: bool = True) -> Manifest:
+def parse_manifest(
+    data: object, src: str = "<manifest>", root: Path | None = None, *, check_ids: bool = True
+) -> Manifest:
     """A Manifest from already-loaded YAML/JSON data; the checks of :func:`load_manifest`."""
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
-        raise NimbuildError(f"{src}: the manifest is {kind}, not a mapping",
-                            hint="a manifest is a mapping with schema_version, profile_selection_criteria and profiles")
+        raise NimbuildError(
+            f"{src}: the manifest is {kind}, not a mapping",
+            hint="a manifest is a mapping with schema_version, profile_selection_criteria and profiles",
+        )
     version = data.get("schema_version")
     if str(version) != SCHEMA_VERSION or not isinstance(version, str):
-        raise NimbuildError(f"{src}: schema_version: unknown version {version!r}",
-                            hint=f"this nimbuild reads schema_version: {SCHEMA_VERSION} (quoted or not)")
+        raise NimbuildError(
+            f"{src}: schema_version: unknown version {version!r}",
+            hint=f"this nimbuild reads schema_version: {SCHEMA_VERSION} (quoted or not)",
+        )
     criteria = data.get("profile_selection_criteria", SELECTION_CRITERIA)
     if not isinstance(criteria, str):
-        raise NimbuildError(f"{src}: profile_selection_criteria: expected a string, got {criteria!r}",
-                            hint=f"use {SELECTION_CRITERIA!r}")
+        raise NimbuildError(
+            f"{src}: profile_selection_criteria: expected a string, got {criteria!r}",
+            hint=f"use {SELECTION_CRITERIA!r}",
+        )
     header = data.get(HEADER_KEY) or {}
     if not isinstance(header, dict):
-        raise NimbuildError(f"{src}: {HEADER_KEY}: expected a mapping, got {type(header).__name__}",
-                            hint="nimbuild: {model, recipe_sha256, version}")
+        raise NimbuildError(
+            f"{src}: {HEADER_KEY}: expected a mapping, got {type(header).__name__}",
+            hint="nimbuild: {model, recipe_sha256, version}",
+        )
     raw_profiles = data.get("profiles")
     if raw_profiles is None:
         raw_profiles = []
     if not isinstance(raw_profiles, list):
-        raise NimbuildError(f"{src}: profiles: expected a list, got {type(raw_profiles).__name__}",
-                            hint="profiles: [{id, name, tags, workspace}, ...]")
+        raise NimbuildError(
+            f"{src}: profiles: expected a list, got {type(raw_profiles).__name__}",
+            hint="profiles: [{id, name, tags, workspace}, ...]",
+        )
     profiles = [_parse_profile(raw, i, src) for i, raw in enumerate(raw_profiles)]
 
     seen_ids: dict[str, int] = {}
     seen_names: dict[str, int] = {}
     for i, p in enumerate(profiles):
         if p.id in seen_ids:
-            raise NimbuildError(f"{src}: profiles[{i}] ({p.name!r}).id: duplicate id {p.id}, also profiles[{seen_ids[p.id]}]",
-                                hint="each profile appears once; merge fragments with `nimbuild manifest merge`")
+            raise NimbuildError(
+                f"{src}: profiles[{i}] ({p.name!r}).id: duplicate id {p.id}, also profiles[{seen_ids[p.id]}]",
+                hint="each profile appears once; merge fragments with `nimbuild manifest merge`",
+            )
         if p.name in seen_names:
-            raise NimbuildError(f"{src}: profiles[{i}].name: duplicate name {p.name!r}, also profiles[{seen_names[p.name]}]",
-                                hint="profile names must be unique in a manifest")
+            raise NimbuildError(
+                f"{src}: profiles[{i}].name: duplicate name {p.name!r}, also profiles[{seen_names[p.name]}]",
+                hint="profile names must be unique in a manifest",
+            )
         seen_ids[p.id] = i
         seen_names[p.name] = i
         if check_ids:
@@ -323,13 +403,20 @@ def parse_manifest(data: object, src: str = "<manifest>", root: Path | None = No
                 raise NimbuildError(
                     f"{src}: profile {p.name!r} (profiles[{i}]).id: {p.id} does not match its tags "
                     f"(sha256 of their canonical JSON is {expected})",
-                    hint="the tags or the id were edited; rebuild the manifest with `nimbuild manifest build`")
+                    hint="the tags or the id were edited; rebuild the manifest with `nimbuild manifest build`",
+                )
         if root is not None:
             for rel in p.files:
                 safe_join(root, rel, f"{src}: profile {p.name!r}.workspace.files")
     extra = {k: v for k, v in data.items() if k not in _TOP_KEYS}
-    return Manifest(profiles=profiles, header=dict(header), root=root, source=Path(src) if src else None,
-                    selection_criteria=criteria, extra=extra)
+    return Manifest(
+        profiles=profiles,
+        header=dict(header),
+        root=root,
+        source=Path(src) if src else None,
+        selection_criteria=criteria,
+        extra=extra,
+    )
 
 
 def load_manifest(path: str | os.PathLike, *, check_ids: bool = True) -> Manifest:
@@ -344,25 +431,30 @@ def load_manifest(path: str | os.PathLike, *, check_ids: bool = True) -> Manifes
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise NimbuildError(f"{path}: no such manifest", hint="build one with `nimbuild manifest build` or `nimbuild build`") from None
+        raise NimbuildError(
+            f"{path}: no such manifest", hint="build one with `nimbuild manifest build` or `nimbuild build`"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise NimbuildError(f"{path}: cannot read the manifest: {exc}", hint="check the file") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader.get())  # a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise NimbuildError(f"{path}: not valid YAML: {' '.join(str(exc).split())}",
-                            hint="fix the YAML syntax at the line shown") from None
+        raise NimbuildError(
+            f"{path}: not valid YAML: {' '.join(str(exc).split())}", hint="fix the YAML syntax at the line shown"
+        ) from None
     return parse_manifest(data, str(path), root=path.parent, check_ids=check_ids)
 
 
 # --------------------------------------------------------------------------- writing
 
+
 def dump_manifest(manifest: Manifest) -> bytes:
     """The deterministic bytes of a manifest: fixed key order, profiles sorted by id."""
     import yaml
 
-    text = yaml.safe_dump(manifest.to_dict(), sort_keys=False, allow_unicode=True,
-                          default_flow_style=False, width=1 << 16)
+    text = yaml.safe_dump(
+        manifest.to_dict(), sort_keys=False, allow_unicode=True, default_flow_style=False, width=1 << 16
+    )
     return text.encode("utf-8")
 
 
@@ -388,7 +480,8 @@ def _relocate(old_root: Path, rel: str, new_root: Path, p: Profile) -> str:
     if new_rel.startswith("../") or new_rel == ".." or os.path.isabs(new_rel):
         raise NimbuildError(
             f"profile {p.name!r}: file {target} is outside {os.path.abspath(new_root)}",
-            hint="write the manifest in a folder that contains every artifact (e.g. the export dir)")
+            hint="write the manifest in a folder that contains every artifact (e.g. the export dir)",
+        )
     return new_rel
 
 
@@ -402,12 +495,20 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike) -> None:
 
     path = Path(path)
     root = path.parent
-    rebased = Manifest(profiles=_rebase(manifest, root), header=manifest.header, root=root,
-                       source=path, selection_criteria=manifest.selection_criteria, extra=manifest.extra)
+    rebased = Manifest(
+        profiles=_rebase(manifest, root),
+        header=manifest.header,
+        root=root,
+        source=path,
+        selection_criteria=manifest.selection_criteria,
+        extra=manifest.extra,
+    )
     problems = verify_manifest(rebased, check_files=False)
     if problems:
-        raise NimbuildError(f"{path}: refusing to write a manifest with problems: {'; '.join(problems)}",
-                            hint="fix the profiles (ids are sha256 of their tags; names unique)")
+        raise NimbuildError(
+            f"{path}: refusing to write a manifest with problems: {'; '.join(problems)}",
+            hint="fix the profiles (ids are sha256 of their tags; names unique)",
+        )
     data = dump_manifest(rebased)
     # What we write must read back identically (catches non-YAML-safe metrics early).
     import yaml
@@ -418,6 +519,7 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike) -> None:
 
 
 # --------------------------------------------------------------------------- merging
+
 
 def _version_key(v: str) -> tuple:
     return tuple(int(x) if x.isdigit() else x for x in re.split(r"[.+-]", str(v)))
@@ -431,13 +533,14 @@ def _merge_headers(manifests: list[Manifest]) -> dict:
             if key not in merged:
                 merged[key], sources[key] = value, str(m.source)
             elif merged[key] != value:
-                if key == "version":   # the newest nimbuild that touched any part
+                if key == "version":  # the newest nimbuild that touched any part
                     merged[key] = max(merged[key], value, key=_version_key)
                     continue
                 raise NimbuildError(
                     f"manifests disagree on {HEADER_KEY}.{key}: {merged[key]!r} in {sources[key]} "
                     f"but {value!r} in {m.source}",
-                    hint="merge only fragments built from the same model and recipe")
+                    hint="merge only fragments built from the same model and recipe",
+                )
     return merged
 
 
@@ -499,19 +602,23 @@ def merge_manifests(manifests: Iterable[Manifest], root: str | os.PathLike | Non
                 if diff:
                     raise NimbuildError(
                         f"conflict: profile {p.id} ({p.name}) differs between {prev_m.source} and {m.source}: {diff}",
-                        hint="the same ID must have the same artifacts; rebuild one side or drop one fragment")
+                        hint="the same ID must have the same artifacts; rebuild one side or drop one fragment",
+                    )
                 continue
             if p.name in by_name:
                 prev, prev_m = by_name[p.name]
                 raise NimbuildError(
                     f"conflict: name {p.name!r} is profile {prev.id} in {prev_m.source} and {p.id} in {m.source}",
-                    hint="two different profiles cannot share a name; check their tags (trt_version, model_revision)")
+                    hint="two different profiles cannot share a name; check their tags (trt_version, model_revision)",
+                )
             by_id[p.id] = (p, m)
             by_name[p.name] = (p, m)
     criteria = {m.selection_criteria for m in manifests} or {SELECTION_CRITERIA}
     if len(criteria) > 1:
-        raise NimbuildError(f"manifests disagree on profile_selection_criteria: {sorted(criteria)}",
-                            hint=f"use {SELECTION_CRITERIA!r} everywhere")
+        raise NimbuildError(
+            f"manifests disagree on profile_selection_criteria: {sorted(criteria)}",
+            hint=f"use {SELECTION_CRITERIA!r} everywhere",
+        )
     extra: dict = {}
     for m in manifests:
         for k, v in m.extra.items():
@@ -519,14 +626,21 @@ def merge_manifests(manifests: Iterable[Manifest], root: str | os.PathLike | Non
                 raise NimbuildError(f"manifests disagree on top-level field {k!r}", hint="remove it from one side")
             extra[k] = v
     profiles = sorted((p for p, _ in by_id.values()), key=lambda p: p.id)
-    return Manifest(profiles=profiles, header=_merge_headers(manifests), root=new_root,
-                    selection_criteria=criteria.pop(), extra=extra)
+    return Manifest(
+        profiles=profiles,
+        header=_merge_headers(manifests),
+        root=new_root,
+        selection_criteria=criteria.pop(),
+        extra=extra,
+    )
 
 
 # --------------------------------------------------------------------------- verifying
 
-def verify_profile(manifest: Manifest, profile: Profile, check_files: bool = True,
-                   _hashes: dict | None = None) -> list[str]:
+
+def verify_profile(
+    manifest: Manifest, profile: Profile, check_files: bool = True, _hashes: dict | None = None
+) -> list[str]:
     """Problems of one profile: its ID against its tags, and each file's sha256 and size."""
     problems = []
     label = f"profile {profile.name!r}"
@@ -564,7 +678,9 @@ def verify_profile(manifest: Manifest, profile: Profile, check_files: bool = Tru
         if rel not in hashes:
             hashes[rel] = sha256_file(path)
         if hashes[rel] != entry.sha256:
-            problems.append(f"{label}: {rel}: sha256 {hashes[rel]} does not match the manifest's {entry.sha256} (file altered)")
+            problems.append(
+                f"{label}: {rel}: sha256 {hashes[rel]} does not match the manifest's {entry.sha256} (file altered)"
+            )
     return problems
 
 

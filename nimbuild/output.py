@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 
 def _jsonable(obj: Any) -> Any:
@@ -58,7 +59,7 @@ class Output:
             self._err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=width)
         return self._err_console
 
-    def emit(self, data: Any, human: str | Callable[["Output"], None] | None = None) -> None:
+    def emit(self, data: Any, human: str | Callable[[Output], None] | None = None) -> None:
         """The command's result: ``data`` as JSON in --json mode, else ``human``.
 
         ``human`` is a plain string (printed as is, no markup) or a callable that

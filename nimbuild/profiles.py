@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from nimbuild.errors import NimbuildError
 
@@ -23,8 +23,9 @@ HARDWARE_COMPATIBILITY_LEVELS = ("ampere+", "same_compute_capability")
 
 def _check_tags(tags: Mapping[str, object]) -> None:
     if not isinstance(tags, Mapping):
-        raise NimbuildError(f"profile tags must be a mapping, got {type(tags).__name__}",
-                            hint="write tags as `key: \"value\"` pairs")
+        raise NimbuildError(
+            f"profile tags must be a mapping, got {type(tags).__name__}", hint='write tags as `key: "value"` pairs'
+        )
     for key, value in tags.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise NimbuildError(
@@ -108,8 +109,9 @@ def _common(model: str, model_revision: str, precision: str, max_batch_size, max
     }
 
 
-def onnx_profile_tags(model: str, model_revision: str, precision: str, device: str,
-                      max_batch_size: int, max_sequence_length: int) -> dict[str, str]:
+def onnx_profile_tags(
+    model: str, model_revision: str, precision: str, device: str, max_batch_size: int, max_sequence_length: int
+) -> dict[str, str]:
     """Tags of an ONNX Runtime profile: GPU (Triton's onnxruntime backend) or CPU."""
     if device not in DEVICES:
         raise NimbuildError(f"unknown device {device!r}", hint="use 'gpu' or 'cpu'")
@@ -120,9 +122,18 @@ def onnx_profile_tags(model: str, model_revision: str, precision: str, device: s
     return tags
 
 
-def tensorrt_profile_tags(model: str, model_revision: str, precision: str, sku, trt_version: str,
-                          cuda_major_version, max_batch_size: int, max_sequence_length: int,
-                          gpu_count: int = 1, hardware_compatible: bool | str = False) -> dict[str, str]:
+def tensorrt_profile_tags(
+    model: str,
+    model_revision: str,
+    precision: str,
+    sku,
+    trt_version: str,
+    cuda_major_version,
+    max_batch_size: int,
+    max_sequence_length: int,
+    gpu_count: int = 1,
+    hardware_compatible: bool | str = False,
+) -> dict[str, str]:
     """Tags of a TensorRT engine profile built for one SKU.
 
     ``sku`` is a :class:`nimbuild.skus.Sku` or anything ``skus.lookup`` accepts.
@@ -153,8 +164,10 @@ def tensorrt_profile_tags(model: str, model_revision: str, precision: str, sku, 
     if hardware_compatible:
         level = "ampere+" if hardware_compatible is True else str(hardware_compatible)
         if level not in HARDWARE_COMPATIBILITY_LEVELS:
-            raise NimbuildError(f"unknown hardware compatibility level {level!r}",
-                                hint=f"use one of {', '.join(HARDWARE_COMPATIBILITY_LEVELS)}")
+            raise NimbuildError(
+                f"unknown hardware compatibility level {level!r}",
+                hint=f"use one of {', '.join(HARDWARE_COMPATIBILITY_LEVELS)}",
+            )
         tags["hardware_compatibility_level"] = level
     return tags
 

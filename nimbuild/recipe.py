@@ -12,9 +12,18 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nimbuild.errors import NimbuildError
 
@@ -37,6 +46,10 @@ def _known_gpu(text: str) -> str:
 GpuName = Annotated[str, AfterValidator(_known_gpu)]
 
 
+# Every command's default output root, relative to the working directory.
+DEFAULT_OUT_ROOT = Path("out")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -44,12 +57,12 @@ class _Strict(BaseModel):
 class Source(_Strict):
     """Where the model comes from: a hub repo at a pinned commit, or a local folder."""
 
-    repo: Optional[str] = None
-    revision: Optional[str] = None
-    path: Optional[str] = None
+    repo: str | None = None
+    revision: str | None = None
+    path: str | None = None
 
     @model_validator(mode="after")
-    def _one_of(self) -> "Source":
+    def _one_of(self) -> Source:
         if (self.repo is None) == (self.path is None):
             raise ValueError("give exactly one of `repo` (hub repo id + `revision`) or `path` (a local folder)")
         if self.repo is not None:
@@ -75,7 +88,7 @@ class Range(_Strict):
     max: int = Field(ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Range":
+    def _ordered(self) -> Range:
         if not (self.min <= self.opt <= self.max):
             raise ValueError(f"need min <= opt <= max, got min={self.min}, opt={self.opt}, max={self.max}")
         return self
@@ -89,11 +102,11 @@ class Shapes(_Strict):
 class PrecisionThresholds(_Strict):
     """One precision's own thresholds: a metric left out keeps the recipe-wide value, null turns it off."""
 
-    top1: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    spearman: Optional[float] = Field(default=None, ge=-1.0, le=1.0)
-    kendall: Optional[float] = Field(default=None, ge=-1.0, le=1.0)
-    ndcg10: Optional[float] = Field(default=None, ge=0.0, le=1.0)
-    max_abs_logit: Optional[float] = Field(default=None, ge=0.0)
+    top1: float | None = Field(default=None, ge=0.0, le=1.0)
+    spearman: float | None = Field(default=None, ge=-1.0, le=1.0)
+    kendall: float | None = Field(default=None, ge=-1.0, le=1.0)
+    ndcg10: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_abs_logit: float | None = Field(default=None, ge=0.0)
 
 
 class Thresholds(_Strict):
@@ -104,16 +117,16 @@ class Thresholds(_Strict):
     recipe-wide metrics), see ``for_precision``.
     """
 
-    top1: Optional[float] = Field(default=0.95, ge=0.0, le=1.0)
-    spearman: Optional[float] = Field(default=0.95, ge=-1.0, le=1.0)
-    kendall: Optional[float] = Field(default=None, ge=-1.0, le=1.0)
-    ndcg10: Optional[float] = Field(default=0.98, ge=0.0, le=1.0)
-    max_abs_logit: Optional[float] = Field(default=None, ge=0.0)
-    fp16: Optional[PrecisionThresholds] = Field(default=None, exclude=True)
-    fp8: Optional[PrecisionThresholds] = Field(default=None, exclude=True)
-    int8: Optional[PrecisionThresholds] = Field(default=None, exclude=True)
+    top1: float | None = Field(default=0.95, ge=0.0, le=1.0)
+    spearman: float | None = Field(default=0.95, ge=-1.0, le=1.0)
+    kendall: float | None = Field(default=None, ge=-1.0, le=1.0)
+    ndcg10: float | None = Field(default=0.98, ge=0.0, le=1.0)
+    max_abs_logit: float | None = Field(default=None, ge=0.0)
+    fp16: PrecisionThresholds | None = Field(default=None, exclude=True)
+    fp8: PrecisionThresholds | None = Field(default=None, exclude=True)
+    int8: PrecisionThresholds | None = Field(default=None, exclude=True)
 
-    def for_precision(self, precision: str) -> dict[str, Optional[float]]:
+    def for_precision(self, precision: str) -> dict[str, float | None]:
         """The metrics that judge ``precision``: recipe-wide, with that precision's overrides."""
         merged = self.model_dump()
         own = getattr(self, precision, None) if precision in ("fp16", "fp8", "int8") else None
@@ -143,12 +156,12 @@ class Recipe(_Strict):
     precisions: list[Literal["fp32", "fp16", "fp8", "int8"]] = Field(default_factory=lambda: list(PRECISIONS))
     gpus: list[GpuName] = Field(default_factory=list)
     runners: dict[str, list[str]] = Field(default_factory=dict)
-    pairs: Optional[str] = None
+    pairs: str | None = None
     thresholds: Thresholds = Thresholds()
     serving: Serving = Serving()
 
-    _path: Optional[Path] = PrivateAttr(default=None)
-    _sha256: Optional[str] = PrivateAttr(default=None)
+    _path: Path | None = PrivateAttr(default=None)
+    _sha256: str | None = PrivateAttr(default=None)
 
     @field_validator("name")
     @classmethod
@@ -178,7 +191,7 @@ class Recipe(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _runners_known(self) -> "Recipe":
+    def _runners_known(self) -> Recipe:
         from nimbuild import skus
 
         wanted = {skus.lookup(g).canonical for g in self.gpus}
@@ -194,7 +207,7 @@ class Recipe(_Strict):
     # -- file-bound helpers -------------------------------------------------
 
     @property
-    def path(self) -> Optional[Path]:
+    def path(self) -> Path | None:
         """The recipe file (None for a recipe made from a bare model argument)."""
         return self._path
 
@@ -205,6 +218,15 @@ class Recipe(_Strict):
             data = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
             self._sha256 = hashlib.sha256(data).hexdigest()
         return self._sha256
+
+    @property
+    def default_out_dir(self) -> Path:
+        """Where export, engines and build write unless given ``--out``: ``out/<name>``.
+
+        Not ``build/``: black, pytest and most linters skip folders of that name, and
+        setuptools writes its own output there.
+        """
+        return DEFAULT_OUT_ROOT / self.name
 
     @property
     def folder(self) -> Path:
@@ -273,7 +295,7 @@ def _describe(err: dict) -> str:
     if kind == "missing":
         return f"{_loc(loc)}: missing; this field is required"
     msg = err.get("msg", "")
-    msg = msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+    msg = msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg
     given = _short(err.get("input"))
     return f"{_loc(loc)}: got {given}; expected: {msg[0].lower() + msg[1:] if msg else 'a valid value'}"
 
@@ -305,11 +327,15 @@ def load_recipe(path: str | Path) -> Recipe:
     except FileNotFoundError:
         raise NimbuildError(f"recipe {p} does not exist", hint="give the path of a recipes/*.yaml file") from None
     except IsADirectoryError:
-        raise NimbuildError(f"recipe {p} is a folder, not a file", hint="give the path of a recipes/*.yaml file") from None
+        raise NimbuildError(
+            f"recipe {p} is a folder, not a file", hint="give the path of a recipes/*.yaml file"
+        ) from None
     try:
         data = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise NimbuildError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})", hint="save the recipe as UTF-8") from None
+        raise NimbuildError(
+            f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})", hint="save the recipe as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -321,12 +347,13 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe
 
 
-def recipe_for_model(spec: str, *, revision: str | None = None, trust_remote_code: bool = False,
-                     name: str | None = None) -> Recipe:
+def recipe_for_model(
+    spec: str, *, revision: str | None = None, trust_remote_code: bool = False, name: str | None = None
+) -> Recipe:
     """A default recipe for a bare model argument: an existing folder, else a hub repo id.
 
     A hub repo id without a pinned revision is given ``revision=None`` here and
-    resolved by nimbuild.build.source (the recipe file route insists on a pin).
+    resolved by nimbuild.builder.source (the recipe file route insists on a pin).
     """
     p = Path(spec).expanduser()
     looks_local = p.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec

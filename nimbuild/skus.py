@@ -19,8 +19,16 @@ CATALOG_PATH = Path(__file__).with_name("skus.yaml")
 NVIDIA_VENDOR_ID = "10de"
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 
-_REQUIRED = ("canonical", "slugs", "name_slug", "nvml_names", "pci_device_ids",
-             "compute_capability", "memory_gib", "gfd_product")
+_REQUIRED = (
+    "canonical",
+    "slugs",
+    "name_slug",
+    "nvml_names",
+    "pci_device_ids",
+    "compute_capability",
+    "memory_gib",
+    "gfd_product",
+)
 _PCI_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}$")
 _CC_RE = re.compile(r"^\d+\.\d+$")
 
@@ -29,14 +37,14 @@ _CC_RE = re.compile(r"^\d+\.\d+$")
 class Sku:
     """One GPU product, with every spelling of its name."""
 
-    canonical: str                      # NVIDIA-H100-80GB-HBM3 (the `gpu` tag)
-    slug: str                           # h100-sxm (first of slugs; folder names)
-    name_slug: str                      # h100-hbm3-80gb (profile names)
+    canonical: str  # NVIDIA-H100-80GB-HBM3 (the `gpu` tag)
+    slug: str  # h100-sxm (first of slugs; folder names)
+    name_slug: str  # h100-hbm3-80gb (profile names)
     nvml_names: tuple[str, ...]
-    pci_device_ids: tuple[str, ...]     # "2330:10de" (the first one is the `gpu_device` tag)
-    compute_capability: str             # "9.0"
+    pci_device_ids: tuple[str, ...]  # "2330:10de" (the first one is the `gpu_device` tag)
+    compute_capability: str  # "9.0"
     memory_gib: int
-    gfd_product: str                    # nvidia.com/gpu.product label
+    gfd_product: str  # nvidia.com/gpu.product label
     slugs: tuple[str, ...] = ()
 
     @property
@@ -155,11 +163,13 @@ def _load() -> tuple[tuple[Sku, ...], dict[str, Sku], dict[str, Sku]]:
     try:
         data = yaml.safe_load(CATALOG_PATH.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise NimbuildError(f"{CATALOG_PATH}: cannot read the SKU catalog: {exc}",
-                            hint="reinstall nimbuild or fix the file") from None
+        raise NimbuildError(
+            f"{CATALOG_PATH}: cannot read the SKU catalog: {exc}", hint="reinstall nimbuild or fix the file"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("skus"), list):
-        raise NimbuildError(f"{CATALOG_PATH}: expected a mapping with a 'skus:' list",
-                            hint="see the comment at the top of the file")
+        raise NimbuildError(
+            f"{CATALOG_PATH}: expected a mapping with a 'skus:' list", hint="see the comment at the top of the file"
+        )
     skus = tuple(_parse_entry(i, raw) for i, raw in enumerate(data["skus"]))
 
     by_name: dict[str, Sku] = {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -47,7 +46,9 @@ def main() -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     nimbuild = Path(sys.executable).with_name("nimbuild")
-    proc = subprocess.Popen([str(nimbuild), "serve", "--manifest", args.manifest, "--host", "127.0.0.1", "--port", str(port)])
+    proc = subprocess.Popen(
+        [str(nimbuild), "serve", "--manifest", args.manifest, "--host", "127.0.0.1", "--port", str(port)]
+    )
     try:
         deadline = time.monotonic() + args.timeout
         while _get(f"{base}/v1/health/ready") != 200:
@@ -64,7 +65,9 @@ def main() -> int:
             "passages": [{"text": p} for p in first["passages"]],
             "truncate": "END",
         }
-        req = urllib.request.Request(f"{base}/v1/ranking", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{base}/v1/ranking", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=30) as resp:
             answer = json.loads(resp.read())
         print(f"\nPOST {base}/v1/ranking  query: {first['query']!r}")

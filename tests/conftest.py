@@ -83,11 +83,11 @@ def example_pairs() -> Path:
 def tiny_model_dir(tmp_path_factory):
     """Factory: ``tiny_model_dir("roberta")`` -> folder of a tiny random cross-encoder.
 
-    Architectures: nimbuild.build.tiny.ARCHITECTURES (bert, distilbert, electra,
+    Architectures: nimbuild.builder.tiny.ARCHITECTURES (bert, distilbert, electra,
     roberta, xlm-roberta, deberta-v2, modernbert). Built once per session and
     per (architecture, options); treat the folder as read-only.
     """
-    from nimbuild.build.tiny import build_tiny_model
+    from nimbuild.builder.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny-models")
     cache: dict[tuple, Path] = {}
@@ -109,7 +109,7 @@ def exported_example(tmp_path_factory) -> Path:
     Only fp32 is built here (fast); tests of later stages copy this folder
     (``shutil.copytree``) before writing into it.
     """
-    from nimbuild.build.pipeline import run_export
+    from nimbuild.builder.pipeline import run_export
     from nimbuild.output import Output
 
     out = tmp_path_factory.mktemp("exported") / "example-tiny"

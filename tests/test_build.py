@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The real export is exercised below (and in the export engineer's tests); here a stand-in that writes the
 # documented export layout lets the cache logic be tested in milliseconds, counting how often export runs.
 
+
 @pytest.fixture
 def recipe_dir(tmp_path, example_recipe, example_model_dir, example_pairs):
     root = tmp_path / "recipes"
@@ -48,17 +49,23 @@ def fake_pipeline(monkeypatch):
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             (out_dir / rel).write_bytes(f"{p}-graph".encode())
             entries[p] = {"status": "passed", "path": rel, "gate": {"passed": True}}
-        report = {"model": recipe.name, "model_revision": "r1", "max_batch_size": 64, "max_sequence_length": 512,
-                  "recipe_sha256": recipe.sha256, "precisions": entries}
+        report = {
+            "model": recipe.name,
+            "model_revision": "r1",
+            "max_batch_size": 64,
+            "max_sequence_length": 512,
+            "recipe_sha256": recipe.sha256,
+            "precisions": entries,
+        }
         (out_dir / "export_report.json").write_text(json.dumps(report))
         return report
 
-    monkeypatch.setitem(sys.modules, "nimbuild.build.pipeline", types.SimpleNamespace(run_export=run_export))
+    monkeypatch.setitem(sys.modules, "nimbuild.builder.pipeline", types.SimpleNamespace(run_export=run_export))
     return calls
 
 
 def _build(recipe, out, **kw):
-    from nimbuild.build.steps import run_build
+    from nimbuild.builder.steps import run_build
 
     kw.setdefault("render", False)
     res = run_build(recipe, out, Output(quiet=True), engines=False, **kw)
@@ -83,7 +90,8 @@ def test_model_file_change_rebuilds_export(recipe_dir, tmp_path, fake_pipeline):
     out = tmp_path / "out"
     _build(recipe, out)
     (recipe_dir / "models/example-tiny/config.json").write_text(
-        (recipe_dir / "models/example-tiny/config.json").read_text() + "\n")
+        (recipe_dir / "models/example-tiny/config.json").read_text() + "\n"
+    )
     status, _ = _build(recipe, out)
     assert status["export"] == "built" and len(fake_pipeline) == 2
 
@@ -93,7 +101,7 @@ def test_recipe_change_that_matters_rebuilds_and_one_that_does_not_reuses(recipe
     out = tmp_path / "out"
     _build(recipe, out)
     data = yaml.safe_load(recipe.read_text())
-    data["serving"]["max_queue_delay_us"] = 500          # serving only: render's business, not export's
+    data["serving"]["max_queue_delay_us"] = 500  # serving only: render's business, not export's
     recipe.write_text(yaml.safe_dump(data))
     status, _ = _build(recipe, out)
     assert status["export"] == "reused" and len(fake_pipeline) == 1
@@ -110,7 +118,7 @@ def test_toolchain_change_rebuilds(recipe_dir, tmp_path, fake_pipeline, monkeypa
     recipe = recipe_dir / "example-tiny.yaml"
     out = tmp_path / "out"
     _build(recipe, out)
-    from nimbuild.build import cache, steps
+    from nimbuild.builder import cache, steps
 
     real = cache.toolchain_versions()
     monkeypatch.setattr(steps, "toolchain_versions", lambda: {**real, "torch": "9.9.9"})
@@ -138,8 +146,12 @@ def test_new_fragment_rebuilds_only_the_manifest(recipe_dir, tmp_path, fake_pipe
     (frag_dir / "fp16").mkdir(parents=True)
     (frag_dir / "fp16" / "model.plan").write_bytes(b"plan")
     tags = profiles.tensorrt_profile_tags("example-tiny", "r1", "fp16", "l40s", "10.13.0", 12, 64, 512)
-    prof = mf.Profile(id=profiles.profile_id(tags), name=profiles.profile_name(tags), tags=tags,
-                      files={"fp16/model.plan": mf.file_entry(frag_dir, "fp16/model.plan")})
+    prof = mf.Profile(
+        id=profiles.profile_id(tags),
+        name=profiles.profile_name(tags),
+        tags=tags,
+        files={"fp16/model.plan": mf.file_entry(frag_dir, "fp16/model.plan")},
+    )
     mf.write_manifest(mf.Manifest(profiles=[prof], root=frag_dir), frag_dir / "fragment.yaml")
     status, _ = _build(recipe, out)
     assert status["export"] == "reused" and status["manifest"] == "built"
@@ -161,10 +173,11 @@ def test_build_cli_help_and_bad_recipe(tmp_path):
 
 # ------------------------------------------------------------------ the real thing
 
+
 @pytest.fixture(scope="module")
 def real_build(tmp_path_factory):
-    pytest.importorskip("nimbuild.build.pipeline", reason="the export pipeline is not written yet")
-    from nimbuild.build.steps import run_build
+    pytest.importorskip("nimbuild.builder.pipeline", reason="the export pipeline is not written yet")
+    from nimbuild.builder.steps import run_build
 
     out = tmp_path_factory.mktemp("build") / "example-tiny"
     res = run_build(REPO / "recipes/example-tiny.yaml", out, Output(quiet=True), engines=False)
@@ -172,7 +185,7 @@ def real_build(tmp_path_factory):
 
 
 def test_real_build_then_no_change_rebuild(real_build):
-    from nimbuild.build.steps import run_build
+    from nimbuild.builder.steps import run_build
 
     out, first = real_build
     assert first.manifest == out / "manifest.yaml"
@@ -199,7 +212,7 @@ def test_real_reexport_keeps_the_rest_of_the_build_folder(real_build, tmp_path):
     Triton repositories) stays, and the manifest rebuilt from it verifies."""
     import shutil
 
-    from nimbuild.build.steps import run_build
+    from nimbuild.builder.steps import run_build
 
     out = tmp_path / "example-tiny"
     shutil.copytree(real_build[0], out, symlinks=True)
@@ -209,8 +222,8 @@ def test_real_reexport_keeps_the_rest_of_the_build_folder(real_build, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         text.replace("path: models/example-tiny", f"path: {REPO / 'recipes/models/example-tiny'}")
-            .replace("pairs: pairs/example-tiny.jsonl", f"pairs: {REPO / 'recipes/pairs/example-tiny.jsonl'}")
-            .replace("  ndcg10: 0.98\n", "  ndcg10: 0.97\n")
+        .replace("pairs: pairs/example-tiny.jsonl", f"pairs: {REPO / 'recipes/pairs/example-tiny.jsonl'}")
+        .replace("  ndcg10: 0.98\n", "  ndcg10: 0.97\n")
     )
     res = run_build(recipe, out, Output(quiet=True), engines=False)
     status = {s.step: s.status for s in res.steps}

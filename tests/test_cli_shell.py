@@ -118,7 +118,10 @@ def test_usage_errors_are_one_line_with_exit_2():
     for args, expected in [
         (("nosuchcmd",), "error: No such command 'nosuchcmd'; see `nimbuild --help`"),
         (("engines",), "error: Missing argument 'RECIPE'; see `nimbuild engines --help`"),
-        (("list-model-profiles", "--bogus"), "error: No such option '--bogus'; see `nimbuild list-model-profiles --help`"),
+        (
+            ("list-model-profiles", "--bogus"),
+            "error: No such option '--bogus'; see `nimbuild list-model-profiles --help`",
+        ),
     ]:
         res = _nimbuild(*args)
         assert res.returncode == 2, (args, res.stderr)

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from nimbuild import skus
-from nimbuild.build import engines, trt_seam
-from nimbuild.build.engines import BuildGpu, BuildOptions
+from nimbuild.builder import engines, trt_seam
+from nimbuild.builder.engines import BuildGpu, BuildOptions
 from nimbuild.errors import NimbuildError
 from nimbuild.output import Output
 
@@ -63,21 +63,31 @@ def scorer_graph(path: Path, vocab: int, weights: np.ndarray, dtype=np.float32) 
         helper.make_node("Add", ["masked", "typed"], ["summed"]),
         helper.make_node("ReduceSum", ["summed", "axis1"], ["logits"], keepdims=1),
     ]
-    inits = [w, numpy_helper.from_array(np.array([2], np.int64), "axis2"),
-             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-             numpy_helper.from_array(np.array(0.01, np.float32), "tiny")]
+    inits = [
+        w,
+        numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "tiny"),
+    ]
     inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in INPUTS]
     output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])
     graph = helper.make_graph(nodes, "scorer", inputs, [output], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10                       # onnxruntime 1.31 loads IR <= 13
+    model.ir_version = 10  # onnxruntime 1.31 loads IR <= 13
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
 
 
-def write_recipe(folder: Path, *, precisions=("fp32", "fp16", "fp8"), batch=(1, 4, 8), sequence=(1, 16, 64),
-                 name="tiny-engines", thresholds="{top1: 0.95, spearman: 0.95, ndcg10: 0.98}") -> Path:
+def write_recipe(
+    folder: Path,
+    *,
+    precisions=("fp32", "fp16", "fp8"),
+    batch=(1, 4, 8),
+    sequence=(1, 16, 64),
+    name="tiny-engines",
+    thresholds="{top1: 0.95, spearman: 0.95, ndcg10: 0.98}",
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.yaml"
     path.write_text(
@@ -117,8 +127,12 @@ def export_template(tmp_path_factory, vocab_size) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         shutil.copy(EXAMPLE_MODEL / name, tok / name)
     report = {
-        "model": "tiny-engines", "model_revision": "0123456789abcdef", "inputs": list(INPUTS),
-        "recipe_sha256": "f" * 64, "max_batch_size": 8, "max_sequence_length": 64,
+        "model": "tiny-engines",
+        "model_revision": "0123456789abcdef",
+        "inputs": list(INPUTS),
+        "recipe_sha256": "f" * 64,
+        "max_batch_size": 8,
+        "max_sequence_length": 64,
         "precisions": {p: {"status": "passed", "path": f"onnx/{p}/model.onnx"} for p in ("fp32", "fp16", "fp8")},
     }
     (out / "export_report.json").write_text(json.dumps(report), encoding="utf-8")
@@ -146,8 +160,7 @@ class FakeSeam:
     code of the seam with ONNX Runtime runners in place of TrtRunner.
     """
 
-    def __init__(self, version="10.13.0.35", levels=("none", "ampere_plus", "same_compute_capability"),
-                 fail_build=()):
+    def __init__(self, version="10.13.0.35", levels=("none", "ampere_plus", "same_compute_capability"), fail_build=()):
         self.version, self.levels, self.fail_build = version, tuple(levels), set(fail_build)
         self.builds: list[tuple[str, dict]] = []
         self.checks: list[str] = []
@@ -170,8 +183,9 @@ class FakeSeam:
 
     def check_engine(self, engine_path, reference, feeds, thresholds):
         self.checks.append(Path(engine_path).parent.name)
-        return trt_seam.compare_on_pairs(self._runner(reference, "ref"), self._runner(engine_path, "engine"),
-                                         feeds, thresholds)
+        return trt_seam.compare_on_pairs(
+            self._runner(reference, "ref"), self._runner(engine_path, "engine"), feeds, thresholds
+        )
 
     def measure_latency(self, engine_path, feed):
         return trt_seam.time_runner(self._runner(engine_path, "engine"), feed, warmup=1, iterations=3)
@@ -227,7 +241,7 @@ def test_plan_skips_what_the_recipe_or_the_export_did_not_produce(tmp_path, expo
 
 
 def test_inputs_come_from_the_graph_or_are_flagged_as_assumed(recipe, export_dir, tmp_path, vocab_size):
-    (export_dir / "export_report.json").unlink()          # no report: read the FP32 graph's inputs
+    (export_dir / "export_report.json").unlink()  # no report: read the FP32 graph's inputs
     plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
     assert plan.inputs == INPUTS and not plan.inputs_assumed
 
@@ -252,13 +266,21 @@ def parse_with_polygraphy(argv: list[str]):
     with trt_seam.polygraphy_on_stderr():
         args = parser.parse_args(argv[2:])
         tool.parse(args)
-    return args, tool.arg_groups[TrtConfigArgs], tool.arg_groups[TrtLoadNetworkArgs], tool.arg_groups[TrtLoadEngineBytesArgs]
+    return (
+        args,
+        tool.arg_groups[TrtConfigArgs],
+        tool.arg_groups[TrtLoadNetworkArgs],
+        tool.arg_groups[TrtLoadEngineBytesArgs],
+    )
 
 
-@pytest.mark.parametrize("options", [
-    BuildOptions(),
-    BuildOptions(builder_optimization_level=5, workspace_bytes=2 << 30, hardware_compatible=True),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        BuildOptions(),
+        BuildOptions(builder_optimization_level=5, workspace_bytes=2 << 30, hardware_compatible=True),
+    ],
+)
 def test_printed_command_means_the_same_build_to_polygraphy(recipe, export_dir, options):
     plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir, options)
     for engine in plan.planned:
@@ -267,29 +289,30 @@ def test_printed_command_means_the_same_build_to_polygraphy(recipe, export_dir, 
         ours = plan.create_config_args(engine)
         # the optimization profile Polygraphy parses is the Profile we hand to CreateConfig
         (profile,) = ours["profiles"]
-        assert config.profile_dicts == [
-            {name: (list(s.min), list(s.opt), list(s.max)) for name, s in profile.items()}
-        ]
+        assert config.profile_dicts == [{name: (list(s.min), list(s.opt), list(s.max)) for name, s in profile.items()}]
         assert network.strongly_typed is True
-        assert not (config.fp16 or config.fp8 or config.int8 or config.bf16)   # precision lives in the graph
+        assert not (config.fp16 or config.fp8 or config.int8 or config.bf16)  # precision lives in the graph
         assert config.builder_optimization_level == ours["builder_optimization_level"]
         assert config.load_timing_cache == ours["load_timing_cache"] == engine_bytes.save_timing_cache
         assert args.model_file == str(engine.graph) and args.output == str(engine.engine_path)
         assert args.convert_to == "trt"
         level = ours.get("hardware_compatibility_level")
         assert str(config.hardware_compatibility_level) == (
-            f"trt.HardwareCompatibilityLevel.{level.upper()}" if level else "None")
+            f"trt.HardwareCompatibilityLevel.{level.upper()}" if level else "None"
+        )
         pools = ours.get("memory_pool_limits")
         assert ({str(k): v for k, v in config.memory_pool_limits.items()} if config.memory_pool_limits else None) == (
-            {f"trt.MemoryPoolType.{k.upper()}": v for k, v in pools.items()} if pools else None)
+            {f"trt.MemoryPoolType.{k.upper()}": v for k, v in pools.items()} if pools else None
+        )
 
 
 def test_config_args_are_polygraphys_createconfig_keywords(recipe, export_dir):
     """CreateConfig is constructed without TensorRT (it imports it lazily): our keywords must fit it."""
     from polygraphy.backend.trt import CreateConfig, Profile
 
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir,
-                                BuildOptions(workspace_bytes=1 << 30, hardware_compatible=True))
+    plan = engines.plan_engines(
+        recipe, skus.lookup("h100-sxm"), export_dir, BuildOptions(workspace_bytes=1 << 30, hardware_compatible=True)
+    )
     args = plan.create_config_args(plan.planned[0])
     with trt_seam.polygraphy_on_stderr():
         config = CreateConfig(**args)
@@ -297,7 +320,7 @@ def test_config_args_are_polygraphys_createconfig_keywords(recipe, export_dir):
     assert config.profiles[0]["input_ids"].max == (8, 64)
     assert config.timing_cache_path == str(plan.timing_cache)
     assert config.builder_optimization_level == 3
-    assert not config.fp16 and not config.fp8     # no weak-typing flags: TensorRT 11 removed them
+    assert not config.fp16 and not config.fp8  # no weak-typing flags: TensorRT 11 removed them
 
 
 def test_reproduce_script_runs_from_the_engine_folder(recipe, export_dir):
@@ -307,7 +330,7 @@ def test_reproduce_script_runs_from_the_engine_folder(recipe, export_dir):
     script = engines.reproduce_script(plan, engine, trt, H100)
     assert script.startswith("#!/bin/sh\n") and 'cd "$(dirname "$0")"' in script
     assert "TensorRT 10.13.0.35" in script and "2330:10de" in script
-    command = script[script.index("polygraphy convert"):].replace("\\\n", " ")
+    command = script[script.index("polygraphy convert") :].replace("\\\n", " ")
     argv = shlex.split(command)
     args, config, network, _ = parse_with_polygraphy(argv)
     # relative to the engine folder, the paths land on the real graph, cache and engine
@@ -336,7 +359,7 @@ def test_no_gpu_and_no_tensorrt_is_one_error_naming_both(recipe, export_dir):
 def test_the_visible_gpu_must_be_the_requested_sku(recipe, export_dir):
     trt = trt_seam.TensorRTInfo("10.13.0.35", "12", ("none", "ampere_plus", "same_compute_capability"))
     plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
-    engines.check_host(plan, H100, None, trt, None)                 # the right GPU: no error
+    engines.check_host(plan, H100, None, trt, None)  # the right GPU: no error
     with pytest.raises(NimbuildError, match=r"visible GPU is NVIDIA H100 PCIe \[2331:10de\]"):
         engines.check_host(plan, H100_PCIE, None, trt, None)
 
@@ -365,8 +388,10 @@ def test_gpu_auto_is_the_sku_of_the_visible_gpu():
 def test_visible_gpu_follows_cuda_visible_devices(monkeypatch):
     from nimbuild.runtime import hardware
 
-    gpus = [hardware.Gpu(0, "NVIDIA A100-SXM4-80GB", "20b2:10de", "8.0", 81920, 81920, uuid="GPU-aaaa"),
-            hardware.Gpu(1, "NVIDIA H100 80GB HBM3", "2330:10de", "9.0", 81559, 81559, uuid="GPU-bbbb")]
+    gpus = [
+        hardware.Gpu(0, "NVIDIA A100-SXM4-80GB", "20b2:10de", "8.0", 81920, 81920, uuid="GPU-aaaa"),
+        hardware.Gpu(1, "NVIDIA H100 80GB HBM3", "2330:10de", "9.0", 81559, 81559, uuid="GPU-bbbb"),
+    ]
     monkeypatch.setattr(hardware, "detect_host", lambda env=None: hardware.Host(gpus=gpus, cpu_only_reason=None))
     assert engines.visible_gpu({})[0].pci_device_id == "20b2:10de"
     assert engines.visible_gpu({"CUDA_VISIBLE_DEVICES": "1,0"})[0].pci_device_id == "2330:10de"
@@ -387,7 +412,7 @@ def test_build_writes_engines_scripts_and_a_mergeable_fragment(recipe, export_di
     plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
     result = engines.build_engines(recipe, plan, quiet(), seam=seam, gpu_probe=probe(H100))
     status = {r.precision: r.status for r in result.results}
-    assert status == {"fp8": "failed", "fp16": "built"}             # fp8's graph reverses the ranking
+    assert status == {"fp8": "failed", "fp16": "built"}  # fp8's graph reverses the ranking
     fp8 = next(r for r in result.results if r.precision == "fp8")
     assert "engine check" in fp8.reason and fp8.gate["passed"] is False
 
@@ -407,7 +432,7 @@ def test_build_writes_engines_scripts_and_a_mergeable_fragment(recipe, export_di
     assert metrics["latency_ms"]["shape"] == [4, 16] and metrics["latency_ms"]["p50"] > 0
     assert metrics["gate"]["passed"] and metrics["gate"]["metrics"]["top1"] == 1.0
     assert metrics["gpu_name"] == "NVIDIA H100 80GB HBM3" and metrics["trt_version_full"] == "10.13.0.35"
-    assert 0 < metrics["gate"]["metrics"]["max_abs_logit"] < 0.05     # FP16 weights: small, non-zero error
+    assert 0 < metrics["gate"]["metrics"]["max_abs_logit"] < 0.05  # FP16 weights: small, non-zero error
 
     engine_dir = plan.planned[1].engine_dir
     script = engine_dir / "reproduce.sh"
@@ -422,7 +447,7 @@ def test_build_writes_engines_scripts_and_a_mergeable_fragment(recipe, export_di
     merged = manifest.merge_manifests([fragment], root=export_dir)
     assert list(merged.profiles[0].files) == ["engines/h100-sxm/fp16/model.plan"]
     # and `nimbuild manifest build` picks the fragment up beside the ONNX profiles, headers agreeing
-    from nimbuild.build.assemble import assemble_manifest
+    from nimbuild.builder.assemble import assemble_manifest
 
     assembled = assemble_manifest(export_dir)
     trt_profile = assembled.by_id(profile.id)
@@ -437,37 +462,42 @@ def test_unchanged_inputs_reuse_the_engine_and_changes_rebuild_or_recheck(tmp_pa
     sku = skus.lookup("h100-sxm")
     seam = FakeSeam()
     run = lambda r=recipe, **kw: engines.build_engines(  # noqa: E731
-        r, engines.plan_engines(r, sku, export_dir, **kw), quiet(), seam=seam, gpu_probe=probe(H100))
+        r, engines.plan_engines(r, sku, export_dir, **kw), quiet(), seam=seam, gpu_probe=probe(H100)
+    )
 
     first = run()
     assert [r.status for r in first.results] == ["skipped", "built"]
     fragment_bytes = first.fragment.read_bytes()
     assert (len(seam.builds), len(seam.checks)) == (1, 1)
 
-    second = run()                                                   # nothing changed: nothing rebuilt or rerun
+    second = run()  # nothing changed: nothing rebuilt or rerun
     assert [r.status for r in second.results] == ["skipped", "reused"]
     assert (len(seam.builds), len(seam.checks)) == (1, 1)
     assert second.fragment.read_bytes() == fragment_bytes
 
-    stricter = load_recipe(write_recipe(tmp_path / "r2", precisions=("fp32", "fp16"),
-                                        thresholds="{top1: 0.96, spearman: 0.95, ndcg10: 0.98}"))
-    third = run(stricter)                                            # thresholds changed: re-check, not rebuild
+    stricter = load_recipe(
+        write_recipe(
+            tmp_path / "r2", precisions=("fp32", "fp16"), thresholds="{top1: 0.96, spearman: 0.95, ndcg10: 0.98}"
+        )
+    )
+    third = run(stricter)  # thresholds changed: re-check, not rebuild
     assert third.results[1].status == "reused" and (len(seam.builds), len(seam.checks)) == (1, 2)
 
-    run(options=BuildOptions(builder_optimization_level=4))          # a build option changed: rebuild
+    run(options=BuildOptions(builder_optimization_level=4))  # a build option changed: rebuild
     assert len(seam.builds) == 2
 
-    seam.version = "10.14.1.48"                                      # another TensorRT: rebuild
+    seam.version = "10.14.1.48"  # another TensorRT: rebuild
     run(options=BuildOptions(builder_optimization_level=4))
     assert len(seam.builds) == 3
 
     engine = export_dir / "engines" / "h100-sxm" / "fp16" / "model.plan"
-    engine.write_bytes(engine.read_bytes() + b"tampered")            # bytes that are not the recorded ones
+    engine.write_bytes(engine.read_bytes() + b"tampered")  # bytes that are not the recorded ones
     run(options=BuildOptions(builder_optimization_level=4))
     assert len(seam.builds) == 4
 
-    engines.build_engines(recipe, engines.plan_engines(recipe, sku, export_dir), quiet(), seam=seam,
-                          gpu_probe=probe(H100), force=True)        # --rebuild
+    engines.build_engines(
+        recipe, engines.plan_engines(recipe, sku, export_dir), quiet(), seam=seam, gpu_probe=probe(H100), force=True
+    )  # --rebuild
     assert len(seam.builds) == 5
 
 
@@ -496,8 +526,9 @@ def test_a_failed_build_leaves_nothing_half_written(recipe, export_dir):
 def test_a_stale_fragment_is_removed_when_no_engine_passes_any_more(recipe, export_dir):
     plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
     assert engines.build_engines(recipe, plan, quiet(), seam=FakeSeam(), gpu_probe=probe(H100)).fragment
-    result = engines.build_engines(recipe, plan, quiet(), seam=FakeSeam(fail_build={"fp16"}),
-                                   gpu_probe=probe(H100), force=True)
+    result = engines.build_engines(
+        recipe, plan, quiet(), seam=FakeSeam(fail_build={"fp16"}), gpu_probe=probe(H100), force=True
+    )
     assert result.fragment is None and not plan.fragment_path.exists()
 
 
@@ -523,7 +554,7 @@ def test_feeds_fit_the_profile_and_chunking_does_not_change_the_verdict(tmp_path
     feeds, pairs_sha = engines.evaluation_feeds(small, plan)
     assert pairs_sha == engines.sha256_file(EXAMPLE_PAIRS)
     for query in feeds:
-        assert sum(chunk["rows"] for chunk in query) == 8              # 8 passages per query, all kept
+        assert sum(chunk["rows"] for chunk in query) == 8  # 8 passages per query, all kept
         for chunk in query:
             for name in INPUTS:
                 b, s = chunk["feed"][name].shape
@@ -580,13 +611,14 @@ def test_seam_wires_polygraphys_loaders_as_the_plan_says(monkeypatch, recipe, ex
             return object()
 
     monkeypatch.setattr(polygraphy_trt, "SaveEngine", CaptureSave)
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir,
-                                BuildOptions(workspace_bytes=1 << 30, hardware_compatible=True))
+    plan = engines.plan_engines(
+        recipe, skus.lookup("h100-sxm"), export_dir, BuildOptions(workspace_bytes=1 << 30, hardware_compatible=True)
+    )
     engine = plan.planned[1]
     trt_seam.build_engine(engine.graph, engine.engine_path, plan.create_config_args(engine))
     build = captured["build"]
     assert isinstance(build, polygraphy_trt.EngineFromNetwork) and captured["path"] == str(engine.engine_path)
-    assert build.timing_cache_path == str(plan.timing_cache)                 # saved back to the same file
+    assert build.timing_cache_path == str(plan.timing_cache)  # saved back to the same file
     network, config = build._network, build._config
     assert isinstance(network, polygraphy_trt.NetworkFromOnnxPath)
     assert network.path == str(engine.graph) and network.strongly_typed is True
@@ -625,8 +657,14 @@ def test_only_the_seam_imports_tensorrt():
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nimbuild", "engines", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "nimbuild", "engines", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        cwd=REPO,
+    )
 
 
 def test_cli_dry_run_h100_prints_two_engines_with_polygraphy_commands(tmp_path, export_dir):
@@ -635,7 +673,7 @@ def test_cli_dry_run_h100_prints_two_engines_with_polygraphy_commands(tmp_path, 
     out = proc.stdout
     assert "fp8 engine:" in out and "fp16 engine:" in out and "skipped" not in out
     assert out.count("polygraphy convert") == 2
-    assert "input_ids: min 1x1, opt 8x128, max 64x512" in out           # example-tiny's shapes
+    assert "input_ids: min 1x1, opt 8x128, max 64x512" in out  # example-tiny's shapes
     commands = [line.strip() for line in out.splitlines() if line.strip().startswith("polygraphy convert")]
     for command in commands:
         _, config, network, _ = parse_with_polygraphy(shlex.split(command))
@@ -645,7 +683,7 @@ def test_cli_dry_run_h100_prints_two_engines_with_polygraphy_commands(tmp_path, 
 def test_cli_dry_run_a100_says_why_fp8_is_skipped_and_json_is_clean():
     proc = cli(str(EXAMPLE_RECIPE), "--gpu", "a100-sxm4-80gb", "--dry-run", "--json")
     assert proc.returncode == 0, proc.stderr
-    data = json.loads(proc.stdout)                                       # stdout is one JSON document
+    data = json.loads(proc.stdout)  # stdout is one JSON document
     assert data["dry_run"] is True
     status = {e["precision"]: (e["status"], e["reason"]) for e in data["engines"]}
     assert status["fp16"] == ("planned", None)
@@ -694,7 +732,7 @@ def test_real_engine_builds_checks_and_is_reused(recipe, export_dir):
     assert fp16.status == "built", fp16.reason
     assert fp16.engine.stat().st_size > 0 and fp16.metrics["latency_ms"]["p50"] > 0
     assert fp16.tags["trt_version"] == trt_seam.probe_tensorrt()[0].tag_version
-    assert plan.timing_cache.stat().st_size > 0                      # the timing cache was saved
+    assert plan.timing_cache.stat().st_size > 0  # the timing cache was saved
     again = engines.build_engines(recipe, plan, quiet())
     assert next(r for r in again.results if r.precision == "fp16").status == "reused"
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import typer
 
-from nimbuild.build import export as exp
-from nimbuild.build.pipeline import run_export
-from nimbuild.build.tiny import ARCHITECTURES, build_tiny_model
+from nimbuild.builder import export as exp
+from nimbuild.builder.pipeline import run_export
+from nimbuild.builder.tiny import ARCHITECTURES, build_tiny_model
 from nimbuild.cli import run
 from nimbuild.errors import NimbuildError
 from nimbuild.output import Output
@@ -72,12 +71,12 @@ def test_logits_match_pytorch_batch_1_to_8_sequence_1_to_max(arch, exported_arch
     wrapper = exp._wrapper(model, names)
     worst = 0.0
     for batch, seq in ((1, 1), (8, 1), (3, 9), (5, 64), (2, 300), (1, 512), (8, 512)):
-            args = exp.example_inputs(names, model.config.vocab_size, batch, seq, seed=batch * 1000 + seq)
-            with torch.no_grad():
-                ref = wrapper(*args).numpy()
-            got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
-            assert got.shape == (batch, 1)
-            worst = max(worst, float(np.abs(ref - got).max()))
+        args = exp.example_inputs(names, model.config.vocab_size, batch, seq, seed=batch * 1000 + seq)
+        with torch.no_grad():
+            ref = wrapper(*args).numpy()
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
+        assert got.shape == (batch, 1)
+        worst = max(worst, float(np.abs(ref - got).max()))
     assert worst <= 1e-4, f"{arch}: max |Δlogit| {worst:.2e}"
 
 
@@ -107,7 +106,11 @@ def test_external_data_above_the_limit(tmp_path, monkeypatch, example_model_dir)
     info = exp.export_fp32(example_model_dir, tmp_path / "fp32", SHAPES)
     assert info["external_data"] is True
     assert info["files"] == ["model.onnx", "model.onnx.data"]
-    assert (tmp_path / "fp32" / "model.onnx").stat().st_size < 100_000 < (tmp_path / "fp32" / "model.onnx.data").stat().st_size
+    assert (
+        (tmp_path / "fp32" / "model.onnx").stat().st_size
+        < 100_000
+        < (tmp_path / "fp32" / "model.onnx.data").stat().st_size
+    )
     model = exp.load_model(example_model_dir)
     parity = exp.check_parity(model, exp.cpu_session(tmp_path / "fp32" / "model.onnx"), info["inputs"], SHAPES)
     assert parity["passed"], parity
@@ -135,10 +138,26 @@ def test_tiny_models_are_deterministic(tmp_path, example_model_dir):
 
 def test_exported_example_report(exported_example, example_recipe):
     report = json.loads((exported_example / "export_report.json").read_text())
-    for key in ("model", "model_revision", "source", "architecture", "inputs", "num_labels", "opset", "max_batch_size",
-                "max_sequence_length", "shapes", "recipe_sha256", "toolchain", "precisions"):
+    for key in (
+        "model",
+        "model_revision",
+        "source",
+        "architecture",
+        "inputs",
+        "num_labels",
+        "opset",
+        "max_batch_size",
+        "max_sequence_length",
+        "shapes",
+        "recipe_sha256",
+        "toolchain",
+        "precisions",
+    ):
         assert key in report, key
-    assert report["model"] == "example-tiny" and report["recipe_sha256"] == hashlib.sha256(example_recipe.read_bytes()).hexdigest()
+    assert (
+        report["model"] == "example-tiny"
+        and report["recipe_sha256"] == hashlib.sha256(example_recipe.read_bytes()).hexdigest()
+    )
     assert report["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
     assert (report["max_batch_size"], report["max_sequence_length"]) == (64, 512)
     fp32 = report["precisions"]["fp32"]
@@ -155,7 +174,7 @@ def test_exported_example_report(exported_example, example_recipe):
 def test_tokenizer_in_the_export_encodes_like_the_model(exported_example, example_model_dir):
     from tokenizers import Tokenizer
 
-    from nimbuild.build.pairs import load_tokenizer
+    from nimbuild.builder.pairs import load_tokenizer
 
     fast = Tokenizer.from_file(str(exported_example / "tokenizer" / "tokenizer.json"))
     hf = load_tokenizer(example_model_dir)
@@ -207,7 +226,9 @@ def _cli(argv, capsys):
 
 def test_cli_export_json(tmp_path, capsys, tiny_model_dir):
     out = tmp_path / "o"
-    code, stdout, err = _cli(["export", str(tiny_model_dir("distilbert")), "--out", str(out), "--precision", "fp32", "--json"], capsys)
+    code, stdout, err = _cli(
+        ["export", str(tiny_model_dir("distilbert")), "--out", str(out), "--precision", "fp32", "--json"], capsys
+    )
     assert code == 0, err
     data = json.loads(stdout)
     assert data["out"] == str(out) and data["report"]["architecture"] == "DistilBertForSequenceClassification"
@@ -229,13 +250,19 @@ def test_cli_out_dir_with_other_content(tmp_path, capsys, monkeypatch, tiny_mode
 
 
 @pytest.mark.parametrize("case", ["missing-dir", "unknown-repo", "remote-code", "bad-recipe", "bad-precision"])
-def test_cli_bad_input_is_one_line_and_writes_nothing(case, tmp_path, capsys, monkeypatch, hf_offline, example_model_dir):
+def test_cli_bad_input_is_one_line_and_writes_nothing(
+    case, tmp_path, capsys, monkeypatch, hf_offline, example_model_dir
+):
     monkeypatch.delenv("NIMBUILD_DEBUG", raising=False)
     out = tmp_path / "out"
-    args = {"missing-dir": [str(tmp_path / "no-such-model")],
-            "unknown-repo": ["acme/never-downloaded"]}.get(case)
-    expected = {"missing-dir": "does not exist", "unknown-repo": "HF_HUB_OFFLINE=1", "remote-code": "needs remote code",
-                "bad-recipe": "precison: unknown field", "bad-precision": "--precision: unknown bf16"}[case]
+    args = {"missing-dir": [str(tmp_path / "no-such-model")], "unknown-repo": ["acme/never-downloaded"]}.get(case)
+    expected = {
+        "missing-dir": "does not exist",
+        "unknown-repo": "HF_HUB_OFFLINE=1",
+        "remote-code": "needs remote code",
+        "bad-recipe": "precison: unknown field",
+        "bad-precision": "--precision: unknown bf16",
+    }[case]
     if case == "remote-code":
         d = tmp_path / "remote"
         shutil.copytree(example_model_dir, d)

@@ -49,9 +49,8 @@ def test_staging_dir_removed_on_failure_and_old_result_kept(tmp_path):
     final = tmp_path / "out"
     with staging_dir(final) as stage:
         (stage / "ok").write_text("1")
-    with pytest.raises(RuntimeError):
-        with staging_dir(final) as stage:
-            (stage / "half").write_text("2")
-            raise RuntimeError("export failed")
+    with pytest.raises(RuntimeError), staging_dir(final) as stage:
+        (stage / "half").write_text("2")
+        raise RuntimeError("export failed")
     assert sorted(p.name for p in final.iterdir()) == ["ok"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from nimbuild.build import gate
+from nimbuild.builder import gate
 from nimbuild.recipe import Thresholds
 
 
@@ -92,7 +92,9 @@ def test_shape_mismatch_is_an_error():
 
 def test_judge_thresholds_and_messages():
     metrics = {"top1": 0.8, "spearman": 0.97, "kendall": 0.5, "ndcg10": 0.99, "max_abs_logit": 0.02}
-    result = gate.judge(metrics, Thresholds(top1=0.95, spearman=0.95, ndcg10=0.98, max_abs_logit=0.01), n_queries=5, n_pairs=40)
+    result = gate.judge(
+        metrics, Thresholds(top1=0.95, spearman=0.95, ndcg10=0.98, max_abs_logit=0.01), n_queries=5, n_pairs=40
+    )
     assert not result.passed
     assert result.failures == ["top1 0.8000 < 0.95", "max_abs_logit 0.02 > 0.01"]
     d = result.to_dict()
@@ -124,10 +126,17 @@ def _sum_graph(path):
         helper.make_node("Div", ["s", "ten"], ["logits"]),
     ]
     graph = helper.make_graph(
-        nodes, "sum",
-        [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in ("input_ids", "attention_mask")],
+        nodes,
+        "sum",
+        [
+            helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])
+            for n in ("input_ids", "attention_mask")
+        ],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])],
-        initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [1]), helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0])],
+        initializer=[
+            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0]),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10

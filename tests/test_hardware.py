@@ -27,23 +27,35 @@ class FakeNVMLError(Exception):
         self.value = value
 
     def __str__(self) -> str:
-        return {3: "Not Supported", 4: "Insufficient Permissions", 9: "Driver Not Loaded",
-                12: "NVML Shared Library Not Found", 15: "GPU is lost", 999: "Unknown Error"}.get(self.value, "?")
+        return {
+            3: "Not Supported",
+            4: "Insufficient Permissions",
+            9: "Driver Not Loaded",
+            12: "NVML Shared Library Not Found",
+            15: "GPU is lost",
+            999: "Unknown Error",
+        }.get(self.value, "?")
 
 
 @dataclass
 class FakeGpu:
     name: str | bytes
-    pci: int                    # NVML's pciDeviceId: device << 16 | vendor
+    pci: int  # NVML's pciDeviceId: device << 16 | vendor
     cc: tuple[int, int]
     total_mib: int
     free_mib: int
     uuid: str = "GPU-00000000-0000-0000-0000-000000000000"
-    broken: str | None = None   # which call fails for this GPU: "name", "pci", "memory"
+    broken: str | None = None  # which call fails for this GPU: "name", "pci", "memory"
 
 
-def fake_pynvml(gpus: list[FakeGpu], *, init_error: int | None = None, count_error: int | None = None,
-                cuda: int = 12040, driver: str | bytes = "550.54.15") -> types.ModuleType:
+def fake_pynvml(
+    gpus: list[FakeGpu],
+    *,
+    init_error: int | None = None,
+    count_error: int | None = None,
+    cuda: int = 12040,
+    driver: str | bytes = "550.54.15",
+) -> types.ModuleType:
     mod = types.ModuleType("pynvml")
     mod.NVMLError = FakeNVMLError
     mod.NVML_ERROR_NOT_SUPPORTED = 3
@@ -92,6 +104,7 @@ def fake_pynvml(gpus: list[FakeGpu], *, init_error: int | None = None, count_err
     mod.nvmlDeviceGetPciInfo = pci
     mod.nvmlDeviceGetCudaComputeCapability = lambda gpu: gpu.cc
     mod.nvmlDeviceGetMemoryInfo = memory
+
     def uuid(gpu):
         check(gpu, "uuid")
         return gpu.uuid
@@ -147,23 +160,26 @@ def test_pci_and_cuda_version_conversions():
     assert hardware.cuda_version_text(13000) == "13.0"
 
 
-@pytest.mark.parametrize("code, words", [
-    (12, "NVML library (libnvidia-ml.so.1) not found"),
-    (9, "NVIDIA driver not loaded"),
-    (4, "no permission"),
-    (999, "NVML failed to start: Unknown Error"),
-])
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (12, "NVML library (libnvidia-ml.so.1) not found"),
+        (9, "NVIDIA driver not loaded"),
+        (4, "no permission"),
+        (999, "NVML failed to start: Unknown Error"),
+    ],
+)
 def test_nvml_init_failures_mean_a_cpu_host(nvml, code, words):
     mod = nvml([H100], init_error=code)
     host = detect_host({})
     assert host.gpus == [] and host.is_cpu_only
     assert words in host.cpu_only_reason
-    assert mod.calls == ["init"]          # nothing to shut down
+    assert mod.calls == ["init"]  # nothing to shut down
     assert f"- GPUs: no GPU ({host.cpu_only_reason})" in host.system_info()
 
 
 def test_pynvml_not_installed_means_a_cpu_host(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pynvml", None)   # makes `import pynvml` raise ImportError
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
     host = detect_host({})
     assert host.is_cpu_only and "nvidia-ml-py (pynvml) is not installed" in host.cpu_only_reason
 
@@ -189,7 +205,7 @@ def test_a_gpu_nvml_cannot_describe_is_skipped_with_a_note(nvml, broken):
     nvml([lost, L40S])
     host = detect_host({})
     assert [g.name for g in host.gpus] == ["NVIDIA L40S"]
-    assert host.gpus[0].index == 1            # NVML's own index is kept
+    assert host.gpus[0].index == 1  # NVML's own index is kept
     assert any("GPU 0 skipped" in n and "GPU is lost" in n for n in host.notes)
     assert any(line.startswith("- Note: GPU 0 skipped") for line in host.system_info())
 
@@ -256,7 +272,7 @@ def test_nim_cpu_only_on_a_host_without_nvml_keeps_both_reasons(nvml):
 
 def test_real_detection_on_this_machine_never_raises():
     host = detect_host({})
-    if host.gpus:      # a machine with a GPU: real values in the right shapes
+    if host.gpus:  # a machine with a GPU: real values in the right shapes
         assert all(len(g.pci_device_id) == 9 and g.pci_device_id.endswith(":10de") for g in host.gpus)
     else:
         assert host.cpu_only_reason

@@ -21,12 +21,34 @@ from nimbuild import profiles
 from nimbuild.manifest import Manifest, Profile, file_entry, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "polygraphy", "tensorrt", "pydantic",
-         "nimbuild.recipe", "nimbuild.build", "nimbuild.render", "rich", "numpy")
+HEAVY = (
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "polygraphy",
+    "tensorrt",
+    "pydantic",
+    "nimbuild.recipe",
+    "nimbuild.builder",
+    "nimbuild.render",
+    "rich",
+    "numpy",
+)
 # What nimbuild.runtime's own modules may import of nimbuild (docs/internals.md, house rules).
-ALLOWED_NIMBUILD = {"nimbuild", "nimbuild.errors", "nimbuild.output", "nimbuild.skus", "nimbuild.profiles",
-                    "nimbuild.manifest", "nimbuild.fsutil", "nimbuild.runtime", "nimbuild.runtime.hardware",
-                    "nimbuild.runtime.selection"}
+ALLOWED_NIMBUILD = {
+    "nimbuild",
+    "nimbuild.errors",
+    "nimbuild.output",
+    "nimbuild.skus",
+    "nimbuild.profiles",
+    "nimbuild.manifest",
+    "nimbuild.fsutil",
+    "nimbuild.runtime",
+    "nimbuild.runtime.hardware",
+    "nimbuild.runtime.selection",
+}
 
 PROBE = textwrap.dedent("""
     import atexit, json, os, sys
@@ -44,8 +66,9 @@ def _loaded(body: str, tmp_path: Path) -> tuple[set[str], subprocess.CompletedPr
     out = tmp_path / "modules.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NIM_", "PYTHON"))}
     env["PROBE_OUT"] = str(out)
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(body=body)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(body=body)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert out.exists(), proc.stderr
     return set(json.loads(out.read_text())), proc
 
@@ -59,10 +82,18 @@ def small_manifest(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("imports")
     (root / "model.onnx").write_bytes(b"\x08\x0a" * 100)
     items = []
-    for tags in (profiles.onnx_profile_tags("tiny", "r1", "fp32", "cpu", 8, 128),
-                 profiles.onnx_profile_tags("tiny", "r1", "fp16", "gpu", 8, 128)):
-        items.append(Profile(id=profiles.profile_id(tags), name=profiles.profile_name(tags), tags=tags,
-                             files={"model.onnx": file_entry(root, "model.onnx")}))
+    for tags in (
+        profiles.onnx_profile_tags("tiny", "r1", "fp32", "cpu", 8, 128),
+        profiles.onnx_profile_tags("tiny", "r1", "fp16", "gpu", 8, 128),
+    ):
+        items.append(
+            Profile(
+                id=profiles.profile_id(tags),
+                name=profiles.profile_name(tags),
+                tags=tags,
+                files={"model.onnx": file_entry(root, "model.onnx")},
+            )
+        )
     path = root / "manifest.yaml"
     write_manifest(Manifest(profiles=items), path)
     return path
@@ -70,16 +101,18 @@ def small_manifest(tmp_path_factory) -> Path:
 
 def test_importing_the_runtime_loads_nothing_heavy(tmp_path):
     modules, _ = _loaded("import nimbuild.runtime, nimbuild.runtime.hardware, nimbuild.runtime.selection", tmp_path)
-    assert "nimbuild.runtime.selection" in modules          # the probe did import it
+    assert "nimbuild.runtime.selection" in modules  # the probe did import it
     assert _heavy(modules) == []
     assert {m for m in modules if m.startswith("nimbuild")} <= ALLOWED_NIMBUILD
 
 
 def test_detecting_and_selecting_loads_nothing_heavy(tmp_path, small_manifest):
-    body = (f"from nimbuild.manifest import load_manifest\n"
-            f"from nimbuild.runtime.hardware import detect_host\n"
-            f"from nimbuild.runtime.selection import select, startup_log\n"
-            f"print(startup_log(select(load_manifest({str(small_manifest)!r}), detect_host())))")
+    body = (
+        f"from nimbuild.manifest import load_manifest\n"
+        f"from nimbuild.runtime.hardware import detect_host\n"
+        f"from nimbuild.runtime.selection import select, startup_log\n"
+        f"print(startup_log(select(load_manifest({str(small_manifest)!r}), detect_host())))"
+    )
     modules, proc = _loaded(body, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Selected profile: " in proc.stdout
@@ -87,12 +120,15 @@ def test_detecting_and_selecting_loads_nothing_heavy(tmp_path, small_manifest):
     assert {m for m in modules if m.startswith("nimbuild")} <= ALLOWED_NIMBUILD
 
 
-@pytest.mark.parametrize("argv", [
-    ["list-model-profiles"],
-    ["list-model-profiles", "--json"],
-    ["list-model-profiles", "--assume-gpu", "h100-sxm"],
-    ["select"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list-model-profiles"],
+        ["list-model-profiles", "--json"],
+        ["list-model-profiles", "--assume-gpu", "h100-sxm"],
+        ["select"],
+    ],
+)
 def test_nimbuild_cli_listing_loads_nothing_heavy(tmp_path, small_manifest, argv):
     body = f"from nimbuild.cli import main\nmain({argv + ['--manifest', str(small_manifest)]!r})"
     modules, proc = _loaded(body, tmp_path)
@@ -102,7 +138,9 @@ def test_nimbuild_cli_listing_loads_nothing_heavy(tmp_path, small_manifest, argv
 
 
 def test_standalone_list_model_profiles_loads_nothing_heavy(tmp_path, small_manifest):
-    body = f"from nimbuild.cli import list_model_profiles_main\nlist_model_profiles_main(['-m', {str(small_manifest)!r}])"
+    body = (
+        f"from nimbuild.cli import list_model_profiles_main\nlist_model_profiles_main(['-m', {str(small_manifest)!r}])"
+    )
     modules, proc = _loaded(body, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("SYSTEM INFO\n")
@@ -116,16 +154,28 @@ def test_the_console_scripts_run(small_manifest):
         if not exe.exists():
             pytest.skip(f"{exe} not installed (pip install -e . installs it)")
         argv = [str(exe)] + (["list-model-profiles"] if script == "nimbuild" else []) + ["-m", str(small_manifest)]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                              env={k: v for k, v in os.environ.items() if not k.startswith("NIM_")})
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("NIM_")},
+        )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.splitlines()[0] == "SYSTEM INFO"
         assert "Selected profile: " in proc.stdout
 
 
 # What a module under nimbuild/runtime may import of nimbuild, anywhere in it (top level or inside a function).
-RUNTIME_MAY_IMPORT = ("nimbuild.errors", "nimbuild.output", "nimbuild.skus", "nimbuild.profiles", "nimbuild.manifest",
-                      "nimbuild.fsutil", "nimbuild.runtime")
+RUNTIME_MAY_IMPORT = (
+    "nimbuild.errors",
+    "nimbuild.output",
+    "nimbuild.skus",
+    "nimbuild.profiles",
+    "nimbuild.manifest",
+    "nimbuild.fsutil",
+    "nimbuild.runtime",
+)
 
 
 def _nimbuild_imports(path: Path, root: Path = REPO) -> list[tuple[int, str]]:
@@ -142,7 +192,7 @@ def _nimbuild_imports(path: Path, root: Path = REPO) -> list[tuple[int, str]]:
             if node.level:
                 parts = package.split(".")
                 base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            if base == "nimbuild":   # from nimbuild import render: the submodule is the import
+            if base == "nimbuild":  # from nimbuild import render: the submodule is the import
                 found += [(node.lineno, f"nimbuild.{a.name}") for a in node.names if not a.name.startswith("__")]
             else:
                 found.append((node.lineno, base))
@@ -162,11 +212,18 @@ def test_the_static_import_check_sees_lazy_and_relative_imports(tmp_path):
     # The checker itself: imports inside a function, relative ones and `from nimbuild import x` all count.
     probe = tmp_path / "nimbuild" / "runtime" / "serve" / "probe.py"
     probe.parent.mkdir(parents=True)
-    probe.write_text("import nimbuild.errors\n"
-                     "def f():\n    from nimbuild.render import store\n    from ...build import steps\n"
-                     "    from nimbuild import recipe, __version__\n    from . import app\n")
+    probe.write_text(
+        "import nimbuild.errors\n"
+        "def f():\n    from nimbuild.render import store\n    from ...builder import steps\n"
+        "    from nimbuild import recipe, __version__\n    from . import app\n"
+    )
     assert [m for _, m in _nimbuild_imports(probe, tmp_path)] == [
-        "nimbuild.errors", "nimbuild.render", "nimbuild.build", "nimbuild.recipe", "nimbuild.runtime.serve"]
+        "nimbuild.errors",
+        "nimbuild.render",
+        "nimbuild.builder",
+        "nimbuild.recipe",
+        "nimbuild.runtime.serve",
+    ]
 
 
 def test_the_model_store_loads_nothing_heavy(tmp_path):

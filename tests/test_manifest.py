@@ -20,23 +20,37 @@ SCHEMA = json.loads((Path(__file__).parent.parent / "manifests" / "schema.json")
 
 def _profile(root: Path, precision: str, device: str = "gpu", files: dict[str, bytes] | None = None) -> mf.Profile:
     tags = profiles.onnx_profile_tags("tiny", "rev1", precision, device, 8, 128)
-    files = files if files is not None else {f"onnx/{precision}-{device}/model.onnx": f"{precision}{device}".encode(),
-                                             "tokenizer/tokenizer.json": b'{"t": 1}'}
+    files = (
+        files
+        if files is not None
+        else {
+            f"onnx/{precision}-{device}/model.onnx": f"{precision}{device}".encode(),
+            "tokenizer/tokenizer.json": b'{"t": 1}',
+        }
+    )
     entries = {}
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
         entries[rel] = mf.file_entry(root, rel)
-    return mf.Profile(id=profiles.profile_id(tags), name=profiles.profile_name(tags), tags=tags,
-                      files=entries, metrics={"size_bytes": sum(len(b) for b in files.values())})
+    return mf.Profile(
+        id=profiles.profile_id(tags),
+        name=profiles.profile_name(tags),
+        tags=tags,
+        files=entries,
+        metrics={"size_bytes": sum(len(b) for b in files.values())},
+    )
 
 
 @pytest.fixture
 def built(tmp_path) -> Path:
     root = tmp_path / "out"
     root.mkdir()
-    m = mf.Manifest(profiles=[_profile(root, "fp16"), _profile(root, "fp32", "cpu"), _profile(root, "int8", "cpu")],
-                    header={"model": "tiny", "recipe_sha256": "0" * 64, "version": "0.1.0"}, root=root)
+    m = mf.Manifest(
+        profiles=[_profile(root, "fp16"), _profile(root, "fp32", "cpu"), _profile(root, "int8", "cpu")],
+        header={"model": "tiny", "recipe_sha256": "0" * 64, "version": "0.1.0"},
+        root=root,
+    )
     mf.write_manifest(m, root / "manifest.yaml")
     return root / "manifest.yaml"
 
@@ -50,6 +64,7 @@ def _edit(path: Path, fn) -> Path:
 
 # ------------------------------------------------------------------ good manifests
 
+
 def test_round_trip_and_ids(built):
     m = mf.load_manifest(built)
     assert len(m.profiles) == 3
@@ -59,7 +74,11 @@ def test_round_trip_and_ids(built):
 
         assert hashlib.sha256(canon.encode()).hexdigest() == p.id
     assert mf.verify_manifest(m) == []
-    assert {p.name for p in m.profiles} == {"onnx-fp16-triton-onnxruntime", "cpu-fp32-onnxruntime", "cpu-int8-onnxruntime"}
+    assert {p.name for p in m.profiles} == {
+        "onnx-fp16-triton-onnxruntime",
+        "cpu-fp32-onnxruntime",
+        "cpu-int8-onnxruntime",
+    }
     assert m.header["model"] == "tiny"
 
 
@@ -93,31 +112,51 @@ def test_schema_rejects_what_the_loader_rejects(built):
 
 
 def test_a_plain_nim_v2_manifest_without_header_or_metrics_reads(tmp_path):
-    tags = {"backend": "onnx", "device": "cpu", "precision": "fp32", "model": "x", "model_revision": "1",
-            "max_batch_size": "1", "max_sequence_length": "8"}
+    tags = {
+        "backend": "onnx",
+        "device": "cpu",
+        "precision": "fp32",
+        "model": "x",
+        "model_revision": "1",
+        "max_batch_size": "1",
+        "max_sequence_length": "8",
+    }
     (tmp_path / "m.onnx").write_bytes(b"abc")
     entry = mf.file_entry(tmp_path, "m.onnx")
-    doc = {"schema_version": "2.0.0", "profile_selection_criteria": "default",
-           "profiles": [{"id": profiles.profile_id(tags), "name": "cpu-fp32-onnxruntime", "tags": tags,
-                         "workspace": {"files": {"m.onnx": {"uri": "m.onnx", "sha256": entry.sha256, "size": 3}}},
-                         "release": "1.0"}]}
+    doc = {
+        "schema_version": "2.0.0",
+        "profile_selection_criteria": "default",
+        "profiles": [
+            {
+                "id": profiles.profile_id(tags),
+                "name": "cpu-fp32-onnxruntime",
+                "tags": tags,
+                "workspace": {"files": {"m.onnx": {"uri": "m.onnx", "sha256": entry.sha256, "size": 3}}},
+                "release": "1.0",
+            }
+        ],
+    }
     (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(doc))
     m = mf.load_manifest(tmp_path / "manifest.yaml")
     assert m.header == {} and m.profiles[0].metrics == {}
     assert mf.verify_manifest(m) == []
-    mf.write_manifest(m, tmp_path / "again.yaml")   # unknown keys kept
+    mf.write_manifest(m, tmp_path / "again.yaml")  # unknown keys kept
     assert yaml.safe_load((tmp_path / "again.yaml").read_text())["profiles"][0]["release"] == "1.0"
     jsonschema.validate(doc, SCHEMA)
 
 
 # ------------------------------------------------------------------ bad manifests
 
-@pytest.mark.parametrize("text,needle", [
-    ("- a\n- b\n", "not a mapping"),
-    ("", "empty, not a mapping"),
-    ("just a string\n", "not a mapping"),
-    ("schema_version: [1\n", "not valid YAML"),
-])
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("- a\n- b\n", "not a mapping"),
+        ("", "empty, not a mapping"),
+        ("just a string\n", "not a mapping"),
+        ("schema_version: [1\n", "not valid YAML"),
+    ],
+)
 def test_not_a_mapping_or_not_yaml(tmp_path, text, needle):
     p = tmp_path / "manifest.yaml"
     p.write_text(text)
@@ -148,6 +187,7 @@ def test_wrong_id_names_file_profile_and_field(built):
 def test_duplicate_names(built):
     def dup(d):
         d["profiles"][1]["name"] = d["profiles"][0]["name"]
+
     _edit(built, dup)
     with pytest.raises(NimbuildError, match="duplicate name"):
         mf.load_manifest(built)
@@ -160,8 +200,10 @@ def test_duplicate_ids(built):
 
 
 def test_duplicate_yaml_keys_are_rejected(built):
-    text = built.read_text().replace("profile_selection_criteria: default\n",
-                                     "profile_selection_criteria: default\nprofile_selection_criteria: other\n")
+    text = built.read_text().replace(
+        "profile_selection_criteria: default\n",
+        "profile_selection_criteria: default\nprofile_selection_criteria: other\n",
+    )
     built.write_text(text)
     with pytest.raises(NimbuildError, match="duplicate key"):
         mf.load_manifest(built)
@@ -172,6 +214,7 @@ def test_path_escaping_is_rejected_on_read(built, bad):
     def escape(d):
         files = d["profiles"][0]["workspace"]["files"]
         files[bad] = dict(next(iter(files.values())), uri=bad)
+
     _edit(built, escape)
     with pytest.raises(NimbuildError) as exc:
         mf.load_manifest(built)
@@ -182,6 +225,7 @@ def test_uri_escaping_or_file_scheme_is_rejected(built):
     def escape(d):
         entry = next(iter(d["profiles"][0]["workspace"]["files"].values()))
         entry["uri"] = "file:///etc/passwd"
+
     _edit(built, escape)
     with pytest.raises(NimbuildError, match="uri"):
         mf.load_manifest(built)
@@ -191,6 +235,7 @@ def test_remote_uri_is_allowed(built):
     def remote(d):
         entry = next(iter(d["profiles"][0]["workspace"]["files"].values()))
         entry["uri"] = "https://example.com/model.onnx"
+
     _edit(built, remote)
     assert mf.load_manifest(built)
 
@@ -202,6 +247,7 @@ def test_local_uri_other_than_its_key_is_rejected(built):
         files = prof["workspace"]["files"]
         key = next(k for k in files if k.endswith("model.onnx"))
         files[key]["uri"] = "onnx/fp16-gpu/model.onnx"
+
     _edit(built, swap)
     with pytest.raises(NimbuildError) as exc:
         mf.load_manifest(built)
@@ -213,6 +259,7 @@ def test_local_uri_equal_to_its_key_or_normalised_is_fine(built):
     def same(d):
         for entry_key, entry in d["profiles"][0]["workspace"]["files"].items():
             entry["uri"] = "./" + entry_key
+
     _edit(built, same)
     m = mf.load_manifest(built)
     assert all(e.uri == k for k, e in m.profiles[0].files.items())
@@ -238,12 +285,15 @@ def test_symlink_inside_the_folder_is_fine(tmp_path):
     assert mf.safe_join(tmp_path, "link.bin") == tmp_path / "link.bin"
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("id", "abc", ".id"),
-    ("tags", {"model": 1}, "tags.model"),
-    ("tags", [], ".tags"),
-    ("name", "", ".name"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("id", "abc", ".id"),
+        ("tags", {"model": 1}, "tags.model"),
+        ("tags", [], ".tags"),
+        ("name", "", ".name"),
+    ],
+)
 def test_malformed_profile_fields(built, field, value, needle):
     _edit(built, lambda d: d["profiles"][0].__setitem__(field, value))
     with pytest.raises(NimbuildError) as exc:
@@ -254,6 +304,7 @@ def test_malformed_profile_fields(built, field, value, needle):
 def test_malformed_file_entry(built):
     def bad(d):
         next(iter(d["profiles"][0]["workspace"]["files"].values()))["size"] = "12"
+
     _edit(built, bad)
     with pytest.raises(NimbuildError, match=r"\.size"):
         mf.load_manifest(built)
@@ -269,10 +320,11 @@ def test_write_refuses_wrong_ids_and_escaping_paths(built, tmp_path):
     sub = built.parent / "sub"
     sub.mkdir()
     with pytest.raises(NimbuildError, match="outside"):
-        mf.write_manifest(m, sub / "manifest.yaml")   # files live above sub/
+        mf.write_manifest(m, sub / "manifest.yaml")  # files live above sub/
 
 
 # ------------------------------------------------------------------ verify
+
 
 def test_verify_names_the_altered_file(built):
     m = mf.load_manifest(built)
@@ -298,6 +350,7 @@ def test_verify_missing_and_resized_files(built):
 
 # ------------------------------------------------------------------ merge
 
+
 def _fragments(tmp_path) -> list[Path]:
     root = tmp_path / "export"
     paths = []
@@ -319,8 +372,9 @@ def test_merge_is_order_independent_and_byte_identical(tmp_path):
     root = tmp_path / "export"
     outputs = set()
     for i, order in enumerate(itertools.permutations(paths[:4])):
-        merged = mf.merge_manifests([mf.load_manifest(p) for p in order] + [mf.load_manifest(p) for p in paths[4:]],
-                                    root=root)
+        merged = mf.merge_manifests(
+            [mf.load_manifest(p) for p in order] + [mf.load_manifest(p) for p in paths[4:]], root=root
+        )
         out = root / f"merged{i}.yaml"
         mf.write_manifest(merged, out)
         outputs.add(out.read_bytes())
@@ -371,6 +425,7 @@ def test_merge_header_conflict(tmp_path):
 
 # ------------------------------------------------------------------ `nimbuild manifest ...` and assembly
 
+
 def _fake_export(root: Path, rejected: str = "fp16") -> Path:
     """An export dir as docs/internals.md describes it (graph bytes are stand-ins: assembly never parses them)."""
     (root / "tokenizer").mkdir(parents=True)
@@ -382,11 +437,20 @@ def _fake_export(root: Path, rejected: str = "fp16") -> Path:
         (root / rel).parent.mkdir(parents=True)
         (root / rel).write_bytes(prec.encode() * 100)
         gate = {"passed": prec != rejected, "metrics": {"top1": 1.0}, "failures": [], "n_queries": 4}
-        precisions[prec] = ({"status": "passed", "path": rel, "gate": gate, "seconds": 0.5} if prec != rejected
-                            else {"status": "rejected", "reason": "top1 0.5 < 0.95", "gate": gate})
+        precisions[prec] = (
+            {"status": "passed", "path": rel, "gate": gate, "seconds": 0.5}
+            if prec != rejected
+            else {"status": "rejected", "reason": "top1 0.5 < 0.95", "gate": gate}
+        )
     (root / "onnx/fp32/model.onnx.data").write_bytes(b"weights")
-    report = {"model": "example-tiny", "model_revision": "abc123", "max_batch_size": 64, "max_sequence_length": 512,
-              "recipe_sha256": "1" * 64, "precisions": precisions}
+    report = {
+        "model": "example-tiny",
+        "model_revision": "abc123",
+        "max_batch_size": 64,
+        "max_sequence_length": 512,
+        "recipe_sha256": "1" * 64,
+        "precisions": precisions,
+    }
     (root / "export_report.json").write_text(json.dumps(report))
     return root
 
@@ -396,10 +460,18 @@ def _fake_fragment(export: Path, slug: str = "h100-sxm") -> Path:
     (frag_dir / "fp8").mkdir(parents=True)
     (frag_dir / "fp8" / "model.plan").write_bytes(b"engine bytes")
     tags = profiles.tensorrt_profile_tags("example-tiny", "abc123", "fp8", slug, "10.13.0", 12, 64, 512)
-    p = mf.Profile(id=profiles.profile_id(tags), name=profiles.profile_name(tags), tags=tags,
-                   files={"fp8/model.plan": mf.file_entry(frag_dir, "fp8/model.plan")}, metrics={"latency_ms": 1.5})
-    m = mf.Manifest(profiles=[p], header={"model": "example-tiny", "model_revision": "abc123",
-                                          "recipe_sha256": "1" * 64, "version": "0.1.0"}, root=frag_dir)
+    p = mf.Profile(
+        id=profiles.profile_id(tags),
+        name=profiles.profile_name(tags),
+        tags=tags,
+        files={"fp8/model.plan": mf.file_entry(frag_dir, "fp8/model.plan")},
+        metrics={"latency_ms": 1.5},
+    )
+    m = mf.Manifest(
+        profiles=[p],
+        header={"model": "example-tiny", "model_revision": "abc123", "recipe_sha256": "1" * 64, "version": "0.1.0"},
+        root=frag_dir,
+    )
     mf.write_manifest(m, frag_dir / "fragment.yaml")
     return frag_dir / "fragment.yaml"
 
@@ -423,8 +495,13 @@ def test_assemble_onnx_profiles_and_fragment(tmp_path):
     # fp16 was rejected by its gate: no GPU ONNX profile; fp8 Q/DQ is TensorRT-only
     assert set(names) == {"cpu-fp32-onnxruntime", "cpu-int8-onnxruntime", "h100-hbm3-80gb-fp8-triton-tensorrt"}
     cpu = names["cpu-fp32-onnxruntime"]
-    assert set(cpu.files) == {"onnx/fp32/model.onnx", "onnx/fp32/model.onnx.data", "tokenizer/config.json",
-                              "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"}
+    assert set(cpu.files) == {
+        "onnx/fp32/model.onnx",
+        "onnx/fp32/model.onnx.data",
+        "tokenizer/config.json",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+    }
     assert cpu.metrics["gate"]["passed"] is True and cpu.metrics["size_bytes"] == 400 + 7
     trt = names["h100-hbm3-80gb-fp8-triton-tensorrt"]
     assert "engines/h100-sxm/fp8/model.plan" in trt.files and "tokenizer/tokenizer.json" in trt.files
@@ -436,8 +513,11 @@ def test_assemble_onnx_profiles_and_fragment(tmp_path):
 def test_assemble_with_every_gate_passed(tmp_path):
     export = _fake_export(tmp_path / "export", rejected="none")
     m = mf.load_manifest(_cli("manifest", "build", "-d", export) and export / "manifest.yaml")
-    assert {p.name for p in m.profiles} == {"onnx-fp16-triton-onnxruntime", "cpu-fp32-onnxruntime",
-                                            "cpu-int8-onnxruntime"}
+    assert {p.name for p in m.profiles} == {
+        "onnx-fp16-triton-onnxruntime",
+        "cpu-fp32-onnxruntime",
+        "cpu-int8-onnxruntime",
+    }
     gpu = next(p for p in m.profiles if p.tags["device"] == "gpu")
     assert gpu.tags["precision"] == "fp16" and gpu.tags["backend"] == "onnx"
 

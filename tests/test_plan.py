@@ -28,13 +28,17 @@ serving:
 """
 
 
-def _recipe(tmp_path, monkeypatch, runners="  h100-sxm: [self-hosted, gpu-h100]\n  a100-sxm4-80gb: [self-hosted, gpu-a100]\n  l40s: [self-hosted, gpu-l40s]\n"):
+def _recipe(
+    tmp_path,
+    monkeypatch,
+    runners="  h100-sxm: [self-hosted, gpu-h100]\n  a100-sxm4-80gb: [self-hosted, gpu-a100]\n  l40s: [self-hosted, gpu-l40s]\n",
+):
     from nimbuild.recipe import load_recipe
 
     (tmp_path / "recipes").mkdir(exist_ok=True)
     path = tmp_path / "recipes" / "three.yaml"
     path.write_text(RECIPE.format(runners=runners or "  {}"))
-    monkeypatch.chdir(tmp_path)           # CI runs from the repository root
+    monkeypatch.chdir(tmp_path)  # CI runs from the repository root
     return load_recipe(path)
 
 
@@ -59,8 +63,11 @@ def test_github_workflow_validates_and_has_one_job_per_sku_then_a_merge(tmp_path
     assert _validate(data, "github-workflows") == []
     matrix = data["jobs"]["engines"]["strategy"]["matrix"]["include"]
     assert [m["slug"] for m in matrix] == ["h100-sxm", "a100-sxm4-80gb", "l40s"]
-    assert [m["runner"] for m in matrix] == [["self-hosted", "gpu-h100"], ["self-hosted", "gpu-a100"],
-                                             ["self-hosted", "gpu-l40s"]]
+    assert [m["runner"] for m in matrix] == [
+        ["self-hosted", "gpu-h100"],
+        ["self-hosted", "gpu-a100"],
+        ["self-hosted", "gpu-l40s"],
+    ]
     assert data["jobs"]["engines"]["runs-on"] == "${{ matrix.runner }}"
     assert set(data["jobs"]) == {"engines", "release"} and data["jobs"]["release"]["needs"] == "engines"
     runs = [s.get("run", "") for s in data["jobs"]["engines"]["steps"]]
@@ -122,8 +129,10 @@ def test_kubernetes_jobs_deserialize_into_v1job_with_gpu_scheduling(tmp_path, mo
     assert merge.metadata.labels["app.kubernetes.io/component"] == "merge"
     assert merge.spec.template.spec.node_selector is None
     assert merge.spec.template.spec.containers[0].resources is None
-    assert all(f"/workspace/out/{s}/engines/{s}/fragment.yaml" in merge.spec.template.spec.init_containers[0].args[0]
-               for s in ("h100-sxm", "a100-sxm4-80gb", "l40s"))
+    assert all(
+        f"/workspace/out/{s}/engines/{s}/fragment.yaml" in merge.spec.template.spec.init_containers[0].args[0]
+        for s in ("h100-sxm", "a100-sxm4-80gb", "l40s")
+    )
 
 
 def test_a_misspelled_field_would_not_survive_the_kubernetes_round_trip(tmp_path, monkeypatch):
@@ -141,7 +150,11 @@ def test_missing_runners_get_the_documented_default_and_a_warning(tmp_path, monk
     assert matrix[2]["runner"] == ["self-hosted", "linux", "gpu-l40s"]
     assert len(plan.warnings) == 2 and all("default runs-on labels" in w for w in plan.warnings)
     gl = yaml.safe_load(plan_mod.render_plan(recipe, "gitlab").text)
-    assert [m["RUNNER_TAG"] for m in gl["engines"]["parallel"]["matrix"]] == ["gpu-h100", "gpu-a100-sxm4-80gb", "gpu-l40s"]
+    assert [m["RUNNER_TAG"] for m in gl["engines"]["parallel"]["matrix"]] == [
+        "gpu-h100",
+        "gpu-a100-sxm4-80gb",
+        "gpu-l40s",
+    ]
 
 
 def test_unknown_format_lists_the_known_ones(tmp_path, monkeypatch):
@@ -149,22 +162,37 @@ def test_unknown_format_lists_the_known_ones(tmp_path, monkeypatch):
     with pytest.raises(NimbuildError) as exc:
         plan_mod.render_plan(recipe, "jenkins")
     assert "github, gitlab, k8s" in str(exc.value)
-    done = subprocess.run([sys.executable, "-m", "nimbuild", "plan", "recipes/three.yaml", "--format", "jenkins"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "nimbuild", "plan", "recipes/three.yaml", "--format", "jenkins"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 1 and "github, gitlab, k8s" in done.stderr
 
 
 def test_cli_writes_the_plan_and_warns_on_stderr(tmp_path, monkeypatch):
     _recipe(tmp_path, monkeypatch, runners="  l40s: [self-hosted, gpu-l40s]\n")
     out = tmp_path / ".github" / "workflows" / "nimbuild.yml"
-    done = subprocess.run([sys.executable, "-m", "nimbuild", "plan", "recipes/three.yaml", "--format", "github",
-                           "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "nimbuild", "plan", "recipes/three.yaml", "--format", "github", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "3 build job(s)" in done.stdout and "+ 1 merge" in done.stdout
     assert done.stderr.count("warning:") == 2
     assert _validate(yaml.safe_load(out.read_text()), "github-workflows") == []
-    done = subprocess.run([sys.executable, "-m", "nimbuild", "plan", "recipes/three.yaml", "--format", "k8s"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "nimbuild", "plan", "recipes/three.yaml", "--format", "k8s"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0 and len([d for d in yaml.safe_load_all(done.stdout) if d]) == 4
 
 

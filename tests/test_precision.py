@@ -16,8 +16,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from nimbuild.build.precision import build_precisions  # noqa: E402
-from nimbuild.build.precision.common import cpu_session  # noqa: E402
+from nimbuild.builder.precision import build_precisions  # noqa: E402
+from nimbuild.builder.precision.common import cpu_session  # noqa: E402
 from nimbuild.errors import NimbuildError  # noqa: E402
 from nimbuild.output import Output  # noqa: E402
 
@@ -29,8 +29,8 @@ RECIPE_DEFAULTS = {"top1": 0.95, "spearman": 0.95, "ndcg10": 0.98}
 @pytest.fixture(scope="session")
 def example_data(exported_example, example_model_dir, example_pairs):
     """The example's encoded pairs and its PyTorch FP32 reference scores."""
-    from nimbuild.build import export as exp
-    from nimbuild.build import pairs as pairs_mod
+    from nimbuild.builder import export as exp
+    from nimbuild.builder import pairs as pairs_mod
 
     report = json.loads((exported_example / "export_report.json").read_text())
     names = report["inputs"]
@@ -42,10 +42,19 @@ def example_data(exported_example, example_model_dir, example_pairs):
 
 def _build(export_dir: Path, data: dict, precisions, thresholds, **kw) -> dict:
     return build_precisions(
-        export_dir / "onnx" / "fp32" / "model.onnx", export_dir, precisions, architecture=data["architecture"],
-        input_names=data["names"], calibration=data["encoded"], evaluation=data["encoded"],
-        reference=data["reference"], thresholds=thresholds, out=Output(quiet=True),
-        config_dir=export_dir / "tokenizer", **kw)
+        export_dir / "onnx" / "fp32" / "model.onnx",
+        export_dir,
+        precisions,
+        architecture=data["architecture"],
+        input_names=data["names"],
+        calibration=data["encoded"],
+        evaluation=data["encoded"],
+        reference=data["reference"],
+        thresholds=thresholds,
+        out=Output(quiet=True),
+        config_dir=export_dir / "tokenizer",
+        **kw,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +107,9 @@ def test_every_precision_is_written_gated_and_runs(built, example_data):
     fp32_mode = (export_dir / "onnx/fp32").stat().st_mode & 0o777
     for folder in ("fp16", "fp8", "cpu-int8"):
         assert (export_dir / "onnx" / folder).stat().st_mode & 0o777 == fp32_mode
-        assert (export_dir / "onnx" / folder / "model.onnx").stat().st_mode & 0o777 == \
-            (export_dir / "onnx/fp32/model.onnx").stat().st_mode & 0o777
+        assert (export_dir / "onnx" / folder / "model.onnx").stat().st_mode & 0o777 == (
+            export_dir / "onnx/fp32/model.onnx"
+        ).stat().st_mode & 0o777
 
 
 def test_fp16_graph_keeps_fragile_ops_and_io_in_fp32(built):
@@ -165,7 +175,7 @@ def test_fp8_quantizes_the_bmms_of_an_attention_tensorrt_fuses():
     """ModelOpt's rule: BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2 gets FP8; anything between Softmax and BMM2 does not."""
     from onnx import TensorProto, helper
 
-    from nimbuild.build.precision.fp8 import fused_mha_bmms
+    from nimbuild.builder.precision.fp8 import fused_mha_bmms
 
     def attention(guard: bool):
         nodes = [
@@ -176,15 +186,26 @@ def test_fp8_quantizes_the_bmms_of_an_attention_tensorrt_fuses():
             helper.make_node("Softmax", ["s3"], ["p"], axis=-1, name="softmax"),
         ]
         if guard:
-            nodes += [helper.make_node("IsNaN", ["p"], ["nan"], name="isnan"),
-                      helper.make_node("Where", ["nan", "zero", "p"], ["p2"], name="where")]
-        nodes += [helper.make_node("MatMul", ["p2" if guard else "p", "v"], ["o"], name="bmm2"),
-                  helper.make_node("MatMul", ["o", "w"], ["y"], name="out_proj")]
+            nodes += [
+                helper.make_node("IsNaN", ["p"], ["nan"], name="isnan"),
+                helper.make_node("Where", ["nan", "zero", "p"], ["p2"], name="where"),
+            ]
+        nodes += [
+            helper.make_node("MatMul", ["p2" if guard else "p", "v"], ["o"], name="bmm2"),
+            helper.make_node("MatMul", ["o", "w"], ["y"], name="out_proj"),
+        ]
         f = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
-        graph = helper.make_graph(nodes, "attn", [f("q"), f("k"), f("v"), f("mask")], [f("y")], initializer=[
-            onnx.numpy_helper.from_array(np.array(4.0, np.float32), "sqrt_d"),
-            onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
-            onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")])
+        graph = helper.make_graph(
+            nodes,
+            "attn",
+            [f("q"), f("k"), f("v"), f("mask")],
+            [f("y")],
+            initializer=[
+                onnx.numpy_helper.from_array(np.array(4.0, np.float32), "sqrt_d"),
+                onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+                onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+            ],
+        )
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
 
     assert fused_mha_bmms(attention(guard=False)) == {"bmm1", "bmm2"}
@@ -207,8 +228,8 @@ def test_int8_graph_is_fused_and_quantized(built):
 
 
 def test_the_example_recipe_judges_fp8_by_its_own_bars_and_the_honest_graph_meets_them(built, example_recipe):
-    from nimbuild.build.gate import judge
-    from nimbuild.build.precision import thresholds_for
+    from nimbuild.builder.gate import judge
+    from nimbuild.builder.precision import thresholds_for
     from nimbuild.recipe import load_recipe
 
     thresholds = load_recipe(example_recipe).thresholds
@@ -233,11 +254,12 @@ def test_a_misspelt_per_precision_threshold_is_a_recipe_error(tmp_path, example_
         load_recipe(bad)
 
 
-def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(exported_copy, example_data, example_recipe,
-                                                                     monkeypatch, capsys):
+def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(
+    exported_copy, example_data, example_recipe, monkeypatch, capsys
+):
     """FP8 scales 20x too small (everything past 5% of the range saturates) really reorders passages:
     refused even by the example recipe's looser fp8 bars, and not written."""
-    from nimbuild.build.precision import fp8
+    from nimbuild.builder.precision import fp8
     from nimbuild.recipe import load_recipe
 
     stale = exported_copy / "onnx" / "fp8"
@@ -246,10 +268,18 @@ def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(exported_c
     honest = fp8._scale
     monkeypatch.setattr(fp8, "_scale", lambda amax: honest(amax) / 20.0)
     report = build_precisions(
-        exported_copy / "onnx/fp32/model.onnx", exported_copy, ["fp16", "fp8", "bf16", "int8"],
-        architecture=example_data["architecture"], input_names=example_data["names"],
-        calibration=example_data["encoded"], evaluation=example_data["encoded"], reference=example_data["reference"],
-        thresholds=load_recipe(example_recipe).thresholds, out=Output(), config_dir=exported_copy / "tokenizer")
+        exported_copy / "onnx/fp32/model.onnx",
+        exported_copy,
+        ["fp16", "fp8", "bf16", "int8"],
+        architecture=example_data["architecture"],
+        input_names=example_data["names"],
+        calibration=example_data["encoded"],
+        evaluation=example_data["encoded"],
+        reference=example_data["reference"],
+        thresholds=load_recipe(example_recipe).thresholds,
+        out=Output(),
+        config_dir=exported_copy / "tokenizer",
+    )
 
     bad = report["fp8"]
     assert bad["status"] == "rejected" and bad["path"] is None
@@ -262,7 +292,7 @@ def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(exported_c
         assert report[good]["status"] == "passed" and report[good]["gate"]["passed"], report[good]
         assert (exported_copy / report[good]["path"]).is_file()
     assert report["bf16"]["status"] == "skipped" and "unknown precision" in report["bf16"]["reason"]
-    from nimbuild.build.pipeline import print_gate_table
+    from nimbuild.builder.pipeline import print_gate_table
 
     capsys.readouterr()
     print_gate_table(report, Output())
@@ -275,15 +305,31 @@ def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(exported_c
 def test_too_few_calibration_pairs_is_an_error_that_says_how_many(exported_copy, example_data):
     few = example_data["encoded"][:3]  # 24 pairs
     with pytest.raises(NimbuildError, match=r"got 24 .* at least 32"):
-        build_precisions(exported_copy / "onnx/fp32/model.onnx", exported_copy, ["fp16"],
-                         architecture=example_data["architecture"], input_names=example_data["names"],
-                         calibration=few, evaluation=example_data["encoded"], reference=example_data["reference"],
-                         thresholds=None, out=Output(quiet=True))
+        build_precisions(
+            exported_copy / "onnx/fp32/model.onnx",
+            exported_copy,
+            ["fp16"],
+            architecture=example_data["architecture"],
+            input_names=example_data["names"],
+            calibration=few,
+            evaluation=example_data["encoded"],
+            reference=example_data["reference"],
+            thresholds=None,
+            out=Output(quiet=True),
+        )
     with pytest.raises(NimbuildError, match="at least 32"):
-        build_precisions(exported_copy / "onnx/fp32/model.onnx", exported_copy, ["fp8"],
-                         architecture=example_data["architecture"], input_names=example_data["names"],
-                         calibration=[], evaluation=example_data["encoded"], reference=example_data["reference"],
-                         thresholds=None, out=Output(quiet=True))
+        build_precisions(
+            exported_copy / "onnx/fp32/model.onnx",
+            exported_copy,
+            ["fp8"],
+            architecture=example_data["architecture"],
+            input_names=example_data["names"],
+            calibration=[],
+            evaluation=example_data["encoded"],
+            reference=example_data["reference"],
+            thresholds=None,
+            out=Output(quiet=True),
+        )
     assert not (exported_copy / "onnx" / "fp16").exists() and not (exported_copy / "onnx" / "fp8").exists()
 
 
@@ -303,10 +349,16 @@ def _toy_graph(path: Path, gain: float) -> None:
         helper.make_node("Div", ["m", "gain2"], ["logits"], name="undo"),
     ]
     graph = helper.make_graph(
-        nodes, "toy", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])],
-        initializer=[onnx.numpy_helper.from_array(g, "gain"), onnx.numpy_helper.from_array(g * g, "gain2"),
-                     onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")])
+        initializer=[
+            onnx.numpy_helper.from_array(g, "gain"),
+            onnx.numpy_helper.from_array(g * g, "gain2"),
+            onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -325,9 +377,18 @@ def test_fp16_keeps_overflowing_nodes_in_fp32_and_fp8_without_matmul_is_skipped(
     _toy_graph(fp32, gain=300.0)  # ids up to 1000 x 300 x 300 = 9e7: beyond FP16's 65504
     feeds, reference = _toy_data()
     out = Output(quiet=True)
-    report = build_precisions(fp32, tmp_path, ["fp16", "fp8"], architecture="ToyForSequenceClassification",
-                              input_names=["input_ids"], calibration=feeds, evaluation=feeds, reference=reference,
-                              thresholds={"top1": 1.0, "spearman": 0.99, "max_abs_logit": 0.5}, out=out)
+    report = build_precisions(
+        fp32,
+        tmp_path,
+        ["fp16", "fp8"],
+        architecture="ToyForSequenceClassification",
+        input_names=["input_ids"],
+        calibration=feeds,
+        evaluation=feeds,
+        reference=reference,
+        thresholds={"top1": 1.0, "spearman": 0.99, "max_abs_logit": 0.5},
+        out=out,
+    )
     assert report["fp8"]["status"] == "skipped" and "MatMul" in report["fp8"]["reason"]
     assert not (tmp_path / "onnx/fp8").exists()
     entry = report["fp16"]
@@ -351,7 +412,7 @@ def test_fp16_without_the_overflow_check_would_really_overflow(tmp_path):
     (ONNX Runtime's CPU EP runs FP16 Muls in FP32, so the CPU hides the inf a GPU would give;
     the FP16 types and the FP16-clamped constant 300^2 -> 65504 show what goes wrong.)
     """
-    from nimbuild.build.precision.fp16 import build_fp16
+    from nimbuild.builder.precision.fp16 import build_fp16
 
     fp32 = tmp_path / "fp32.onnx"
     _toy_graph(fp32, gain=300.0)
@@ -370,16 +431,26 @@ def test_fp16_without_the_overflow_check_would_really_overflow(tmp_path):
 
 
 def test_int8_on_a_cpu_without_int8_kernels_is_skipped_and_the_rest_builds(tmp_path, monkeypatch):
-    import nimbuild.build.precision as precision
+    import nimbuild.builder.precision as precision
 
-    monkeypatch.setattr(precision, "cpu_int8_support",
-                        lambda: {"machine": "riscv64", "vnni": False, "supported": False, "flags": []})
+    monkeypatch.setattr(
+        precision, "cpu_int8_support", lambda: {"machine": "riscv64", "vnni": False, "supported": False, "flags": []}
+    )
     fp32 = tmp_path / "onnx/fp32/model.onnx"
     _toy_graph(fp32, gain=2.0)
     feeds, reference = _toy_data()
-    report = build_precisions(fp32, tmp_path, ["int8", "fp16"], architecture="ToyForSequenceClassification",
-                              input_names=["input_ids"], calibration=feeds, evaluation=feeds, reference=reference,
-                              thresholds={"top1": 1.0}, out=Output(quiet=True))
+    report = build_precisions(
+        fp32,
+        tmp_path,
+        ["int8", "fp16"],
+        architecture="ToyForSequenceClassification",
+        input_names=["input_ids"],
+        calibration=feeds,
+        evaluation=feeds,
+        reference=reference,
+        thresholds={"top1": 1.0},
+        out=Output(quiet=True),
+    )
     assert report["int8"]["status"] == "skipped"
     assert "riscv64" in report["int8"]["reason"] and "INT8" in report["int8"]["reason"]
     assert report["fp16"]["status"] == "passed"
@@ -388,7 +459,7 @@ def test_int8_on_a_cpu_without_int8_kernels_is_skipped_and_the_rest_builds(tmp_p
 
 def test_large_graphs_keep_their_weights_beside_them(exported_copy, example_data, monkeypatch):
     """Past protobuf's 2 GB a graph's weights go to model.onnx.data (threshold lowered here to exercise it)."""
-    from nimbuild.build.precision import common, fp8, int8
+    from nimbuild.builder.precision import common, fp8, int8
 
     for module in (common, fp8, int8):
         monkeypatch.setattr(module, "EXTERNAL_DATA_BYTES", 1000)

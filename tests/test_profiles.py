@@ -18,7 +18,8 @@ def _trt(precision="fp8", sku="h100-sxm", **kw):
 def test_id_is_sha256_of_the_documented_json():
     tags = _trt()
     expected = hashlib.sha256(
-        json.dumps(tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+        json.dumps(tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
     assert profiles.profile_id(tags) == expected
     assert profiles.canonical_json(tags) == json.dumps(tags, sort_keys=True, separators=(",", ":")).encode()
 
@@ -46,10 +47,19 @@ def test_tag_values_must_be_strings():
 def test_tensorrt_tags_are_design_tags_all_strings():
     tags = _trt()
     assert tags == {
-        "model": "ms-marco-minilm-l6", "model_revision": "abc123", "backend": "tensorrt", "device": "gpu",
-        "precision": "fp8", "gpu": "NVIDIA-H100-80GB-HBM3", "gpu_device": "2330:10de",
-        "compute_capability": "9.0", "trt_version": "10.13.0", "cuda_major_version": "12", "gpu_count": "1",
-        "max_batch_size": "64", "max_sequence_length": "512",
+        "model": "ms-marco-minilm-l6",
+        "model_revision": "abc123",
+        "backend": "tensorrt",
+        "device": "gpu",
+        "precision": "fp8",
+        "gpu": "NVIDIA-H100-80GB-HBM3",
+        "gpu_device": "2330:10de",
+        "compute_capability": "9.0",
+        "trt_version": "10.13.0",
+        "cuda_major_version": "12",
+        "gpu_count": "1",
+        "max_batch_size": "64",
+        "max_sequence_length": "512",
     }
 
 
@@ -65,7 +75,10 @@ def test_onnx_tags():
 def test_names_in_nim_style():
     assert profiles.profile_name(_trt()) == "h100-hbm3-80gb-fp8-triton-tensorrt"
     assert profiles.profile_name(_trt("fp16", "a100-sxm4-80gb")) == "a100-sxm4-80gb-fp16-triton-tensorrt"
-    assert profiles.profile_name(profiles.onnx_profile_tags("m", "r", "fp16", "gpu", 8, 128)) == "onnx-fp16-triton-onnxruntime"
+    assert (
+        profiles.profile_name(profiles.onnx_profile_tags("m", "r", "fp16", "gpu", 8, 128))
+        == "onnx-fp16-triton-onnxruntime"
+    )
     assert profiles.profile_name(profiles.onnx_profile_tags("m", "r", "int8", "cpu", 8, 128)) == "cpu-int8-onnxruntime"
     assert profiles.profile_name(profiles.onnx_profile_tags("m", "r", "fp32", "cpu", 8, 128)) == "cpu-fp32-onnxruntime"
 

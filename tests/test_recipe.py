@@ -219,7 +219,7 @@ def test_cli_check_reads_the_model_config_and_the_pairs_as_export_would(tmp_path
     (tmp_path / "pairs").mkdir()
     (tmp_path / "pairs" / "demo.jsonl").write_text("not json\n")
     code, _, err = _cli(["recipe", "check", str(p)], capsys)
-    assert code == 1 and "field 'source.path'" in err and "auto_map" in err   # remote code, not allowed
+    assert code == 1 and "field 'source.path'" in err and "auto_map" in err  # remote code, not allowed
     (model / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
     code, _, err = _cli(["recipe", "check", str(p)], capsys)
-    assert code == 1 and "field 'pairs'" in err and "demo.jsonl:1" in err      # the line that is not JSON
+    assert code == 1 and "field 'pairs'" in err and "demo.jsonl:1" in err  # the line that is not JSON

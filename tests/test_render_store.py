@@ -13,9 +13,8 @@ import pytest
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import load_manifest, sha256_file
 from nimbuild.render import triton
-from nimbuild.runtime.triton_repo import repository
 from nimbuild.runtime import model_store as store
-from nimbuild.runtime.triton_repo import pbtxt
+from nimbuild.runtime.triton_repo import pbtxt, repository
 
 sys.path.insert(0, str(Path(__file__).parent))
 from render_support import build_manifest  # noqa: E402
@@ -33,14 +32,17 @@ def test_create_model_store_copies_and_checks_every_file(export, tmp_path):
     dest = tmp_path / "store"
     made = store.create_model_store(export, CPU, dest, env={})
     assert made.model_name == "reranker" and made.ensemble_name == "ensemble"
-    assert made.reused_record is False          # nothing pre-rendered: rendered from the graph
+    assert made.reused_record is False  # nothing pre-rendered: rendered from the graph
     profile = load_manifest(export).by_name(CPU)
     model = dest / "reranker" / "1" / "model.onnx"
     assert model.is_file() and not model.is_symlink()
     assert sha256_file(model) == profile.files["onnx/cpu-int8/model.onnx"].sha256
     assert repository.check_repository(dest) == []
     cfg = pbtxt.parse_config((dest / "reranker" / "config.pbtxt").read_text())
-    assert cfg.max_batch_size == 16 and cfg.instance_group[0].kind == pbtxt.model_config_module().ModelInstanceGroup.KIND_CPU
+    assert (
+        cfg.max_batch_size == 16
+        and cfg.instance_group[0].kind == pbtxt.model_config_module().ModelInstanceGroup.KIND_CPU
+    )
 
 
 def test_profile_by_id_prefix_and_errors_that_list_the_choices(export, tmp_path):
@@ -79,7 +81,7 @@ def test_a_tampered_file_fails_the_copy_and_leaves_nothing(export, tmp_path):
     with pytest.raises(NimbuildError, match="sha256 .* does not match"):
         store.create_model_store(export, CPU, dest, env={})
     assert not dest.exists()
-    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".store.")]   # no staging left
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".store.")]  # no staging left
     with pytest.raises(NimbuildError, match="does not verify"):
         store.create_model_store(export, CPU, tmp_path / "linked", mode="link", env={})
 
@@ -112,7 +114,7 @@ def test_download_to_cache_then_the_store_reads_from_the_cache(export, tmp_path)
     assert sorted(result["copied"]) == sorted(profile.files) and result["already_cached"] == []
     for rel, entry in profile.files.items():
         assert sha256_file(cache / rel) == entry.sha256
-    assert is_cached(profile, cache)              # the runtime's own notion of "cached" agrees
+    assert is_cached(profile, cache)  # the runtime's own notion of "cached" agrees
     again = store.download_to_cache(export, CPU, env={"NIM_CACHE_PATH": str(cache)})
     assert again["copied"] == [] and sorted(again["already_cached"]) == sorted(profile.files)
     # a corrupted cached file is replaced, not trusted
@@ -131,13 +133,19 @@ def test_download_to_cache_then_the_store_reads_from_the_cache(export, tmp_path)
 
 def test_materialize_applies_the_serve_time_overrides(export, tmp_path):
     manifest = load_manifest(export)
-    made = store.materialize_profile(manifest, manifest.by_name(CPU), tmp_path / "store",
-                                     env={repository.ENV_MAX_BATCH: "2", repository.ENV_QUEUE_DELAY: "0"})
+    made = store.materialize_profile(
+        manifest,
+        manifest.by_name(CPU),
+        tmp_path / "store",
+        env={repository.ENV_MAX_BATCH: "2", repository.ENV_QUEUE_DELAY: "0"},
+    )
     assert (made.max_batch_size, made.max_queue_delay_us) == (2, 0)
     cfg = pbtxt.parse_config((tmp_path / "store" / "ensemble" / "config.pbtxt").read_text())
     assert cfg.max_batch_size == 2
     with pytest.raises(NimbuildError, match="1..16"):
-        store.materialize_profile(manifest, manifest.by_name(CPU), tmp_path / "s2", env={repository.ENV_MAX_BATCH: "99"})
+        store.materialize_profile(
+            manifest, manifest.by_name(CPU), tmp_path / "s2", env={repository.ENV_MAX_BATCH: "99"}
+        )
 
 
 def test_create_model_store_path_imports_no_onnx_and_no_tritonclient(export, tmp_path):
@@ -145,7 +153,7 @@ def test_create_model_store_path_imports_no_onnx_and_no_tritonclient(export, tmp
     code = f"""
 import sys, json
 from nimbuild.runtime.model_store import create_model_store
-made = create_model_store({str(export)!r}, {CPU!r}, {str(tmp_path / 'store')!r}, env={{}})
+made = create_model_store({str(export)!r}, {CPU!r}, {str(tmp_path / "store")!r}, env={{}})
 heavy = sorted(m for m in ('onnx', 'torch', 'transformers', 'tritonclient', 'polygraphy', 'tensorrt') if m in sys.modules)
 print(json.dumps({{"heavy": heavy, "model": made.model_name}}))
 """
@@ -156,14 +164,47 @@ print(json.dumps({{"heavy": heavy, "model": made.model_name}}))
 
 def test_cli_create_model_store_and_download_to_cache(export, tmp_path):
     env = dict(os.environ, NIM_CACHE_PATH=str(tmp_path / "cache"), NIM_MANIFEST_PATH=str(export))
-    done = subprocess.run([sys.executable, "-m", "nimbuild", "download-to-cache", "--profile", CPU, "--json"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "nimbuild", "download-to-cache", "--profile", CPU, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["cache"] == str(tmp_path / "cache")
-    done = subprocess.run([sys.executable, "-m", "nimbuild", "create-model-store", "--profile", CPU,
-                           "--model-store", str(tmp_path / "store")], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nimbuild",
+            "create-model-store",
+            "--profile",
+            CPU,
+            "--model-store",
+            str(tmp_path / "store"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "reranker, tokenizer, ensemble" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "nimbuild", "create-model-store", "--profile", "nope",
-                           "--model-store", str(tmp_path / "s2")], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nimbuild",
+            "create-model-store",
+            "--profile",
+            "nope",
+            "--model-store",
+            str(tmp_path / "s2"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 1 and done.stderr.startswith("error: ") and CPU in done.stderr

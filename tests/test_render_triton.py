@@ -16,9 +16,8 @@ import pytest
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import load_manifest
 from nimbuild.render import triton
-from nimbuild.runtime.triton_repo import repository
 from nimbuild.runtime import model_store as store
-from nimbuild.runtime.triton_repo import pbtxt
+from nimbuild.runtime.triton_repo import pbtxt, repository
 from nimbuild.runtime.triton_repo.onnx_io import read_graph_io
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -68,8 +67,9 @@ def test_model_config_matches_the_graph_and_the_profile(rendered):
     for profile in manifest.profiles:
         cfg = _config(manifest.root / "triton" / profile.name / "reranker" / "config.pbtxt")
         assert cfg.max_batch_size == int(profile.tags["max_batch_size"]) == 16
-        assert [(t.name, mc.DataType.Name(t.data_type)) for t in cfg.input] == \
-            [(t.name, t.triton_type) for t in io.inputs]
+        assert [(t.name, mc.DataType.Name(t.data_type)) for t in cfg.input] == [
+            (t.name, t.triton_type) for t in io.inputs
+        ]
         assert all(list(t.dims) == [-1] for t in cfg.input)
         assert [(t.name, list(t.dims)) for t in cfg.output] == [("logits", [1])]
         # recipe's preferred sizes above the profile's max_batch_size (32 > 16) are dropped
@@ -79,8 +79,9 @@ def test_model_config_matches_the_graph_and_the_profile(rendered):
         if profile.tags["backend"] == "tensorrt":
             assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
             assert kind == "KIND_GPU"
-            assert (manifest.root / "triton" / profile.name / "reranker" / "1" / "model.plan").read_bytes() == \
-                (manifest.root / next(iter(r for r in profile.files if r.endswith(".plan")))).read_bytes()
+            assert (manifest.root / "triton" / profile.name / "reranker" / "1" / "model.plan").read_bytes() == (
+                manifest.root / next(iter(r for r in profile.files if r.endswith(".plan")))
+            ).read_bytes()
         else:
             assert cfg.backend == "onnxruntime" and cfg.default_model_filename == "model.onnx"
             assert kind == ("KIND_CPU" if profile.tags["device"] == "cpu" else "KIND_GPU")
@@ -123,8 +124,9 @@ def test_link_mode_makes_relative_links_that_survive_a_move(rendered, tmp_path):
     assert link.is_symlink() and not os.path.isabs(os.readlink(link))
     moved = tmp_path / "moved"
     shutil.copytree(manifest_path.parent, moved, symlinks=True)
-    assert (moved / "triton" / repo.name / "reranker" / "1" / "model.onnx").read_bytes() == \
-        (moved / "onnx" / "fp32" / "model.onnx").read_bytes()
+    assert (moved / "triton" / repo.name / "reranker" / "1" / "model.onnx").read_bytes() == (
+        moved / "onnx" / "fp32" / "model.onnx"
+    ).read_bytes()
 
 
 def test_copy_mode_copies_real_bytes(tmp_path):
@@ -133,8 +135,10 @@ def test_copy_mode_copies_real_bytes(tmp_path):
     for repo in result.repositories:
         model = repo.path / "reranker" / "1" / "model.onnx"
         assert model.is_file() and not model.is_symlink()
-        assert model.read_bytes() == (tmp_path / "exp" / "onnx" / ("fp32" if "fp32" in repo.name else "cpu-int8")
-                                      / "model.onnx").read_bytes()
+        assert (
+            model.read_bytes()
+            == (tmp_path / "exp" / "onnx" / ("fp32" if "fp32" in repo.name else "cpu-int8") / "model.onnx").read_bytes()
+        )
 
 
 def test_config_types_follow_the_graph_not_a_guess(tmp_path):
@@ -143,8 +147,12 @@ def test_config_types_follow_the_graph_not_a_guess(tmp_path):
 
     root = tmp_path / "exp"
     manifest_path = build_manifest(root, engines=(), cpu=False)
-    graph = write_graph(root / "onnx" / "fp32" / "model.onnx", inputs=("input_ids", "attention_mask"),
-                        id_type=TensorProto.INT32, out_type=TensorProto.FLOAT16)
+    graph = write_graph(
+        root / "onnx" / "fp32" / "model.onnx",
+        inputs=("input_ids", "attention_mask"),
+        id_type=TensorProto.INT32,
+        out_type=TensorProto.FLOAT16,
+    )
     from nimbuild.manifest import file_entry, write_manifest
 
     manifest = load_manifest(manifest_path)
@@ -155,8 +163,10 @@ def test_config_types_follow_the_graph_not_a_guess(tmp_path):
     repo = result.repositories[0]
     mc = pbtxt.model_config_module()
     cfg = _config(repo.path / "reranker" / "config.pbtxt")
-    assert [(t.name, mc.DataType.Name(t.data_type)) for t in cfg.input] == \
-        [("input_ids", "TYPE_INT32"), ("attention_mask", "TYPE_INT32")]
+    assert [(t.name, mc.DataType.Name(t.data_type)) for t in cfg.input] == [
+        ("input_ids", "TYPE_INT32"),
+        ("attention_mask", "TYPE_INT32"),
+    ]
     assert mc.DataType.Name(cfg.output[0].data_type) == "TYPE_FP16"
     tok = _config(repo.path / "tokenizer" / "config.pbtxt")
     assert [t.name for t in tok.output] == ["input_ids", "attention_mask"]
@@ -189,9 +199,9 @@ def test_semantic_check_catches_what_the_schema_cannot(rendered):
     repo = _repo(result, "onnx-fp32-triton-onnxruntime")
     info = repository.read_repository_info(repo.path)
     texts = repository.render_configs(info["models"])
-    assert repository.check_configs(texts, info)          # the real record passes
+    assert repository.check_configs(texts, info)  # the real record passes
     wrong = json.loads(json.dumps(info))
-    wrong["graph_io"]["inputs"][0]["data_type"] = "TYPE_INT32"   # the graph says otherwise
+    wrong["graph_io"]["inputs"][0]["data_type"] = "TYPE_INT32"  # the graph says otherwise
     with pytest.raises(NimbuildError, match="differ from the graph"):
         repository.check_configs(texts, wrong)
     wrong = json.loads(json.dumps(info))
@@ -207,12 +217,14 @@ def test_serve_time_overrides_rewrite_every_config(rendered, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(_repo(result, "cpu-int8-onnxruntime").path, repo, symlinks=True)
     # (the copied links dangle; overrides touch only the configs and the record)
-    applied = repository.apply_serving_overrides(repo, {repository.ENV_MAX_BATCH: "4", repository.ENV_QUEUE_DELAY: "50"})
+    applied = repository.apply_serving_overrides(
+        repo, {repository.ENV_MAX_BATCH: "4", repository.ENV_QUEUE_DELAY: "50"}
+    )
     assert applied == {"max_batch_size": 4, "max_queue_delay_us": 50, "changed": True}
     for model in ("reranker", "tokenizer", "ensemble"):
         assert _config(repo / model / "config.pbtxt").max_batch_size == 4
     cfg = _config(repo / "reranker" / "config.pbtxt")
-    assert list(cfg.dynamic_batching.preferred_batch_size) == []      # 8 > 4: dropped
+    assert list(cfg.dynamic_batching.preferred_batch_size) == []  # 8 > 4: dropped
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 50
     # back up to the profile's limit: the recipe's preferred size 8 returns
     repository.apply_serving_overrides(repo, {repository.ENV_MAX_BATCH: "16"})
@@ -230,8 +242,12 @@ def test_light_onnx_reader_agrees_with_onnx(tmp_path):
 
     graphs = [
         write_graph(tmp_path / "a.onnx"),
-        write_graph(tmp_path / "b.onnx", inputs=("input_ids", "attention_mask"), id_type=TensorProto.INT32,
-                    out_type=TensorProto.FLOAT16),
+        write_graph(
+            tmp_path / "b.onnx",
+            inputs=("input_ids", "attention_mask"),
+            id_type=TensorProto.INT32,
+            out_type=TensorProto.FLOAT16,
+        ),
         write_graph(tmp_path / "ext" / "model.onnx", external_data=True),
     ]
     # an old-style graph that lists its initializers among the inputs (IR 3): they are not inputs
@@ -268,9 +284,11 @@ def test_triton_tokenizer_builds_the_same_rows_as_the_server(tmp_path):
     tok_json = write_tokenizer(tmp_path / "tok")
     module = _load_tokenizer_model()
     tokenizer = Tokenizer.from_file(str(tok_json))
-    encoder = module.PairEncoder(tokenizer, 12, module.pad_id_of(tokenizer, str(tmp_path / "tok" / "tokenizer_config.json")))
+    encoder = module.PairEncoder(
+        tokenizer, 12, module.pad_id_of(tokenizer, str(tmp_path / "tok" / "tokenizer_config.json"))
+    )
     query = "why do the seasons change on earth"
-    passages = ["the tilt of the axis", "coffee", "the sun " * 20]     # the last one is cut at the END
+    passages = ["the tilt of the axis", "coffee", "the sun " * 20]  # the last one is cut at the END
     got = encoder.encode([query] * len(passages), passages)
     server = PairTokenizer.from_files(tok_json, 12)
     ids, mask, types = pad_rows(server.encode(query, passages, truncate="END"), server.pad_id)
@@ -290,8 +308,11 @@ def test_rendered_onnx_model_runs_on_the_tokenizers_output(rendered):
     module = _load_tokenizer_model()
     tokenizer = Tokenizer.from_file(str(repo / "tokenizer" / "1" / "tokenizer.json"))
     info = repository.read_repository_info(repo)
-    encoder = module.PairEncoder(tokenizer, info["limits"]["max_sequence_length"],
-                                 module.pad_id_of(tokenizer, str(repo / "tokenizer" / "1" / "tokenizer_config.json")))
+    encoder = module.PairEncoder(
+        tokenizer,
+        info["limits"]["max_sequence_length"],
+        module.pad_id_of(tokenizer, str(repo / "tokenizer" / "1" / "tokenizer_config.json")),
+    )
     encoded = encoder.encode(["what is the sun"] * 3, ["the sun is light", "coffee", "a city train"])
     session = ort.InferenceSession(str(repo / "reranker" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     feeds = {i.name: encoded[module.FEEDS[i.name]] for i in session.get_inputs()}
@@ -308,7 +329,10 @@ def test_cli_render_json_and_refusal(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert {Path(r["path"]).name for r in data["repositories"]} == {"cpu-int8-onnxruntime", "l40s-48gb-fp16-triton-tensorrt"}
+    assert {Path(r["path"]).name for r in data["repositories"]} == {
+        "cpu-int8-onnxruntime",
+        "l40s-48gb-fp16-triton-tensorrt",
+    }
     assert Path(data["container"]["dockerfile"]) == root / "Dockerfile"
     (root / "onnx" / "cpu-int8" / "model.onnx").unlink()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -344,9 +368,18 @@ def _triton_install():
     python = TRITON_VENV / "bin" / "python"
     if not python.is_file():
         return None, f"no {TRITON_VENV} (make venv-triton installs nvidia-pytriton's tritonserver there)"
-    probe = subprocess.run([str(python), "-c", "import json, sys, sysconfig, pytriton, os; print(json.dumps("
-                            "[os.path.dirname(pytriton.__file__), sysconfig.get_config_var('LIBDIR'), "
-                            "'%d.%d' % sys.version_info[:2]]))"], capture_output=True, text=True, timeout=60)
+    probe = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import json, sys, sysconfig, pytriton, os; print(json.dumps("
+            "[os.path.dirname(pytriton.__file__), sysconfig.get_config_var('LIBDIR'), "
+            "'%d.%d' % sys.version_info[:2]]))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if probe.returncode != 0:
         return None, f"{TRITON_VENV} has no usable pytriton: {probe.stderr.strip()[-200:]}"
     pkg, libdir, version = json.loads(probe.stdout)
@@ -405,15 +438,31 @@ def test_real_tritonserver_serves_the_tokenizer_and_the_ensemble(rendered, tmp_p
     (repo / "reranker" / "1" / "model.py").write_text(STAND_IN_MODEL)
 
     http = _free_port()
-    env = dict(os.environ, PATH=f"{TRITON_VENV / 'bin'}:{os.environ.get('PATH', '')}",
-               LD_LIBRARY_PATH=":".join(filter(None, [libdir, str(server.parent.parent / "nvidia_pytriton.libs"),
-                                                       os.environ.get("LD_LIBRARY_PATH")])))
+    env = dict(
+        os.environ,
+        PATH=f"{TRITON_VENV / 'bin'}:{os.environ.get('PATH', '')}",
+        LD_LIBRARY_PATH=":".join(
+            filter(
+                None, [libdir, str(server.parent.parent / "nvidia_pytriton.libs"), os.environ.get("LD_LIBRARY_PATH")]
+            )
+        ),
+    )
     log = tmp_path / "tritonserver.log"
     with open(log, "wb") as log_file:
-        proc = subprocess.Popen([str(server / "bin" / "tritonserver"), f"--model-repository={repo}",
-                                 f"--backend-directory={backends}", f"--http-port={http}",
-                                 f"--grpc-port={_free_port()}", "--allow-metrics=false", "--http-address=127.0.0.1"],
-                                stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [
+                str(server / "bin" / "tritonserver"),
+                f"--model-repository={repo}",
+                f"--backend-directory={backends}",
+                f"--http-port={http}",
+                f"--grpc-port={_free_port()}",
+                "--allow-metrics=false",
+                "--http-address=127.0.0.1",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     base = f"http://127.0.0.1:{http}"
     try:
         deadline = time.monotonic() + 90
@@ -430,8 +479,10 @@ def test_real_tritonserver_serves_the_tokenizer_and_the_ensemble(rendered, tmp_p
 
         query = "why do the seasons change on earth"
         passages = ["the tilt of the axis", "coffee", "the sun " * 20]
-        text_inputs = [{"name": "query", "shape": [3, 1], "datatype": "BYTES", "data": [query] * 3},
-                       {"name": "passage", "shape": [3, 1], "datatype": "BYTES", "data": passages}]
+        text_inputs = [
+            {"name": "query", "shape": [3, 1], "datatype": "BYTES", "data": [query] * 3},
+            {"name": "passage", "shape": [3, 1], "datatype": "BYTES", "data": passages},
+        ]
         status, tokens = _post(f"{base}/v2/models/tokenizer/infer", {"inputs": text_inputs})
         assert status == 200, tokens
         got = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in tokens["outputs"]}
@@ -439,12 +490,14 @@ def test_real_tritonserver_serves_the_tokenizer_and_the_ensemble(rendered, tmp_p
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(repo / "tokenizer" / "1" / "tokenizer.json"))
-        encoder = module.PairEncoder(tok, 32, module.pad_id_of(tok, str(repo / "tokenizer" / "1" / "tokenizer_config.json")))
+        encoder = module.PairEncoder(
+            tok, 32, module.pad_id_of(tok, str(repo / "tokenizer" / "1" / "tokenizer_config.json"))
+        )
         want = encoder.encode([query] * 3, passages)
         np.testing.assert_array_equal(got["input_ids"], want["ids"])
         np.testing.assert_array_equal(got["attention_mask"], want["mask"])
         np.testing.assert_array_equal(got["token_type_ids"], want["type_ids"])
-        assert got["input_ids"].shape[1] == 32           # the long passage was cut to max_sequence_length
+        assert got["input_ids"].shape[1] == 32  # the long passage was cut to max_sequence_length
 
         status, ranked = _post(f"{base}/v2/models/ensemble/infer", {"inputs": text_inputs})
         assert status == 200, ranked
@@ -475,10 +528,23 @@ def test_a_profile_without_a_triton_backend_is_skipped_with_a_reason(tmp_path):
     root = tmp_path / "exp"
     manifest_path = build_manifest(root, engines=(), cpu=False)
     manifest = load_manifest(manifest_path)
-    tags = {"model": "tiny", "model_revision": "0" * 12, "backend": "pytorch", "device": "cpu", "precision": "fp32",
-            "max_batch_size": "16", "max_sequence_length": "32"}
-    manifest.profiles.append(Profile(id=profile_id(tags), name="cpu-fp32-pytorch", tags=tags,
-                                     files={"onnx/fp32/model.onnx": file_entry(root, "onnx/fp32/model.onnx")}))
+    tags = {
+        "model": "tiny",
+        "model_revision": "0" * 12,
+        "backend": "pytorch",
+        "device": "cpu",
+        "precision": "fp32",
+        "max_batch_size": "16",
+        "max_sequence_length": "32",
+    }
+    manifest.profiles.append(
+        Profile(
+            id=profile_id(tags),
+            name="cpu-fp32-pytorch",
+            tags=tags,
+            files={"onnx/fp32/model.onnx": file_entry(root, "onnx/fp32/model.onnx")},
+        )
+    )
     write_manifest(manifest, manifest_path)
     result = triton.render_all(manifest_path, root)
     assert [r.name for r in result.repositories] == ["onnx-fp32-triton-onnxruntime"]
@@ -487,7 +553,7 @@ def test_a_profile_without_a_triton_backend_is_skipped_with_a_reason(tmp_path):
 
 def test_the_real_export_of_the_example_renders_and_every_config_parses(exported_copy, example_recipe, tmp_path):
     """The issue's bar, on the shared export of recipes/example-tiny (what `nimbuild build` renders)."""
-    from nimbuild.build.assemble import build_manifest as assemble
+    from nimbuild.builder.assemble import build_manifest as assemble
 
     manifest, manifest_path = assemble(exported_copy)
     result = triton.render_all(manifest_path, exported_copy, recipe_path=example_recipe)

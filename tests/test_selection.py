@@ -15,8 +15,8 @@ import pytest
 import typer
 
 from nimbuild import profiles, skus
-from nimbuild.cli import run
 from nimbuild.cli import profiles as profiles_cli
+from nimbuild.cli import run
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import Manifest, Profile, file_entry, load_manifest, write_manifest
 from nimbuild.runtime.hardware import Gpu, Host, assumed_host
@@ -44,8 +44,13 @@ def _file(root: Path, rel: str, size: int) -> str:
 
 
 def _profile(root: Path, tags: dict, rels: list[str], name: str | None = None, metrics: dict | None = None) -> Profile:
-    return Profile(id=profiles.profile_id(tags), name=name or profiles.profile_name(tags), tags=tags,
-                   files={rel: file_entry(root, rel) for rel in rels}, metrics=metrics or {})
+    return Profile(
+        id=profiles.profile_id(tags),
+        name=name or profiles.profile_name(tags),
+        tags=tags,
+        files={rel: file_entry(root, rel) for rel in rels},
+        metrics=metrics or {},
+    )
 
 
 def _write(root: Path, items: list[Profile]) -> Path:
@@ -69,11 +74,14 @@ def built(tmp_path_factory):
     tok = _file(root, "tokenizer/tokenizer.json", 200)
     items = []
     for slug, key in (("h100-sxm", "h100"), ("l40s", "l40s"), ("a100-sxm4-80gb", "a100")):
-        for precision in (("fp16",) if key == "a100" else ("fp8", "fp16")):
+        for precision in ("fp16",) if key == "a100" else ("fp8", "fp16"):
             plan = _file(root, f"engines/{slug}/{precision}/model.plan", 3000)
             items.append(_profile(root, trt_tags(slug, precision), [plan, tok]))
-    for precision, device, rel in (("fp16", "gpu", "onnx/fp16/model.onnx"), ("fp32", "cpu", "onnx/fp32/model.onnx"),
-                                   ("int8", "cpu", "onnx/cpu-int8/model.onnx")):
+    for precision, device, rel in (
+        ("fp16", "gpu", "onnx/fp16/model.onnx"),
+        ("fp32", "cpu", "onnx/fp32/model.onnx"),
+        ("int8", "cpu", "onnx/cpu-int8/model.onnx"),
+    ):
         items.append(_profile(root, onnx_tags(precision, device), [_file(root, rel, 2000), tok]))
     path = _write(root, items)
     by_name = {p.name: p.id for p in load_manifest(path).profiles}
@@ -103,9 +111,14 @@ def reason_of(selection, key: str, ids: dict) -> str | None:
 def gpu(index: int, slug: str, free_mib: int | None = None) -> Gpu:
     sku = skus.lookup(slug)
     total = sku.memory_gib * 1024
-    return Gpu(index=index, name=sku.nvml_names[0], pci_device_id=sku.pci_device_id,
-               compute_capability=sku.compute_capability, memory_total_mib=total,
-               memory_free_mib=total if free_mib is None else free_mib)
+    return Gpu(
+        index=index,
+        name=sku.nvml_names[0],
+        pci_device_id=sku.pci_device_id,
+        compute_capability=sku.compute_capability,
+        memory_total_mib=total,
+        memory_free_mib=total if free_mib is None else free_mib,
+    )
 
 
 CPU_HOST = Host(gpus=[], cpu_only_reason="NVML library (libnvidia-ml.so.1) not found: no NVIDIA driver on this host")
@@ -119,7 +132,8 @@ def test_cpu_host_selects_cpu_int8(manifest, ids):
     assert keys_of(sel, "runnable", ids) == ["cpu-int8", "cpu-fp32"]
     assert keys_of(sel, "not_runnable", ids) == []
     assert sorted(keys_of(sel, "incompatible", ids)) == sorted(
-        ["h100-fp8", "h100-fp16", "l40s-fp8", "l40s-fp16", "a100-fp16", "onnx-gpu-fp16"])
+        ["h100-fp8", "h100-fp16", "l40s-fp8", "l40s-fp16", "a100-fp16", "onnx-gpu-fp16"]
+    )
     assert reason_of(sel, "onnx-gpu-fp16", ids) == "needs a GPU; this host has none"
     assert sel.selected.id == ids["cpu-int8"]
 
@@ -220,7 +234,10 @@ def test_gpu_count_too_few_gpus_in_the_host_is_compatible_but_not_runnable(edge)
     manifest, eids = edge
     sel = select(manifest, assumed_host(["h100-sxm"]), NO_OVERRIDES)
     assert _status(sel, eids["tp2"]) == (
-        "not_runnable", "needs gpu_device 2330:10de on 2 GPUs; this host has 1 of that kind", [])
+        "not_runnable",
+        "needs gpu_device 2330:10de on 2 GPUs; this host has 1 of that kind",
+        [],
+    )
     # no GPU it can run on at all: incompatible, whatever the count
     sel = select(manifest, assumed_host(["l40s x4"]), NO_OVERRIDES)
     assert _status(sel, eids["tp2"]) == ("incompatible", "needs gpu_device 2330:10de", [])
@@ -231,16 +248,25 @@ def test_onnx_gpu_profile_with_too_few_gpus_is_not_runnable(tmp_path):
     p = _profile(tmp_path, tags, [_file(tmp_path, "onnx/fp16/model.onnx", 100)])
     manifest = load_manifest(_write(tmp_path, [p]))
     assert _status(select(manifest, assumed_host(["l40s"]), NO_OVERRIDES), p.id) == (
-        "not_runnable", "needs 2 GPUs; this host has 1", [])
+        "not_runnable",
+        "needs 2 GPUs; this host has 1",
+        [],
+    )
     assert _status(select(manifest, assumed_host(["l40s", "a100-sxm4-80gb"]), NO_OVERRIDES), p.id) == (
-        "runnable", None, [0, 1])
+        "runnable",
+        None,
+        [0, 1],
+    )
 
 
 def test_gpu_count_too_few_of_the_right_kind_is_not_runnable(edge):
     manifest, eids = edge
     sel = select(manifest, assumed_host(["h100-sxm", "l40s"]), NO_OVERRIDES)
     assert _status(sel, eids["tp2"]) == (
-        "not_runnable", "needs gpu_device 2330:10de on 2 GPUs; this host has 1 of that kind", [])
+        "not_runnable",
+        "needs gpu_device 2330:10de on 2 GPUs; this host has 1 of that kind",
+        [],
+    )
     sel = select(manifest, assumed_host(["l40s", "h100-sxm x2"]), NO_OVERRIDES)
     assert _status(sel, eids["tp2"]) == ("runnable", None, [1, 2])
 
@@ -257,21 +283,32 @@ def test_fp8_below_compute_capability_8_9_is_incompatible(edge):
 
 def test_hardware_compatible_engine_matches_on_compute_capability_not_device(edge):
     manifest, eids = edge
-    h200 = select(manifest, assumed_host(["h200"]), NO_OVERRIDES)      # another device id, same cc 9.0
+    h200 = select(manifest, assumed_host(["h200"]), NO_OVERRIDES)  # another device id, same cc 9.0
     assert _status(h200, eids["same-cc"]) == ("runnable", None, [0])
     a100 = select(manifest, assumed_host(["a100-sxm4-80gb"]), NO_OVERRIDES)
     assert _status(a100, eids["same-cc"])[:2] == (
-        "incompatible", "needs compute capability 9.0 (hardware_compatibility_level same_compute_capability)")
+        "incompatible",
+        "needs compute capability 9.0 (hardware_compatibility_level same_compute_capability)",
+    )
 
 
 def test_device_ids_of_one_catalog_sku_match_each_other(edge):
     manifest, eids = edge
     assert manifest.by_id(eids["a100-pcie"]).tags["gpu_device"] == "20f1:10de"
-    other_id = Gpu(index=0, name="NVIDIA A100-PCIE-40GB", pci_device_id="20b1:10de", compute_capability="8.0",
-                   memory_total_mib=40960, memory_free_mib=40960)
-    assert _status(select(manifest, Host(gpus=[other_id], cpu_only_reason=None), NO_OVERRIDES),
-                   eids["a100-pcie"]) == ("runnable", None, [0])
-    sxm = select(manifest, assumed_host(["a100-sxm4-80gb"]), NO_OVERRIDES)     # same cc, another product
+    other_id = Gpu(
+        index=0,
+        name="NVIDIA A100-PCIE-40GB",
+        pci_device_id="20b1:10de",
+        compute_capability="8.0",
+        memory_total_mib=40960,
+        memory_free_mib=40960,
+    )
+    assert _status(select(manifest, Host(gpus=[other_id], cpu_only_reason=None), NO_OVERRIDES), eids["a100-pcie"]) == (
+        "runnable",
+        None,
+        [0],
+    )
+    sxm = select(manifest, assumed_host(["a100-sxm4-80gb"]), NO_OVERRIDES)  # same cc, another product
     assert _status(sxm, eids["a100-pcie"])[:2] == ("incompatible", "needs gpu_device 20f1:10de")
 
 
@@ -279,7 +316,9 @@ def test_measured_gpu_memory_from_metrics(edge):
     manifest, eids = edge
     tight = Host(gpus=[gpu(0, "l40s", free_mib=20000)], cpu_only_reason=None)
     assert _status(select(manifest, tight, NO_OVERRIDES), eids["big"])[:2] == (
-        "not_runnable", "needs 30000 MiB free on 1 GPU; GPU 0 has 20000 MiB")
+        "not_runnable",
+        "needs 30000 MiB free on 1 GPU; GPU 0 has 20000 MiB",
+    )
     roomy = Host(gpus=[gpu(0, "l40s", free_mib=30000)], cpu_only_reason=None)
     assert _status(select(manifest, roomy, NO_OVERRIDES), eids["big"])[0] == "runnable"
 
@@ -295,10 +334,18 @@ def twins(tmp_path_factory):
         "bs32": _profile(root, onnx_tags("int8", "cpu", batch=32), [_file(root, "a/model.onnx", 50)], name="int8-bs32"),
         "bs64": _profile(root, onnx_tags("int8", "cpu", batch=64), [_file(root, "b/model.onnx", 50)], name="int8-bs64"),
         # two revisions whose IDs share their first 8 hex characters (found by search): 6a9377c5
-        "p1": _profile(root, onnx_tags("int8", "cpu", batch=16, revision="rev24394"), [_file(root, "c/model.onnx", 50)],
-                       name="int8-p1"),
-        "p2": _profile(root, onnx_tags("int8", "cpu", batch=16, revision="rev143333"),
-                       [_file(root, "d/model.onnx", 50)], name="int8-p2"),
+        "p1": _profile(
+            root,
+            onnx_tags("int8", "cpu", batch=16, revision="rev24394"),
+            [_file(root, "c/model.onnx", 50)],
+            name="int8-p1",
+        ),
+        "p2": _profile(
+            root,
+            onnx_tags("int8", "cpu", batch=16, revision="rev143333"),
+            [_file(root, "d/model.onnx", 50)],
+            name="int8-p2",
+        ),
     }
     return load_manifest(_write(root, list(items.values()))), {k: p.id for k, p in items.items()}, root
 
@@ -319,7 +366,7 @@ def test_cached_profile_wins_before_batch_size(twins, tmp_path):
     sel = select(manifest, CPU_HOST, {"NIM_CACHE_PATH": str(cache)})
     assert sel.selected.id == tids["bs32"] and sel.selected_entry.cached
     assert select(manifest, CPU_HOST, NO_OVERRIDES, cache_path=cache).selected.id == tids["bs32"]
-    (cache / "a" / "model.onnx").write_bytes(b"short")      # wrong size: not cached
+    (cache / "a" / "model.onnx").write_bytes(b"short")  # wrong size: not cached
     assert select(manifest, CPU_HOST, {"NIM_CACHE_PATH": str(cache)}).selected.id == tids["bs64"]
 
 
@@ -365,8 +412,10 @@ def test_nim_model_profile_this_host_cannot_run(manifest, ids):
     with pytest.raises(NimbuildError) as exc:
         select(manifest, H100_HOST, {"NIM_MODEL_PROFILE": NAMES["a100-fp16"]})
     msg = str(exc.value)
-    assert f"names {ids['a100-fp16']} ({NAMES['a100-fp16']}), which this host cannot run " \
-           f"(incompatible: needs gpu_device 20b2:10de)" in msg
+    assert (
+        f"names {ids['a100-fp16']} ({NAMES['a100-fp16']}), which this host cannot run "
+        f"(incompatible: needs gpu_device 20b2:10de)" in msg
+    )
     assert ids["onnx-gpu-fp16"] in msg and ids["a100-fp16"] not in msg.split("runnable here:")[1]
 
 
@@ -376,14 +425,17 @@ def test_nim_model_profile_not_runnable(manifest, ids):
         select(manifest, busy, {"NIM_MODEL_PROFILE": ids["h100-fp8"]})
 
 
-@pytest.mark.parametrize("selector, expected", [
-    ("precision=fp16,backend=onnx", "onnx-gpu-fp16"),
-    (" precision = fp16 , backend=onnx ", "onnx-gpu-fp16"),
-    ("backend=onnx", "onnx-gpu-fp16"),
-    ("device=cpu", "cpu-int8"),
-    ("precision=fp16", "h100-fp16"),
-    ("device=cpu,precision=fp32", "cpu-fp32"),
-])
+@pytest.mark.parametrize(
+    "selector, expected",
+    [
+        ("precision=fp16,backend=onnx", "onnx-gpu-fp16"),
+        (" precision = fp16 , backend=onnx ", "onnx-gpu-fp16"),
+        ("backend=onnx", "onnx-gpu-fp16"),
+        ("device=cpu", "cpu-int8"),
+        ("precision=fp16", "h100-fp16"),
+        ("device=cpu,precision=fp32", "cpu-fp32"),
+    ],
+)
 def test_nim_tags_selector(manifest, ids, selector, expected):
     sel = select(manifest, H100_HOST, {"NIM_TAGS_SELECTOR": selector})
     assert sel.selected.id == ids[expected]
@@ -462,9 +514,12 @@ def test_startup_log_matches_design_line_for_line(manifest, ids):
 
 def test_startup_log_for_an_onnx_selection_and_for_none(manifest, ids, tmp_path):
     tail = startup_log(select(manifest, CPU_HOST, NO_OVERRIDES))[-4:]
-    assert tail == [f"Selected profile: {ids['cpu-int8']} (cpu-int8-onnxruntime)",
-                    "Profile metadata: type: ONNX", "Profile metadata: precision: INT8",
-                    "Profile metadata: device: CPU"]
+    assert tail == [
+        f"Selected profile: {ids['cpu-int8']} (cpu-int8-onnxruntime)",
+        "Profile metadata: type: ONNX",
+        "Profile metadata: precision: INT8",
+        "Profile metadata: device: CPU",
+    ]
     gpu_only = Manifest(profiles=[p for p in manifest.profiles if p.tags["device"] == "gpu"], root=manifest.root)
     sel = select(gpu_only, CPU_HOST, NO_OVERRIDES)
     assert sel.selected is None and startup_log(sel)[-1] == "Selected profile: none (no runnable profile)"
@@ -488,8 +543,9 @@ def _cli(argv, capsys, monkeypatch, env=None):
 
 
 def test_cli_list_prints_system_info_then_the_log(built, manifest, capsys, monkeypatch):
-    code, out, _ = _cli(["list-model-profiles", "--manifest", str(built[0]), "--assume-gpu", "h100-sxm"],
-                        capsys, monkeypatch)
+    code, out, _ = _cli(
+        ["list-model-profiles", "--manifest", str(built[0]), "--assume-gpu", "h100-sxm"], capsys, monkeypatch
+    )
     assert code == 0
     sel = select(manifest, H100_HOST, NO_OVERRIDES)
     assert out.splitlines() == H100_HOST.system_info() + startup_log(sel)
@@ -503,12 +559,20 @@ def test_cli_json_carries_the_same_facts(built, ids, capsys, monkeypatch):
     doc = json.loads(out)
     assert code == 0 and doc["error"] is None
     assert doc["selected"]["id"] == ids["h100-fp8"]
-    assert doc["selected"]["metadata"] == {"type": "TensorRT", "precision": "FP8", "gpu": "NVIDIA-H100-80GB-HBM3",
-                                           "trt_version": "10.13.0", "cuda_major_version": "12"}
+    assert doc["selected"]["metadata"] == {
+        "type": "TensorRT",
+        "precision": "FP8",
+        "gpu": "NVIDIA-H100-80GB-HBM3",
+        "trt_version": "10.13.0",
+        "cuda_major_version": "12",
+    }
     assert doc["system"]["gpus"][0]["pci_device_id"] == "2330:10de" and doc["system"]["assumed"]
     # every profile line of the human output is in the document, in the same group, with the same reason
-    titles = {"- Compatible with system and runnable:": "runnable",
-              "- Compatible with system but not runnable:": "not_runnable", "- Incompatible with system:": "incompatible"}
+    titles = {
+        "- Compatible with system and runnable:": "runnable",
+        "- Compatible with system but not runnable:": "not_runnable",
+        "- Incompatible with system:": "incompatible",
+    }
     group = None
     seen = 0
     for line in human.splitlines():
@@ -523,29 +587,35 @@ def test_cli_json_carries_the_same_facts(built, ids, capsys, monkeypatch):
         elif line.startswith("Selected profile:"):
             group = None
     assert seen == len(ids) == sum(len(v) for v in doc["profiles"].values())
-    assert doc["log"] == human.splitlines()[len(H100_HOST.system_info()):]
+    assert doc["log"] == human.splitlines()[len(H100_HOST.system_info()) :]
 
 
 def test_cli_select_prints_the_startup_log_and_exits_0(built, manifest, ids, capsys, monkeypatch):
     code, out, _ = _cli(["select", "-m", str(built[0]), "--assume-gpu", "a100-sxm4-80gb"], capsys, monkeypatch)
     assert code == 0
     assert out.splitlines() == startup_log(select(manifest, assumed_host(["a100-sxm4-80gb"]), NO_OVERRIDES))
-    code, out, _ = _cli(["select", "-m", str(built[0]), "--json"], capsys, monkeypatch,
-                        env={"NIM_MODEL_PROFILE": NAMES["cpu-fp32"]})
+    code, out, _ = _cli(
+        ["select", "-m", str(built[0]), "--json"], capsys, monkeypatch, env={"NIM_MODEL_PROFILE": NAMES["cpu-fp32"]}
+    )
     assert code == 0 and json.loads(out)["selected"]["id"] == ids["cpu-fp32"]
 
 
 def test_cli_select_bad_override_exits_1_after_the_groups(built, capsys, monkeypatch):
-    code, out, err = _cli(["select", "-m", str(built[0])], capsys, monkeypatch,
-                          env={"NIM_MODEL_PROFILE": "nope-nope-nope"})
+    code, out, err = _cli(
+        ["select", "-m", str(built[0])], capsys, monkeypatch, env={"NIM_MODEL_PROFILE": "nope-nope-nope"}
+    )
     assert code == 1
     assert err.startswith("error: NIM_MODEL_PROFILE='nope-nope-nope' matches no profile") and err.count("\n") == 1
     assert out.splitlines()[0] == "MODEL PROFILES" and "Selected profile" not in out
 
 
 def test_cli_json_bad_override_is_one_document_and_exit_1(built, capsys, monkeypatch):
-    code, out, err = _cli(["list-model-profiles", "-m", str(built[0]), "--json"], capsys, monkeypatch,
-                          env={"NIM_TAGS_SELECTOR": "precision=bf16"})
+    code, out, err = _cli(
+        ["list-model-profiles", "-m", str(built[0]), "--json"],
+        capsys,
+        monkeypatch,
+        env={"NIM_TAGS_SELECTOR": "precision=bf16"},
+    )
     doc = json.loads(out)
     assert code == 1 and doc["selected"] is None and "matches no profile" in doc["error"]
     assert doc["overrides"] == {"NIM_TAGS_SELECTOR": "precision=bf16"} and err.startswith("error: ")
@@ -553,7 +623,7 @@ def test_cli_json_bad_override_is_one_document_and_exit_1(built, capsys, monkeyp
 
 def test_cli_nothing_runnable(built, manifest, capsys, monkeypatch, tmp_path):
     gpu_only = Manifest(profiles=[p for p in manifest.profiles if p.tags["device"] == "gpu"], header={})
-    path = Path(built[0]).with_name("gpu-only.yaml")     # beside the main one: its files are there
+    path = Path(built[0]).with_name("gpu-only.yaml")  # beside the main one: its files are there
     write_manifest(gpu_only, path)
     code, out, err = _cli(["select", "-m", str(path)], capsys, monkeypatch, env={"NIM_CPU_ONLY": "1"})
     assert code == 1 and "no profile in the manifest is runnable on this host" in err
@@ -576,8 +646,12 @@ def test_cli_missing_manifest_is_a_one_line_error(tmp_path, capsys, monkeypatch)
 
 
 def test_cli_assumed_host_with_nim_cpu_only(built, ids, capsys, monkeypatch):
-    code, out, _ = _cli(["list-model-profiles", "-m", str(built[0]), "--assume-gpu", "h100-sxm"], capsys, monkeypatch,
-                        env={"NIM_CPU_ONLY": "1"})
+    code, out, _ = _cli(
+        ["list-model-profiles", "-m", str(built[0]), "--assume-gpu", "h100-sxm"],
+        capsys,
+        monkeypatch,
+        env={"NIM_CPU_ONLY": "1"},
+    )
     lines = out.splitlines()
     assert code == 0 and "- CPU only: NIM_CPU_ONLY=1 is set" in lines
     assert f"  - {ids['h100-fp8']} ({NAMES['h100-fp8']}): needs a GPU; NIM_CPU_ONLY=1 is set" in lines
@@ -618,8 +692,9 @@ def _foreign(tmp_path, tags_list, wrong_id=False) -> Path:
             pid = "0" * 64
         docs.append({"id": pid, "name": f"their-profile-{i}", "tags": tags, "workspace": {"files": {}}})
     path = tmp_path / "their-manifest.yaml"
-    path.write_text(yaml.safe_dump({"schema_version": "2.0.0", "profile_selection_criteria": "default",
-                                    "profiles": docs}))
+    path.write_text(
+        yaml.safe_dump({"schema_version": "2.0.0", "profile_selection_criteria": "default", "profiles": docs})
+    )
     return path
 
 
@@ -640,6 +715,7 @@ def test_an_id_that_does_not_match_its_tags_is_an_error(tmp_path, capsys, monkey
 
 
 # ------------------------------------------------------------------ files: selection and serve agree
+
 
 @pytest.fixture
 def on_disk(tmp_path):
@@ -672,11 +748,16 @@ def test_a_file_of_another_size_or_kind_is_not_runnable(on_disk):
     model = path.parent / "onnx/cpu-int8/model.onnx"
     model.write_bytes(b"short")
     assert _status(select(load_manifest(path), CPU_HOST, NO_OVERRIDES), pids["int8"]) == (
-        "not_runnable", "file onnx/cpu-int8/model.onnx has 5 bytes; the manifest says 300", [])
+        "not_runnable",
+        "file onnx/cpu-int8/model.onnx has 5 bytes; the manifest says 300",
+        [],
+    )
     model.unlink()
     model.mkdir()
     assert _status(select(load_manifest(path), CPU_HOST, NO_OVERRIDES), pids["int8"])[:2] == (
-        "not_runnable", "file onnx/cpu-int8/model.onnx is not a regular file")
+        "not_runnable",
+        "file onnx/cpu-int8/model.onnx is not a regular file",
+    )
 
 
 def test_same_size_other_bytes_is_left_to_serves_sha256(on_disk):

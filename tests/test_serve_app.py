@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
+from test_serve_support import MAX_SEQ, MODEL, ort_scores, served_export
 
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import load_manifest
@@ -16,7 +17,6 @@ from nimbuild.runtime.serve.app import create_app
 from nimbuild.runtime.serve.backends import BackendStartError
 from nimbuild.runtime.serve.server import start_profile
 from nimbuild.runtime.serve.service import Limits
-from test_serve_support import MAX_SEQ, MODEL, ort_scores, served_export
 
 QUERY = "how do bees make honey"
 PASSAGES = [
@@ -66,11 +66,11 @@ def test_ranking_matches_direct_onnxruntime_scores(client):
     ref = ort_scores(root / "onnx/fp32/model.onnx", root / "hf", QUERY, PASSAGES)
     assert sorted(x["index"] for x in rankings) == list(range(len(PASSAGES)))
     logits = [x["logit"] for x in rankings]
-    assert logits == sorted(logits, reverse=True)                       # highest first
-    for x in rankings:                                                  # each logit belongs to its index
+    assert logits == sorted(logits, reverse=True)  # highest first
+    for x in rankings:  # each logit belongs to its index
         assert x["logit"] == pytest.approx(float(ref[x["index"]]), abs=1e-4)
     assert [x["index"] for x in rankings] == list(np.argsort(-ref, kind="stable"))
-    assert len(set(np.round(ref, 3))) > 3                               # the model does tell them apart
+    assert len(set(np.round(ref, 3))) > 3  # the model does tell them apart
 
 
 def test_truncate_end_and_none(client):
@@ -87,24 +87,49 @@ def test_truncate_end_and_none(client):
     assert got[1] == pytest.approx(float(ref[1]), abs=1e-4)
 
 
-@pytest.mark.parametrize("body, status, words", [
-    (b'{"model": "serve-tiny", "query": ', 400, "not valid JSON"),
-    (b"\xff\xfe", 400, "not valid JSON"),
-    (b"[1, 2]", 422, "JSON object"),
-    (json.dumps({"model": MODEL, "passages": [{"text": "a"}]}).encode(), 422, "query"),
-    (json.dumps({"model": MODEL, "query": {"text": 3}, "passages": [{"text": "a"}]}).encode(), 422, "query.text"),
-    (json.dumps({"model": MODEL, "query": {"text": "q"}}).encode(), 422, "passages"),
-    (json.dumps({"model": MODEL, "query": {"text": "q"}, "passages": []}).encode(), 422, "empty"),
-    (json.dumps({"model": MODEL, "query": {"text": "q"}, "passages": ["a"]}).encode(), 422, "passages[0]"),
-    (json.dumps({"model": MODEL, "query": {"text": "q"}, "passages": [{"text": "a"}] * 21}).encode(), 422, "NIM_MAX_PASSAGES"),
-    (json.dumps({"model": MODEL, "query": {"text": "q" * 2001}, "passages": [{"text": "a"}]}).encode(), 422, "NIM_MAX_TEXT_CHARS"),
-    (json.dumps({"model": MODEL, "query": {"text": "q"}, "passages": [{"text": "a"}], "truncate": "START"}).encode(), 422, "truncate"),
-    (json.dumps({"query": {"text": "q"}, "passages": [{"text": "a"}]}).encode(), 422, "model"),
-    (json.dumps({"model": "other", "query": {"text": "q"}, "passages": [{"text": "a"}]}).encode(), 404, "serve-tiny"),
-    (b"{" + b" " * 25_000 + b"}", 413, "NIM_MAX_REQUEST_BYTES"),
-    (b"[" * 15_000, 400, "nested too deeply"),
-    (b'{"model": "serve-tiny", "query": {"text": "q"}, "passages": [{"text": "a\\ud800b"}]}', 422, "not valid Unicode"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b'{"model": "serve-tiny", "query": ', 400, "not valid JSON"),
+        (b"\xff\xfe", 400, "not valid JSON"),
+        (b"[1, 2]", 422, "JSON object"),
+        (json.dumps({"model": MODEL, "passages": [{"text": "a"}]}).encode(), 422, "query"),
+        (json.dumps({"model": MODEL, "query": {"text": 3}, "passages": [{"text": "a"}]}).encode(), 422, "query.text"),
+        (json.dumps({"model": MODEL, "query": {"text": "q"}}).encode(), 422, "passages"),
+        (json.dumps({"model": MODEL, "query": {"text": "q"}, "passages": []}).encode(), 422, "empty"),
+        (json.dumps({"model": MODEL, "query": {"text": "q"}, "passages": ["a"]}).encode(), 422, "passages[0]"),
+        (
+            json.dumps({"model": MODEL, "query": {"text": "q"}, "passages": [{"text": "a"}] * 21}).encode(),
+            422,
+            "NIM_MAX_PASSAGES",
+        ),
+        (
+            json.dumps({"model": MODEL, "query": {"text": "q" * 2001}, "passages": [{"text": "a"}]}).encode(),
+            422,
+            "NIM_MAX_TEXT_CHARS",
+        ),
+        (
+            json.dumps(
+                {"model": MODEL, "query": {"text": "q"}, "passages": [{"text": "a"}], "truncate": "START"}
+            ).encode(),
+            422,
+            "truncate",
+        ),
+        (json.dumps({"query": {"text": "q"}, "passages": [{"text": "a"}]}).encode(), 422, "model"),
+        (
+            json.dumps({"model": "other", "query": {"text": "q"}, "passages": [{"text": "a"}]}).encode(),
+            404,
+            "serve-tiny",
+        ),
+        (b"{" + b" " * 25_000 + b"}", 413, "NIM_MAX_REQUEST_BYTES"),
+        (b"[" * 15_000, 400, "nested too deeply"),
+        (
+            b'{"model": "serve-tiny", "query": {"text": "q"}, "passages": [{"text": "a\\ud800b"}]}',
+            422,
+            "not valid Unicode",
+        ),
+    ],
+)
 def test_bad_requests_get_a_4xx_naming_the_problem_and_the_server_keeps_serving(client, body, status, words):
     r = client.post("/v1/ranking", content=body, headers={"content-type": "application/json"})
     assert r.status_code == status, r.text
@@ -142,8 +167,13 @@ def test_health_models_metadata_metrics(client):
     assert meta["backend"]["providers"] == ["CPUExecutionProvider"]
     rank(client)
     text = client.get("/v1/metrics").text
-    for name in ("nimbuild_requests_total", "nimbuild_request_duration_seconds_bucket",
-                 "nimbuild_batch_size_bucket", "nimbuild_queue_depth", "nimbuild_ready 1.0"):
+    for name in (
+        "nimbuild_requests_total",
+        "nimbuild_request_duration_seconds_bucket",
+        "nimbuild_batch_size_bucket",
+        "nimbuild_queue_depth",
+        "nimbuild_ready 1.0",
+    ):
         assert name in text
     assert 'nimbuild_requests_total{code="200",route="/v1/ranking"}' in text
 
@@ -159,7 +189,7 @@ def test_gpu_profile_that_only_gets_the_cpu_is_a_failed_start():
         assert "only got CPUExecutionProvider" in str(exc)
         assert backend.session is None
         return
-    assert backend.providers[0] == "CUDAExecutionProvider"   # a host where CUDA really started
+    assert backend.providers[0] == "CUDAExecutionProvider"  # a host where CUDA really started
     backend.stop()
 
 
@@ -238,7 +268,7 @@ def test_a_profile_that_cannot_start_falls_back_to_the_next_runnable(caplog):
     service.stop()
     text = caplog.text
     assert "Selected profile:" in text and "onnx-fp32-triton-onnxruntime" in text
-    if service.profile["tags"]["device"] == "gpu":   # a host where CUDA really starts
+    if service.profile["tags"]["device"] == "gpu":  # a host where CUDA really starts
         assert service.backend.describe()["providers"][0] == "CUDAExecutionProvider"
         return
     assert "could not start: GPU profile, but ONNX Runtime only got CPUExecutionProvider" in text
@@ -271,9 +301,9 @@ def test_big_requests_are_tokenized_off_the_event_loop_with_the_same_result(clie
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(PairTokenizer, "encode", spy)
-    inline = rank(client)                       # small: tokenized on the event loop's thread
+    inline = rank(client)  # small: tokenized on the event loop's thread
     monkeypatch.setattr(service_module, "_INLINE_CHARS", 10)
-    offloaded = rank(client)                    # "big": tokenized in a worker thread
+    offloaded = rank(client)  # "big": tokenized in a worker thread
     assert inline.status_code == offloaded.status_code == 200
     assert offloaded.json() == inline.json()
     assert len(threads) == 2 and threads[0] is not threads[1]
@@ -282,8 +312,8 @@ def test_big_requests_are_tokenized_off_the_event_loop_with_the_same_result(clie
 def test_files_in_nim_cache_path_are_served_when_the_manifest_folder_has_none(tmp_path):
     """The NIM layout: the manifest ships in the image, the files sit in NIM_CACHE_PATH
     (`download-to-cache`). Selection counts them as present; serve verifies and loads them there."""
-    from nimbuild.runtime.selection import select
     from nimbuild.runtime.hardware import detect_host
+    from nimbuild.runtime.selection import select
     from nimbuild.runtime.serve.server import start_service
 
     only_manifest = tmp_path / "image"

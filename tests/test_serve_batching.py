@@ -43,18 +43,19 @@ def expected(rows):
 def test_plan_calls_sorts_by_length_and_splits_evenly():
     lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10]
     calls = plan_calls(lengths, 4)
-    assert [len(c) for c in calls] == [4, 3, 3]            # ceil(10/4)=3 calls, near-equal
+    assert [len(c) for c in calls] == [4, 3, 3]  # ceil(10/4)=3 calls, near-equal
     flat = [i for c in calls for i in c]
-    assert sorted(flat) == list(range(10))                  # every row exactly once
-    assert [lengths[i] for i in flat] == sorted(lengths)    # by length: little padding per call
+    assert sorted(flat) == list(range(10))  # every row exactly once
+    assert [lengths[i] for i in flat] == sorted(lengths)  # by length: little padding per call
     assert plan_calls([], 4) == []
 
 
 def test_concurrent_requests_are_batched_and_scattered_back():
     model = RecordingModel()
     rng = np.random.default_rng(0)
-    requests = [[row(*rng.integers(1, 100, size=rng.integers(1, 30))) for _ in range(rng.integers(1, 12))]
-                for _ in range(40)]
+    requests = [
+        [row(*rng.integers(1, 100, size=rng.integers(1, 30))) for _ in range(rng.integers(1, 12))] for _ in range(40)
+    ]
 
     async def main():
         batcher = DynamicBatcher(model, max_batch_size=16, pad_id=PAD, max_queue_delay_s=0.02)
@@ -117,9 +118,9 @@ def test_queue_limit_refuses_instead_of_growing_without_bound():
     async def main():
         batcher = DynamicBatcher(slow, max_batch_size=2, pad_id=PAD, max_queue_delay_s=0.0, max_pending_rows=4)
         batcher.start()
-        first = asyncio.ensure_future(batcher.submit([row(1), row(2)]))   # taken by the worker, blocks
+        first = asyncio.ensure_future(batcher.submit([row(1), row(2)]))  # taken by the worker, blocks
         await asyncio.sleep(0.1)
-        queued = asyncio.ensure_future(batcher.submit([row(1)] * 4))     # fills the queue
+        queued = asyncio.ensure_future(batcher.submit([row(1)] * 4))  # fills the queue
         await asyncio.sleep(0.05)
         with pytest.raises(QueueFull):
             await batcher.submit([row(1)])
@@ -139,7 +140,7 @@ def test_stop_drains_what_is_queued():
         batcher.start()
         fut = asyncio.ensure_future(batcher.submit([row(4, 5)]))
         await asyncio.sleep(0.05)
-        await asyncio.get_running_loop().run_in_executor(None, batcher.stop)   # before the 1 s delay ends
+        await asyncio.get_running_loop().run_in_executor(None, batcher.stop)  # before the 1 s delay ends
         return await fut
 
     assert asyncio.run(main()).tolist() == pytest.approx([9.002])
@@ -152,12 +153,15 @@ def test_limits_take_the_nim_triton_names_too():
     from nimbuild.errors import NimbuildError
     from nimbuild.runtime.serve.service import Limits
 
-    nim = Limits.from_env({"NIM_TRITON_MAX_BATCH_SIZE": "16",
-                           "NIM_TRITON_DYNAMIC_BATCHING_MAX_QUEUE_DELAY_MICROSECONDS": "500"})
+    nim = Limits.from_env(
+        {"NIM_TRITON_MAX_BATCH_SIZE": "16", "NIM_TRITON_DYNAMIC_BATCHING_MAX_QUEUE_DELAY_MICROSECONDS": "500"}
+    )
     assert nim.max_batch_size == 16
     assert nim.max_queue_delay_ms == pytest.approx(0.5)
     # nimbuild's own names win where both are set
-    both = Limits.from_env({"NIM_MAX_BATCH_SIZE": "8", "NIM_TRITON_MAX_BATCH_SIZE": "16", "NIM_MAX_QUEUE_DELAY_MS": "3"})
+    both = Limits.from_env(
+        {"NIM_MAX_BATCH_SIZE": "8", "NIM_TRITON_MAX_BATCH_SIZE": "16", "NIM_MAX_QUEUE_DELAY_MS": "3"}
+    )
     assert (both.max_batch_size, both.max_queue_delay_ms) == (8, 3.0)
     assert Limits.from_env({}).max_batch_size is None
     with pytest.raises(NimbuildError, match="NIM_TRITON_MAX_BATCH_SIZE"):

@@ -11,9 +11,9 @@ import time
 
 import httpx
 import pytest
+from test_serve_support import MODEL, ort_scores, served_export
 
 from nimbuild.runtime.serve.backends.triton import free_port
-from test_serve_support import MODEL, ort_scores, served_export
 
 QUERY = "why do plants need sunlight"
 PASSAGES = [
@@ -48,20 +48,32 @@ def test_serve_process_end_to_end(tmp_path):
     root = served_export()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "NIM_CPU_ONLY": "1", "NIM_HTTP_API_PORT": str(port),
-           # A lone small request waits this long for company: long enough to be in flight at SIGTERM.
-           "NIM_MAX_QUEUE_DELAY_MS": "1500"}
+    env = {
+        **os.environ,
+        "NIM_CPU_ONLY": "1",
+        "NIM_HTTP_API_PORT": str(port),
+        # A lone small request waits this long for company: long enough to be in flight at SIGTERM.
+        "NIM_MAX_QUEUE_DELAY_MS": "1500",
+    }
     env.pop("NIM_MODEL_PROFILE", None)
-    proc = subprocess.Popen([sys.executable, "-m", "nimbuild", "serve", "--manifest", str(root / "manifest.yaml"),
-                             "--host", "127.0.0.1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nimbuild", "serve", "--manifest", str(root / "manifest.yaml"), "--host", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_ready(proc, url)
         assert httpx.get(f"{url}/v1/health/live").status_code == 200
 
         # A ranking, checked against direct ONNX Runtime scores (>= max_batch_size passages: no queue wait).
-        body = {"model": MODEL, "query": {"text": QUERY}, "passages": [{"text": p} for p in PASSAGES],
-                "truncate": "END"}
+        body = {
+            "model": MODEL,
+            "query": {"text": QUERY},
+            "passages": [{"text": p} for p in PASSAGES],
+            "truncate": "END",
+        }
         r = httpx.post(f"{url}/v1/ranking", json=body, timeout=30)
         assert r.status_code == 200, r.text
         ref = ort_scores(root / "onnx/fp32/model.onnx", root / "hf", QUERY, PASSAGES)
@@ -71,8 +83,11 @@ def test_serve_process_end_to_end(tmp_path):
             assert x["logit"] == pytest.approx(float(ref[x["index"]]), abs=1e-4)
 
         # Malformed requests: 4xx with a message, and the server keeps serving.
-        bad = [(b"{not json", 400), (b'{"model": "serve-tiny"}', 422),
-               (b'{"model": "serve-tiny", "query": {"text": "q"}, "passages": "p"}', 422)]
+        bad = [
+            (b"{not json", 400),
+            (b'{"model": "serve-tiny"}', 422),
+            (b'{"model": "serve-tiny", "query": {"text": "q"}, "passages": "p"}', 422),
+        ]
         for payload, status in bad:
             r = httpx.post(f"{url}/v1/ranking", content=payload, headers={"content-type": "application/json"})
             assert r.status_code == status and r.json()["detail"], r.text
@@ -105,8 +120,13 @@ def test_serve_process_end_to_end(tmp_path):
 
 
 def test_serve_with_a_missing_manifest_is_a_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nimbuild", "serve", "--manifest", str(tmp_path / "nope.yaml")],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "NIM_CPU_ONLY": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "nimbuild", "serve", "--manifest", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NIM_CPU_ONLY": "1"},
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and "nope.yaml" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -17,15 +17,19 @@ from nimbuild.runtime.serve.backends.triton import free_port
 
 def _serve(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     # The manifest does not exist: each check below must fail before it is read.
-    return subprocess.run([sys.executable, "-m", "nimbuild", "serve", "--manifest", str(tmp_path / "nope.yaml"), *args],
-                          capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "NIM_CPU_ONLY": "1", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "nimbuild", "serve", "--manifest", str(tmp_path / "nope.yaml"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NIM_CPU_ONLY": "1", **env},
+    )
 
 
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
-    assert "nope.yaml" not in proc.stderr   # it failed before reading the manifest
+    assert "nope.yaml" not in proc.stderr  # it failed before reading the manifest
     return proc.stderr
 
 
@@ -76,7 +80,7 @@ def test_run_server_turns_uvicorns_startup_exit_into_one_error(monkeypatch):
     import uvicorn
 
     def exits(self, sockets=None):
-        raise SystemExit(3)   # what uvicorn does when its start-up fails
+        raise SystemExit(3)  # what uvicorn does when its start-up fails
 
     monkeypatch.setattr(uvicorn.Server, "run", exits)
     monkeypatch.setattr("nimbuild.runtime.serve.app.create_app", lambda service: object())

@@ -21,7 +21,7 @@ def tiny_tokenizers(request, tmp_path_factory):
     """(transformers tokenizer, our PairTokenizer) for one tiny architecture."""
     from transformers import AutoTokenizer
 
-    from nimbuild.build.tiny import build_tiny_model
+    from nimbuild.builder.tiny import build_tiny_model
 
     d = build_tiny_model(tmp_path_factory.mktemp(request.param), request.param, seed=0)
     hf = AutoTokenizer.from_pretrained(d)

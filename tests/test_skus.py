@@ -11,8 +11,22 @@ from nimbuild import skus
 from nimbuild.errors import NimbuildError
 
 REQUIRED = [
-    "h100-sxm", "h100-pcie", "h100-nvl", "h200", "gh200", "a100-sxm4-40gb", "a100-sxm4-80gb",
-    "a100-pcie", "a10g", "a10", "l4", "l40", "l40s", "b200", "rtx-pro-6000", "t4",
+    "h100-sxm",
+    "h100-pcie",
+    "h100-nvl",
+    "h200",
+    "gh200",
+    "a100-sxm4-40gb",
+    "a100-sxm4-80gb",
+    "a100-pcie",
+    "a10g",
+    "a10",
+    "l4",
+    "l40",
+    "l40s",
+    "b200",
+    "rtx-pro-6000",
+    "t4",
 ]
 
 
@@ -42,16 +56,37 @@ def test_known_facts():
     assert skus.lookup("b200").compute_capability == "10.0"
 
 
-@pytest.mark.parametrize("slug,fp8", [("h100-sxm", True), ("l4", True), ("l40s", True), ("b200", True),
-                                      ("rtx-pro-6000", True), ("a100-sxm4-80gb", False), ("a10g", False),
-                                      ("t4", False)])
+@pytest.mark.parametrize(
+    "slug,fp8",
+    [
+        ("h100-sxm", True),
+        ("l4", True),
+        ("l40s", True),
+        ("b200", True),
+        ("rtx-pro-6000", True),
+        ("a100-sxm4-80gb", False),
+        ("a10g", False),
+        ("t4", False),
+    ],
+)
 def test_fp8_is_derived_from_compute_capability(slug, fp8):
     assert skus.lookup(slug).fp8 is fp8
 
 
-@pytest.mark.parametrize("text", ["NVIDIA-H100-80GB-HBM3", "nvidia-h100-80gb-hbm3", "NVIDIA H100 80GB HBM3",
-                                  "nvidia h100 80gb hbm3", "h100-sxm", "H100-SXM", "h100_sxm", "2330:10de",
-                                  "h100-hbm3-80gb"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "NVIDIA-H100-80GB-HBM3",
+        "nvidia-h100-80gb-hbm3",
+        "NVIDIA H100 80GB HBM3",
+        "nvidia h100 80gb hbm3",
+        "h100-sxm",
+        "H100-SXM",
+        "h100_sxm",
+        "2330:10de",
+        "h100-hbm3-80gb",
+    ],
+)
 def test_lookup_accepts_every_spelling(text):
     assert skus.lookup(text).canonical == "NVIDIA-H100-80GB-HBM3"
 
@@ -93,10 +128,18 @@ def test_no_two_skus_share_a_name_or_id():
 
 def test_adding_a_sku_is_one_entry(tmp_path, monkeypatch):
     data = yaml.safe_load(skus.CATALOG_PATH.read_text())
-    data["skus"].append({
-        "canonical": "NVIDIA-FOO-1", "slugs": ["foo-1"], "name_slug": "foo-1-8gb", "nvml_names": ["NVIDIA FOO 1"],
-        "pci_device_ids": ["abcd:10de"], "compute_capability": "9.0", "memory_gib": 8, "gfd_product": "NVIDIA-FOO-1",
-    })
+    data["skus"].append(
+        {
+            "canonical": "NVIDIA-FOO-1",
+            "slugs": ["foo-1"],
+            "name_slug": "foo-1-8gb",
+            "nvml_names": ["NVIDIA FOO 1"],
+            "pci_device_ids": ["abcd:10de"],
+            "compute_capability": "9.0",
+            "memory_gib": 8,
+            "gfd_product": "NVIDIA-FOO-1",
+        }
+    )
     path = tmp_path / "skus.yaml"
     path.write_text(yaml.safe_dump(data))
     monkeypatch.setattr(skus, "CATALOG_PATH", path)
@@ -127,8 +170,10 @@ def test_catalog_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, nimbuild.skus as s; s.catalog(); "
-            "heavy = [m for m in ('torch','onnx','transformers','pydantic','rich') if m in sys.modules]; "
-            "print(heavy)")
+    code = (
+        "import sys, nimbuild.skus as s; s.catalog(); "
+        "heavy = [m for m in ('torch','onnx','transformers','pydantic','rich') if m in sys.modules]; "
+        "print(heavy)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"

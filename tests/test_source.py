@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HF_TEST_SHA as SHA  # noqa: E402
 
-from nimbuild.build import pairs as pairs_mod
-from nimbuild.build.source import hub_cache_dir, resolve_hub, resolve_local, resolve_source
+from nimbuild.builder import pairs as pairs_mod
+from nimbuild.builder.source import hub_cache_dir, resolve_hub, resolve_local, resolve_source
 from nimbuild.errors import NimbuildError
 from nimbuild.recipe import parse_recipe
-
-from conftest import HF_TEST_SHA as SHA  # noqa: E402
 
 
 def test_local_folder_is_used_as_is(example_model_dir):
@@ -119,7 +118,7 @@ def test_example_pairs(example_pairs):
 
 
 def test_tiny_vocabulary_covers_the_example_pairs(example_pairs):
-    from nimbuild.build.tiny import uncovered_words
+    from nimbuild.builder.tiny import uncovered_words
 
     groups = pairs_mod.load_pairs(example_pairs)
     text = " ".join(g.query + " " + " ".join(g.passages) for g in groups)

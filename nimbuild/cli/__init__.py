@@ -19,7 +19,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts show [defaults] and <placeholders> literally
     help=(
         "Turn a Hugging Face cross-encoder into hashed, hardware-specific, servable profiles.\n\n"
-        "Example: nimbuild build recipes/example-tiny.yaml --out build/example-tiny"
+        "Example: nimbuild build recipes/example-tiny.yaml --out out/example-tiny"
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -37,10 +37,23 @@ def _register() -> None:
 
 # A missing optional dependency is the user's to fix, not a bug: say which extra brings it.
 _EXTRA_OF_MODULE = {
-    **dict.fromkeys(("torch", "transformers", "onnx", "onnxscript", "polygraphy", "huggingface_hub",
-                     "ml_dtypes", "safetensors", "sentencepiece"), "build"),
-    **dict.fromkeys(("onnxruntime", "tokenizers", "starlette", "uvicorn", "prometheus_client", "pynvml",
-                     "jinja2"), "runtime"),
+    **dict.fromkeys(
+        (
+            "torch",
+            "transformers",
+            "onnx",
+            "onnxscript",
+            "polygraphy",
+            "huggingface_hub",
+            "ml_dtypes",
+            "safetensors",
+            "sentencepiece",
+        ),
+        "build",
+    ),
+    **dict.fromkeys(
+        ("onnxruntime", "tokenizers", "starlette", "uvicorn", "prometheus_client", "pynvml", "jinja2"), "runtime"
+    ),
     "tritonclient": "triton",
     "tensorrt": "tensorrt",
 }
@@ -53,8 +66,10 @@ def missing_dependency_error(exc: ModuleNotFoundError) -> NimbuildError | None:
     if extra is None:
         return None
     if extra == "tensorrt":
-        hint = ("TensorRT comes with NVIDIA's TensorRT/Triton containers, or "
-                "`pip install --extra-index-url https://pypi.nvidia.com tensorrt`")
+        hint = (
+            "TensorRT comes with NVIDIA's TensorRT/Triton containers, or "
+            "`pip install --extra-index-url https://pypi.nvidia.com tensorrt`"
+        )
     else:
         hint = f"pip install 'nimbuild[{extra}]'"
     return NimbuildError(f"this command needs the Python package '{top}', which is not installed", hint=hint)
@@ -66,8 +81,10 @@ def _file_system_error(exc: OSError) -> NimbuildError | None:
     if exc.filename is None:
         return None
     where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
-    return NimbuildError(f"{exc.strerror or type(exc).__name__}: {where}",
-                         hint="check that the path exists, is of the right kind (file or folder), is writable and has room")
+    return NimbuildError(
+        f"{exc.strerror or type(exc).__name__}: {where}",
+        hint="check that the path exists, is of the right kind (file or folder), is writable and has room",
+    )
 
 
 def run(application: typer.Typer, argv: list[str] | None = None, prog_name: str | None = None) -> None:

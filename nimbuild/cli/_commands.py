@@ -8,15 +8,15 @@ import typer
 
 # module name under nimbuild.cli -> each module exposes register(app)
 COMMAND_MODULES = (
-    "recipe",      # nimbuild recipe check
-    "export",      # nimbuild export
-    "engines",     # nimbuild engines
-    "manifest",    # nimbuild manifest build|merge|show|verify
-    "render",      # nimbuild render, create-model-store, download-to-cache
-    "plan",        # nimbuild plan
-    "build",       # nimbuild build
-    "profiles",    # nimbuild list-model-profiles, select
-    "serve",       # nimbuild serve
+    "recipe",  # nimbuild recipe check
+    "export",  # nimbuild export
+    "engines",  # nimbuild engines
+    "manifest",  # nimbuild manifest build|merge|show|verify
+    "render",  # nimbuild render, create-model-store, download-to-cache
+    "plan",  # nimbuild plan
+    "build",  # nimbuild build
+    "profiles",  # nimbuild list-model-profiles, select
+    "serve",  # nimbuild serve
 )
 
 

@@ -12,7 +12,10 @@ from nimbuild.cli.options import JsonOpt, QuietOpt
 
 def build(
     recipe: Annotated[Path, typer.Argument(help="The recipe (recipes/*.yaml).", show_default=False)],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder; ends with OUT/manifest.yaml.")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder; ends with OUT/manifest.yaml (default: out/<recipe name>)."),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild every step, ignoring the cache.")] = False,
     no_engines: Annotated[bool, typer.Option("--no-engines", help="Skip TensorRT engines even on a GPU host.")] = False,
     no_render: Annotated[bool, typer.Option("--no-render", help="Skip the Triton model repositories.")] = False,
@@ -26,15 +29,21 @@ def build(
 
     Example: nimbuild build recipes/example-tiny.yaml --out out/example-tiny
     """
-    from nimbuild.build.steps import run_build
+    from nimbuild.builder.steps import run_build
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode, quiet=quiet)
     result = run_build(recipe, out_dir, out, force=force, engines=not no_engines, render=not no_render)
-    out.emit(result.to_dict(), lambda o: (
-        o.table(["step", "status", "seconds", "note"],
-                [(s.step, s.status, f"{s.seconds:.2f}", s.note) for s in result.steps]),
-        o.line(f"wrote {result.manifest}")))
+    out.emit(
+        result.to_dict(),
+        lambda o: (
+            o.table(
+                ["step", "status", "seconds", "note"],
+                [(s.step, s.status, f"{s.seconds:.2f}", s.note) for s in result.steps],
+            ),
+            o.line(f"wrote {result.manifest}"),
+        ),
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,24 +12,56 @@ from nimbuild.cli.options import JsonOpt, QuietOpt
 
 def engines(
     recipe: Annotated[Path, typer.Argument(help="The recipe (recipes/*.yaml).", show_default=False)],
-    gpu: Annotated[str, typer.Option("--gpu", "-g", help="GPU SKU to build for (h100-sxm, an NVML name, "
-                                     "a canonical name), or 'auto' for the visible GPU.", show_default=False)],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="The export dir `nimbuild export` "
-                                                    "wrote (default: build/<recipe name>, as export's).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and the equivalent `polygraphy "
-                                          "convert` commands; needs no GPU and no TensorRT.")] = False,
-    hardware_compatible: Annotated[bool, typer.Option(
-        "--hardware-compatible", help="Build engines that run on every GPU of the SKU's compute capability "
-        "(TensorRT >= 10.9; tagged, matched on compute capability).")] = False,
-    opt_level: Annotated[int, typer.Option("--builder-optimization-level", min=0, max=5,
-                                           help="TensorRT builder optimization level.")] = 3,
-    workspace_mib: Annotated[Optional[int], typer.Option("--workspace-mib", min=1,
-                                                         help="TensorRT workspace memory pool limit.")] = None,
-    timing_cache: Annotated[Optional[Path], typer.Option(
-        "--timing-cache", help="Timing cache file to load and update (default: engines/<sku>/timing.cache "
-        "in the export dir; point CI caches here).")] = None,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Ignore the build cache: rebuild every "
-                                          "engine even when its inputs did not change.")] = False,
+    gpu: Annotated[
+        str,
+        typer.Option(
+            "--gpu",
+            "-g",
+            help="GPU SKU to build for (h100-sxm, an NVML name, a canonical name), or 'auto' for the visible GPU.",
+            show_default=False,
+        ),
+    ],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="The export dir `nimbuild export` wrote (default: out/<recipe name>, as export's)."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan and the equivalent `polygraphy convert` commands; needs no GPU and no TensorRT.",
+        ),
+    ] = False,
+    hardware_compatible: Annotated[
+        bool,
+        typer.Option(
+            "--hardware-compatible",
+            help="Build engines that run on every GPU of the SKU's compute capability "
+            "(TensorRT >= 10.9; tagged, matched on compute capability).",
+        ),
+    ] = False,
+    opt_level: Annotated[
+        int, typer.Option("--builder-optimization-level", min=0, max=5, help="TensorRT builder optimization level.")
+    ] = 3,
+    workspace_mib: Annotated[
+        int | None, typer.Option("--workspace-mib", min=1, help="TensorRT workspace memory pool limit.")
+    ] = None,
+    timing_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--timing-cache",
+            help="Timing cache file to load and update (default: engines/<sku>/timing.cache "
+            "in the export dir; point CI caches here).",
+        ),
+    ] = None,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild", help="Ignore the build cache: rebuild every engine even when its inputs did not change."
+        ),
+    ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -41,7 +73,7 @@ def engines(
 
     Example: nimbuild engines recipes/example-tiny.yaml --gpu h100-sxm --dry-run
     """
-    from nimbuild.build import engines as engines_mod
+    from nimbuild.builder import engines as engines_mod
     from nimbuild.errors import NimbuildError
     from nimbuild.output import Output
 
@@ -51,8 +83,9 @@ def engines(
         workspace_bytes=workspace_mib * 1024 * 1024 if workspace_mib else None,
         hardware_compatible=hardware_compatible,
     )
-    result = engines_mod.engines_command(recipe, gpu, out_dir, out, dry_run=dry_run, options=options,
-                                         timing_cache=timing_cache, force=rebuild)
+    result = engines_mod.engines_command(
+        recipe, gpu, out_dir, out, dry_run=dry_run, options=options, timing_cache=timing_cache, force=rebuild
+    )
     if dry_run:
         out.emit({"dry_run": True, **result.to_dict()}, lambda o: _print_plan(o, result))
         return
@@ -67,8 +100,7 @@ def engines(
 
 def _print_plan(o, plan) -> None:
     sku = plan.sku
-    o.line(f"Engine plan for {plan.model} on {sku.canonical} ({sku.slug}, compute capability "
-           f"{sku.compute_capability})")
+    o.line(f"Engine plan for {plan.model} on {sku.canonical} ({sku.slug}, compute capability {sku.compute_capability})")
     opts = plan.options
     described = f"strongly typed, builder optimization level {opts.builder_optimization_level}"
     if opts.workspace_bytes:
@@ -99,22 +131,25 @@ def _print_plan(o, plan) -> None:
 
 def _print_results(o, result) -> None:
     plan = result.plan
-    o.line(f"Engines for {plan.model} on {result.gpu.name} [{result.gpu.pci_device_id}], "
-           f"TensorRT {result.trt_version}")
+    o.line(f"Engines for {plan.model} on {result.gpu.name} [{result.gpu.pci_device_id}], TensorRT {result.trt_version}")
     for r in result.results:
         if r.passed:
             m = r.metrics
             latency = m.get("latency_ms") or {}
             accuracy = (m.get("gate") or {}).get("metrics") or {}
             acc = ", ".join(f"{k} {v:.3f}" for k, v in sorted(accuracy.items()) if isinstance(v, (int, float)))
-            o.line(f"  {r.status:7} {r.precision:5} {r.engine}  {m.get('size_bytes', 0) / 1e6:.1f} MB, "
-                   f"built in {m.get('build_seconds')} s, p50 {latency.get('p50')} ms at "
-                   f"{'x'.join(str(d) for d in latency.get('shape', []))}; {acc}")
+            o.line(
+                f"  {r.status:7} {r.precision:5} {r.engine}  {m.get('size_bytes', 0) / 1e6:.1f} MB, "
+                f"built in {m.get('build_seconds')} s, p50 {latency.get('p50')} ms at "
+                f"{'x'.join(str(d) for d in latency.get('shape', []))}; {acc}"
+            )
         else:
             o.line(f"  {r.status:7} {r.precision:5} {r.reason}")
     if result.fragment:
-        o.line(f"fragment: {result.fragment} ({sum(r.passed for r in result.results)} profile(s)); "
-               f"merge it with `nimbuild manifest merge`")
+        o.line(
+            f"fragment: {result.fragment} ({sum(r.passed for r in result.results)} profile(s)); "
+            f"merge it with `nimbuild manifest merge`"
+        )
 
 
 def register(app: typer.Typer) -> None:

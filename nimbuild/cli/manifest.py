@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,8 +12,10 @@ from nimbuild.cli.options import JsonOpt, QuietOpt
 manifest_app = typer.Typer(
     name="manifest",
     rich_markup_mode=None,
-    help=("Write, merge, print and verify manifest.yaml (hashed profile IDs, sha256 per file).\n\n"
-          "Example: nimbuild manifest verify out/example-tiny/manifest.yaml"),
+    help=(
+        "Write, merge, print and verify manifest.yaml (hashed profile IDs, sha256 per file).\n\n"
+        "Example: nimbuild manifest verify out/example-tiny/manifest.yaml"
+    ),
     no_args_is_help=True,
 )
 
@@ -21,9 +23,19 @@ ManifestArg = Annotated[Path, typer.Argument(help="A manifest.yaml.", show_defau
 
 
 def _summary(m) -> list[dict]:
-    return [{"id": p.id, "name": p.name, "backend": p.tags.get("backend"), "device": p.tags.get("device"),
-             "precision": p.tags.get("precision"), "gpu": p.tags.get("gpu"),
-             "files": len(p.files), "size_bytes": sum(f.size for f in p.files.values())} for p in m.profiles]
+    return [
+        {
+            "id": p.id,
+            "name": p.name,
+            "backend": p.tags.get("backend"),
+            "device": p.tags.get("device"),
+            "precision": p.tags.get("precision"),
+            "gpu": p.tags.get("gpu"),
+            "files": len(p.files),
+            "size_bytes": sum(f.size for f in p.files.values()),
+        }
+        for p in m.profiles
+    ]
 
 
 def _size(n: int) -> str:
@@ -36,10 +48,18 @@ def _size(n: int) -> str:
 
 @manifest_app.command("build")
 def build(
-    export_dir: Annotated[Path, typer.Option("--export-dir", "-d", help="The export dir (export_report.json, onnx/, tokenizer/).")],
-    fragment: Annotated[Optional[list[Path]], typer.Option("--fragment", "-f", help="An engine fragment to merge in (repeatable).")] = None,
-    out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write it [default: EXPORT_DIR/manifest.yaml].")] = None,
-    no_discover: Annotated[bool, typer.Option("--no-discover", help="Do not pick up EXPORT_DIR/engines/*/fragment.yaml.")] = False,
+    export_dir: Annotated[
+        Path, typer.Option("--export-dir", "-d", help="The export dir (export_report.json, onnx/, tokenizer/).")
+    ],
+    fragment: Annotated[
+        list[Path] | None, typer.Option("--fragment", "-f", help="An engine fragment to merge in (repeatable).")
+    ] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where to write it [default: EXPORT_DIR/manifest.yaml].")
+    ] = None,
+    no_discover: Annotated[
+        bool, typer.Option("--no-discover", help="Do not pick up EXPORT_DIR/engines/*/fragment.yaml.")
+    ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -47,22 +67,30 @@ def build(
 
     Example: nimbuild manifest build --export-dir out/example-tiny --fragment h100/fragment.yaml
     """
-    from nimbuild.build.assemble import build_manifest
+    from nimbuild.builder.assemble import build_manifest
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode, quiet=quiet)
     m, path = build_manifest(export_dir, fragment or [], out_path, discover=not no_discover)
     rows = _summary(m)
-    out.emit({"manifest": str(path), "profiles": rows},
-             lambda o: (o.table(["id", "name", "files", "size"],
-                                [(r["id"], r["name"], r["files"], _size(r["size_bytes"])) for r in rows]),
-                        o.line(f"wrote {path} ({len(rows)} profiles)")))
+    out.emit(
+        {"manifest": str(path), "profiles": rows},
+        lambda o: (
+            o.table(
+                ["id", "name", "files", "size"],
+                [(r["id"], r["name"], r["files"], _size(r["size_bytes"])) for r in rows],
+            ),
+            o.line(f"wrote {path} ({len(rows)} profiles)"),
+        ),
+    )
 
 
 @manifest_app.command("merge")
 def merge(
     manifests: Annotated[list[Path], typer.Argument(help="Manifests or fragments to merge.", show_default=False)],
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="The merged manifest (its folder must hold every artifact).")],
+    out_path: Annotated[
+        Path, typer.Option("--out", "-o", help="The merged manifest (its folder must hold every artifact).")
+    ],
     json_mode: JsonOpt = False,
 ) -> None:
     """Merge fragments (e.g. one per CI runner) into one manifest: order-independent, idempotent.
@@ -79,8 +107,10 @@ def merge(
     merged = mf.merge_manifests(loaded, root=out_path.parent)
     mf.write_manifest(merged, out_path)
     rows = _summary(merged)
-    out.emit({"manifest": str(out_path), "inputs": [str(p) for p in manifests], "profiles": rows},
-             f"merged {len(manifests)} manifest(s) into {out_path} ({len(rows)} profiles)")
+    out.emit(
+        {"manifest": str(out_path), "inputs": [str(p) for p in manifests], "profiles": rows},
+        f"merged {len(manifests)} manifest(s) into {out_path} ({len(rows)} profiles)",
+    )
 
 
 @manifest_app.command("show")
@@ -102,9 +132,23 @@ def show(
     def human(o: Output) -> None:
         if m.header:
             o.line("  ".join(f"{k}: {m.header[k]}" for k in sorted(m.header)))
-        o.table(["id", "name", "backend", "device", "precision", "gpu", "files", "size"],
-                [(r["id"], r["name"], r["backend"], r["device"], r["precision"], r["gpu"] or "-",
-                  r["files"], _size(r["size_bytes"])) for r in rows], title=str(manifest))
+        o.table(
+            ["id", "name", "backend", "device", "precision", "gpu", "files", "size"],
+            [
+                (
+                    r["id"],
+                    r["name"],
+                    r["backend"],
+                    r["device"],
+                    r["precision"],
+                    r["gpu"] or "-",
+                    r["files"],
+                    _size(r["size_bytes"]),
+                )
+                for r in rows
+            ],
+            title=str(manifest),
+        )
 
     out.emit(m.to_dict(), human)
 
@@ -112,7 +156,9 @@ def show(
 @manifest_app.command("verify")
 def verify(
     manifest: ManifestArg,
-    no_files: Annotated[bool, typer.Option("--no-files", help="Check IDs only, not the files' sha256 and size.")] = False,
+    no_files: Annotated[
+        bool, typer.Option("--no-files", help="Check IDs only, not the files' sha256 and size.")
+    ] = False,
     json_mode: JsonOpt = False,
 ) -> None:
     """Recompute every ID from its tags and every file's sha256 and size; exit 1 on any problem.
@@ -123,16 +169,25 @@ def verify(
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode)
-    m = mf.load_manifest(manifest, check_ids=False)   # wrong IDs are listed below with the rest
+    m = mf.load_manifest(manifest, check_ids=False)  # wrong IDs are listed below with the rest
     problems = mf.verify_manifest(m, check_files=not no_files)
     n_files = len({rel for p in m.profiles for rel in p.files})
-    data = {"manifest": str(manifest), "ok": not problems, "problems": problems,
-            "profiles": len(m.profiles), "files": n_files}
+    data = {
+        "manifest": str(manifest),
+        "ok": not problems,
+        "problems": problems,
+        "profiles": len(m.profiles),
+        "files": n_files,
+    }
     if problems:
         out.emit(data, "\n".join(f"FAIL {manifest}: {p}" for p in problems))
         raise typer.Exit(1)
-    out.emit(data, f"ok  {manifest}: {len(m.profiles)} profiles, {n_files} files, every ID and checksum matches"
-             if not no_files else f"ok  {manifest}: {len(m.profiles)} profiles, every ID matches")
+    out.emit(
+        data,
+        f"ok  {manifest}: {len(m.profiles)} profiles, {n_files} files, every ID and checksum matches"
+        if not no_files
+        else f"ok  {manifest}: {len(m.profiles)} profiles, every ID matches",
+    )
 
 
 def register(app: typer.Typer) -> None:

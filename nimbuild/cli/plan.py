@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,10 +13,17 @@ from nimbuild.cli.options import JsonOpt
 def plan(
     recipe: Annotated[Path, typer.Argument(help="The recipe (recipes/*.yaml).", show_default=False)],
     fmt: Annotated[str, typer.Option("--format", "-f", help="github, gitlab or k8s.")] = "github",
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the plan here [default: stdout].")] = None,
-    builder_image: Annotated[Optional[str], typer.Option(
-        "--builder-image", help="Image of the build jobs [default: NVIDIA's TensorRT container of the recipe's Triton release].")] = None,
-    image_name: Annotated[Optional[str], typer.Option("--image", help="Name of the serving image [default: nimbuild/<model>].")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write the plan here [default: stdout].")] = None,
+    builder_image: Annotated[
+        str | None,
+        typer.Option(
+            "--builder-image",
+            help="Image of the build jobs [default: NVIDIA's TensorRT container of the recipe's Triton release].",
+        ),
+    ] = None,
+    image_name: Annotated[
+        str | None, typer.Option("--image", help="Name of the serving image [default: nimbuild/<model>].")
+    ] = None,
     json_mode: JsonOpt = False,
 ) -> None:
     """One engine build job per GPU SKU, on a runner that has it, then one merge + render + image job.
@@ -34,8 +41,10 @@ def plan(
     for warning in result.warnings:
         out.warn(warning)
     if out_file is not None:
-        out.emit({**result.to_dict(), "out": str(out_file)},
-                 f"wrote {out_file}: {len(result.jobs)} build job(s) ({', '.join(j['slug'] for j in result.jobs)}) + 1 merge")
+        out.emit(
+            {**result.to_dict(), "out": str(out_file)},
+            f"wrote {out_file}: {len(result.jobs)} build job(s) ({', '.join(j['slug'] for j in result.jobs)}) + 1 merge",
+        )
     else:
         out.emit(result.to_dict(), result.text)
 

@@ -10,22 +10,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from nimbuild.cli.options import JsonOpt
 
-ManifestOpt = Annotated[Optional[Path], typer.Option(
-    "--manifest", "-m", show_default=False,
-    help="manifest.yaml to read (default: $NIM_MANIFEST_PATH, else ./manifest.yaml).")]
-AssumeGpuOpt = Annotated[Optional[list[str]], typer.Option(
-    "--assume-gpu", show_default=False,
-    help="Judge as if this host had these GPUs instead of detecting them: a catalog name, NVML name or slug, "
-         "optionally 'xN' ('NVIDIA H100 80GB HBM3', 'l40s x2'); repeatable.")]
+ManifestOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        "-m",
+        show_default=False,
+        help="manifest.yaml to read (default: $NIM_MANIFEST_PATH, else ./manifest.yaml).",
+    ),
+]
+AssumeGpuOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--assume-gpu",
+        show_default=False,
+        help="Judge as if this host had these GPUs instead of detecting them: a catalog name, NVML name or slug, "
+        "optionally 'xN' ('NVIDIA H100 80GB HBM3', 'l40s x2'); repeatable.",
+    ),
+]
 
 
-def decide(manifest: Optional[Path], assume_gpu: Optional[list[str]], env=os.environ) -> tuple[Any, Optional[Exception]]:
+def decide(manifest: Path | None, assume_gpu: list[str] | None, env=os.environ) -> tuple[Any, Exception | None]:
     """The Selection for these options, and the override error if one failed.
 
     When NIM_MODEL_PROFILE / NIM_TAGS_SELECTOR cannot be met, the Selection is the
@@ -38,14 +49,19 @@ def decide(manifest: Optional[Path], assume_gpu: Optional[list[str]], env=os.env
 
     path = manifest if manifest is not None else default_manifest_path(env)
     if not path.exists():
-        origin = "--manifest" if manifest is not None else (
-            "NIM_MANIFEST_PATH" if env.get("NIM_MANIFEST_PATH") else "the default ./manifest.yaml")
-        raise NimbuildError(f"{path}: no such manifest (from {origin})",
-                            hint="pass --manifest PATH or set NIM_MANIFEST_PATH; `nimbuild build` writes one")
+        origin = (
+            "--manifest"
+            if manifest is not None
+            else ("NIM_MANIFEST_PATH" if env.get("NIM_MANIFEST_PATH") else "the default ./manifest.yaml")
+        )
+        raise NimbuildError(
+            f"{path}: no such manifest (from {origin})",
+            hint="pass --manifest PATH or set NIM_MANIFEST_PATH; `nimbuild build` writes one",
+        )
     loaded = load_manifest(path)
     if assume_gpu:
         host = assumed_host(list(assume_gpu))
-        if cpu_only_requested(env):      # the preview honours NIM_CPU_ONLY too, and says so
+        if cpu_only_requested(env):  # the preview honours NIM_CPU_ONLY too, and says so
             host.cpu_only_reason = f"NIM_CPU_ONLY={env['NIM_CPU_ONLY'].strip()} is set"
     else:
         host = detect_host(env)
@@ -59,7 +75,7 @@ def decide(manifest: Optional[Path], assume_gpu: Optional[list[str]], env=os.env
         return selection, exc
 
 
-def _document(selection, error: Optional[Exception], command: str) -> dict:
+def _document(selection, error: Exception | None, command: str) -> dict:
     from nimbuild.runtime.selection import startup_log
 
     data = selection.to_dict()
@@ -69,7 +85,7 @@ def _document(selection, error: Optional[Exception], command: str) -> dict:
     return data
 
 
-def _print(selection, error: Optional[Exception], json_mode: bool, command: str, system_info: bool) -> None:
+def _print(selection, error: Exception | None, json_mode: bool, command: str, system_info: bool) -> None:
     from nimbuild.output import Output
     from nimbuild.runtime.selection import profile_lines, startup_log
 
@@ -82,13 +98,14 @@ def _print(selection, error: Optional[Exception], json_mode: bool, command: str,
     Output(json_mode=json_mode).emit(_document(selection, error, command), "\n".join(lines))
 
 
-def list_model_profiles(manifest: ManifestOpt = None, json_mode: JsonOpt = False,
-                        assume_gpu: AssumeGpuOpt = None) -> None:
+def list_model_profiles(
+    manifest: ManifestOpt = None, json_mode: JsonOpt = False, assume_gpu: AssumeGpuOpt = None
+) -> None:
     """List the manifest's profiles as this host sees them, and the one it would select.
 
     Prints SYSTEM INFO (the GPUs seen, or "no GPU" and why), then the profiles in three groups (runnable; compatible but not runnable; incompatible, each with its reason), then the selected profile and its metadata. Works without a GPU, NVML or TensorRT. Honours NIM_MODEL_PROFILE, NIM_TAGS_SELECTOR, NIM_CACHE_PATH and NIM_CPU_ONLY.
 
-    Example: nimbuild list-model-profiles --manifest build/example-tiny/manifest.yaml --assume-gpu h100-sxm
+    Example: nimbuild list-model-profiles --manifest out/example-tiny/manifest.yaml --assume-gpu h100-sxm
     """
     selection, error = decide(manifest, assume_gpu)
     _print(selection, error, json_mode, "list-model-profiles", system_info=True)
@@ -96,13 +113,12 @@ def list_model_profiles(manifest: ManifestOpt = None, json_mode: JsonOpt = False
         raise error
 
 
-def select_profile(manifest: ManifestOpt = None, json_mode: JsonOpt = False,
-                   assume_gpu: AssumeGpuOpt = None) -> None:
+def select_profile(manifest: ManifestOpt = None, json_mode: JsonOpt = False, assume_gpu: AssumeGpuOpt = None) -> None:
     """Make the decision `nimbuild serve` will make and print it as its startup log.
 
     Exit 0 with a selected profile; exit 1 with the reason when none can be selected (nothing runnable, or an override that names nothing or a profile this host cannot run).
 
-    Example: NIM_MODEL_PROFILE=onnx-fp16-triton-onnxruntime nimbuild select -m build/example-tiny/manifest.yaml --json
+    Example: NIM_MODEL_PROFILE=onnx-fp16-triton-onnxruntime nimbuild select -m out/example-tiny/manifest.yaml --json
     """
     from nimbuild.errors import NimbuildError
 
@@ -111,8 +127,10 @@ def select_profile(manifest: ManifestOpt = None, json_mode: JsonOpt = False,
     if error is not None:
         raise error
     if selection.selected is None:
-        raise NimbuildError("no profile in the manifest is runnable on this host",
-                            hint="see each profile's reason above; build a CPU profile, or run where its GPU is")
+        raise NimbuildError(
+            "no profile in the manifest is runnable on this host",
+            hint="see each profile's reason above; build a CPU profile, or run where its GPU is",
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -122,7 +140,11 @@ def register(app: typer.Typer) -> None:
 
 def standalone_list_app() -> typer.Typer:
     """The `list-model-profiles` console script: the same command as a one-command app."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
-                      context_settings={"help_option_names": ["-h", "--help"]})
+    app = typer.Typer(
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
     app.command("list-model-profiles")(list_model_profiles)
     return app

@@ -78,8 +78,8 @@ def _check_local_files(recipe, file: Path) -> None:
     """What the recipe points at on this disk must be usable: a typo'd path, a folder that is no model,
     remote code the recipe does not allow, or a malformed pairs file fails here, not mid-export.
     The export's own readers judge them (the weights are not hashed: this stays quick)."""
-    from nimbuild.build.pairs import load_pairs
-    from nimbuild.build.source import check_remote_code, read_config
+    from nimbuild.builder.pairs import load_pairs
+    from nimbuild.builder.source import check_remote_code, read_config
     from nimbuild.errors import NimbuildError
 
     field = "source.path"
@@ -87,8 +87,10 @@ def _check_local_files(recipe, file: Path) -> None:
         if recipe.source.path:
             model_dir = recipe.resolve(recipe.source.path)
             if not model_dir.is_dir():
-                raise NimbuildError(f"model folder {model_dir} does not exist",
-                                    hint="give a folder saved with save_pretrained (relative to the recipe file), or use source.repo")
+                raise NimbuildError(
+                    f"model folder {model_dir} does not exist",
+                    hint="give a folder saved with save_pretrained (relative to the recipe file), or use source.repo",
+                )
             check_remote_code(model_dir, read_config(model_dir), recipe.trust_remote_code, f"model {model_dir}")
         field = "pairs"
         if recipe.pairs:

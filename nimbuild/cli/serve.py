@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,19 +11,40 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        manifest: Annotated[Path, typer.Option(
-            "--manifest", "-m", envvar="NIM_MANIFEST_PATH",
-            help="manifest.yaml whose profiles to choose from (env NIM_MANIFEST_PATH).")] = Path("manifest.yaml"),
-        host: Annotated[str, typer.Option(
-            "--host", envvar="NIM_HTTP_API_HOST", help="Address to listen on.")] = "0.0.0.0",
-        port: Annotated[int, typer.Option(
-            "--port", envvar="NIM_HTTP_API_PORT", help="Port of the HTTP API (env NIM_HTTP_API_PORT).")] = 8000,
-        assume_gpu: Annotated[Optional[list[str]], typer.Option(
-            "--assume-gpu", help="Select as if these GPUs were present ('NVIDIA H100 80GB HBM3', 'h100-sxm x2'); repeatable.")] = None,
-        backend: Annotated[str, typer.Option(
-            "--backend", envvar="NIM_SERVE_BACKEND",
-            help="auto (ONNX Runtime for ONNX profiles, Triton for TensorRT), onnxruntime, or triton.")] = "auto",
-        log_level: Annotated[str, typer.Option("--log-level", envvar="NIM_LOG_LEVEL", help="debug, info, warning.")] = "info",
+        manifest: Annotated[
+            Path,
+            typer.Option(
+                "--manifest",
+                "-m",
+                envvar="NIM_MANIFEST_PATH",
+                help="manifest.yaml whose profiles to choose from (env NIM_MANIFEST_PATH).",
+            ),
+        ] = Path("manifest.yaml"),
+        host: Annotated[
+            str, typer.Option("--host", envvar="NIM_HTTP_API_HOST", help="Address to listen on.")
+        ] = "0.0.0.0",
+        port: Annotated[
+            int,
+            typer.Option("--port", envvar="NIM_HTTP_API_PORT", help="Port of the HTTP API (env NIM_HTTP_API_PORT)."),
+        ] = 8000,
+        assume_gpu: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--assume-gpu",
+                help="Select as if these GPUs were present ('NVIDIA H100 80GB HBM3', 'h100-sxm x2'); repeatable.",
+            ),
+        ] = None,
+        backend: Annotated[
+            str,
+            typer.Option(
+                "--backend",
+                envvar="NIM_SERVE_BACKEND",
+                help="auto (ONNX Runtime for ONNX profiles, Triton for TensorRT), onnxruntime, or triton.",
+            ),
+        ] = "auto",
+        log_level: Annotated[
+            str, typer.Option("--log-level", envvar="NIM_LOG_LEVEL", help="debug, info, warning.")
+        ] = "info",
     ) -> None:
         """Serve the best profile this host can run: the reranking NIM's /v1/ranking API.
 
@@ -31,15 +52,20 @@ def register(app: typer.Typer) -> None:
         logs the choice, verifies the profile's files (sha256), starts its backend and serves
         until SIGTERM (in-flight requests finish first).
 
-        Example: nimbuild serve --manifest build/example-tiny/manifest.yaml --port 8000
+        Example: nimbuild serve --manifest out/example-tiny/manifest.yaml --port 8000
         """
         import os
 
-        from nimbuild.runtime.serve.server import (bind_listener, graceful_shutdown_seconds, run_server,
-                                                   setup_logging, start_service)
+        from nimbuild.runtime.serve.server import (
+            bind_listener,
+            graceful_shutdown_seconds,
+            run_server,
+            setup_logging,
+            start_service,
+        )
 
         setup_logging(log_level)
-        graceful_shutdown_seconds(os.environ)   # settings and the port fail before a backend starts
+        graceful_shutdown_seconds(os.environ)  # settings and the port fail before a backend starts
         sock = bind_listener(host, port)
         try:
             service = start_service(manifest, env=os.environ, assume_gpu=assume_gpu or (), backend=backend)

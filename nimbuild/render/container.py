@@ -28,8 +28,10 @@ USER, UID = "nim", 10001
 PORT = 8000
 # The light half only; `triton` adds tritonclient[http], which serve needs to drive tritonserver.
 RUNTIME_EXTRAS = "runtime,triton"
-WHEELS_README = ("Put a nimbuild wheel here (pip wheel --no-deps -w wheels .) to install it instead of the\n"
-                 "published one; the Dockerfile installs nimbuild[runtime,triton] with --find-links on this folder.\n")
+WHEELS_README = (
+    "Put a nimbuild wheel here (pip wheel --no-deps -w wheels .) to install it instead of the\n"
+    "published one; the Dockerfile installs nimbuild[runtime,triton] with --find-links on this folder.\n"
+)
 
 
 @dataclass
@@ -43,10 +45,16 @@ class ContainerFiles:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"dockerfile": str(self.dockerfile), "dockerignore": [str(p) for p in self.dockerignore],
-                "context": str(self.context), "base_image": self.base_image, "profile_ids": self.profile_ids,
-                "included": self.included, "notes": self.notes,
-                "build_command": build_command(self.dockerfile, self.context, "IMAGE:TAG")}
+        return {
+            "dockerfile": str(self.dockerfile),
+            "dockerignore": [str(p) for p in self.dockerignore],
+            "context": str(self.context),
+            "base_image": self.base_image,
+            "profile_ids": self.profile_ids,
+            "included": self.included,
+            "notes": self.notes,
+            "build_command": build_command(self.dockerfile, self.context, "IMAGE:TAG"),
+        }
 
 
 def build_command(dockerfile: Path, context: Path, tag: str) -> str:
@@ -69,8 +77,13 @@ def _inside(path: Path, root: Path) -> str | None:
         return None
 
 
-def render_container(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, recipe: Any = None,
-                     triton_dir: str | os.PathLike | None = None) -> ContainerFiles:
+def render_container(
+    manifest_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    recipe: Any = None,
+    triton_dir: str | os.PathLike | None = None,
+) -> ContainerFiles:
     """Write ``out_dir/Dockerfile`` (+ its dockerignore) for the manifest's profiles.
 
     ``triton_dir``: the rendered repositories; they go into the image when they
@@ -87,8 +100,9 @@ def render_container(manifest_path: str | os.PathLike, out_dir: str | os.PathLik
     out_dir = Path(out_dir)
     notes: list[str] = []
     if not manifest.profiles:
-        raise NimbuildError(f"{manifest_path}: no profiles, nothing to serve",
-                            hint="build some first (nimbuild build / manifest build)")
+        raise NimbuildError(
+            f"{manifest_path}: no profiles, nothing to serve", hint="build some first (nimbuild build / manifest build)"
+        )
     header = manifest.header
     model = str(header.get("model") or manifest.profiles[0].tags.get("model", "model"))
     base_image = DEFAULT_TRITON_IMAGE
@@ -100,8 +114,10 @@ def render_container(manifest_path: str | os.PathLike, out_dir: str | os.PathLik
     if triton_dir is not None:
         rel = _inside(Path(triton_dir), context)
         if rel is None:
-            notes.append(f"{triton_dir} is outside the build context {context}: the image re-renders "
-                         "Triton repositories at start (ONNX profiles only need their graph)")
+            notes.append(
+                f"{triton_dir} is outside the build context {context}: the image re-renders "
+                "Triton repositories at start (ONNX profiles only need their graph)"
+            )
         else:
             paths += [f"{rel}/{name}/" for name in repositories_for(manifest, Path(triton_dir))]
     source_url, source_revision = _source(recipe, header)
@@ -110,30 +126,49 @@ def render_container(manifest_path: str | os.PathLike, out_dir: str | os.PathLik
     ctx_rel = os.path.relpath(context, out_dir) if out_dir != context else "."
     text = render(
         "Dockerfile.j2",
-        nimbuild_version=__version__, model=model, tag=__version__, profiles=profiles,
-        base_image=base_image, nimbuild_requirement=f"nimbuild[{RUNTIME_EXTRAS}]=={__version__}",
-        source_url=source_url, source_revision=source_revision,
-        model_revision=str(header.get("model_revision", "")), recipe_sha256=str(header.get("recipe_sha256", "")),
-        user=USER, uid=UID, port=PORT, model_dir=MODEL_DIR, cache_path=CACHE_PATH,
+        nimbuild_version=__version__,
+        model=model,
+        tag=__version__,
+        profiles=profiles,
+        base_image=base_image,
+        nimbuild_requirement=f"nimbuild[{RUNTIME_EXTRAS}]=={__version__}",
+        source_url=source_url,
+        source_revision=source_revision,
+        model_revision=str(header.get("model_revision", "")),
+        recipe_sha256=str(header.get("recipe_sha256", "")),
+        user=USER,
+        uid=UID,
+        port=PORT,
+        model_dir=MODEL_DIR,
+        cache_path=CACHE_PATH,
         dockerfile_hint=str(dockerfile) if out_dir != context else "Dockerfile",
         context_hint=ctx_rel if out_dir != context else ".",
     )
     problems = check_dockerfile(text)
     if problems:  # our own template broke a rule: a bug, say which
-        raise NimbuildError(f"{dockerfile}: the rendered Dockerfile breaks its rules: {'; '.join(problems)}",
-                            hint="fix templates/Dockerfile.j2")
+        raise NimbuildError(
+            f"{dockerfile}: the rendered Dockerfile breaks its rules: {'; '.join(problems)}",
+            hint="fix templates/Dockerfile.j2",
+        )
     ignore = render("dockerignore.j2", nimbuild_version=__version__, paths=paths)
     atomic_write_text(dockerfile, text)
-    ignores = [out_dir / "Dockerfile.dockerignore"]       # BuildKit reads <Dockerfile>.dockerignore
+    ignores = [out_dir / "Dockerfile.dockerignore"]  # BuildKit reads <Dockerfile>.dockerignore
     atomic_write_text(ignores[0], ignore)
     if os.path.abspath(out_dir) == os.path.abspath(context):
-        ignores.append(context / ".dockerignore")         # the classic builder reads only this one
+        ignores.append(context / ".dockerignore")  # the classic builder reads only this one
         atomic_write_text(ignores[1], ignore)
     wheels = context / "wheels"
     if not (wheels / "README.txt").exists():
         atomic_write_text(wheels / "README.txt", WHEELS_README)
-    return ContainerFiles(dockerfile=dockerfile, dockerignore=ignores, context=context, base_image=base_image,
-                          profile_ids=[p["id"] for p in profiles], included=["manifest.yaml", *paths], notes=notes)
+    return ContainerFiles(
+        dockerfile=dockerfile,
+        dockerignore=ignores,
+        context=context,
+        base_image=base_image,
+        profile_ids=[p["id"] for p in profiles],
+        included=["manifest.yaml", *paths],
+        notes=notes,
+    )
 
 
 def repositories_for(manifest, triton_dir: Path) -> list[str]:
@@ -152,17 +187,22 @@ def repositories_for(manifest, triton_dir: Path) -> list[str]:
     return names
 
 
-_IMAGE_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]{1,2}[a-z0-9]+)*)*"
-                       r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+_IMAGE_RE = re.compile(
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]{1,2}[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+)
 
 
 def check_image_reference(image: str) -> None:
     if not _IMAGE_RE.match(image or "") or (":" not in image.rsplit("/", 1)[-1] and "@" not in image):
-        raise NimbuildError(f"serving.triton_image {image!r} is not a pinned image reference",
-                            hint="use e.g. nvcr.io/nvidia/tritonserver:25.10-py3 (a tag or @sha256 digest)")
+        raise NimbuildError(
+            f"serving.triton_image {image!r} is not a pinned image reference",
+            hint="use e.g. nvcr.io/nvidia/tritonserver:25.10-py3 (a tag or @sha256 digest)",
+        )
 
 
 # --------------------------------------------------------------------------- checks
+
 
 def instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
@@ -208,14 +248,21 @@ def check_dockerfile(text: str) -> list[str]:
     if len(health) != 1 or "/v1/health/ready" not in health[0]:
         problems.append("one HEALTHCHECK on /v1/health/ready")
     labels = " ".join(a for w, a in ins if w == "LABEL")
-    for key in ("org.opencontainers.image.source", "org.opencontainers.image.revision",
-                "io.nimbuild.model", "io.nimbuild.profile-ids"):
+    for key in (
+        "org.opencontainers.image.source",
+        "org.opencontainers.image.revision",
+        "io.nimbuild.model",
+        "io.nimbuild.profile-ids",
+    ):
         if key + "=" not in labels:
             problems.append(f"LABEL {key} is missing")
     runs = " ".join(a for w, a in ins if w == "RUN")
     extras = re.findall(r"nimbuild\[([a-z,]+)\]", text)
-    if not extras or any(set(e.split(",")) - {"runtime", "triton"} for e in extras) or \
-            not all("runtime" in e.split(",") for e in extras):
+    if (
+        not extras
+        or any(set(e.split(",")) - {"runtime", "triton"} for e in extras)
+        or not all("runtime" in e.split(",") for e in extras)
+    ):
         problems.append(f"install nimbuild[runtime] (+ triton) only, got extras {extras}")
     if re.search(r"\b(torch|transformers|tensorrt)\b", runs):
         problems.append("a RUN installs a heavy (build-half) package")

@@ -25,7 +25,7 @@ from nimbuild.errors import NimbuildError
 
 FORMATS = ("github", "gitlab", "k8s")
 TEMPLATES = {"github": "plan_github.yaml.j2", "gitlab": "plan_gitlab.yaml.j2", "k8s": "plan_k8s.yaml.j2"}
-DEFAULT_LABELS = ("self-hosted", "linux")   # + gpu-<slug>
+DEFAULT_LABELS = ("self-hosted", "linux")  # + gpu-<slug>
 DEFAULT_BUILDER_IMAGE = "nvcr.io/nvidia/tensorrt:25.10-py3"
 DEFAULT_PVC = "nimbuild-workspace"
 TIMEOUT_MINUTES = 180
@@ -44,8 +44,13 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"format": self.format, "build_jobs": [j["slug"] for j in self.jobs], "merge_jobs": 1,
-                "warnings": self.warnings, "text": self.text}
+        return {
+            "format": self.format,
+            "build_jobs": [j["slug"] for j in self.jobs],
+            "merge_jobs": 1,
+            "warnings": self.warnings,
+            "text": self.text,
+        }
 
 
 def builder_image_for(triton_image: str | None) -> str:
@@ -60,8 +65,10 @@ def _recipe_path_for_ci(path: Path | None) -> str:
         raise NimbuildError("the plan needs a recipe file", hint="pass the path of recipes/<model>.yaml")
     rel = os.path.relpath(os.path.abspath(path), os.getcwd())
     if rel.startswith(".."):
-        raise NimbuildError(f"{path}: outside the current folder, so CI cannot find it by a relative path",
-                            hint="run `nimbuild plan` from the repository root that holds the recipe")
+        raise NimbuildError(
+            f"{path}: outside the current folder, so CI cannot find it by a relative path",
+            hint="run `nimbuild plan` from the repository root that holds the recipe",
+        )
     return Path(rel).as_posix()
 
 
@@ -75,22 +82,35 @@ def plan_jobs(recipe: Any, warn: list[str]) -> list[dict]:
     """One build job description per SKU of the recipe."""
     skus = recipe.gpu_skus()
     if not skus:
-        raise NimbuildError(f"{recipe.path}: gpus: empty, so there are no engines to plan",
-                            hint="list the GPU SKUs to build for (e.g. gpus: [h100-sxm, l40s])")
+        raise NimbuildError(
+            f"{recipe.path}: gpus: empty, so there are no engines to plan",
+            hint="list the GPU SKUs to build for (e.g. gpus: [h100-sxm, l40s])",
+        )
     jobs = []
     for sku in skus:
         labels = recipe.runner_labels(sku)
         if not labels:
             labels = default_labels(sku)
-            warn.append(f"{recipe.path}: runners has no entry for {sku.slug} ({sku.canonical}); "
-                        f"using the default runs-on labels {labels}")
-        jobs.append({"sku": sku.canonical, "slug": sku.slug, "labels": list(labels), "gitlab_tag": labels[-1],
-                     "gfd_product": sku.gfd_product, "compute_capability": sku.compute_capability})
+            warn.append(
+                f"{recipe.path}: runners has no entry for {sku.slug} ({sku.canonical}); "
+                f"using the default runs-on labels {labels}"
+            )
+        jobs.append(
+            {
+                "sku": sku.canonical,
+                "slug": sku.slug,
+                "labels": list(labels),
+                "gitlab_tag": labels[-1],
+                "gfd_product": sku.gfd_product,
+                "compute_capability": sku.compute_capability,
+            }
+        )
     return jobs
 
 
-def render_plan(recipe: Any, fmt: str, *, builder_image: str | None = None, image_name: str | None = None,
-                pvc: str = DEFAULT_PVC) -> Plan:
+def render_plan(
+    recipe: Any, fmt: str, *, builder_image: str | None = None, image_name: str | None = None, pvc: str = DEFAULT_PVC
+) -> Plan:
     """The CI plan of ``recipe`` in ``fmt`` (github, gitlab or k8s), checked to be valid YAML."""
     import yaml
 
@@ -108,44 +128,61 @@ def render_plan(recipe: Any, fmt: str, *, builder_image: str | None = None, imag
     q = shlex.quote
     commands = {
         "export": f"nimbuild export {q(recipe_path)} --out out",
-        "engines_github": f"nimbuild engines {q(recipe_path)} --gpu \"${{{{ matrix.slug }}}}\" --out out",
+        "engines_github": f'nimbuild engines {q(recipe_path)} --gpu "${{{{ matrix.slug }}}}" --out out',
         "build": f"nimbuild build {q(recipe_path)} --out out --no-engines",
-        "docker_github": ("docker build -f out/Dockerfile"
-                          " --build-arg \"SOURCE_URL=${{ github.server_url }}/${{ github.repository }}\""
-                          " --build-arg \"SOURCE_REVISION=${{ github.sha }}\""
-                          f" -t \"{image}:${{{{ github.sha }}}}\" out"),
+        "docker_github": (
+            "docker build -f out/Dockerfile"
+            ' --build-arg "SOURCE_URL=${{ github.server_url }}/${{ github.repository }}"'
+            ' --build-arg "SOURCE_REVISION=${{ github.sha }}"'
+            f' -t "{image}:${{{{ github.sha }}}}" out'
+        ),
     }
     for job in jobs:
         workdir = f"/workspace/out/{job['slug']}"
         job["k8s_name"] = _k8s_name("nimbuild", model, "engines", job["slug"])
-        job["k8s_script"] = " && ".join([
-            "python3 -m pip install --no-cache-dir '.[build]'",
-            f"nimbuild export {q(recipe_path)} --out {workdir}",
-            f"nimbuild engines {q(recipe_path)} --gpu {q(job['slug'])} --out {workdir}",
-        ])
+        job["k8s_script"] = " && ".join(
+            [
+                "python3 -m pip install --no-cache-dir '.[build]'",
+                f"nimbuild export {q(recipe_path)} --out {workdir}",
+                f"nimbuild engines {q(recipe_path)} --gpu {q(job['slug'])} --out {workdir}",
+            ]
+        )
     fragments = [f"/workspace/out/{j['slug']}/engines/{j['slug']}/fragment.yaml" for j in jobs]
-    wait_script = (f"for f in {' '.join(fragments)}; do "
-                   "until [ -f \"$f\" ]; do echo \"waiting for $f\"; sleep 30; done; done")
-    merge_script = " && ".join([
-        "python3 -m pip install --no-cache-dir '.[build]'",
-        "mkdir -p /workspace/out/release/engines",
-        *[f"cp -a /workspace/out/{j['slug']}/engines/{j['slug']} /workspace/out/release/engines/" for j in jobs],
-        f"nimbuild build {q(recipe_path)} --out /workspace/out/release --no-engines",
-        "nimbuild manifest verify /workspace/out/release/manifest.yaml",
-    ])
+    wait_script = (
+        f'for f in {" ".join(fragments)}; do until [ -f "$f" ]; do echo "waiting for $f"; sleep 30; done; done'
+    )
+    merge_script = " && ".join(
+        [
+            "python3 -m pip install --no-cache-dir '.[build]'",
+            "mkdir -p /workspace/out/release/engines",
+            *[f"cp -a /workspace/out/{j['slug']}/engines/{j['slug']} /workspace/out/release/engines/" for j in jobs],
+            f"nimbuild build {q(recipe_path)} --out /workspace/out/release --no-engines",
+            "nimbuild manifest verify /workspace/out/release/manifest.yaml",
+        ]
+    )
     env = environment()
     template = env.get_template(TEMPLATES[fmt])
     text = template.render(
-        nimbuild_version=__version__, model=model, recipe_path=recipe_path, jobs=jobs, builder_image=builder,
-        image_name=image, timeout_minutes=TIMEOUT_MINUTES, commands=commands, pvc=pvc,
-        merge_name=_k8s_name("nimbuild", model, "merge"), wait_script=wait_script, merge_script=merge_script,
+        nimbuild_version=__version__,
+        model=model,
+        recipe_path=recipe_path,
+        jobs=jobs,
+        builder_image=builder,
+        image_name=image,
+        timeout_minutes=TIMEOUT_MINUTES,
+        commands=commands,
+        pvc=pvc,
+        merge_name=_k8s_name("nimbuild", model, "merge"),
+        wait_script=wait_script,
+        merge_script=merge_script,
         gh=lambda expr: "${{ " + expr + " }}",
     )
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:  # the template produced bad YAML: a bug
-        raise NimbuildError(f"{TEMPLATES[fmt]}: rendered plan is not valid YAML: {exc}",
-                            hint="fix the template") from None
+        raise NimbuildError(
+            f"{TEMPLATES[fmt]}: rendered plan is not valid YAML: {exc}", hint="fix the template"
+        ) from None
     if not docs:
         raise NimbuildError(f"{TEMPLATES[fmt]}: rendered an empty plan", hint="fix the template")
     return Plan(format=fmt, text=text, jobs=jobs, warnings=warnings)
@@ -156,7 +193,7 @@ def write_plan(recipe_path: str | os.PathLike, fmt: str, out_file: str | os.Path
     from nimbuild.fsutil import atomic_write_text
     from nimbuild.recipe import load_recipe
 
-    if fmt not in FORMATS:   # before loading: the cheaper error first
+    if fmt not in FORMATS:  # before loading: the cheaper error first
         raise NimbuildError(f"unknown plan format {fmt!r}", hint=f"use one of: {', '.join(FORMATS)}")
     plan = render_plan(load_recipe(recipe_path), fmt, **options)
     if out_file is not None:

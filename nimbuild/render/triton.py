@@ -15,26 +15,41 @@ from typing import Any
 from nimbuild.errors import NimbuildError
 from nimbuild.output import Output
 from nimbuild.runtime.triton_repo.repository import (
-    RenderedRepository, ServingOptions, multi_cc_groups, multi_cc_info, profile_info, write_repository,
+    RenderedRepository,
+    ServingOptions,
+    multi_cc_groups,
+    multi_cc_info,
+    profile_info,
+    write_repository,
 )
 
-
 # --------------------------------------------------------------------------- the command
+
 
 @dataclass
 class RenderResult:
     repositories: list[RenderedRepository]
-    container: Any = None   # nimbuild.render.container.ContainerFiles
-    skipped: list[str] = field(default_factory=list)   # profiles with no Triton model, and why
+    container: Any = None  # nimbuild.render.container.ContainerFiles
+    skipped: list[str] = field(default_factory=list)  # profiles with no Triton model, and why
 
     def to_dict(self) -> dict:
-        return {"repositories": [r.to_dict() for r in self.repositories], "skipped": self.skipped,
-                "container": self.container.to_dict() if self.container is not None else None}
+        return {
+            "repositories": [r.to_dict() for r in self.repositories],
+            "skipped": self.skipped,
+            "container": self.container.to_dict() if self.container is not None else None,
+        }
 
 
-def render_all(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, mode: str = "link",
-               serving: ServingOptions | None = None, recipe_path: str | os.PathLike | None = None,
-               out=None, dockerfile: bool = True) -> RenderResult:
+def render_all(
+    manifest_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    mode: str = "link",
+    serving: ServingOptions | None = None,
+    recipe_path: str | os.PathLike | None = None,
+    out=None,
+    dockerfile: bool = True,
+) -> RenderResult:
     """``nimbuild render``: ``out_dir/triton/<profile name>/`` for every profile of a verified manifest,
     one repository per set of engines spanning several compute capabilities, and
     ``out_dir/Dockerfile`` (+ its dockerignore) for the serving image.
@@ -57,19 +72,26 @@ def render_all(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, 
     problems = verify_manifest(manifest, check_files=True)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise NimbuildError(f"{manifest_path}: the manifest does not verify, nothing rendered: {shown}",
-                            hint="run `nimbuild manifest verify` and rebuild what it names")
+        raise NimbuildError(
+            f"{manifest_path}: the manifest does not verify, nothing rendered: {shown}",
+            hint="run `nimbuild manifest verify` and rebuild what it names",
+        )
     triton_dir = Path(out_dir) / "triton"
     servable = [p for p in manifest.profiles if p.tags.get("backend") in ("tensorrt", "onnx")]
-    skipped = [f"{p.name}: backend {p.tags.get('backend')!r} has no Triton model; not rendered"
-               for p in manifest.profiles if p not in servable]
+    skipped = [
+        f"{p.name}: backend {p.tags.get('backend')!r} has no Triton model; not rendered"
+        for p in manifest.profiles
+        if p not in servable
+    ]
     out = out or Output(quiet=True)
     for note in skipped:
         out.note(note)
     jobs = [(p.name, lambda p=p: profile_info(manifest, p, serving)) for p in servable]
-    jobs += [(name, lambda name=name, ps=ps: multi_cc_info(manifest, name, ps, serving))
-             for name, ps in multi_cc_groups(manifest)]
-    infos = [(name, make()) for name, make in jobs]   # read every graph before writing anything
+    jobs += [
+        (name, lambda name=name, ps=ps: multi_cc_info(manifest, name, ps, serving))
+        for name, ps in multi_cc_groups(manifest)
+    ]
+    infos = [(name, make()) for name, make in jobs]  # read every graph before writing anything
     rendered = []
     with out.progress() as progress:
         task = progress.add_task("rendering Triton repositories", total=len(infos))
@@ -84,6 +106,8 @@ def render_all(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, *, 
     return RenderResult(repositories=rendered, container=container, skipped=skipped)
 
 
-def render_repositories(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, **options) -> list[RenderedRepository]:
+def render_repositories(
+    manifest_path: str | os.PathLike, out_dir: str | os.PathLike, **options
+) -> list[RenderedRepository]:
     """:func:`render_all` (repositories and Dockerfile), returning the repositories (``nimbuild build``'s step)."""
     return render_all(manifest_path, out_dir, **options).repositories

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from nimbuild import skus
 from nimbuild.errors import NimbuildError
@@ -53,12 +54,12 @@ class Gpu:
     """One GPU as NVML (or the SKU catalog, for an assumed host) describes it."""
 
     index: int
-    name: str                   # NVML product name: "NVIDIA H100 80GB HBM3"
-    pci_device_id: str          # "2330:10de" (device:vendor, lower-case hex)
-    compute_capability: str     # "9.0"
-    memory_total_mib: int       # 0 when NVML could not tell
+    name: str  # NVML product name: "NVIDIA H100 80GB HBM3"
+    pci_device_id: str  # "2330:10de" (device:vendor, lower-case hex)
+    compute_capability: str  # "9.0"
+    memory_total_mib: int  # 0 when NVML could not tell
     memory_free_mib: int
-    uuid: str | None = None     # "GPU-..."; CUDA_VISIBLE_DEVICES accepts it, unlike NVML indexes
+    uuid: str | None = None  # "GPU-..."; CUDA_VISIBLE_DEVICES accepts it, unlike NVML indexes
 
     @property
     def sku(self) -> skus.Sku | None:
@@ -73,8 +74,11 @@ class Gpu:
         """One SYSTEM INFO line: ``[2330:10de] (0) NVIDIA H100 80GB HBM3 ...``."""
         sku = self.sku
         known = f" ({sku.canonical})" if sku else " (not in nimbuild's SKU catalog)"
-        memory = (f", {self.memory_total_mib} MiB total, {self.memory_free_mib} MiB free"
-                  if self.memory_known else ", memory unknown")
+        memory = (
+            f", {self.memory_total_mib} MiB total, {self.memory_free_mib} MiB free"
+            if self.memory_known
+            else ", memory unknown"
+        )
         return f"[{self.pci_device_id}] ({self.index}) {self.name}{known}, compute capability {self.compute_capability}{memory}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,9 +106,9 @@ class Host:
     gpus: list[Gpu]
     cpu_only_reason: str | None
     driver_version: str | None = None
-    cuda_driver_version: str | None = None     # "12.4": the newest CUDA the driver supports
+    cuda_driver_version: str | None = None  # "12.4": the newest CUDA the driver supports
     assumed: bool = False
-    notes: list[str] = field(default_factory=list)   # GPUs NVML could only partly describe
+    notes: list[str] = field(default_factory=list)  # GPUs NVML could only partly describe
 
     @property
     def usable_gpus(self) -> list[Gpu]:
@@ -190,8 +194,15 @@ def _query_gpu(pynvml: Any, index: int, notes: list[str]) -> Gpu | None:
         uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
     except Exception:
         uuid = None
-    return Gpu(index=index, name=name, pci_device_id=pci, compute_capability=f"{major}.{minor}",
-               memory_total_mib=total, memory_free_mib=free, uuid=uuid)
+    return Gpu(
+        index=index,
+        name=name,
+        pci_device_id=pci,
+        compute_capability=f"{major}.{minor}",
+        memory_total_mib=total,
+        memory_free_mib=free,
+        uuid=uuid,
+    )
 
 
 def _detect_gpus() -> Host:
@@ -217,8 +228,12 @@ def _detect_gpus() -> Host:
         try:
             count = int(pynvml.nvmlDeviceGetCount())
         except Exception as exc:
-            return Host(gpus=[], cpu_only_reason=f"NVML could not count the GPUs: {exc}",
-                        driver_version=driver, cuda_driver_version=cuda)
+            return Host(
+                gpus=[],
+                cpu_only_reason=f"NVML could not count the GPUs: {exc}",
+                driver_version=driver,
+                cuda_driver_version=cuda,
+            )
         gpus = [gpu for i in range(count) if (gpu := _query_gpu(pynvml, i, notes)) is not None]
     finally:
         try:
@@ -252,8 +267,10 @@ def _parse_spec(spec: str) -> tuple[skus.Sku, int]:
             raise NimbuildError(f"--assume-gpu {spec!r}: {first_error.message}", hint=first_error.hint) from None
         count = int(match.group("count"))
         if not 1 <= count <= MAX_ASSUMED_GPUS:
-            raise NimbuildError(f"--assume-gpu {spec!r}: GPU count {count} is out of range",
-                                hint=f"give 1 to {MAX_ASSUMED_GPUS}, as in 'h100-sxm x4'") from None
+            raise NimbuildError(
+                f"--assume-gpu {spec!r}: GPU count {count} is out of range",
+                hint=f"give 1 to {MAX_ASSUMED_GPUS}, as in 'h100-sxm x4'",
+            ) from None
         try:
             return skus.lookup(match.group("name")), count
         except NimbuildError as exc:
@@ -267,9 +284,16 @@ def assumed_host(specs: list[str]) -> Host:
         sku, count = _parse_spec(spec)
         for _ in range(count):
             memory = sku.memory_gib * 1024
-            gpus.append(Gpu(index=len(gpus), name=sku.nvml_names[0], pci_device_id=sku.pci_device_id,
-                            compute_capability=sku.compute_capability,
-                            memory_total_mib=memory, memory_free_mib=memory))
+            gpus.append(
+                Gpu(
+                    index=len(gpus),
+                    name=sku.nvml_names[0],
+                    pci_device_id=sku.pci_device_id,
+                    compute_capability=sku.compute_capability,
+                    memory_total_mib=memory,
+                    memory_free_mib=memory,
+                )
+            )
     if not gpus:
         return Host(gpus=[], cpu_only_reason="assumed host without GPUs", assumed=True)
     return Host(gpus=gpus, cpu_only_reason=None, assumed=True)

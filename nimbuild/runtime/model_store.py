@@ -13,9 +13,9 @@ the manifest at ``<relpath>`` is cached at ``$NIM_CACHE_PATH/<relpath>``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from nimbuild.errors import NimbuildError
 
@@ -29,24 +29,33 @@ class MaterializedStore:
     store: Path
     profile_id: str
     profile_name: str
-    model_name: str                     # the graph: send token tensors here
-    ensemble_name: str | None           # raw text in, logits out (None without a tokenizer)
+    model_name: str  # the graph: send token tensors here
+    ensemble_name: str | None  # raw text in, logits out (None without a tokenizer)
     tokenizer_name: str | None
     max_batch_size: int
     max_queue_delay_us: int
-    sources: dict[str, str] = field(default_factory=dict)   # manifest relpath -> "cache" | "manifest"
+    sources: dict[str, str] = field(default_factory=dict)  # manifest relpath -> "cache" | "manifest"
     reused_record: bool = False
     schema_checked: bool = False
 
     def to_dict(self) -> dict:
-        return {"store": str(self.store), "profile_id": self.profile_id, "profile_name": self.profile_name,
-                "model_name": self.model_name, "ensemble_name": self.ensemble_name,
-                "tokenizer_name": self.tokenizer_name, "max_batch_size": self.max_batch_size,
-                "max_queue_delay_us": self.max_queue_delay_us, "sources": self.sources,
-                "reused_record": self.reused_record, "schema_checked": self.schema_checked}
+        return {
+            "store": str(self.store),
+            "profile_id": self.profile_id,
+            "profile_name": self.profile_name,
+            "model_name": self.model_name,
+            "ensemble_name": self.ensemble_name,
+            "tokenizer_name": self.tokenizer_name,
+            "max_batch_size": self.max_batch_size,
+            "max_queue_delay_us": self.max_queue_delay_us,
+            "sources": self.sources,
+            "reused_record": self.reused_record,
+            "schema_checked": self.schema_checked,
+        }
 
 
 # --------------------------------------------------------------------------- profiles
+
 
 def resolve_profile(manifest, ref: str):
     """The profile named by a full ID, a unique ID prefix, or a name: NIM_MODEL_PROFILE's rule
@@ -58,13 +67,17 @@ def resolve_profile(manifest, ref: str):
         raise NimbuildError("no profile given", hint="pass --profile with an ID, an ID prefix or a name")
     matches = match_profiles(ref, manifest.profiles)
     if len(matches) > 1:
-        raise NimbuildError(f"profile prefix {ref!r} matches {len(matches)} profiles: "
-                            f"{', '.join(p.name for p in matches)}", hint="give more characters of the ID")
+        raise NimbuildError(
+            f"profile prefix {ref!r} matches {len(matches)} profiles: {', '.join(p.name for p in matches)}",
+            hint="give more characters of the ID",
+        )
     if not matches:
         known = ", ".join(f"{p.id[:12]} ({p.name})" for p in manifest.profiles) or "none"
         short = f" (an ID prefix needs at least {MIN_PREFIX} characters)" if len(ref) < MIN_PREFIX else ""
-        raise NimbuildError(f"{manifest.source or 'manifest'}: no profile {ref!r}{short}",
-                            hint=f"use an ID, an ID prefix ({MIN_PREFIX}+ characters) or a name: {known}")
+        raise NimbuildError(
+            f"{manifest.source or 'manifest'}: no profile {ref!r}{short}",
+            hint=f"use an ID, an ID prefix ({MIN_PREFIX}+ characters) or a name: {known}",
+        )
     return matches[0]
 
 
@@ -80,6 +93,7 @@ def cache_root(env: Mapping[str, str] | None = None, cache_path: str | os.PathLi
 
 # --------------------------------------------------------------------------- download-to-cache
 
+
 def _fetch_remote(uri: str, dst: Path, sha256: str, size: int) -> None:
     """An https:// artifact into ``dst``, checked against the manifest; other schemes are refused."""
     import hashlib
@@ -87,8 +101,10 @@ def _fetch_remote(uri: str, dst: Path, sha256: str, size: int) -> None:
 
     scheme = uri.split("://", 1)[0].lower()
     if scheme not in ("https", "http"):
-        raise NimbuildError(f"{uri}: {scheme}:// downloads are not supported by nimbuild",
-                            hint="fetch the file yourself into the manifest's folder, or publish it over https")
+        raise NimbuildError(
+            f"{uri}: {scheme}:// downloads are not supported by nimbuild",
+            hint="fetch the file yourself into the manifest's folder, or publish it over https",
+        )
     tmp = dst.with_name(f".{dst.name}.partial")
     dst.parent.mkdir(parents=True, exist_ok=True)
     h, written = hashlib.sha256(), 0
@@ -99,9 +115,11 @@ def _fetch_remote(uri: str, dst: Path, sha256: str, size: int) -> None:
                 fh.write(block)
                 written += len(block)
         if written != size or h.hexdigest() != sha256:
-            raise NimbuildError(f"{uri}: downloaded {written} bytes with sha256 {h.hexdigest()}, "
-                                f"the manifest says {size} bytes and {sha256}",
-                                hint="the remote file changed; rebuild the manifest or fix the URL")
+            raise NimbuildError(
+                f"{uri}: downloaded {written} bytes with sha256 {h.hexdigest()}, "
+                f"the manifest says {size} bytes and {sha256}",
+                hint="the remote file changed; rebuild the manifest or fix the URL",
+            )
         os.replace(tmp, dst)
     except OSError as exc:
         raise NimbuildError(f"{uri}: download failed: {exc}", hint="check the network and the URL") from None
@@ -118,8 +136,14 @@ def _cached_ok(path: Path, entry) -> bool:
         return False
 
 
-def download_to_cache(manifest_path: str | os.PathLike, ref: str, *, cache_path: str | os.PathLike | None = None,
-                      env: Mapping[str, str] | None = None, out=None) -> dict:
+def download_to_cache(
+    manifest_path: str | os.PathLike,
+    ref: str,
+    *,
+    cache_path: str | os.PathLike | None = None,
+    env: Mapping[str, str] | None = None,
+    out=None,
+) -> dict:
     """Copy one profile's files into the cache (``$NIM_CACHE_PATH/<relpath>``), each checked by sha256.
 
     Files already there with the right bytes are kept; a copy whose bytes do not
@@ -146,17 +170,25 @@ def download_to_cache(manifest_path: str | os.PathLike, ref: str, *, cache_path:
             else:
                 src = safe_join(manifest.root, entry.uri, f"{manifest.source}: profile {profile.name!r}")
                 if not src.is_file():
-                    raise NimbuildError(f"{src}: missing (profile {profile.name!r} lists {rel})",
-                                        hint="rebuild the profile or restore the file")
+                    raise NimbuildError(
+                        f"{src}: missing (profile {profile.name!r} lists {rel})",
+                        hint="rebuild the profile or restore the file",
+                    )
                 copy_verified(src, dst, entry.sha256, entry.size)
                 copied.append(rel)
             progress.advance(task)
-    return {"profile_id": profile.id, "profile_name": profile.name, "cache": str(root),
-            "copied": copied, "already_cached": kept,
-            "bytes": sum(profile.files[r].size for r in profile.files)}
+    return {
+        "profile_id": profile.id,
+        "profile_name": profile.name,
+        "cache": str(root),
+        "copied": copied,
+        "already_cached": kept,
+        "bytes": sum(profile.files[r].size for r in profile.files),
+    }
 
 
 # --------------------------------------------------------------------------- create-model-store
+
 
 def _prerendered(manifest, profile) -> dict | None:
     """The record of ``nimbuild render``'s repository for this profile, if it matches the manifest."""
@@ -179,7 +211,7 @@ def _prerendered(manifest, profile) -> dict | None:
             continue
         entry = profile.files.get(rel)
         if entry is not None and (spec.get("sha256"), spec.get("size")) != (entry.sha256, entry.size):
-            return None   # rendered from other bytes: render again
+            return None  # rendered from other bytes: render again
     return info
 
 
@@ -208,9 +240,16 @@ def _locator(manifest, profile, cache: Path | None, used: dict[str, str], mode: 
     return locate
 
 
-def materialize_profile(manifest, profile, dest: str | os.PathLike, *, mode: str = "link",
-                        env: Mapping[str, str] | None = None, cache_path: str | os.PathLike | None = None,
-                        verify: bool = False) -> MaterializedStore:
+def materialize_profile(
+    manifest,
+    profile,
+    dest: str | os.PathLike,
+    *,
+    mode: str = "link",
+    env: Mapping[str, str] | None = None,
+    cache_path: str | os.PathLike | None = None,
+    verify: bool = False,
+) -> MaterializedStore:
     """A Triton model store for ``profile`` at ``dest`` (what ``serve`` calls; objects, not paths).
 
     Reuses the pre-rendered record when there is one (no graph needed), else
@@ -226,8 +265,10 @@ def materialize_profile(manifest, profile, dest: str | os.PathLike, *, mode: str
     if verify:
         problems = verify_profile(manifest, profile, check_files=True)
         if problems:
-            raise NimbuildError(f"profile {profile.name!r} does not verify: {'; '.join(problems)}",
-                                hint="restore or rebuild its files (nimbuild manifest verify)")
+            raise NimbuildError(
+                f"profile {profile.name!r} does not verify: {'; '.join(problems)}",
+                hint="restore or rebuild its files (nimbuild manifest verify)",
+            )
     info = _prerendered(manifest, profile)
     reused = info is not None
     if info is None:
@@ -238,20 +279,34 @@ def materialize_profile(manifest, profile, dest: str | os.PathLike, *, mode: str
     info = triton.with_overrides(info, max_batch_size=batch, max_queue_delay_us=delay)
     cache = Path(cache_path) if cache_path else (Path(env[ENV_CACHE]) if env.get(ENV_CACHE) else None)
     used: dict[str, str] = {}
-    repo = triton.write_repository(info, Path(dest), _locator(manifest, profile, cache, used, mode), mode=mode,
-                                   require_schema=False)
+    repo = triton.write_repository(
+        info, Path(dest), _locator(manifest, profile, cache, used, mode), mode=mode, require_schema=False
+    )
     names = info["model_names"]
     return MaterializedStore(
-        store=Path(dest), profile_id=profile.id, profile_name=profile.name, model_name=names["model"],
-        ensemble_name=names.get("ensemble"), tokenizer_name=names.get("tokenizer"),
+        store=Path(dest),
+        profile_id=profile.id,
+        profile_name=profile.name,
+        model_name=names["model"],
+        ensemble_name=names.get("ensemble"),
+        tokenizer_name=names.get("tokenizer"),
         max_batch_size=int(info["serving"]["max_batch_size"]),
-        max_queue_delay_us=int(info["serving"]["max_queue_delay_us"]), sources=used, reused_record=reused,
-        schema_checked=repo.schema_checked)
+        max_queue_delay_us=int(info["serving"]["max_queue_delay_us"]),
+        sources=used,
+        reused_record=reused,
+        schema_checked=repo.schema_checked,
+    )
 
 
-def create_model_store(manifest_path: str | os.PathLike, ref: str, model_store: str | os.PathLike, *,
-                       mode: str = "copy", env: Mapping[str, str] | None = None,
-                       cache_path: str | os.PathLike | None = None) -> MaterializedStore:
+def create_model_store(
+    manifest_path: str | os.PathLike,
+    ref: str,
+    model_store: str | os.PathLike,
+    *,
+    mode: str = "copy",
+    env: Mapping[str, str] | None = None,
+    cache_path: str | os.PathLike | None = None,
+) -> MaterializedStore:
     """``nimbuild create-model-store``: the profile ``ref`` as a Triton model store at ``model_store``.
 
     Copies (default) or links the profile's files from the cache when they are
@@ -262,9 +317,11 @@ def create_model_store(manifest_path: str | os.PathLike, ref: str, model_store: 
 
     manifest = load_manifest(manifest_path)
     profile = resolve_profile(manifest, ref)
-    if mode == "link":   # a link copies no byte, so check them here
+    if mode == "link":  # a link copies no byte, so check them here
         problems = verify_profile(manifest, profile, check_files=True)
         if problems:
-            raise NimbuildError(f"{manifest_path}: profile {profile.name!r} does not verify: {'; '.join(problems)}",
-                                hint="restore or rebuild its files (nimbuild manifest verify)")
+            raise NimbuildError(
+                f"{manifest_path}: profile {profile.name!r} does not verify: {'; '.join(problems)}",
+                hint="restore or rebuild its files (nimbuild manifest verify)",
+            )
     return materialize_profile(manifest, profile, model_store, mode=mode, env=env, cache_path=cache_path)

@@ -35,9 +35,10 @@ from __future__ import annotations
 import math
 import os
 import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from nimbuild import skus
 from nimbuild.errors import NimbuildError
@@ -69,13 +70,19 @@ class Classified:
     profile: Profile
     status: Status
     reason: str | None = None
-    gpus: list[int] = field(default_factory=list)    # NVML indexes it would use (runnable GPU profiles)
+    gpus: list[int] = field(default_factory=list)  # NVML indexes it would use (runnable GPU profiles)
     cached: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.profile.id, "name": self.profile.name, "status": self.status,
-                "reason": self.reason, "gpus": list(self.gpus), "cached": self.cached,
-                "tags": dict(sorted(self.profile.tags.items()))}
+        return {
+            "id": self.profile.id,
+            "name": self.profile.name,
+            "status": self.status,
+            "reason": self.reason,
+            "gpus": list(self.gpus),
+            "cached": self.cached,
+            "tags": dict(sorted(self.profile.tags.items())),
+        }
 
 
 @dataclass
@@ -109,12 +116,14 @@ class Selection:
             "system": self.host.to_dict(),
             "overrides": dict(self.overrides),
             "profiles": {status: [c.to_dict() for c in self.group(status)] for status in STATUSES},
-            "selected": None if entry is None else {
-                **entry.to_dict(), "metadata": dict(profile_metadata(entry.profile))},
+            "selected": None
+            if entry is None
+            else {**entry.to_dict(), "metadata": dict(profile_metadata(entry.profile))},
         }
 
 
 # --------------------------------------------------------------------------- classify
+
 
 def _device(tags: Mapping[str, str]) -> str:
     """A profile's device; manifests of other writers may leave it out."""
@@ -172,15 +181,22 @@ def _tensorrt_match(tags: Mapping[str, str], gpus: list[Gpu]) -> tuple[list[Gpu]
     if level:
         want = _cc(tags.get("compute_capability", ""))
         if want is None:
-            return [], f"hardware-compatible engine without a valid compute_capability tag ({tags.get('compute_capability')!r})"
+            return (
+                [],
+                f"hardware-compatible engine without a valid compute_capability tag ({tags.get('compute_capability')!r})",
+            )
         if level in ("ampere+", "ampere_plus"):
-            return ([g for g in gpus if (_cc(g.compute_capability) or (0, 0)) >= _AMPERE_CC],
-                    "needs compute capability >= 8.0 (hardware_compatibility_level ampere+)")
-        return ([g for g in gpus if _cc(g.compute_capability) == want],
-                f"needs compute capability {tags['compute_capability']} (hardware_compatibility_level {level})")
+            return (
+                [g for g in gpus if (_cc(g.compute_capability) or (0, 0)) >= _AMPERE_CC],
+                "needs compute capability >= 8.0 (hardware_compatibility_level ampere+)",
+            )
+        return (
+            [g for g in gpus if _cc(g.compute_capability) == want],
+            f"needs compute capability {tags['compute_capability']} (hardware_compatibility_level {level})",
+        )
     wanted = tags.get("gpu_device")
     if not wanted and tags.get("gpu"):
-        sku = skus.by_canonical(tags["gpu"])     # a catalog lookup, not a pattern
+        sku = skus.by_canonical(tags["gpu"])  # a catalog lookup, not a pattern
         wanted = sku.pci_device_id if sku else None
     if not wanted:
         return [], "TensorRT profile without a gpu_device tag, so no GPU can be matched to it"
@@ -195,8 +211,10 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> 
         return Classified(profile=profile, status=status, reason=reason, gpus=gpus or [])
 
     if backend not in _BACKEND_RANK:
-        return judged("incompatible", f"backend {backend!r} is not one this runtime serves (tensorrt, onnx)"
-                      if backend else "no backend tag")
+        return judged(
+            "incompatible",
+            f"backend {backend!r} is not one this runtime serves (tensorrt, onnx)" if backend else "no backend tag",
+        )
     if _device(tags) != "gpu":
         return judged("runnable")
     if cpu_only_reason and host.gpus:
@@ -219,7 +237,7 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> 
     count = _gpu_count(tags)
     if count is None:
         return judged("incompatible", f"gpu_count tag {tags.get('gpu_count')!r} is not a positive integer")
-    if len(matching) < count:   # it can run here, just not on this few GPUs: compatible but not runnable
+    if len(matching) < count:  # it can run here, just not on this few GPUs: compatible but not runnable
         if needs is None:
             return judged("not_runnable", f"needs {_plural(count, 'GPU')}; this host has {len(matching)}")
         return judged("not_runnable", f"{needs} on {_plural(count, 'GPU')}; this host has {len(matching)} of that kind")
@@ -277,8 +295,9 @@ def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.Path
     return None
 
 
-def classify(manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ,
-             cache_path: str | os.PathLike | None = None) -> list[Classified]:
+def classify(
+    manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ, cache_path: str | os.PathLike | None = None
+) -> list[Classified]:
     """Every profile of ``manifest`` judged against ``host``, in manifest order.
 
     A profile the hardware can run whose files are missing or of the wrong size
@@ -300,6 +319,7 @@ def classify(manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ
 
 
 # --------------------------------------------------------------------------- rank
+
 
 def is_cached(profile: Profile, cache_path: str | os.PathLike | None) -> bool:
     """Every file of the profile is in the cache at its manifest path, with the manifest's size."""
@@ -332,12 +352,15 @@ def rank_key(entry: Classified) -> tuple:
 def _ordered(classified: list[Classified]) -> list[Classified]:
     """Runnable in rank order, then not runnable, then incompatible (each by name)."""
     runnable = sorted((c for c in classified if c.status == "runnable"), key=rank_key)
-    rest = sorted((c for c in classified if c.status != "runnable"),
-                  key=lambda c: (STATUSES.index(c.status), c.profile.name, c.profile.id))
+    rest = sorted(
+        (c for c in classified if c.status != "runnable"),
+        key=lambda c: (STATUSES.index(c.status), c.profile.name, c.profile.id),
+    )
     return runnable + rest
 
 
 # --------------------------------------------------------------------------- overrides
+
 
 def parse_tags_selector(text: str) -> dict[str, str]:
     """``"precision=fp16,backend=onnx"`` -> {"precision": "fp16", "backend": "onnx"}."""
@@ -350,10 +373,13 @@ def parse_tags_selector(text: str) -> dict[str, str]:
         if not sep or not key or not value:
             raise NimbuildError(
                 f"NIM_TAGS_SELECTOR={text!r}: {part.strip()!r} is not key=value",
-                hint="write it as comma-separated key=value pairs, e.g. NIM_TAGS_SELECTOR=precision=fp16,backend=onnx")
+                hint="write it as comma-separated key=value pairs, e.g. NIM_TAGS_SELECTOR=precision=fp16,backend=onnx",
+            )
         if key in wanted and wanted[key] != value:
-            raise NimbuildError(f"NIM_TAGS_SELECTOR={text!r}: {key} is given twice ({wanted[key]!r} and {value!r})",
-                                hint="give each tag once")
+            raise NimbuildError(
+                f"NIM_TAGS_SELECTOR={text!r}: {key} is given twice ({wanted[key]!r} and {value!r})",
+                hint="give each tag once",
+            )
         wanted[key] = value
     return wanted
 
@@ -385,8 +411,9 @@ def _match_profile(value: str, classified: list[Classified]) -> list[Classified]
     return [c for c in classified if id(c.profile) in ids]
 
 
-def _apply_overrides(classified: list[Classified], env: Mapping[str, str],
-                     overrides: dict[str, str]) -> list[Classified]:
+def _apply_overrides(
+    classified: list[Classified], env: Mapping[str, str], overrides: dict[str, str]
+) -> list[Classified]:
     """The runnable profiles the overrides allow, best first; NimbuildError when an override cannot be met."""
     runnable = [c for c in classified if c.status == "runnable"]
     selector_text = (env.get("NIM_TAGS_SELECTOR") or "").strip()
@@ -397,37 +424,45 @@ def _apply_overrides(classified: list[Classified], env: Mapping[str, str],
         wanted = parse_tags_selector(selector_text)
         pool = [c for c in classified if all(c.profile.tags.get(k) == v for k, v in wanted.items())]
         if not pool:
-            raise NimbuildError(f"NIM_TAGS_SELECTOR={selector_text!r} matches no profile in the manifest",
-                                hint=f"unset it or change it; {_runnable_list(classified)}")
+            raise NimbuildError(
+                f"NIM_TAGS_SELECTOR={selector_text!r} matches no profile in the manifest",
+                hint=f"unset it or change it; {_runnable_list(classified)}",
+            )
         if not any(c.status == "runnable" for c in pool) and not profile_text:
             why = "; ".join(f"{c.profile.name}: {c.reason}" for c in pool)
             raise NimbuildError(
                 f"NIM_TAGS_SELECTOR={selector_text!r} matches only profiles this host cannot run ({why})",
-                hint=f"unset it or change it; {_runnable_list(classified)}")
+                hint=f"unset it or change it; {_runnable_list(classified)}",
+            )
     if profile_text:
         overrides["NIM_MODEL_PROFILE"] = profile_text
         matches = _match_profile(profile_text, classified)
         if not matches:
-            short = (f" (an ID prefix needs at least {MIN_PREFIX} characters)"
-                     if len(profile_text) < MIN_PREFIX else "")
-            raise NimbuildError(f"NIM_MODEL_PROFILE={profile_text!r} matches no profile ID or name in the manifest{short}",
-                                hint=f"give a full ID, a unique ID prefix or a name; {_runnable_list(classified)}")
+            short = f" (an ID prefix needs at least {MIN_PREFIX} characters)" if len(profile_text) < MIN_PREFIX else ""
+            raise NimbuildError(
+                f"NIM_MODEL_PROFILE={profile_text!r} matches no profile ID or name in the manifest{short}",
+                hint=f"give a full ID, a unique ID prefix or a name; {_runnable_list(classified)}",
+            )
         if len(matches) > 1:
             ids = ", ".join(f"{c.profile.id} ({c.profile.name})" for c in matches)
-            raise NimbuildError(f"NIM_MODEL_PROFILE={profile_text!r} matches {len(matches)} profiles: {ids}",
-                                hint=f"give more characters of the ID, or the name; {_runnable_list(classified)}")
+            raise NimbuildError(
+                f"NIM_MODEL_PROFILE={profile_text!r} matches {len(matches)} profiles: {ids}",
+                hint=f"give more characters of the ID, or the name; {_runnable_list(classified)}",
+            )
         match = matches[0]
         if all(c is not match for c in pool):
             raise NimbuildError(
                 f"NIM_MODEL_PROFILE={profile_text!r} names {match.profile.id} ({match.profile.name}), "
                 f"which NIM_TAGS_SELECTOR={selector_text!r} excludes",
-                hint=f"unset one of the two; {_runnable_list(classified)}")
+                hint=f"unset one of the two; {_runnable_list(classified)}",
+            )
         if match.status != "runnable":
             what = "compatible but not runnable" if match.status == "not_runnable" else "incompatible"
             raise NimbuildError(
                 f"NIM_MODEL_PROFILE={profile_text!r} names {match.profile.id} ({match.profile.name}), "
                 f"which this host cannot run ({what}: {match.reason})",
-                hint=f"unset it or pick another; {_runnable_list(classified)}")
+                hint=f"unset it or pick another; {_runnable_list(classified)}",
+            )
         return [match]
     allowed = {id(c) for c in pool}
     return [c for c in runnable if id(c) in allowed]
@@ -435,13 +470,15 @@ def _apply_overrides(classified: list[Classified], env: Mapping[str, str],
 
 # --------------------------------------------------------------------------- select
 
+
 def default_manifest_path(env: Mapping[str, str] = os.environ) -> Path:
     """``NIM_MANIFEST_PATH``, else ``manifest.yaml`` in the working directory."""
     return Path(env.get("NIM_MANIFEST_PATH") or DEFAULT_MANIFEST)
 
 
-def select(manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ,
-           cache_path: str | os.PathLike | None = None) -> Selection:
+def select(
+    manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ, cache_path: str | os.PathLike | None = None
+) -> Selection:
     """Classify, rank and apply the overrides: the decision ``serve`` acts on.
 
     ``cache_path`` defaults to ``NIM_CACHE_PATH``. A failing override raises
@@ -456,19 +493,27 @@ def select(manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ,
     classified = _ordered(classified)
     overrides: dict[str, str] = {}
     candidates = _apply_overrides(classified, env, overrides)
-    return Selection(host=host, classified=classified, selected=candidates[0].profile if candidates else None,
-                     candidates=candidates, overrides=overrides,
-                     manifest_path=str(manifest.source) if manifest.source else None)
+    return Selection(
+        host=host,
+        classified=classified,
+        selected=candidates[0].profile if candidates else None,
+        candidates=candidates,
+        overrides=overrides,
+        manifest_path=str(manifest.source) if manifest.source else None,
+    )
 
 
 # --------------------------------------------------------------------------- log
+
 
 def profile_metadata(profile: Profile) -> list[tuple[str, str]]:
     """The ``Profile metadata: key: value`` pairs, in the reranking NIM's order."""
     tags = profile.tags
     backend = tags.get("backend", "")
-    items = [("type", _BACKEND_TYPE.get(backend, backend or "unknown")),
-             ("precision", tags.get("precision", "unknown").upper())]
+    items = [
+        ("type", _BACKEND_TYPE.get(backend, backend or "unknown")),
+        ("precision", tags.get("precision", "unknown").upper()),
+    ]
     if backend == "tensorrt":
         items += [(key, tags[key]) for key in ("gpu", "trt_version", "cuda_major_version") if key in tags]
         if "hardware_compatibility_level" in tags:

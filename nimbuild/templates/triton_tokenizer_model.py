@@ -66,8 +66,9 @@ class PairEncoder:
         """{"ids", "mask", "type_ids"}: int64 arrays [rows, longest]."""
         pairs = list(zip(queries, passages))
         encodings = self.tokenizer.encode_batch(pairs, add_special_tokens=True)
-        encodings = [enc if len(enc.ids) <= self.max_length else self._fit(q, p)
-                     for enc, (q, p) in zip(encodings, pairs)]
+        encodings = [
+            enc if len(enc.ids) <= self.max_length else self._fit(q, p) for enc, (q, p) in zip(encodings, pairs)
+        ]
         longest = max((len(e.ids) for e in encodings), default=1)
         ids = np.full((len(encodings), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), longest), dtype=np.int64)
@@ -99,7 +100,9 @@ class TritonPythonModel:
         self.outputs = []
         for out in config["output"]:
             if out["name"] not in FEEDS:
-                raise ValueError(f"tokenizer output {out['name']!r}: no tokenizer field feeds it (known: {sorted(FEEDS)})")
+                raise ValueError(
+                    f"tokenizer output {out['name']!r}: no tokenizer field feeds it (known: {sorted(FEEDS)})"
+                )
             self.outputs.append((out["name"], FEEDS[out["name"]], pb_utils.triton_string_to_numpy(out["data_type"])))
 
     def execute(self, requests):
@@ -110,7 +113,9 @@ class TritonPythonModel:
                 queries = _texts(pb_utils.get_input_tensor_by_name(request, "query").as_numpy())
                 passages = _texts(pb_utils.get_input_tensor_by_name(request, "passage").as_numpy())
                 if len(queries) != len(passages):
-                    raise ValueError(f"query has {len(queries)} rows but passage has {len(passages)}; send one query per passage")
+                    raise ValueError(
+                        f"query has {len(queries)} rows but passage has {len(passages)}; send one query per passage"
+                    )
                 encoded = self.encoder.encode(queries, passages)
                 tensors = [pb_utils.Tensor(name, encoded[field].astype(dtype)) for name, field, dtype in self.outputs]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))

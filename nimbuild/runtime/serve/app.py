@@ -55,16 +55,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _text(value: Any, where: str, limit: int) -> str:
     if not isinstance(value, dict):
-        raise RequestError(422, f"{where}: expected an object {{\"text\": \"...\"}}, got {type(value).__name__}")
+        raise RequestError(422, f'{where}: expected an object {{"text": "..."}}, got {type(value).__name__}')
     text = value.get("text")
     if not isinstance(text, str):
         got = "nothing" if "text" not in value else type(text).__name__
         raise RequestError(422, f"{where}.text: expected a string, got {got}")
     if len(text) > limit:
-        raise RequestError(422, f"{where}.text: {len(text)} characters, more than the limit of {limit} (NIM_MAX_TEXT_CHARS)")
+        raise RequestError(
+            422, f"{where}.text: {len(text)} characters, more than the limit of {limit} (NIM_MAX_TEXT_CHARS)"
+        )
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError as exc:   # a lone surrogate (\ud800) sent as a JSON escape
+    except UnicodeEncodeError as exc:  # a lone surrogate (\ud800) sent as a JSON escape
         raise RequestError(422, f"{where}.text: not valid Unicode ({exc.reason} at {exc.start})") from None
     return text
 
@@ -80,17 +82,20 @@ def parse_ranking_request(payload: Any, service: RankingService) -> tuple[str, l
     if model != service.model:
         raise RequestError(404, f"model {model!r} is not served here; this server serves {service.model!r}")
     if "query" not in payload:
-        raise RequestError(422, "query: missing; expected {\"text\": \"...\"}")
+        raise RequestError(422, 'query: missing; expected {"text": "..."}')
     query = _text(payload["query"], "query", limits.max_text_chars)
     passages = payload.get("passages")
     if not isinstance(passages, list):
         got = "nothing" if "passages" not in payload else type(passages).__name__
-        raise RequestError(422, f"passages: expected a list of {{\"text\": \"...\"}}, got {got}")
+        raise RequestError(422, f'passages: expected a list of {{"text": "..."}}, got {got}')
     if not passages:
         raise RequestError(422, "passages: empty; send at least one passage")
     if len(passages) > limits.max_passages:
-        raise RequestError(422, f"passages: {len(passages)} passages, more than the limit of "
-                                f"{limits.max_passages} per request (NIM_MAX_PASSAGES)")
+        raise RequestError(
+            422,
+            f"passages: {len(passages)} passages, more than the limit of "
+            f"{limits.max_passages} per request (NIM_MAX_PASSAGES)",
+        )
     texts = [_text(p, f"passages[{i}]", limits.max_text_chars) for i, p in enumerate(passages)]
     truncate = payload.get("truncate", "NONE")
     if truncate not in TRUNCATE_MODES:
@@ -146,13 +151,24 @@ def create_app(service: RankingService) -> Starlette:
 
     async def ready(request: Request) -> Response:
         if service.ready and not shutting_down:
-            return count("/v1/health/ready", JSONResponse({"object": "health.response", "message": "Service is ready."}))
+            return count(
+                "/v1/health/ready", JSONResponse({"object": "health.response", "message": "Service is ready."})
+            )
         message = "Service is shutting down." if shutting_down else "Service is not ready: model warm-up pending."
-        return count("/v1/health/ready", JSONResponse({"object": "health.response", "message": message}, status_code=503))
+        return count(
+            "/v1/health/ready", JSONResponse({"object": "health.response", "message": message}, status_code=503)
+        )
 
     async def models(request: Request) -> Response:
-        data = [{"id": service.model, "object": "model", "owned_by": "nimbuild", "root": service.model,
-                 "profile": service.profile.get("id")}]
+        data = [
+            {
+                "id": service.model,
+                "object": "model",
+                "owned_by": "nimbuild",
+                "root": service.model,
+                "profile": service.profile.get("id"),
+            }
+        ]
         return count("/v1/models", JSONResponse({"object": "list", "data": data}))
 
     async def metadata(request: Request) -> Response:

@@ -15,7 +15,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -74,8 +74,16 @@ def plan_calls(lengths: Sequence[int], max_batch_size: int) -> list[list[int]]:
 class DynamicBatcher:
     """Batches rows across requests for one backend; ``await submit(rows)`` gives their logits."""
 
-    def __init__(self, infer: InferFn, *, max_batch_size: int, pad_id: int, max_queue_delay_s: float = 0.002,
-                 max_pending_rows: int = 100_000, metrics=None):
+    def __init__(
+        self,
+        infer: InferFn,
+        *,
+        max_batch_size: int,
+        pad_id: int,
+        max_queue_delay_s: float = 0.002,
+        max_pending_rows: int = 100_000,
+        metrics=None,
+    ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.infer = infer

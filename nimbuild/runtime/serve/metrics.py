@@ -13,16 +13,23 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("nimbuild_requests", "HTTP requests by route and status code",
-                                ["route", "code"], registry=r)
-        self.request_seconds = Histogram("nimbuild_request_duration_seconds", "Time to answer /v1/ranking",
-                                         buckets=_LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "nimbuild_requests", "HTTP requests by route and status code", ["route", "code"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "nimbuild_request_duration_seconds", "Time to answer /v1/ranking", buckets=_LATENCY_BUCKETS, registry=r
+        )
         self.passages = Counter("nimbuild_passages", "Passages ranked", registry=r)
         self.batch_size = Histogram("nimbuild_batch_size", "Rows per model call", buckets=_BATCH_BUCKETS, registry=r)
-        self.inference_seconds = Histogram("nimbuild_inference_duration_seconds", "Time per model call",
-                                           buckets=_LATENCY_BUCKETS, registry=r)
-        self.padding_ratio = Histogram("nimbuild_padding_ratio", "Share of padded tokens per model call",
-                                       buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), registry=r)
+        self.inference_seconds = Histogram(
+            "nimbuild_inference_duration_seconds", "Time per model call", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.padding_ratio = Histogram(
+            "nimbuild_padding_ratio",
+            "Share of padded tokens per model call",
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0),
+            registry=r,
+        )
         self.queue_depth = Gauge("nimbuild_queue_depth", "Passages waiting for a model call", registry=r)
         self.ready = Gauge("nimbuild_ready", "1 once the model has answered its warm-up", registry=r)
 

@@ -16,8 +16,8 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -52,7 +52,9 @@ def _file(profile: Profile, basename: str) -> str | None:
 def _model_file(profile: Profile, suffixes: tuple[str, ...]) -> str:
     matches = sorted(rel for rel in profile.files if rel.endswith(suffixes))
     if not matches:
-        raise BackendStartError(f"profile {profile.name} lists no model file ({', '.join(suffixes)}) in workspace.files")
+        raise BackendStartError(
+            f"profile {profile.name} lists no model file ({', '.join(suffixes)}) in workspace.files"
+        )
     return matches[0]
 
 
@@ -79,8 +81,14 @@ def files_view(manifest: Manifest, profile: Profile, cache_path: str | os.PathLi
     return dataclasses.replace(manifest, root=Path(cache_path)) if is_cached(profile, cache_path) else manifest
 
 
-def start_profile(manifest: Manifest, profile: Profile, *, limits: Limits, backend: str = "auto",
-                  cache_path: str | os.PathLike | None = None) -> RankingService:
+def start_profile(
+    manifest: Manifest,
+    profile: Profile,
+    *,
+    limits: Limits,
+    backend: str = "auto",
+    cache_path: str | os.PathLike | None = None,
+) -> RankingService:
     """Verify one profile's files, start its backend, check one warm-up call; BackendStartError if it cannot."""
     manifest = files_view(manifest, profile, cache_path)
     problems = verify_profile(manifest, profile, check_files=True)
@@ -93,8 +101,10 @@ def start_profile(manifest: Manifest, profile: Profile, *, limits: Limits, backe
     cfg_rel = _file(profile, "tokenizer_config.json")
     max_len = int(profile.tags.get("max_sequence_length", "512"))
     tokenizer = PairTokenizer.from_files(
-        safe_join(manifest.root, tok_rel), max_len,
-        safe_join(manifest.root, cfg_rel) if cfg_rel else Path("/nonexistent"))
+        safe_join(manifest.root, tok_rel),
+        max_len,
+        safe_join(manifest.root, cfg_rel) if cfg_rel else Path("/nonexistent"),
+    )
     engine = make_backend(manifest, profile, backend)
     engine.start()
     try:
@@ -109,12 +119,22 @@ def start_profile(manifest: Manifest, profile: Profile, *, limits: Limits, backe
         engine.stop()
         raise BackendStartError(f"warm-up call failed: {type(exc).__name__}: {exc}") from exc
     info = {"id": profile.id, "name": profile.name, "tags": dict(profile.tags)}
-    return RankingService(model=profile.tags.get("model", manifest.header.get("model", "model")),
-                          profile=info, tokenizer=tokenizer, backend=engine, limits=limits)
+    return RankingService(
+        model=profile.tags.get("model", manifest.header.get("model", "model")),
+        profile=info,
+        tokenizer=tokenizer,
+        backend=engine,
+        limits=limits,
+    )
 
 
-def start_service(manifest_path: str | os.PathLike, *, env: Mapping[str, str] = os.environ,
-                  assume_gpu: Sequence[str] = (), backend: str = "auto") -> RankingService:
+def start_service(
+    manifest_path: str | os.PathLike,
+    *,
+    env: Mapping[str, str] = os.environ,
+    assume_gpu: Sequence[str] = (),
+    backend: str = "auto",
+) -> RankingService:
     """Detect, select (logging the NIM startup lines), then start the first profile that can start."""
     from nimbuild.runtime.hardware import assumed_host, detect_host
     from nimbuild.runtime.selection import select, startup_log
@@ -128,15 +148,18 @@ def start_service(manifest_path: str | os.PathLike, *, env: Mapping[str, str] = 
     for line in startup_log(selection):
         log.info("%s", line)
     if selection.selected is None:
-        raise NimbuildError(f"{manifest_path}: no profile is runnable on this host",
-                            hint="run `nimbuild list-model-profiles` to see why, or build a CPU profile")
+        raise NimbuildError(
+            f"{manifest_path}: no profile is runnable on this host",
+            hint="run `nimbuild list-model-profiles` to see why, or build a CPU profile",
+        )
     # The runnable profiles the overrides allow, best first: what a failed start falls back through.
     candidates = [c.profile for c in selection.candidates] or [selection.selected]
     failures = []
     for profile in candidates:
         try:
-            service = start_profile(manifest, profile, limits=limits, backend=backend,
-                                    cache_path=env.get("NIM_CACHE_PATH") or None)
+            service = start_profile(
+                manifest, profile, limits=limits, backend=backend, cache_path=env.get("NIM_CACHE_PATH") or None
+            )
         except BackendStartError as exc:
             log.warning("Profile %s (%s) could not start: %s", profile.id, profile.name, exc)
             failures.append(f"{profile.name}: {exc}")
@@ -145,8 +168,10 @@ def start_service(manifest_path: str | os.PathLike, *, env: Mapping[str, str] = 
             log.info("Serving profile %s (%s) instead", profile.id, profile.name)
         log.info("Backend: %s", service.backend.describe())
         return service
-    raise NimbuildError("no runnable profile could start: " + " | ".join(failures),
-                        hint="see the log above for each reason; `nimbuild list-model-profiles` lists the profiles")
+    raise NimbuildError(
+        "no runnable profile could start: " + " | ".join(failures),
+        hint="see the log above for each reason; `nimbuild list-model-profiles` lists the profiles",
+    )
 
 
 def graceful_shutdown_seconds(env: Mapping[str, str] = os.environ) -> int:
@@ -171,8 +196,10 @@ def _address(host: str, port: int) -> str:
 def check_port(host: str, port: int) -> None:
     """A TCP port is 1..65535: say so before anything starts (the socket layer raises OverflowError)."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise NimbuildError(f"cannot serve on {_address(host, port)}: port {port} is out of range",
-                            hint="set NIM_HTTP_API_PORT or --port to a port between 1 and 65535")
+        raise NimbuildError(
+            f"cannot serve on {_address(host, port)}: port {port} is out of range",
+            hint="set NIM_HTTP_API_PORT or --port to a port between 1 and 65535",
+        )
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -185,21 +212,29 @@ def bind_listener(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn: restart over TIME_WAIT
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart over TIME_WAIT
         sock.bind((host, port))
     except (OSError, OverflowError) as exc:
         sock.close()
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        hint = ("stop what listens there, or pick a free port with NIM_HTTP_API_PORT or --port"
-                if getattr(exc, "errno", None) == errno.EADDRINUSE
-                else "check the address (NIM_HTTP_API_HOST / --host) and the port (NIM_HTTP_API_PORT / --port)")
+        hint = (
+            "stop what listens there, or pick a free port with NIM_HTTP_API_PORT or --port"
+            if getattr(exc, "errno", None) == errno.EADDRINUSE
+            else "check the address (NIM_HTTP_API_HOST / --host) and the port (NIM_HTTP_API_PORT / --port)"
+        )
         raise NimbuildError(f"cannot serve on {_address(host, port)}: {reason}", hint=hint) from None
     sock.set_inheritable(True)
     return sock
 
 
-def run_server(service: RankingService, host: str = "0.0.0.0", port: int = 8000, log_level: str = "info",
-               env: Mapping[str, str] = os.environ, sock: socket.socket | None = None) -> int:
+def run_server(
+    service: RankingService,
+    host: str = "0.0.0.0",
+    port: int = 8000,
+    log_level: str = "info",
+    env: Mapping[str, str] = os.environ,
+    sock: socket.socket | None = None,
+) -> int:
     """Serve until SIGTERM/SIGINT; in-flight requests finish first. Returns the exit code (0).
 
     ``sock``: a socket from :func:`bind_listener` (the CLI binds before the
@@ -217,9 +252,16 @@ def run_server(service: RankingService, host: str = "0.0.0.0", port: int = 8000,
     except NimbuildError:
         service.stop()
         raise
-    config = uvicorn.Config(create_app(service), host=host, port=port, lifespan="on", log_level=log_level,
-                            access_log=env.get("NIM_ACCESS_LOG", "") in {"1", "true"},
-                            timeout_graceful_shutdown=grace, timeout_keep_alive=30)
+    config = uvicorn.Config(
+        create_app(service),
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level=log_level,
+        access_log=env.get("NIM_ACCESS_LOG", "") in {"1", "true"},
+        timeout_graceful_shutdown=grace,
+        timeout_keep_alive=30,
+    )
     server = uvicorn.Server(config)
     received: list[int] = []
     # uvicorn re-raises the signal it stopped on; with these handlers that ends in a clean exit 0.
@@ -228,7 +270,7 @@ def run_server(service: RankingService, host: str = "0.0.0.0", port: int = 8000,
     try:
         log.info("Listening on http://%s", _address(host, port))
         server.run(sockets=[sock])
-    except SystemExit as exc:   # uvicorn's startup failure (sys.exit(3)): reported below as one error
+    except SystemExit as exc:  # uvicorn's startup failure (sys.exit(3)): reported below as one error
         failure = f"the server stopped during start-up (exit {exc.code})"
     finally:
         for sig, handler in previous.items():
@@ -236,7 +278,9 @@ def run_server(service: RankingService, host: str = "0.0.0.0", port: int = 8000,
         service.stop()  # idempotent: the app's shutdown already did it unless the server never started
         sock.close()
     if failure or not server.started:
-        raise NimbuildError(f"could not serve on {_address(host, port)}: {failure or 'the server did not start'}",
-                            hint="see the log above; is the port free? set NIM_HTTP_API_PORT or --port")
+        raise NimbuildError(
+            f"could not serve on {_address(host, port)}: {failure or 'the server did not start'}",
+            hint="see the log above; is the port free? set NIM_HTTP_API_PORT or --port",
+        )
     log.info("Server stopped%s", f" on signal {signal.Signals(received[-1]).name}" if received else "")
     return 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,19 +18,19 @@ from nimbuild.runtime.serve.tokenize import PairTokenizer
 
 log = logging.getLogger("nimbuild.serve")
 
-_INLINE_CHARS = 50_000   # up to this many characters a request is tokenized on the event loop (< ~1 ms)
+_INLINE_CHARS = 50_000  # up to this many characters a request is tokenized on the event loop (< ~1 ms)
 
 
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask for; each beyond-limit answer names the setting that sets it."""
 
-    max_passages: int = 1000            # NIM_MAX_PASSAGES
-    max_body_bytes: int = 8 * 1024**2   # NIM_MAX_REQUEST_BYTES
-    max_text_chars: int = 65536         # NIM_MAX_TEXT_CHARS (query and each passage)
+    max_passages: int = 1000  # NIM_MAX_PASSAGES
+    max_body_bytes: int = 8 * 1024**2  # NIM_MAX_REQUEST_BYTES
+    max_text_chars: int = 65536  # NIM_MAX_TEXT_CHARS (query and each passage)
     max_queued_passages: int = 100_000  # NIM_MAX_QUEUED_PASSAGES (then 429)
-    max_queue_delay_ms: float = 2.0     # NIM_MAX_QUEUE_DELAY_MS (dynamic batching wait)
-    max_batch_size: int | None = None   # NIM_MAX_BATCH_SIZE (<= the profile's max_batch_size)
+    max_queue_delay_ms: float = 2.0  # NIM_MAX_QUEUE_DELAY_MS (dynamic batching wait)
+    max_batch_size: int | None = None  # NIM_MAX_BATCH_SIZE (<= the profile's max_batch_size)
 
     # attribute -> the variables that set it, first found wins: (name, factor to the attribute's unit).
     # The NIM_TRITON_* names are the reranking NIM's own; they apply to the embedded batcher too.
@@ -38,13 +39,15 @@ class Limits:
         "max_body_bytes": (("NIM_MAX_REQUEST_BYTES", 1),),
         "max_text_chars": (("NIM_MAX_TEXT_CHARS", 1),),
         "max_queued_passages": (("NIM_MAX_QUEUED_PASSAGES", 1),),
-        "max_queue_delay_ms": (("NIM_MAX_QUEUE_DELAY_MS", 1.0),
-                               ("NIM_TRITON_DYNAMIC_BATCHING_MAX_QUEUE_DELAY_MICROSECONDS", 0.001)),
+        "max_queue_delay_ms": (
+            ("NIM_MAX_QUEUE_DELAY_MS", 1.0),
+            ("NIM_TRITON_DYNAMIC_BATCHING_MAX_QUEUE_DELAY_MICROSECONDS", 0.001),
+        ),
         "max_batch_size": (("NIM_MAX_BATCH_SIZE", 1), ("NIM_TRITON_MAX_BATCH_SIZE", 1)),
     }
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Limits":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Limits:
         from nimbuild.errors import NimbuildError
 
         values: dict[str, Any] = {}
@@ -56,7 +59,9 @@ class Limits:
                 try:
                     value = float(raw) * factor if attr == "max_queue_delay_ms" else int(raw)
                 except ValueError:
-                    raise NimbuildError(f"{var}={raw!r} is not a number", hint=f"set {var} to a positive number") from None
+                    raise NimbuildError(
+                        f"{var}={raw!r} is not a number", hint=f"set {var} to a positive number"
+                    ) from None
                 if value < 0 or (value == 0 and attr != "max_queue_delay_ms"):
                     raise NimbuildError(f"{var}={raw!r} is out of range", hint=f"set {var} to a positive number")
                 values[attr] = value
@@ -72,7 +77,7 @@ class RankingService:
     """One selected profile, started: what the HTTP app calls."""
 
     model: str
-    profile: dict[str, Any]            # {"id", "name", "tags"}
+    profile: dict[str, Any]  # {"id", "name", "tags"}
     tokenizer: PairTokenizer
     backend: Backend
     limits: Limits = field(default_factory=Limits)
@@ -88,9 +93,13 @@ class RankingService:
     def start(self) -> None:
         """Start the batching worker (the backend is already started)."""
         self.batcher = DynamicBatcher(
-            self.backend.infer, max_batch_size=self.max_batch_size, pad_id=self.tokenizer.pad_id,
+            self.backend.infer,
+            max_batch_size=self.max_batch_size,
+            pad_id=self.tokenizer.pad_id,
             max_queue_delay_s=self.limits.max_queue_delay_ms / 1000.0,
-            max_pending_rows=self.limits.max_queued_passages, metrics=self.metrics)
+            max_pending_rows=self.limits.max_queued_passages,
+            metrics=self.metrics,
+        )
         self.batcher.start()
 
     async def warm_up(self) -> None:
@@ -128,10 +137,14 @@ class RankingService:
         return {
             "nimbuildVersion": __version__,
             "model": self.model,
-            "modelInfo": [{"shortName": f"{self.model}:{self.profile.get('tags', {}).get('model_revision', '')}",
-                           "modelUrl": ""}],
+            "modelInfo": [
+                {"shortName": f"{self.model}:{self.profile.get('tags', {}).get('model_revision', '')}", "modelUrl": ""}
+            ],
             "profile": self.profile,
             "backend": self.backend.describe(),
-            "limits": {**self.limits.to_dict(), "max_batch_size": self.max_batch_size,
-                       "max_sequence_length": self.tokenizer.max_length},
+            "limits": {
+                **self.limits.to_dict(),
+                "max_batch_size": self.max_batch_size,
+                "max_sequence_length": self.tokenizer.max_length,
+            },
         }

@@ -10,9 +10,9 @@ long; ``NONE`` refuses an over-long pair with the token count and the limit.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -26,7 +26,7 @@ class TooManyTokens(ValueError):
         self.index, self.tokens, self.limit = index, tokens, limit
         super().__init__(
             f"passages[{index}]: query + passage are {tokens} tokens, more than the model's "
-            f"max_sequence_length {limit}; shorten the input or send \"truncate\": \"END\""
+            f'max_sequence_length {limit}; shorten the input or send "truncate": "END"'
         )
 
 
@@ -34,7 +34,7 @@ class TooManyTokens(ValueError):
 class EncodedPair:
     """One tokenized (query, passage) pair, unpadded."""
 
-    ids: np.ndarray       # int64 [n]
+    ids: np.ndarray  # int64 [n]
     type_ids: np.ndarray  # int64 [n]
 
     def __len__(self) -> int:
@@ -53,8 +53,9 @@ class PairTokenizer:
         self.pair_specials = tokenizer.num_special_tokens_to_add(True)
 
     @classmethod
-    def from_files(cls, tokenizer_json: str | Path, max_length: int,
-                   tokenizer_config: str | Path | None = None) -> "PairTokenizer":
+    def from_files(
+        cls, tokenizer_json: str | Path, max_length: int, tokenizer_config: str | Path | None = None
+    ) -> PairTokenizer:
         """Load ``tokenizer.json`` (and the pad token from ``tokenizer_config.json`` beside it)."""
         from tokenizers import Tokenizer
 

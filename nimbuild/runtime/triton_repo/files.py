@@ -18,8 +18,9 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def copy_verified(src: Path, dst: Path, sha256: str | None = None, size: int | None = None,
-                  chunk: int = 1 << 22) -> str:
+def copy_verified(
+    src: Path, dst: Path, sha256: str | None = None, size: int | None = None, chunk: int = 1 << 22
+) -> str:
     """Copy ``src`` to ``dst`` hashing the bytes on the way; refuse (and remove ``dst``) on a mismatch.
 
     The bytes hashed are exactly the bytes written (no window for the source to
@@ -39,11 +40,15 @@ def copy_verified(src: Path, dst: Path, sha256: str | None = None, size: int | N
             os.fsync(fout.fileno())
         digest = h.hexdigest()
         if size is not None and written != size:
-            raise NimbuildError(f"{src}: {written} bytes, the manifest says {size}",
-                                hint="the file changed after the manifest was built; rebuild it or restore the file")
+            raise NimbuildError(
+                f"{src}: {written} bytes, the manifest says {size}",
+                hint="the file changed after the manifest was built; rebuild it or restore the file",
+            )
         if sha256 is not None and digest != sha256:
-            raise NimbuildError(f"{src}: sha256 {digest} does not match the manifest's {sha256}",
-                                hint="the file is corrupt or was altered; restore it or rebuild the manifest")
+            raise NimbuildError(
+                f"{src}: sha256 {digest} does not match the manifest's {sha256}",
+                hint="the file is corrupt or was altered; restore it or rebuild the manifest",
+            )
         os.replace(tmp, dst)
         shutil.copymode(src, dst)
         return digest

@@ -18,11 +18,21 @@ from nimbuild.errors import NimbuildError
 
 # onnx.TensorProto.DataType -> Triton's DataType names (model_config.proto).
 ONNX_TO_TRITON = {
-    1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 4: "TYPE_UINT16", 5: "TYPE_INT16",
-    6: "TYPE_INT32", 7: "TYPE_INT64", 8: "TYPE_STRING", 9: "TYPE_BOOL", 10: "TYPE_FP16",
-    11: "TYPE_FP64", 12: "TYPE_UINT32", 13: "TYPE_UINT64", 16: "TYPE_BF16",
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    4: "TYPE_UINT16",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    8: "TYPE_STRING",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    12: "TYPE_UINT32",
+    13: "TYPE_UINT64",
+    16: "TYPE_BF16",
 }
-
 
 
 @dataclass(frozen=True)
@@ -38,8 +48,10 @@ class TensorSpec:
         try:
             return ONNX_TO_TRITON[self.onnx_type]
         except KeyError:
-            raise NimbuildError(f"tensor {self.name!r} has ONNX element type {self.onnx_type}, which Triton cannot serve",
-                                hint="export the model with float/int inputs and outputs") from None
+            raise NimbuildError(
+                f"tensor {self.name!r} has ONNX element type {self.onnx_type}, which Triton cannot serve",
+                hint="export the model with float/int inputs and outputs",
+            ) from None
 
     def to_dict(self) -> dict:
         return {"name": self.name, "data_type": self.triton_type, "shape": list(self.shape)}
@@ -72,11 +84,14 @@ def read_graph_io(path: str | os.PathLike, *, use_onnx: bool | None = None) -> G
     except NimbuildError:
         raise
     except Exception as exc:  # a truncated or foreign file: say which
-        raise NimbuildError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})",
-                            hint="re-export it with `nimbuild export`") from None
+        raise NimbuildError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})",
+            hint="re-export it with `nimbuild export`",
+        ) from None
 
 
 # --------------------------------------------------------------------------- onnx
+
 
 def _read_with_onnx(path: Path) -> GraphIO:
     import onnx
@@ -93,8 +108,9 @@ def _read_with_onnx(path: Path) -> GraphIO:
             dims.append(d.dim_value if which == "dim_value" else d.dim_param if which == "dim_param" else None)
         return TensorSpec(vi.name, int(tt.elem_type), tuple(dims))
 
-    return GraphIO(tuple(spec(v) for v in graph.input if v.name not in initializers),
-                   tuple(spec(v) for v in graph.output))
+    return GraphIO(
+        tuple(spec(v) for v in graph.input if v.name not in initializers), tuple(spec(v) for v in graph.output)
+    )
 
 
 # --------------------------------------------------------------------------- light
@@ -147,7 +163,7 @@ def _fields(buf, start: int, end: int):
 
 
 def _text(buf, span) -> str:
-    return bytes(buf[span[0]:span[1]]).decode("utf-8")
+    return bytes(buf[span[0] : span[1]]).decode("utf-8")
 
 
 def _signed64(v: int) -> int:

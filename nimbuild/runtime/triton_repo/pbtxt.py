@@ -51,8 +51,9 @@ def parse_config(text: str, where: str = "config.pbtxt"):
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
-        raise NimbuildError(f"{where}: not a valid Triton ModelConfig: {exc}",
-                            hint="fix the template or the values it was given") from None
+        raise NimbuildError(
+            f"{where}: not a valid Triton ModelConfig: {exc}", hint="fix the template or the values it was given"
+        ) from None
     return config
 
 

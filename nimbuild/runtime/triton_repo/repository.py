@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from nimbuild.errors import NimbuildError
 
@@ -56,11 +57,11 @@ class ServingOptions:
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     preferred_batch_sizes: tuple[int, ...] = ()
     instance_count: int = 1
-    cpu_threads: int = 0              # intra-op threads of a CPU profile; 0 = one per core
+    cpu_threads: int = 0  # intra-op threads of a CPU profile; 0 = one per core
     graph_optimization: str = "extended"
 
     @classmethod
-    def from_recipe(cls, recipe: Any) -> "ServingOptions":
+    def from_recipe(cls, recipe: Any) -> ServingOptions:
         serving = getattr(recipe, "serving", None)
         if serving is None:
             return cls()
@@ -73,9 +74,13 @@ class ServingOptions:
         )
 
     def to_dict(self) -> dict:
-        return {"max_queue_delay_us": self.max_queue_delay_us, "preferred_batch_sizes": list(self.preferred_batch_sizes),
-                "instance_count": self.instance_count, "cpu_threads": self.cpu_threads,
-                "graph_optimization": self.graph_optimization}
+        return {
+            "max_queue_delay_us": self.max_queue_delay_us,
+            "preferred_batch_sizes": list(self.preferred_batch_sizes),
+            "instance_count": self.instance_count,
+            "cpu_threads": self.cpu_threads,
+            "graph_optimization": self.graph_optimization,
+        }
 
 
 @dataclass
@@ -91,18 +96,28 @@ class RenderedRepository:
     schema_checked: bool = True
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "profile_ids": self.profile_ids, "name": self.name, "kind": self.kind,
-                "models": self.models, "notes": self.notes, "schema_checked": self.schema_checked}
+        return {
+            "path": str(self.path),
+            "profile_ids": self.profile_ids,
+            "name": self.name,
+            "kind": self.kind,
+            "models": self.models,
+            "notes": self.notes,
+            "schema_checked": self.schema_checked,
+        }
 
 
 # --------------------------------------------------------------------------- sources
+
 
 def _tag_int(profile, key: str) -> int:
     try:
         return int(profile.tags[key])
     except (KeyError, ValueError):
-        raise NimbuildError(f"profile {profile.name!r}: tags.{key} is missing or not an integer "
-                            f"({profile.tags.get(key)!r})", hint="rebuild the manifest with `nimbuild manifest build`") from None
+        raise NimbuildError(
+            f"profile {profile.name!r}: tags.{key} is missing or not an integer ({profile.tags.get(key)!r})",
+            hint="rebuild the manifest with `nimbuild manifest build`",
+        ) from None
 
 
 def kind_of(profile) -> str:
@@ -111,8 +126,10 @@ def kind_of(profile) -> str:
         return "tensorrt"
     if backend == "onnx":
         return "onnxruntime"
-    raise NimbuildError(f"profile {profile.name!r}: backend {backend!r} has no Triton model",
-                        hint="Triton repositories are rendered for tensorrt and onnx profiles")
+    raise NimbuildError(
+        f"profile {profile.name!r}: backend {backend!r} has no Triton model",
+        hint="Triton repositories are rendered for tensorrt and onnx profiles",
+    )
 
 
 def model_file(profile) -> str:
@@ -121,8 +138,10 @@ def model_file(profile) -> str:
     found = sorted(rel for rel in profile.files if rel.endswith(suffix))
     if len(found) != 1:
         what = "no" if not found else f"{len(found)}"
-        raise NimbuildError(f"profile {profile.name!r}: {what} *{suffix} file in workspace.files (need exactly one)",
-                            hint="list the profile's model file in the manifest (nimbuild manifest build)")
+        raise NimbuildError(
+            f"profile {profile.name!r}: {what} *{suffix} file in workspace.files (need exactly one)",
+            hint="list the profile's model file in the manifest (nimbuild manifest build)",
+        )
     return found[0]
 
 
@@ -134,8 +153,11 @@ def companion_files(profile, main: str) -> list[str]:
     out = []
     for rel in sorted(profile.files):
         p = PurePosixPath(rel)
-        if rel != main and p.parent == folder and (p.name.startswith(base) or p.suffix in (".data", ".bin")
-                                                     or p.name.endswith("_data")):
+        if (
+            rel != main
+            and p.parent == folder
+            and (p.name.startswith(base) or p.suffix in (".data", ".bin") or p.name.endswith("_data"))
+        ):
             out.append(rel)
     return out
 
@@ -159,7 +181,8 @@ def graph_for(manifest, profile) -> Path:
     raise NimbuildError(
         f"profile {profile.name!r}: the {precision} ONNX graph its engine was built from is not at "
         f"{candidates[0]} (needed for the Triton config's input names and types)",
-        hint="render in the export folder that `nimbuild export` filled (the manifest's folder)")
+        hint="render in the export folder that `nimbuild export` filled (the manifest's folder)",
+    )
 
 
 def tokenizer_sources(manifest, profile) -> dict[str, tuple[str, Any]]:
@@ -179,15 +202,19 @@ def tokenizer_sources(manifest, profile) -> dict[str, tuple[str, Any]]:
 
 # --------------------------------------------------------------------------- contexts
 
+
 def _dims(spec, where: str) -> tuple[list[int], list[int] | None]:
     """Triton dims (batch dimension dropped) and a reshape for rank-1 tensors."""
     if not spec.shape:
-        raise NimbuildError(f"{where}: tensor {spec.name!r} has no shape in the graph",
-                            hint="export with shapes (nimbuild export does)")
+        raise NimbuildError(
+            f"{where}: tensor {spec.name!r} has no shape in the graph", hint="export with shapes (nimbuild export does)"
+        )
     batch = spec.shape[0]
     if isinstance(batch, int) and batch > 0:
-        raise NimbuildError(f"{where}: tensor {spec.name!r} has a fixed batch dimension {batch}",
-                            hint="export with a dynamic batch axis so that Triton can batch requests")
+        raise NimbuildError(
+            f"{where}: tensor {spec.name!r} has a fixed batch dimension {batch}",
+            hint="export with a dynamic batch axis so that Triton can batch requests",
+        )
     rest = [d if isinstance(d, int) and d > 0 else -1 for d in spec.shape[1:]]
     if not rest:
         return [1], []
@@ -206,10 +233,20 @@ def _preferred(sizes, max_batch: int) -> list[int]:
     return sorted({int(s) for s in sizes if 0 < int(s) <= max_batch})
 
 
-def build_contexts(*, profile_ids: list[str], profile_name: str, kind: str, device: str, io,
-                   max_batch_size: int, max_sequence_length: int, serving: ServingOptions,
-                   cc_model_filenames: list[tuple[str, str]] | None = None,
-                   default_model_filename: str | None = None, with_tokenizer: bool = True) -> dict[str, dict]:
+def build_contexts(
+    *,
+    profile_ids: list[str],
+    profile_name: str,
+    kind: str,
+    device: str,
+    io,
+    max_batch_size: int,
+    max_sequence_length: int,
+    serving: ServingOptions,
+    cc_model_filenames: list[tuple[str, str]] | None = None,
+    default_model_filename: str | None = None,
+    with_tokenizer: bool = True,
+) -> dict[str, dict]:
     """Template contexts of the repository's models: {model name: {template, context}}."""
     from nimbuild import __version__
 
@@ -217,8 +254,10 @@ def build_contexts(*, profile_ids: list[str], profile_name: str, kind: str, devi
     inputs = _tensors(io.inputs, where)
     outputs = _tensors(io.outputs, where)
     if serving.graph_optimization not in ORT_GRAPH_LEVELS:
-        raise NimbuildError(f"unknown graph optimization {serving.graph_optimization!r}",
-                            hint=f"use one of {', '.join(ORT_GRAPH_LEVELS)}")
+        raise NimbuildError(
+            f"unknown graph optimization {serving.graph_optimization!r}",
+            hint=f"use one of {', '.join(ORT_GRAPH_LEVELS)}",
+        )
     common = {"nimbuild_version": __version__, "profile_name": profile_name, "profile_ids": list(profile_ids)}
     ort = None
     if kind == "onnxruntime":
@@ -253,17 +292,35 @@ def build_contexts(*, profile_ids: list[str], profile_name: str, kind: str, devi
         return contexts
     unfed = [t["name"] for t in inputs if t["name"] not in TOKENIZER_FEEDS]
     if unfed:
-        raise NimbuildError(f"{where}: graph inputs {unfed} cannot be fed by the tokenizer model "
-                            f"(it makes {', '.join(TOKENIZER_FEEDS)})",
-                            hint="export the model with the standard input names")
-    contexts[TOKENIZER] = {"template": "triton_tokenizer.pbtxt.j2", "context": {
-        **common, "name": TOKENIZER, "model_name": MODEL, "max_batch_size": max_batch_size,
-        "max_sequence_length": max_sequence_length, "instance_count": 1,
-        "outputs": [{"name": t["name"], "data_type": t["data_type"]} for t in inputs]}}
-    contexts[ENSEMBLE] = {"template": "triton_ensemble.pbtxt.j2", "context": {
-        **common, "name": ENSEMBLE, "model_name": MODEL, "tokenizer_name": TOKENIZER,
-        "max_batch_size": max_batch_size, "tensors": [{"name": t["name"]} for t in inputs],
-        "outputs": [{"name": t["name"], "data_type": t["data_type"], "dims": t["dims"]} for t in outputs]}}
+        raise NimbuildError(
+            f"{where}: graph inputs {unfed} cannot be fed by the tokenizer model "
+            f"(it makes {', '.join(TOKENIZER_FEEDS)})",
+            hint="export the model with the standard input names",
+        )
+    contexts[TOKENIZER] = {
+        "template": "triton_tokenizer.pbtxt.j2",
+        "context": {
+            **common,
+            "name": TOKENIZER,
+            "model_name": MODEL,
+            "max_batch_size": max_batch_size,
+            "max_sequence_length": max_sequence_length,
+            "instance_count": 1,
+            "outputs": [{"name": t["name"], "data_type": t["data_type"]} for t in inputs],
+        },
+    }
+    contexts[ENSEMBLE] = {
+        "template": "triton_ensemble.pbtxt.j2",
+        "context": {
+            **common,
+            "name": ENSEMBLE,
+            "model_name": MODEL,
+            "tokenizer_name": TOKENIZER,
+            "max_batch_size": max_batch_size,
+            "tensors": [{"name": t["name"]} for t in inputs],
+            "outputs": [{"name": t["name"], "data_type": t["data_type"], "dims": t["dims"]} for t in outputs],
+        },
+    }
     return contexts
 
 
@@ -275,6 +332,7 @@ def render_configs(contexts: Mapping[str, Mapping]) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- checks
+
 
 def check_configs(texts: Mapping[str, str], info: Mapping, *, require_schema: bool = True) -> bool:
     """Parse every config with Triton's ModelConfig schema and check what the schema cannot.
@@ -293,8 +351,10 @@ def check_configs(texts: Mapping[str, str], info: Mapping, *, require_schema: bo
     parsed = {name: pbtxt.parse_config(text, f"{where}/{name}/config.pbtxt") for name, text in texts.items()}
     problems = semantic_problems(parsed, info, mc)
     if problems:
-        raise NimbuildError(f"{where}: rendered Triton configs are inconsistent: {'; '.join(problems)}",
-                            hint="this is a nimbuild bug or a hand-edited repository record; re-run `nimbuild render`")
+        raise NimbuildError(
+            f"{where}: rendered Triton configs are inconsistent: {'; '.join(problems)}",
+            hint="this is a nimbuild bug or a hand-edited repository record; re-run `nimbuild render`",
+        )
     return True
 
 
@@ -357,14 +417,18 @@ def semantic_problems(parsed: Mapping[str, Any], info: Mapping, mc) -> list[str]
             target_in = {t.name for t in target.input}
             target_out = {t.name for t in target.output}
             if set(step.input_map) != target_in:
-                problems.append(f"{ENSEMBLE}: step {step.model_name} maps inputs {sorted(step.input_map)}, "
-                                f"the model has {sorted(target_in)}")
+                problems.append(
+                    f"{ENSEMBLE}: step {step.model_name} maps inputs {sorted(step.input_map)}, "
+                    f"the model has {sorted(target_in)}"
+                )
             missing = [v for v in step.input_map.values() if v not in produced]
             if missing:
                 problems.append(f"{ENSEMBLE}: step {step.model_name} reads {missing} before any step makes them")
             if not set(step.output_map) <= target_out:
-                problems.append(f"{ENSEMBLE}: step {step.model_name} maps outputs {sorted(step.output_map)}, "
-                                f"the model has {sorted(target_out)}")
+                problems.append(
+                    f"{ENSEMBLE}: step {step.model_name} maps outputs {sorted(step.output_map)}, "
+                    f"the model has {sorted(target_out)}"
+                )
             produced |= set(step.output_map.values())
         missing_out = [t.name for t in ens.output if t.name not in produced]
         if missing_out:
@@ -373,6 +437,7 @@ def semantic_problems(parsed: Mapping[str, Any], info: Mapping, mc) -> list[str]
 
 
 # --------------------------------------------------------------------------- writing
+
 
 def _template_file(name: str) -> Path:
     from nimbuild.runtime.triton_repo.templating import TEMPLATES_DIR
@@ -385,12 +450,15 @@ def guard_destination(dest: Path) -> None:
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise NimbuildError(f"{dest}: exists and is not a folder", hint="choose another path")
     if dest.is_dir() and any(dest.iterdir()) and not (dest / REPOSITORY_INFO).is_file():
-        raise NimbuildError(f"{dest}: a non-empty folder that is not a nimbuild model repository",
-                            hint="choose an empty or new folder (nimbuild replaces only what it rendered)")
+        raise NimbuildError(
+            f"{dest}: a non-empty folder that is not a nimbuild model repository",
+            hint="choose an empty or new folder (nimbuild replaces only what it rendered)",
+        )
 
 
-def write_repository(info: dict, dest: Path, sources: "Path | Callable[[str], Path]", *, mode: str = "link",
-                     require_schema: bool = True) -> RenderedRepository:
+def write_repository(
+    info: dict, dest: Path, sources: Path | Callable[[str], Path], *, mode: str = "link", require_schema: bool = True
+) -> RenderedRepository:
     """Render ``info``'s configs, check them, place its files and write it all to ``dest`` atomically.
 
     ``info['files']`` maps repository paths to ``{"source": manifest relpath, "sha256",
@@ -423,14 +491,22 @@ def write_repository(info: dict, dest: Path, sources: "Path | Callable[[str], Pa
                 continue
             src = locate(spec["source"])
             if not src.is_file():
-                raise NimbuildError(f"{src}: missing (needed for {repo_rel} of {info['profile_name']})",
-                                    hint="restore the artifact or rebuild the manifest")
+                raise NimbuildError(
+                    f"{src}: missing (needed for {repo_rel} of {info['profile_name']})",
+                    hint="restore the artifact or rebuild the manifest",
+                )
             place_file(src, target, mode, spec.get("sha256"), spec.get("size"))
         record = dict(info, mode=mode)
         atomic_write_text(tmp / REPOSITORY_INFO, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return RenderedRepository(path=dest, profile_ids=list(info["profile_ids"]), name=info["profile_name"],
-                              kind=info["kind"], models=sorted(texts), notes=list(info.get("notes", [])),
-                              schema_checked=schema_checked)
+    return RenderedRepository(
+        path=dest,
+        profile_ids=list(info["profile_ids"]),
+        name=info["profile_name"],
+        kind=info["kind"],
+        models=sorted(texts),
+        notes=list(info.get("notes", [])),
+        schema_checked=schema_checked,
+    )
 
 
 def _file_spec(rel: str, entry) -> dict:
@@ -455,8 +531,10 @@ def profile_info(manifest, profile, serving: ServingOptions, *, io=None, use_onn
     notes = []
     with_tokenizer = "tokenizer.json" in tokenizer
     if not with_tokenizer:
-        notes.append("no tokenizer.json in the profile or in tokenizer/ beside the manifest: "
-                     "rendered without the tokenizer and ensemble models")
+        notes.append(
+            "no tokenizer.json in the profile or in tokenizer/ beside the manifest: "
+            "rendered without the tokenizer and ensemble models"
+        )
     default_name = "model.plan" if kind == "tensorrt" else "model.onnx"
     files = {f"{MODEL}/1/{default_name}": _file_spec(main, profile.files[main])}
     for rel in companion_files(profile, main):
@@ -465,11 +543,30 @@ def profile_info(manifest, profile, serving: ServingOptions, *, io=None, use_onn
         files[f"{TOKENIZER}/1/model.py"] = {"template_file": TOKENIZER_PY}
         for name, (rel, entry) in tokenizer.items():
             files[f"{TOKENIZER}/1/{name}"] = _file_spec(rel, entry)
-    contexts = build_contexts(profile_ids=[profile.id], profile_name=profile.name, kind=kind, device=device, io=io,
-                              max_batch_size=max_batch, max_sequence_length=max_seq, serving=serving,
-                              with_tokenizer=with_tokenizer)
-    return _info(profile_ids=[profile.id], name=profile.name, kind=kind, device=device, io=io, contexts=contexts,
-                 files=files, max_batch=max_batch, max_seq=max_seq, serving=serving, notes=notes)
+    contexts = build_contexts(
+        profile_ids=[profile.id],
+        profile_name=profile.name,
+        kind=kind,
+        device=device,
+        io=io,
+        max_batch_size=max_batch,
+        max_sequence_length=max_seq,
+        serving=serving,
+        with_tokenizer=with_tokenizer,
+    )
+    return _info(
+        profile_ids=[profile.id],
+        name=profile.name,
+        kind=kind,
+        device=device,
+        io=io,
+        contexts=contexts,
+        files=files,
+        max_batch=max_batch,
+        max_seq=max_seq,
+        serving=serving,
+        notes=notes,
+    )
 
 
 def _info(*, profile_ids, name, kind, device, io, contexts, files, max_batch, max_seq, serving, notes) -> dict:
@@ -482,13 +579,19 @@ def _info(*, profile_ids, name, kind, device, io, contexts, files, max_batch, ma
         "profile_name": name,
         "kind": kind,
         "device": device,
-        "model_names": {"model": MODEL, "tokenizer": TOKENIZER if TOKENIZER in contexts else None,
-                        "ensemble": ENSEMBLE if ENSEMBLE in contexts else None},
+        "model_names": {
+            "model": MODEL,
+            "tokenizer": TOKENIZER if TOKENIZER in contexts else None,
+            "ensemble": ENSEMBLE if ENSEMBLE in contexts else None,
+        },
         "graph_io": io.to_dict() if hasattr(io, "to_dict") else io,
         "limits": {"max_batch_size": max_batch, "max_sequence_length": max_seq},
-        "serving": {"max_batch_size": max_batch, "max_queue_delay_us": int(serving.max_queue_delay_us),
-                    "preferred_batch_sizes": _preferred(serving.preferred_batch_sizes, max_batch),
-                    "options": serving.to_dict()},
+        "serving": {
+            "max_batch_size": max_batch,
+            "max_queue_delay_us": int(serving.max_queue_delay_us),
+            "preferred_batch_sizes": _preferred(serving.preferred_batch_sizes, max_batch),
+            "options": serving.to_dict(),
+        },
         "models": contexts,
         "files": files,
         "notes": notes,
@@ -496,6 +599,7 @@ def _info(*, profile_ids, name, kind, device, io, contexts, files, max_batch, ma
 
 
 # --------------------------------------------------------------------------- engines for several GPUs
+
 
 def multi_cc_groups(manifest) -> list[tuple[str, list]]:
     """TensorRT profiles that differ only in their GPU, grouped, where they span several compute capabilities.
@@ -509,8 +613,19 @@ def multi_cc_groups(manifest) -> list[tuple[str, list]]:
         t = p.tags
         if t.get("backend") != "tensorrt" or t.get("hardware_compatibility_level"):
             continue
-        key = tuple(t.get(k, "") for k in ("model", "model_revision", "precision", "trt_version",
-                                            "cuda_major_version", "max_batch_size", "max_sequence_length", "gpu_count"))
+        key = tuple(
+            t.get(k, "")
+            for k in (
+                "model",
+                "model_revision",
+                "precision",
+                "trt_version",
+                "cuda_major_version",
+                "max_batch_size",
+                "max_sequence_length",
+                "gpu_count",
+            )
+        )
         groups.setdefault(key, []).append(p)
     out = []
     for key, profiles in sorted(groups.items()):
@@ -519,11 +634,15 @@ def multi_cc_groups(manifest) -> list[tuple[str, list]]:
             continue
         model, _, precision, *_rest, gpu_count = key
         name = f"tensorrt-{precision}{'' if gpu_count in ('', '1') else f'-tp{gpu_count}'}-by-compute-capability"
-        out.append((name, sorted(profiles, key=lambda p: (p.tags.get("compute_capability", ""), p.tags.get("gpu", "")))))
+        out.append(
+            (name, sorted(profiles, key=lambda p: (p.tags.get("compute_capability", ""), p.tags.get("gpu", ""))))
+        )
     return out
 
 
-def multi_cc_info(manifest, name: str, profiles: list, serving: ServingOptions, *, use_onnx: bool | None = None) -> dict:
+def multi_cc_info(
+    manifest, name: str, profiles: list, serving: ServingOptions, *, use_onnx: bool | None = None
+) -> dict:
     from nimbuild.runtime.triton_repo.onnx_io import read_graph_io
 
     chosen: dict[str, Any] = {}
@@ -551,28 +670,53 @@ def multi_cc_info(manifest, name: str, profiles: list, serving: ServingOptions, 
         for fname, (rel, entry) in tokenizer.items():
             files[f"{TOKENIZER}/1/{fname}"] = _file_spec(rel, entry)
     ids = [p.id for p in profiles]
-    contexts = build_contexts(profile_ids=ids, profile_name=name, kind="tensorrt", device="gpu", io=io,
-                              max_batch_size=max_batch, max_sequence_length=max_seq, serving=serving,
-                              cc_model_filenames=cc_files, default_model_filename=cc_files[-1][1],
-                              with_tokenizer=with_tokenizer)
-    return _info(profile_ids=ids, name=name, kind="tensorrt", device="gpu", io=io, contexts=contexts, files=files,
-                 max_batch=max_batch, max_seq=max_seq, serving=serving, notes=notes)
+    contexts = build_contexts(
+        profile_ids=ids,
+        profile_name=name,
+        kind="tensorrt",
+        device="gpu",
+        io=io,
+        max_batch_size=max_batch,
+        max_sequence_length=max_seq,
+        serving=serving,
+        cc_model_filenames=cc_files,
+        default_model_filename=cc_files[-1][1],
+        with_tokenizer=with_tokenizer,
+    )
+    return _info(
+        profile_ids=ids,
+        name=name,
+        kind="tensorrt",
+        device="gpu",
+        io=io,
+        contexts=contexts,
+        files=files,
+        max_batch=max_batch,
+        max_seq=max_seq,
+        serving=serving,
+        notes=notes,
+    )
 
 
 # --------------------------------------------------------------------------- serve-time overrides
+
 
 def read_repository_info(repository: str | os.PathLike) -> dict:
     path = Path(repository) / REPOSITORY_INFO
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise NimbuildError(f"{path}: not a repository rendered by nimbuild", hint="run `nimbuild render` or "
-                            "`nimbuild create-model-store`") from None
+        raise NimbuildError(
+            f"{path}: not a repository rendered by nimbuild",
+            hint="run `nimbuild render` or `nimbuild create-model-store`",
+        ) from None
     except (OSError, ValueError) as exc:
         raise NimbuildError(f"{path}: unreadable ({exc})", hint="re-render the repository") from None
     if info.get("format") != INFO_FORMAT:
-        raise NimbuildError(f"{path}: format {info.get('format')!r}, this nimbuild reads {INFO_FORMAT}",
-                            hint="re-render the repository with this nimbuild")
+        raise NimbuildError(
+            f"{path}: format {info.get('format')!r}, this nimbuild reads {INFO_FORMAT}",
+            hint="re-render the repository with this nimbuild",
+        )
     return info
 
 
@@ -586,8 +730,9 @@ def _env_int(env: Mapping[str, str], key: str, low: int, high: int | None) -> in
         value = None
     if value is None or value < low or (high is not None and value > high):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
-        raise NimbuildError(f"{key}={raw!r}: expected an integer {bound}",
-                            hint=f"unset {key} or give a value in {bound}")
+        raise NimbuildError(
+            f"{key}={raw!r}: expected an integer {bound}", hint=f"unset {key} or give a value in {bound}"
+        )
     return value
 
 
@@ -596,9 +741,11 @@ def with_overrides(info: dict, *, max_batch_size: int | None = None, max_queue_d
     limit = int(info["limits"]["max_batch_size"])
     batch = int(info["serving"]["max_batch_size"]) if max_batch_size is None else int(max_batch_size)
     if not 1 <= batch <= limit:
-        raise NimbuildError(f"max batch size {batch} is outside 1..{limit} (the profile's max_batch_size: "
-                            "its engine or graph was built for at most that)",
-                            hint=f"set {ENV_MAX_BATCH} to at most {limit}")
+        raise NimbuildError(
+            f"max batch size {batch} is outside 1..{limit} (the profile's max_batch_size: "
+            "its engine or graph was built for at most that)",
+            hint=f"set {ENV_MAX_BATCH} to at most {limit}",
+        )
     delay = int(info["serving"]["max_queue_delay_us"]) if max_queue_delay_us is None else int(max_queue_delay_us)
     options = info["serving"].get("options", {})
     preferred = _preferred(options.get("preferred_batch_sizes", info["serving"]["preferred_batch_sizes"]), batch)
@@ -638,8 +785,11 @@ def apply_serving_overrides(repository: str | os.PathLike, env: Mapping[str, str
         for name, text in texts.items():
             atomic_write_text(repository / name / "config.pbtxt", text)
         atomic_write_text(repository / REPOSITORY_INFO, json.dumps(new, indent=2, sort_keys=True) + "\n")
-    return {"max_batch_size": new["serving"]["max_batch_size"],
-            "max_queue_delay_us": new["serving"]["max_queue_delay_us"], "changed": changed}
+    return {
+        "max_batch_size": new["serving"]["max_batch_size"],
+        "max_queue_delay_us": new["serving"]["max_queue_delay_us"],
+        "changed": changed,
+    }
 
 
 def check_repository(repository: str | os.PathLike, *, require_schema: bool = True) -> list[str]:

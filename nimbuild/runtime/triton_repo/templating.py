@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nimbuild.errors import NimbuildError
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"   # nimbuild/templates
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"  # nimbuild/templates
 
 
 def pbstr(value: object) -> str:
@@ -32,8 +32,10 @@ def environment():
     try:
         import jinja2
     except ImportError:  # pragma: no cover - jinja2 is a dependency of build and runtime
-        raise NimbuildError("rendering needs the jinja2 package, which is not installed",
-                            hint="pip install 'nimbuild[runtime]' (or [build])") from None
+        raise NimbuildError(
+            "rendering needs the jinja2 package, which is not installed",
+            hint="pip install 'nimbuild[runtime]' (or [build])",
+        ) from None
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,
@@ -55,5 +57,7 @@ def render(template: str, **context) -> str:
     try:
         return environment().get_template(template).render(**context)
     except jinja2.TemplateNotFound:
-        raise NimbuildError(f"{TEMPLATES_DIR / template}: template not found",
-                            hint="reinstall nimbuild; templates ship inside the package") from None
+        raise NimbuildError(
+            f"{TEMPLATES_DIR / template}: template not found",
+            hint="reinstall nimbuild; templates ship inside the package",
+        ) from None

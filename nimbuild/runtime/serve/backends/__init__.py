@@ -21,7 +21,7 @@ class Backend:
     """What the batcher needs from a backend."""
 
     kind = "abstract"
-    max_batch_size: int | None = None   # a backend's own ceiling (Triton's config), when lower than the profile's
+    max_batch_size: int | None = None  # a backend's own ceiling (Triton's config), when lower than the profile's
 
     def start(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError

@@ -52,13 +52,19 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # ORT raises its own exception types
             raise BackendStartError(f"ONNX Runtime could not load {self.model_path}: {exc}") from exc
         self.providers = list(self.session.get_providers())
-        log.info("ONNX Runtime session on %s: providers %s (asked for %s)", self.model_path.name,
-                 ", ".join(self.providers), ", ".join(wanted))
+        log.info(
+            "ONNX Runtime session on %s: providers %s (asked for %s)",
+            self.model_path.name,
+            ", ".join(self.providers),
+            ", ".join(wanted),
+        )
         if self.device == "gpu" and "CUDAExecutionProvider" not in self.providers:
             self.session = None
             raise BackendStartError(
-                "GPU profile, but ONNX Runtime only got " + ", ".join(self.providers)
-                + " (CUDA execution provider did not start: no GPU, or CUDA/cuDNN libraries missing)")
+                "GPU profile, but ONNX Runtime only got "
+                + ", ".join(self.providers)
+                + " (CUDA execution provider did not start: no GPU, or CUDA/cuDNN libraries missing)"
+            )
         names = {i.name: i for i in self.session.get_inputs()}
         for name in ("input_ids", "attention_mask", "token_type_ids"):
             if name in names:
@@ -66,7 +72,8 @@ class OnnxRuntimeBackend(Backend):
         unknown = set(names) - {n for n, _ in self._inputs}
         if unknown or "input_ids" not in names:
             raise BackendStartError(
-                f"{self.model_path}: inputs {sorted(names)}; expected input_ids, attention_mask[, token_type_ids]")
+                f"{self.model_path}: inputs {sorted(names)}; expected input_ids, attention_mask[, token_type_ids]"
+            )
         self._output = self.session.get_outputs()[0].name
 
     def infer(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:

@@ -47,8 +47,15 @@ def _tail(path: Path, lines: int = 15) -> str:
 class TritonBackend(Backend):
     kind = "triton"
 
-    def __init__(self, manifest, profile, *, workdir: str | os.PathLike | None = None,
-                 binary: str | None = None, start_timeout_s: float | None = None):
+    def __init__(
+        self,
+        manifest,
+        profile,
+        *,
+        workdir: str | os.PathLike | None = None,
+        binary: str | None = None,
+        start_timeout_s: float | None = None,
+    ):
         self.manifest = manifest
         self.profile = profile
         self.binary = binary or os.environ.get("NIM_TRITONSERVER", "tritonserver")
@@ -62,28 +69,39 @@ class TritonBackend(Backend):
         self._output: str | None = None
         self._log_path: Path | None = None
         self._own_workdir = False
-        self._local = threading.local()   # gevent-based clients must stay on the thread that made them
+        self._local = threading.local()  # gevent-based clients must stay on the thread that made them
 
     # -- start -----------------------------------------------------------------------------------
     def start(self) -> None:
         exe = shutil.which(self.binary)
         if exe is None:
-            raise BackendStartError(f"{self.binary!r} not found on PATH (a Triton image provides it; "
-                                    "set NIM_TRITONSERVER to its path)")
+            raise BackendStartError(
+                f"{self.binary!r} not found on PATH (a Triton image provides it; set NIM_TRITONSERVER to its path)"
+            )
         try:
             import tritonclient.http as httpclient
         except Exception as exc:  # ImportError, or tritonclient without its http extra
-            raise BackendStartError(f"tritonclient[http] is not usable ({exc}); pip install 'nimbuild[triton]'") from exc
+            raise BackendStartError(
+                f"tritonclient[http] is not usable ({exc}); pip install 'nimbuild[triton]'"
+            ) from exc
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="nimbuild-triton-"))
             self._own_workdir = True
         store, self.model_name = self._materialize(self.workdir / "model_store")
         http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
         self._log_path = self.workdir / "tritonserver.log"
-        cmd = [exe, f"--model-repository={store}", f"--http-port={http_port}", f"--grpc-port={grpc_port}",
-               f"--metrics-port={metrics_port}", "--http-address=127.0.0.1", "--exit-on-error=true",
-               # Only the graph: tokenization happens in this process (the store's tokenizer/ensemble stay unloaded).
-               "--model-control-mode=explicit", f"--load-model={self.model_name}"]
+        cmd = [
+            exe,
+            f"--model-repository={store}",
+            f"--http-port={http_port}",
+            f"--grpc-port={grpc_port}",
+            f"--metrics-port={metrics_port}",
+            "--http-address=127.0.0.1",
+            "--exit-on-error=true",
+            # Only the graph: tokenization happens in this process (the store's tokenizer/ensemble stay unloaded).
+            "--model-control-mode=explicit",
+            f"--load-model={self.model_name}",
+        ]
         log.info("Starting %s", " ".join(cmd))
         with open(self._log_path, "wb") as log_file:
             self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
@@ -124,8 +142,10 @@ class TritonBackend(Backend):
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise BackendStartError(f"tritonserver not ready after {self.start_timeout_s:.0f}s "
-                                        f"(NIM_TRITON_START_TIMEOUT): {_tail(self._log_path)}")
+                raise BackendStartError(
+                    f"tritonserver not ready after {self.start_timeout_s:.0f}s "
+                    f"(NIM_TRITON_START_TIMEOUT): {_tail(self._log_path)}"
+                )
             time.sleep(0.25)
 
     # -- serve -----------------------------------------------------------------------------------
@@ -142,8 +162,9 @@ class TritonBackend(Backend):
         client = getattr(self._local, "client", None)
         if client is None:
             client = self._local.client = httpclient.InferenceServerClient(self.url, network_timeout=120.0)
-        result = client.infer(self.model_name, inputs,
-                                   outputs=[httpclient.InferRequestedOutput(self._output, binary_data=True)])
+        result = client.infer(
+            self.model_name, inputs, outputs=[httpclient.InferRequestedOutput(self._output, binary_data=True)]
+        )
         return logits_column(result.as_numpy(self._output))
 
     # -- stop ------------------------------------------------------------------------------------
@@ -168,5 +189,9 @@ class TritonBackend(Backend):
             self.workdir = None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "url": self.url, "model": self.model_name,
-                "pid": self.proc.pid if self.proc else None}
+        return {
+            "kind": self.kind,
+            "url": self.url,
+            "model": self.model_name,
+            "pid": self.proc.pid if self.proc else None,
+        }

@@ -43,8 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nimbuild.build.precision.common import (
-    EXTERNAL_DATA_BYTES, load_model, node_output_is_graph_output, opset, save_model, weight_bytes,
+from nimbuild.builder.precision.common import (
+    EXTERNAL_DATA_BYTES,
+    load_model,
+    node_output_is_graph_output,
+    opset,
+    save_model,
+    weight_bytes,
 )
 
 E4M3_MAX = 448.0
@@ -77,8 +82,11 @@ def calibrate_amax(model, calibration: list[dict[str, np.ndarray]], op_types=QUA
         src = Path(tmp) / "model.onnx"
         save_model(model, src)
         calibrator = create_calibrator(
-            src, list(op_types), augmented_model_path=os.fspath(Path(tmp) / "augmented.onnx"),
-            calibrate_method=CalibrationMethod.MinMax, extra_options={"symmetric": True},
+            src,
+            list(op_types),
+            augmented_model_path=os.fspath(Path(tmp) / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"symmetric": True},
             use_external_data_format=weight_bytes(model) > EXTERNAL_DATA_BYTES,
         )
         calibrator.collect_data(_Reader(calibration, input_names))
@@ -183,20 +191,36 @@ def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
                 w = numpy_helper.to_array(inits[tensor]).astype(np.float32)
                 s = _scale(float(np.max(np.abs(w))) if w.size else 1.0)
                 q = np.clip(w / s, -E4M3_MAX, E4M3_MAX).astype(ml_dtypes.float8_e4m3fn)
-                q_init = TensorProto(name=f"{tensor}_fp8", data_type=TensorProto.FLOAT8E4M3FN, dims=list(w.shape),
-                                     raw_data=q.tobytes())
+                q_init = TensorProto(
+                    name=f"{tensor}_fp8", data_type=TensorProto.FLOAT8E4M3FN, dims=list(w.shape), raw_data=q.tobytes()
+                )
                 new_inits += [q_init, numpy_helper.from_array(np.array(s, dtype=np.float32), scale_name)]
                 new_nodes.setdefault(idx, []).append(
-                    helper.make_node("DequantizeLinear", [q_init.name, scale_name, zp_name], [dq_name], name=f"{tensor}_DequantizeLinear"))
+                    helper.make_node(
+                        "DequantizeLinear",
+                        [q_init.name, scale_name, zp_name],
+                        [dq_name],
+                        name=f"{tensor}_DequantizeLinear",
+                    )
+                )
                 counts["weights"] += 1
             else:
                 s = _scale(amax[tensor])
                 q_name = f"{tensor}_fp8_q"
                 new_inits.append(numpy_helper.from_array(np.array(s, dtype=np.float32), scale_name))
-                new_nodes.setdefault(idx, []).extend([
-                    helper.make_node("QuantizeLinear", [tensor, scale_name, zp_name], [q_name], name=f"{tensor}_QuantizeLinear"),
-                    helper.make_node("DequantizeLinear", [q_name, scale_name, zp_name], [dq_name], name=f"{tensor}_DequantizeLinear"),
-                ])
+                new_nodes.setdefault(idx, []).extend(
+                    [
+                        helper.make_node(
+                            "QuantizeLinear", [tensor, scale_name, zp_name], [q_name], name=f"{tensor}_QuantizeLinear"
+                        ),
+                        helper.make_node(
+                            "DequantizeLinear",
+                            [q_name, scale_name, zp_name],
+                            [dq_name],
+                            name=f"{tensor}_DequantizeLinear",
+                        ),
+                    ]
+                )
                 counts["activations"] += 1
             done[tensor] = dq_name
             node.input[pos] = dq_name
@@ -238,7 +262,9 @@ def _ensure_opset(model):
     return converted
 
 
-def build_fp8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: list[dict[str, np.ndarray]]) -> dict:
+def build_fp8(
+    fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: list[dict[str, np.ndarray]]
+) -> dict:
     """Write the FP8 Q/DQ graph of ``fp32_path`` to ``out_path``; returns facts for the report."""
     model = _ensure_opset(load_model(fp32_path))
     for i, node in enumerate(model.graph.node):
@@ -247,14 +273,18 @@ def build_fp8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibra
     amax = calibrate_amax(model, calibration)
     counts = insert_fp8_qdq(model, amax)
     if counts["nodes"] == 0:
-        raise NothingToQuantize("no MatMul/Gemm node could be quantized" +
-                                (": " + "; ".join(counts["skipped"][:3]) if counts["skipped"] else ""))
+        raise NothingToQuantize(
+            "no MatMul/Gemm node could be quantized"
+            + (": " + "; ".join(counts["skipped"][:3]) if counts["skipped"] else "")
+        )
     files = save_model(model, out_path)
-    notes = [f"{counts['nodes']} MatMul/Gemm in FP8 ({counts['activations']} activation Q/DQ, {counts['weights']} FP8 weights), "
-             "per-tensor amax/448 scales (max calibration); gated in ONNX Runtime CPU as simulated FP8",
-             f"kept in FP32 as ModelOpt keeps them: the score head (GEMV, {counts['score_head']}) and "
-             f"{counts['unfused_bmms']} attention BMMs outside TensorRT's FP8 fused-MHA pattern "
-             "(BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2)"]
+    notes = [
+        f"{counts['nodes']} MatMul/Gemm in FP8 ({counts['activations']} activation Q/DQ, {counts['weights']} FP8 weights), "
+        "per-tensor amax/448 scales (max calibration); gated in ONNX Runtime CPU as simulated FP8",
+        f"kept in FP32 as ModelOpt keeps them: the score head (GEMV, {counts['score_head']}) and "
+        f"{counts['unfused_bmms']} attention BMMs outside TensorRT's FP8 fused-MHA pattern "
+        "(BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2)",
+    ]
     if counts["skipped"]:
         notes.append(f"{len(counts['skipped'])} left unquantized: " + "; ".join(counts["skipped"][:3]))
     return {"files": files, "notes": notes, "counts": {k: v for k, v in counts.items() if k != "skipped"}}

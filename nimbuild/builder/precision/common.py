@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -88,8 +88,14 @@ def save_model(model, path: str | os.PathLike) -> list[str]:
         data = path.name + ".data"
         copy = onnx.ModelProto()  # saving with external data empties the tensors of the proto it is given
         copy.CopyFrom(model)
-        onnx.save_model(copy, os.fspath(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data, size_threshold=1024)
+        onnx.save_model(
+            copy,
+            os.fspath(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data,
+            size_threshold=1024,
+        )
         return [path.name, data]
     onnx.save_model(model, os.fspath(path))
     return [path.name]
@@ -122,8 +128,12 @@ def cpu_int8_support() -> dict:
         pass
     if machine in ("x86_64", "amd64", "i686", "x86"):
         vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
-        return {"machine": machine, "vnni": vnni, "supported": bool({"avx2", "sse4_1"} & flags) or not flags,
-                "flags": sorted({"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"} & flags)}
+        return {
+            "machine": machine,
+            "vnni": vnni,
+            "supported": bool({"avx2", "sse4_1"} & flags) or not flags,
+            "flags": sorted({"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"} & flags),
+        }
     if machine in ("aarch64", "arm64"):
         dot = "asimddp" in flags or not flags
         return {"machine": machine, "vnni": dot, "supported": True, "flags": sorted({"asimddp", "i8mm"} & flags)}

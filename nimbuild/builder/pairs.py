@@ -8,9 +8,10 @@ vocabulary (good for parity, meaningless for ranking quality: say so in reports)
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,9 @@ def load_pairs(path: str | Path) -> list[QueryGroup]:
     """Read a pairs JSONL; errors name the file and the line."""
     p = Path(path)
     if not p.is_file():
-        raise NimbuildError(f"pairs file {p} does not exist", hint="fix the recipe's `pairs` (relative to the recipe) or --pairs")
+        raise NimbuildError(
+            f"pairs file {p} does not exist", hint="fix the recipe's `pairs` (relative to the recipe) or --pairs"
+        )
     groups: list[QueryGroup] = []
     with open(p, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -37,17 +40,31 @@ def load_pairs(path: str | Path) -> list[QueryGroup]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise NimbuildError(f"{where}: not JSON ({exc.msg})", hint='each line must be {"query": "...", "passages": ["...", ...]}') from None
+                raise NimbuildError(
+                    f"{where}: not JSON ({exc.msg})",
+                    hint='each line must be {"query": "...", "passages": ["...", ...]}',
+                ) from None
             if not isinstance(obj, dict):
-                raise NimbuildError(f"{where}: expected an object, got {type(obj).__name__}", hint='each line must be {"query": "...", "passages": [...]}')
+                raise NimbuildError(
+                    f"{where}: expected an object, got {type(obj).__name__}",
+                    hint='each line must be {"query": "...", "passages": [...]}',
+                )
             extra = set(obj) - {"query", "passages"}
             if extra:
-                raise NimbuildError(f"{where}: unknown field(s) {sorted(extra)}", hint="only `query` and `passages` are read")
+                raise NimbuildError(
+                    f"{where}: unknown field(s) {sorted(extra)}", hint="only `query` and `passages` are read"
+                )
             q, ps = obj.get("query"), obj.get("passages")
             if not isinstance(q, str) or not q.strip():
-                raise NimbuildError(f"{where}: field `query`: expected a non-empty string, got {q!r}"[:200], hint="give each line a query text")
+                raise NimbuildError(
+                    f"{where}: field `query`: expected a non-empty string, got {q!r}"[:200],
+                    hint="give each line a query text",
+                )
             if not isinstance(ps, list) or not ps or not all(isinstance(x, str) and x.strip() for x in ps):
-                raise NimbuildError(f"{where}: field `passages`: expected a non-empty list of non-empty strings", hint="give each query its passages")
+                raise NimbuildError(
+                    f"{where}: field `passages`: expected a non-empty list of non-empty strings",
+                    hint="give each query its passages",
+                )
             groups.append(QueryGroup(q, tuple(ps)))
     if not groups:
         raise NimbuildError(f"pairs file {p} has no lines", hint='add lines of {"query": ..., "passages": [...]}')
@@ -86,8 +103,9 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
 
 
-def encode(tokenizer: Any, groups: Sequence[QueryGroup], max_length: int,
-           input_names: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
+def encode(
+    tokenizer: Any, groups: Sequence[QueryGroup], max_length: int, input_names: Sequence[str] | None = None
+) -> list[dict[str, np.ndarray]]:
     """Per query: int64 feeds for all its (query, passage) pairs, padded to the group's longest.
 
     ``input_names`` (the graph's) limits the feeds to those names; a
@@ -95,10 +113,19 @@ def encode(tokenizer: Any, groups: Sequence[QueryGroup], max_length: int,
     """
     out = []
     for g in groups:
-        enc = tokenizer([g.query] * len(g.passages), list(g.passages), padding=True, truncation=True,
-                        max_length=max_length, return_tensors="np")
-        feeds = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in enc.items()
-                 if k in ("input_ids", "attention_mask", "token_type_ids")}
+        enc = tokenizer(
+            [g.query] * len(g.passages),
+            list(g.passages),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="np",
+        )
+        feeds = {
+            k: np.ascontiguousarray(v, dtype=np.int64)
+            for k, v in enc.items()
+            if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
         if input_names is not None:
             if "token_type_ids" in input_names and "token_type_ids" not in feeds:
                 feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])

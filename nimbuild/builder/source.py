@@ -53,14 +53,18 @@ def hub_cache_dir(env=os.environ) -> Path:
     for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         if env.get(key):
             return Path(env[key]).expanduser()
-    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    home = env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface"
+    )
     return Path(home).expanduser() / "hub"
 
 
 def weights_fingerprint(model_dir: Path) -> str:
     """``sha256:`` + 16 hex of the weight files (names and bytes): a local folder's revision."""
     h = hashlib.sha256()
-    files = sorted(p for p in model_dir.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name in _WEIGHTS))
+    files = sorted(
+        p for p in model_dir.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name in _WEIGHTS)
+    )
     if not files:
         files = sorted(p for p in model_dir.iterdir() if p.is_file())
     for p in files:
@@ -121,7 +125,10 @@ def check_remote_code(model_dir: Path, config: dict, trust_remote_code: bool, wh
 def resolve_local(path: str | Path, trust_remote_code: bool = False) -> ResolvedModel:
     p = Path(path).expanduser()
     if not p.exists():
-        raise NimbuildError(f"model folder {p} does not exist", hint="check the path (a recipe's source.path is relative to the recipe file)")
+        raise NimbuildError(
+            f"model folder {p} does not exist",
+            hint="check the path (a recipe's source.path is relative to the recipe file)",
+        )
     if not p.is_dir():
         raise NimbuildError(f"model path {p} is a file, not a folder", hint="give the folder that holds config.json")
     p = p.resolve()
@@ -130,8 +137,9 @@ def resolve_local(path: str | Path, trust_remote_code: bool = False) -> Resolved
     return ResolvedModel(path=p, revision=weights_fingerprint(p), repo=None, config=config)
 
 
-def resolve_hub(repo: str, revision: str | None, trust_remote_code: bool = False, env=os.environ,
-                progress=None) -> ResolvedModel:
+def resolve_hub(
+    repo: str, revision: str | None, trust_remote_code: bool = False, env=os.environ, progress=None
+) -> ResolvedModel:
     """Download (or find in the cache) ``repo`` at ``revision``; returns the snapshot folder."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -147,8 +155,15 @@ def resolve_hub(repo: str, revision: str | None, trust_remote_code: bool = False
     cache = hub_cache_dir(env)
     rev = revision or "main"
     allow = list(_ALLOW) + (["*.py"] if trust_remote_code else [])
-    kwargs = dict(repo_id=repo, revision=rev, cache_dir=str(cache), allow_patterns=allow, ignore_patterns=_IGNORE,
-                  local_files_only=offline, token=env.get("HF_TOKEN") or None)
+    kwargs = dict(
+        repo_id=repo,
+        revision=rev,
+        cache_dir=str(cache),
+        allow_patterns=allow,
+        ignore_patterns=_IGNORE,
+        local_files_only=offline,
+        token=env.get("HF_TOKEN") or None,
+    )
     where = f"{repo}@{rev}"
     try:
         folder = Path(snapshot_download(**kwargs))
@@ -159,16 +174,27 @@ def resolve_hub(repo: str, revision: str | None, trust_remote_code: bool = False
                 hint="download it once with network access (unset HF_HUB_OFFLINE), point HF_HOME at a cache that has it, "
                 "or give a local model folder",
             ) from None
-        raise NimbuildError(f"model {where} could not be downloaded (no network?)",
-                            hint="check the network, or set HF_HOME to a cache that has it") from None
+        raise NimbuildError(
+            f"model {where} could not be downloaded (no network?)",
+            hint="check the network, or set HF_HOME to a cache that has it",
+        ) from None
     except GatedRepoError:
-        raise NimbuildError(f"model {repo} is gated", hint="accept its licence on huggingface.co and set HF_TOKEN") from None
+        raise NimbuildError(
+            f"model {repo} is gated", hint="accept its licence on huggingface.co and set HF_TOKEN"
+        ) from None
     except RepositoryNotFoundError:
-        raise NimbuildError(f"hub repo {repo} not found (or private)", hint="check the repo id; for a private repo set HF_TOKEN") from None
+        raise NimbuildError(
+            f"hub repo {repo} not found (or private)", hint="check the repo id; for a private repo set HF_TOKEN"
+        ) from None
     except RevisionNotFoundError:
-        raise NimbuildError(f"revision {rev} not found in hub repo {repo}", hint="pin an existing 40-hex commit sha (see the repo's commit history)") from None
+        raise NimbuildError(
+            f"revision {rev} not found in hub repo {repo}",
+            hint="pin an existing 40-hex commit sha (see the repo's commit history)",
+        ) from None
     except HfHubHTTPError as exc:
-        raise NimbuildError(f"downloading {where} failed: {str(exc).splitlines()[0]}", hint="retry, or check HF_TOKEN") from None
+        raise NimbuildError(
+            f"downloading {where} failed: {str(exc).splitlines()[0]}", hint="retry, or check HF_TOKEN"
+        ) from None
 
     if not any((folder / w).exists() for w in _WEIGHTS) and not offline:
         # only PyTorch .bin weights in this repo: fetch those too
@@ -182,13 +208,17 @@ def resolve_hub(repo: str, revision: str | None, trust_remote_code: bool = False
     return ResolvedModel(path=folder, revision=commit, repo=repo, config=config)
 
 
-def resolve_source(recipe_or_spec: Any, *, trust_remote_code: bool | None = None, revision: str | None = None,
-                   env=os.environ) -> ResolvedModel:
+def resolve_source(
+    recipe_or_spec: Any, *, trust_remote_code: bool | None = None, revision: str | None = None, env=os.environ
+) -> ResolvedModel:
     """A recipe (its ``source``), a local folder path, or a hub repo id -> ResolvedModel."""
     from nimbuild.recipe import Recipe, recipe_for_model
 
-    recipe = recipe_or_spec if isinstance(recipe_or_spec, Recipe) else recipe_for_model(
-        str(recipe_or_spec), revision=revision, trust_remote_code=bool(trust_remote_code))
+    recipe = (
+        recipe_or_spec
+        if isinstance(recipe_or_spec, Recipe)
+        else recipe_for_model(str(recipe_or_spec), revision=revision, trust_remote_code=bool(trust_remote_code))
+    )
     trust = recipe.trust_remote_code if trust_remote_code is None else trust_remote_code
     src = recipe.source
     if src.path is not None:

@@ -3,7 +3,7 @@
 TensorRT 10/11 builds strongly typed networks, so a precision is a graph of its own
 (DESIGN.md, "Precision lives in the graph"). Each is built into a staging folder beside
 ``onnx/<precision>/``, run in ONNX Runtime on the CPU against the PyTorch FP32 reference
-(nimbuild.build.gate), and renamed into place only if it passes: a rejected or failed
+(nimbuild.builder.gate), and renamed into place only if it passes: a rejected or failed
 graph never sits where the manifest would look for it.
 
     fp16.py   FP16 with fragile ops in FP32 (ONNX Runtime's float16 converter)
@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from nimbuild.build.precision.common import MIN_CALIBRATION_PAIRS, cpu_int8_support, cpu_session, n_pairs, tool_versions
+from nimbuild.builder.precision.common import (
+    MIN_CALIBRATION_PAIRS,
+    cpu_int8_support,
+    cpu_session,
+    n_pairs,
+    tool_versions,
+)
 from nimbuild.errors import NimbuildError
 from nimbuild.fsutil import staging_dir
 
@@ -34,19 +40,19 @@ __all__ = ["DIRS", "PRECISIONS", "build_precisions", "thresholds_for", "build_fp
 
 
 def build_fp16(fp32_path, out_path, calibration=None) -> dict:
-    from nimbuild.build.precision.fp16 import build_fp16 as build
+    from nimbuild.builder.precision.fp16 import build_fp16 as build
 
     return build(fp32_path, out_path, calibration)
 
 
 def build_fp8(fp32_path, out_path, calibration) -> dict:
-    from nimbuild.build.precision.fp8 import build_fp8 as build
+    from nimbuild.builder.precision.fp8 import build_fp8 as build
 
     return build(fp32_path, out_path, calibration)
 
 
 def build_cpu_int8(fp32_path, out_path, architecture, **options) -> dict:
-    from nimbuild.build.precision.int8 import build_cpu_int8 as build
+    from nimbuild.builder.precision.int8 import build_cpu_int8 as build
 
     return build(fp32_path, out_path, architecture, **options)
 
@@ -80,8 +86,8 @@ def _check_pairs(name: str, queries, need: int) -> int:
     if count < need:
         raise NimbuildError(
             f"{name} pairs: got {count} (query, passage) pairs, the precision graphs need at least {need}",
-            hint="add lines of {\"query\": ..., \"passages\": [...]} to the recipe's pairs file (field `pairs`), "
-                 "or pass --pairs FILE.jsonl",
+            hint='add lines of {"query": ..., "passages": [...]} to the recipe\'s pairs file (field `pairs`), '
+            "or pass --pairs FILE.jsonl",
         )
     return count
 
@@ -91,18 +97,21 @@ def _tool(precision: str, info: dict | None = None) -> str:
     if precision == "fp16":
         return f"onnxruntime.transformers.float16 (onnxruntime {v['onnxruntime']})"
     if precision == "fp8":
-        return (f"onnxruntime.quantization MinMax calibrator + nimbuild FP8 E4M3 Q/DQ placement "
-                f"(onnxruntime {v['onnxruntime']}, onnx {v['onnx']})")
+        return (
+            f"onnxruntime.quantization MinMax calibrator + nimbuild FP8 E4M3 Q/DQ placement "
+            f"(onnxruntime {v['onnxruntime']}, onnx {v['onnx']})"
+        )
     mode = (info or {}).get("mode", "dynamic")
     return f"onnxruntime.transformers.optimizer + onnxruntime.quantization.quantize_{mode} (onnxruntime {v['onnxruntime']})"
 
 
-def _build_one(precision: str, fp32_path: Path, out_path: Path, *, architecture: str, calibration, config_dirs,
-               int8_mode: str) -> dict:
+def _build_one(
+    precision: str, fp32_path: Path, out_path: Path, *, architecture: str, calibration, config_dirs, int8_mode: str
+) -> dict:
     if precision == "fp16":
         return build_fp16(fp32_path, out_path, calibration)
     if precision == "fp8":
-        from nimbuild.build.precision.fp8 import NothingToQuantize
+        from nimbuild.builder.precision.fp8 import NothingToQuantize
 
         try:
             return build_fp8(fp32_path, out_path, calibration)
@@ -110,13 +119,16 @@ def _build_one(precision: str, fp32_path: Path, out_path: Path, *, architecture:
             raise _Unsupported(f"fp8 is not available for {architecture}: {exc}") from exc
     cpu = cpu_int8_support()
     if not cpu["supported"]:
-        raise _Unsupported(f"int8 is not available on this CPU ({cpu['machine']}): ONNX Runtime has no INT8 "
-                           "kernels for it; build cpu-int8 on an x86-64 (AVX2, ideally AVX-512 VNNI) or arm64 host")
-    from nimbuild.build.precision.int8 import attention_shape
+        raise _Unsupported(
+            f"int8 is not available on this CPU ({cpu['machine']}): ONNX Runtime has no INT8 "
+            "kernels for it; build cpu-int8 on an x86-64 (AVX2, ideally AVX-512 VNNI) or arm64 host"
+        )
+    from nimbuild.builder.precision.int8 import attention_shape
 
     heads, hidden = attention_shape(config_dirs)
-    info = build_cpu_int8(fp32_path, out_path, architecture, calibration=calibration, mode=int8_mode,
-                          num_heads=heads, hidden_size=hidden)
+    info = build_cpu_int8(
+        fp32_path, out_path, architecture, calibration=calibration, mode=int8_mode, num_heads=heads, hidden_size=hidden
+    )
     if info.get("cpu_note"):
         info["warn"] = info["cpu_note"]  # said out loud, not only in the report
     return info
@@ -166,7 +178,7 @@ def build_precisions(
     ``fp32`` in ``precisions`` is ignored (the export writes it). Entries are keyed by the
     recipe's name (``fp16``, ``fp8``, ``int8``); the int8 graph lives in ``onnx/cpu-int8/``.
     """
-    from nimbuild.build.gate import run_gate
+    from nimbuild.builder.gate import run_gate
 
     fp32_path, export_dir = Path(fp32_path), Path(export_dir)
     wanted: list[str] = []
@@ -176,8 +188,11 @@ def build_precisions(
         if name == "fp32" or name in wanted:
             continue
         if name not in DIRS:
-            report[raw] = {"status": "skipped", "reason": f"unknown precision {raw!r}: nimbuild builds fp32, "
-                                                          f"{', '.join(PRECISIONS)}", "path": None}
+            report[raw] = {
+                "status": "skipped",
+                "reason": f"unknown precision {raw!r}: nimbuild builds fp32, {', '.join(PRECISIONS)}",
+                "path": None,
+            }
             out.warn(report[raw]["reason"])
             continue
         wanted.append(name)
@@ -185,8 +200,10 @@ def build_precisions(
         return report
     _check_pairs("calibration", calibration, MIN_CALIBRATION_PAIRS)
     if not evaluation or n_pairs(evaluation) == 0:
-        raise NimbuildError("evaluation pairs: none given, the accuracy gate needs some",
-                            hint="give the recipe a pairs file (field `pairs`) or pass --pairs FILE.jsonl")
+        raise NimbuildError(
+            "evaluation pairs: none given, the accuracy gate needs some",
+            hint="give the recipe a pairs file (field `pairs`) or pass --pairs FILE.jsonl",
+        )
     if len(reference) != len(evaluation):
         raise ValueError(f"{len(reference)} reference score arrays for {len(evaluation)} evaluation queries")
     for feeds in calibration[:1] + evaluation[:1]:
@@ -205,8 +222,15 @@ def build_precisions(
             start = time.perf_counter()
             try:
                 with staging_dir(final_dir) as stage:
-                    info = _build_one(name, fp32_path, stage / "model.onnx", architecture=architecture,
-                                      calibration=calibration, config_dirs=config_dirs, int8_mode=int8_mode)
+                    info = _build_one(
+                        name,
+                        fp32_path,
+                        stage / "model.onnx",
+                        architecture=architecture,
+                        calibration=calibration,
+                        config_dirs=config_dirs,
+                        int8_mode=int8_mode,
+                    )
                     entry["tool"] = _tool(name, info)
                     if info.get("warn"):
                         out.warn(f"{name}: {info['warn']}")
@@ -215,8 +239,10 @@ def build_precisions(
                     try:
                         session = cpu_session(stage / "model.onnx", fp8_qdq=(name == "fp8"))
                     except Exception as exc:  # e.g. an ONNX Runtime without FP8 Q/DQ kernels
-                        raise RuntimeError(f"ONNX Runtime (CPU) cannot run the {name} graph, so it cannot be gated: "
-                                           f"{str(exc).splitlines()[0][:300]}") from exc
+                        raise RuntimeError(
+                            f"ONNX Runtime (CPU) cannot run the {name} graph, so it cannot be gated: "
+                            f"{str(exc).splitlines()[0][:300]}"
+                        ) from exc
                     gate = run_gate(session, evaluation, reference, thresholds_for(thresholds, name))
                     entry["gate"] = gate.to_dict()
                     if not gate.passed:
@@ -237,7 +263,10 @@ def build_precisions(
             except Exception as exc:  # one precision failing must not stop the others
                 _remove_stale(final_dir)
                 entry.pop("files", None)
-                entry.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:400] if str(exc) else ''}")
+                entry.update(
+                    status="failed",
+                    reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:400] if str(exc) else ''}",
+                )
                 out.warn(f"{name} graph failed: {entry['reason']}")
             entry["seconds"] = round(time.perf_counter() - start, 2)
             report[name] = entry

@@ -7,7 +7,7 @@ recipe's batch x sequence min/opt/max for every graph input. Everything here
 runs without TensorRT and without a GPU: the plan, the Polygraphy ``Profile``
 and config arguments, the equivalent ``polygraphy convert`` command line, the
 guards, the cache keys, the fragment. The TensorRT calls themselves live behind
-one narrow seam, :mod:`nimbuild.build.trt_seam`, which tests replace by a fake.
+one narrow seam, :mod:`nimbuild.builder.trt_seam`, which tests replace by a fake.
 
 Layout (docs/internals.md)::
 
@@ -26,14 +26,15 @@ import json
 import os
 import shlex
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from nimbuild.errors import NimbuildError
 from nimbuild.fsutil import atomic_write_text, staging_dir
 
-ENGINE_PRECISIONS = ("fp8", "fp16")          # the order engines are planned, built and listed in
+ENGINE_PRECISIONS = ("fp8", "fp16")  # the order engines are planned, built and listed in
 ENGINE_FILE = "model.plan"
 REPRODUCE_FILE = "reproduce.sh"
 RECORD_FILE = "build.json"
@@ -41,13 +42,13 @@ TIMING_CACHE_FILE = "timing.cache"
 FRAGMENT_FILE = "fragment.yaml"
 # Bump when what a build.json means changes, so that old engines are rebuilt, not trusted.
 CACHE_SCHEMA = 1
-DEFAULT_OPT_LEVEL = 3                        # TensorRT's own default, written out for reproducibility
+DEFAULT_OPT_LEVEL = 3  # TensorRT's own default, written out for reproducibility
 # Hardware-compatible engines run on every GPU of the same compute capability
 # (TensorRT >= 10.9), which is what selection matches them on (DESIGN.md).
 HARDWARE_COMPATIBILITY_LEVEL = "same_compute_capability"
 # A cross-encoder's usual inputs, shown in a dry run before `nimbuild export` has said which it has.
 ASSUMED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-SYNTHETIC_QUERIES, SYNTHETIC_PASSAGES = 12, 8     # as `nimbuild export` without a pairs file
+SYNTHETIC_QUERIES, SYNTHETIC_PASSAGES = 12, 8  # as `nimbuild export` without a pairs file
 
 TENSORRT_HINT = (
     "run inside NVIDIA's TensorRT or Triton container (nvcr.io/nvidia/tensorrt, "
@@ -103,10 +104,10 @@ class PlannedEngine:
     """One engine of the plan: built from ``graph`` into ``engine_dir``, or skipped with a reason."""
 
     precision: str
-    status: str                       # "planned" or "skipped"
+    status: str  # "planned" or "skipped"
     reason: str | None
-    graph: Path                       # OUT/onnx/<precision>/model.onnx
-    engine_dir: Path                  # OUT/engines/<sku-slug>/<precision>
+    graph: Path  # OUT/onnx/<precision>/model.onnx
+    engine_dir: Path  # OUT/engines/<sku-slug>/<precision>
     shapes: tuple[InputShape, ...]
     notes: list[str] = field(default_factory=list)
 
@@ -130,7 +131,7 @@ class EnginePlan:
 
     model: str
     recipe_path: Path
-    sku: Any                          # nimbuild.skus.Sku
+    sku: Any  # nimbuild.skus.Sku
     out_dir: Path
     options: BuildOptions
     timing_cache: Path
@@ -244,8 +245,9 @@ def read_export_report(out_dir: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise NimbuildError(f"{path}: cannot read the export report ({exc})",
-                            hint="run `nimbuild export` again to rewrite it") from None
+        raise NimbuildError(
+            f"{path}: cannot read the export report ({exc})", hint="run `nimbuild export` again to rewrite it"
+        ) from None
     if not isinstance(data, dict):
         raise NimbuildError(f"{path}: expected a JSON object", hint="run `nimbuild export` again to rewrite it")
     return data
@@ -275,8 +277,9 @@ def _range(recipe_shapes: Any, axis: str) -> tuple[int, int, int]:
     return int(r.min), int(r.opt), int(r.max)
 
 
-def plan_engines(recipe: Any, sku: Any, out_dir: Path, options: BuildOptions | None = None,
-                 timing_cache: Path | None = None) -> EnginePlan:
+def plan_engines(
+    recipe: Any, sku: Any, out_dir: Path, options: BuildOptions | None = None, timing_cache: Path | None = None
+) -> EnginePlan:
     """The plan for ``sku``: which engines, from which graphs, which shapes; nothing is built.
 
     FP8 on a GPU below compute capability 8.9 is skipped with the reason, as is a
@@ -288,8 +291,7 @@ def plan_engines(recipe: Any, sku: Any, out_dir: Path, options: BuildOptions | N
     inputs, assumed = graph_inputs(out_dir, report)
     batch, sequence = _range(recipe.shapes, "batch"), _range(recipe.shapes, "sequence")
     shapes = tuple(
-        InputShape(name, (batch[0], sequence[0]), (batch[1], sequence[1]), (batch[2], sequence[2]))
-        for name in inputs
+        InputShape(name, (batch[0], sequence[0]), (batch[1], sequence[1]), (batch[2], sequence[2])) for name in inputs
     )
     sku_dir = out_dir / "engines" / sku.slug
     plan = EnginePlan(
@@ -320,11 +322,13 @@ def plan_engines(recipe: Any, sku: Any, out_dir: Path, options: BuildOptions | N
         engine = PlannedEngine(precision, "planned", None, graph, sku_dir / precision, shapes)
         exported = precisions_report.get(precision) if isinstance(precisions_report, dict) else None
         if precision not in wanted:
-            engine.status, engine.reason = "skipped", f"{precision} is not in the recipe's precisions ({', '.join(wanted)})"
+            engine.status, engine.reason = (
+                "skipped",
+                f"{precision} is not in the recipe's precisions ({', '.join(wanted)})",
+            )
         elif precision == "fp8" and not sku.fp8:
             engine.status = "skipped"
-            engine.reason = (f"FP8 needs compute capability >= 8.9; {sku.canonical} has "
-                             f"{sku.compute_capability}")
+            engine.reason = f"FP8 needs compute capability >= 8.9; {sku.canonical} has {sku.compute_capability}"
         elif isinstance(exported, dict) and exported.get("status") not in (None, "passed"):
             engine.status = "skipped"
             why = exported.get("reason") or "see export_report.json"
@@ -360,8 +364,12 @@ class BuildGpu:
     index: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "pci_device_id": self.pci_device_id,
-                "compute_capability": self.compute_capability, "index": self.index}
+        return {
+            "name": self.name,
+            "pci_device_id": self.pci_device_id,
+            "compute_capability": self.compute_capability,
+            "index": self.index,
+        }
 
 
 def visible_gpu(env: Mapping[str, str] = os.environ) -> tuple[BuildGpu | None, str | None]:
@@ -372,7 +380,7 @@ def visible_gpu(env: Mapping[str, str] = os.environ) -> tuple[BuildGpu | None, s
     """
     from nimbuild.runtime.hardware import detect_host
 
-    host = detect_host({})                       # NIM_CPU_ONLY is for serving, not for building
+    host = detect_host({})  # NIM_CPU_ONLY is for serving, not for building
     if not host.gpus:
         return None, host.cpu_only_reason or "NVML found no GPU"
     chosen = host.gpus[0]
@@ -399,8 +407,10 @@ def resolve_sku(gpu: str, probe: Callable[[], tuple[BuildGpu | None, str | None]
         return skus.lookup(gpu)
     found, why = probe()
     if found is None:
-        raise NimbuildError(f"--gpu auto: no GPU visible ({why})",
-                            hint=f"run it on the GPU host, or name the SKU: --gpu <{skus.catalog()[0].slug}|...>")
+        raise NimbuildError(
+            f"--gpu auto: no GPU visible ({why})",
+            hint=f"run it on the GPU host, or name the SKU: --gpu <{skus.catalog()[0].slug}|...>",
+        )
     sku = skus.by_pci_device_id(found.pci_device_id) or skus.by_nvml_name(found.name)
     if sku is None:
         raise NimbuildError(
@@ -410,8 +420,9 @@ def resolve_sku(gpu: str, probe: Callable[[], tuple[BuildGpu | None, str | None]
     return sku
 
 
-def check_host(plan: EnginePlan, gpu: BuildGpu | None, gpu_problem: str | None,
-               trt: Any, trt_problem: str | None) -> None:
+def check_host(
+    plan: EnginePlan, gpu: BuildGpu | None, gpu_problem: str | None, trt: Any, trt_problem: str | None
+) -> None:
     """Before any work: a GPU, TensorRT, and the GPU is the plan's SKU. One error naming all that is missing."""
     missing = []
     if gpu is None:
@@ -425,8 +436,9 @@ def check_host(plan: EnginePlan, gpu: BuildGpu | None, gpu_problem: str | None,
         if trt is None:
             hints.append(TENSORRT_HINT)
         hints.append("`--dry-run` prints the plan without either")
-        raise NimbuildError(f"cannot build TensorRT engines for {plan.sku.slug}: {' and '.join(missing)}",
-                            hint="; ".join(hints))
+        raise NimbuildError(
+            f"cannot build TensorRT engines for {plan.sku.slug}: {' and '.join(missing)}", hint="; ".join(hints)
+        )
     sku = plan.sku
     if plan.options.hardware_compatible:
         if gpu.compute_capability != sku.compute_capability:
@@ -453,8 +465,10 @@ def check_host(plan: EnginePlan, gpu: BuildGpu | None, gpu_problem: str | None,
 
 def check_graphs(plan: EnginePlan) -> None:
     """Every planned graph, the FP32 reference and the tokenizer exist (nothing exported -> say so)."""
-    needed = [e.graph for e in plan.planned] + [plan.out_dir / "onnx" / "fp32" / "model.onnx",
-                                                 plan.out_dir / "tokenizer"]
+    needed = [e.graph for e in plan.planned] + [
+        plan.out_dir / "onnx" / "fp32" / "model.onnx",
+        plan.out_dir / "tokenizer",
+    ]
     absent = [p for p in needed if not p.exists()]
     if absent:
         raise NimbuildError(
@@ -487,8 +501,9 @@ def _key(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def build_key(plan: EnginePlan, engine: PlannedEngine, graph_sha256: str, trt_version: str,
-              gpu: BuildGpu) -> dict[str, Any]:
+def build_key(
+    plan: EnginePlan, engine: PlannedEngine, graph_sha256: str, trt_version: str, gpu: BuildGpu
+) -> dict[str, Any]:
     """Everything an engine's bytes depend on; the same key means the engine can be reused."""
     return {
         "schema": CACHE_SCHEMA,
@@ -504,8 +519,12 @@ def build_key(plan: EnginePlan, engine: PlannedEngine, graph_sha256: str, trt_ve
 
 def check_key(reference_sha256: str, pairs_sha256: str, thresholds: Mapping[str, Any]) -> dict[str, Any]:
     """What the engine check depends on besides the engine: a change re-runs the check, not the build."""
-    return {"schema": CACHE_SCHEMA, "reference_sha256": reference_sha256, "pairs_sha256": pairs_sha256,
-            "thresholds": dict(thresholds)}
+    return {
+        "schema": CACHE_SCHEMA,
+        "reference_sha256": reference_sha256,
+        "pairs_sha256": pairs_sha256,
+        "thresholds": dict(thresholds),
+    }
 
 
 def read_record(engine: PlannedEngine) -> dict[str, Any] | None:
@@ -532,7 +551,7 @@ class EngineResult:
     """What happened to one planned engine."""
 
     precision: str
-    status: str                      # built | reused | failed | skipped
+    status: str  # built | reused | failed | skipped
     reason: str | None = None
     engine: Path | None = None
     tags: dict[str, str] | None = None
@@ -544,9 +563,15 @@ class EngineResult:
         return self.status in ("built", "reused")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "status": self.status, "reason": self.reason,
-                "engine": str(self.engine) if self.engine else None, "tags": self.tags,
-                "metrics": self.metrics, "gate": self.gate}
+        return {
+            "precision": self.precision,
+            "status": self.status,
+            "reason": self.reason,
+            "engine": str(self.engine) if self.engine else None,
+            "tags": self.tags,
+            "metrics": self.metrics,
+            "gate": self.gate,
+        }
 
 
 @dataclass
@@ -558,9 +583,13 @@ class EnginesResult:
     fragment: Path | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "gpu": self.gpu.to_dict(), "trt_version": self.trt_version,
-                "engines": [r.to_dict() for r in self.results],
-                "fragment": str(self.fragment) if self.fragment else None}
+        return {
+            "plan": self.plan.to_dict(),
+            "gpu": self.gpu.to_dict(),
+            "trt_version": self.trt_version,
+            "engines": [r.to_dict() for r in self.results],
+            "fragment": str(self.fragment) if self.fragment else None,
+        }
 
 
 def reproduce_script(plan: EnginePlan, engine: PlannedEngine, trt: Any, gpu: BuildGpu) -> str:
@@ -603,10 +632,11 @@ def evaluation_feeds(recipe: Any, plan: EnginePlan) -> tuple[list[list[dict]], s
     """
     import numpy as np
 
-    from nimbuild.build import pairs as pairs_mod
+    from nimbuild.builder import pairs as pairs_mod
 
-    tokenizer = pairs_mod.load_tokenizer(plan.out_dir / "tokenizer",
-                                         trust_remote_code=bool(getattr(recipe, "trust_remote_code", False)))
+    tokenizer = pairs_mod.load_tokenizer(
+        plan.out_dir / "tokenizer", trust_remote_code=bool(getattr(recipe, "trust_remote_code", False))
+    )
     if recipe.pairs:
         pairs_path = recipe.resolve(recipe.pairs)
         groups = pairs_mod.load_pairs(pairs_path)
@@ -622,7 +652,7 @@ def evaluation_feeds(recipe: Any, plan: EnginePlan) -> tuple[list[list[dict]], s
         n = next(iter(arrays.values())).shape[0]
         chunks = []
         for start in range(0, n, bmax):
-            chunk = {k: v[start:start + bmax] for k, v in arrays.items()}
+            chunk = {k: v[start : start + bmax] for k, v in arrays.items()}
             rows = next(iter(chunk.values())).shape[0]
             if rows < bmin:
                 chunk = {k: np.concatenate([v, np.repeat(v[-1:], bmin - rows, axis=0)]) for k, v in chunk.items()}
@@ -657,40 +687,50 @@ def engine_tags(plan: EnginePlan, trt: Any, model_revision: str, precision: str)
 
     level = plan.options.hardware_compatibility_level
     return profiles.tensorrt_profile_tags(
-        model=plan.model, model_revision=model_revision, precision=precision, sku=plan.sku,
-        trt_version=trt.tag_version, cuda_major_version=trt.cuda_major_version,
-        max_batch_size=plan.batch[2], max_sequence_length=plan.sequence[2], gpu_count=1,
+        model=plan.model,
+        model_revision=model_revision,
+        precision=precision,
+        sku=plan.sku,
+        trt_version=trt.tag_version,
+        cuda_major_version=trt.cuda_major_version,
+        max_batch_size=plan.batch[2],
+        max_sequence_length=plan.sequence[2],
+        gpu_count=1,
         hardware_compatible=level or False,
     )
 
 
 def _thresholds_dict(thresholds: Any, precision: str) -> dict[str, Any]:
     """The thresholds that judge ``precision``'s engine: the same as its ONNX graph's."""
-    from nimbuild.build.gate import thresholds_dict
-    from nimbuild.build.precision import thresholds_for
+    from nimbuild.builder.gate import thresholds_dict
+    from nimbuild.builder.precision import thresholds_for
 
     return thresholds_dict(thresholds_for(thresholds, precision))
 
 
-def build_engines(recipe: Any, plan: EnginePlan, output: Any, seam: Any = None,
-                  gpu_probe: Callable[[], tuple[BuildGpu | None, str | None]] = visible_gpu,
-                  force: bool = False) -> EnginesResult:
+def build_engines(
+    recipe: Any,
+    plan: EnginePlan,
+    output: Any,
+    seam: Any = None,
+    gpu_probe: Callable[[], tuple[BuildGpu | None, str | None]] = visible_gpu,
+    force: bool = False,
+) -> EnginesResult:
     """Guards, then per planned engine: reuse or build, check, measure; then the fragment.
 
-    ``seam`` is :mod:`nimbuild.build.trt_seam` unless a test passes a fake with the
+    ``seam`` is :mod:`nimbuild.builder.trt_seam` unless a test passes a fake with the
     same functions (``probe_tensorrt``, ``build_engine``, ``check_engine``,
     ``measure_latency``).
     """
     if seam is None:
-        from nimbuild.build import trt_seam as seam
+        from nimbuild.builder import trt_seam as seam
 
     gpu, gpu_problem = gpu_probe()
     trt, trt_problem = seam.probe_tensorrt()
     check_host(plan, gpu, gpu_problem, trt, trt_problem)
     if not plan.planned:
         raise NimbuildError(
-            f"no engine to build for {plan.sku.slug}: "
-            + "; ".join(f"{e.precision}: {e.reason}" for e in plan.skipped),
+            f"no engine to build for {plan.sku.slug}: " + "; ".join(f"{e.precision}: {e.reason}" for e in plan.skipped),
             hint="add fp16 (or fp8 on compute capability >= 8.9) to the recipe's precisions and run `nimbuild export`",
         )
     check_graphs(plan)
@@ -709,15 +749,14 @@ def build_engines(recipe: Any, plan: EnginePlan, output: Any, seam: Any = None,
 
     plan.timing_cache.parent.mkdir(parents=True, exist_ok=True)
 
-    results: list[EngineResult] = [
-        EngineResult(e.precision, "skipped", e.reason) for e in plan.skipped
-    ]
+    results: list[EngineResult] = [EngineResult(e.precision, "skipped", e.reason) for e in plan.skipped]
     with output.progress() as progress:
         task = progress.add_task(f"engines for {plan.sku.slug}", total=len(plan.planned))
         for engine in plan.planned:
             progress.update(task, description=f"{engine.precision} engine for {plan.sku.slug}")
-            results.append(_one_engine(plan, engine, seam, trt, gpu, model_revision, checking_for(engine.precision),
-                                       force, output))
+            results.append(
+                _one_engine(plan, engine, seam, trt, gpu, model_revision, checking_for(engine.precision), force, output)
+            )
             progress.advance(task)
 
     results.sort(key=lambda r: ENGINE_PRECISIONS.index(r.precision))
@@ -726,7 +765,7 @@ def build_engines(recipe: Any, plan: EnginePlan, output: Any, seam: Any = None,
         fragment = write_fragment(plan, passed, report, recipe.sha256)
     else:
         fragment = None
-        plan.fragment_path.unlink(missing_ok=True)     # never leave a stale fragment to be merged
+        plan.fragment_path.unlink(missing_ok=True)  # never leave a stale fragment to be merged
     return EnginesResult(plan, gpu, trt.version, results, fragment)
 
 
@@ -746,8 +785,17 @@ def _check(seam: Any, engine_file: Path, plan: EnginePlan, checking: _CheckInput
     return check, latency
 
 
-def _one_engine(plan: EnginePlan, engine: PlannedEngine, seam: Any, trt: Any, gpu: BuildGpu, model_revision: str,
-                checking: _CheckInputs, force: bool, output: Any) -> EngineResult:
+def _one_engine(
+    plan: EnginePlan,
+    engine: PlannedEngine,
+    seam: Any,
+    trt: Any,
+    gpu: BuildGpu,
+    model_revision: str,
+    checking: _CheckInputs,
+    force: bool,
+    output: Any,
+) -> EngineResult:
     """Reuse (re-checking if the check's inputs changed) or build one engine; never half-written."""
     ckey = checking.key
     bkey = build_key(plan, engine, graph_digest(engine.graph), trt.version, gpu)
@@ -773,8 +821,9 @@ def _one_engine(plan: EnginePlan, engine: PlannedEngine, seam: Any, trt: Any, gp
             seam.build_engine(engine.graph, staged_engine, plan.create_config_args(engine))
             build_seconds = round(time.perf_counter() - started, 3)
             check, latency = _check(seam, staged_engine, plan, checking)
-            record = _record(plan, engine, bkey, ckey, tags, gpu, trt, build_seconds, check, latency,
-                             engine_file=staged_engine)
+            record = _record(
+                plan, engine, bkey, ckey, tags, gpu, trt, build_seconds, check, latency, engine_file=staged_engine
+            )
             (staged / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             script = staged / REPRODUCE_FILE
             script.write_text(reproduce_script(plan, engine, trt, gpu), encoding="utf-8")
@@ -785,11 +834,12 @@ def _one_engine(plan: EnginePlan, engine: PlannedEngine, seam: Any, trt: Any, gp
     return _result_from_record(engine, record, "built", tags)
 
 
-def _record(plan, engine, bkey, ckey, tags, gpu, trt, build_seconds, check, latency,
-            engine_file: Path | None = None) -> dict[str, Any]:
+def _record(
+    plan, engine, bkey, ckey, tags, gpu, trt, build_seconds, check, latency, engine_file: Path | None = None
+) -> dict[str, Any]:
     engine_file = engine_file or engine.engine_path
     gate = check["gate"]
-    metrics = {                     # the same names as the ONNX profiles' (size_bytes, build_seconds, gate)
+    metrics = {  # the same names as the ONNX profiles' (size_bytes, build_seconds, gate)
         "size_bytes": engine_file.stat().st_size,
         "build_seconds": build_seconds,
         "gate": gate,
@@ -811,22 +861,32 @@ def _record(plan, engine, bkey, ckey, tags, gpu, trt, build_seconds, check, late
     }
 
 
-def _result_from_record(engine: PlannedEngine, record: Mapping[str, Any], status: str,
-                        tags: dict[str, str]) -> EngineResult:
+def _result_from_record(
+    engine: PlannedEngine, record: Mapping[str, Any], status: str, tags: dict[str, str]
+) -> EngineResult:
     gate = record.get("gate") or {}
     if not gate.get("passed"):
         failures = "; ".join(gate.get("failures") or []) or "engine check failed"
-        return EngineResult(engine.precision, "failed", f"engine check against ONNX Runtime FP32 failed: {failures}",
-                            engine.engine_path, tags, dict(record.get("metrics") or {}), gate)
-    return EngineResult(engine.precision, status, None, engine.engine_path, tags,
-                        dict(record.get("metrics") or {}), gate)
+        return EngineResult(
+            engine.precision,
+            "failed",
+            f"engine check against ONNX Runtime FP32 failed: {failures}",
+            engine.engine_path,
+            tags,
+            dict(record.get("metrics") or {}),
+            gate,
+        )
+    return EngineResult(
+        engine.precision, status, None, engine.engine_path, tags, dict(record.get("metrics") or {}), gate
+    )
 
 
 # --------------------------------------------------------------------------- fragment
 
 
-def write_fragment(plan: EnginePlan, passed: Sequence[EngineResult], report: Mapping[str, Any],
-                   recipe_sha256: str) -> Path:
+def write_fragment(
+    plan: EnginePlan, passed: Sequence[EngineResult], report: Mapping[str, Any], recipe_sha256: str
+) -> Path:
     """``OUT/engines/<sku-slug>/fragment.yaml``: the passing engines as profiles.
 
     A manifest whose paths are relative to its own folder (``fp16/model.plan``);
@@ -839,13 +899,15 @@ def write_fragment(plan: EnginePlan, passed: Sequence[EngineResult], report: Map
     entries = []
     for result in passed:
         rel = result.engine.relative_to(root).as_posix()
-        entries.append(manifest.Profile(
-            id=profiles.profile_id(result.tags),
-            name=profiles.profile_name(result.tags),
-            tags=dict(result.tags),
-            files={rel: manifest.file_entry(root, rel)},
-            metrics=dict(result.metrics),
-        ))
+        entries.append(
+            manifest.Profile(
+                id=profiles.profile_id(result.tags),
+                name=profiles.profile_name(result.tags),
+                tags=dict(result.tags),
+                files={rel: manifest.file_entry(root, rel)},
+                metrics=dict(result.metrics),
+            )
+        )
     header = {
         "model": plan.model,
         "model_revision": str(report.get("model_revision") or "unknown"),
@@ -860,21 +922,25 @@ def write_fragment(plan: EnginePlan, passed: Sequence[EngineResult], report: Map
 # --------------------------------------------------------------------------- entry point
 
 
-def default_out_dir(recipe: Any) -> Path:
-    """Where `nimbuild export` puts a recipe's artifacts unless told otherwise."""
-    return Path("build") / recipe.name
-
-
-def engines_command(recipe_path: Path, gpu: str, out_dir: Path | None, output: Any, *, dry_run: bool = False,
-                    options: BuildOptions | None = None, timing_cache: Path | None = None,
-                    force: bool = False, seam: Any = None,
-                    gpu_probe: Callable[[], tuple[BuildGpu | None, str | None]] = visible_gpu):
+def engines_command(
+    recipe_path: Path,
+    gpu: str,
+    out_dir: Path | None,
+    output: Any,
+    *,
+    dry_run: bool = False,
+    options: BuildOptions | None = None,
+    timing_cache: Path | None = None,
+    force: bool = False,
+    seam: Any = None,
+    gpu_probe: Callable[[], tuple[BuildGpu | None, str | None]] = visible_gpu,
+):
     """What `nimbuild engines` does: the plan (``dry_run``), or the engines and their fragment."""
     from nimbuild.recipe import load_recipe
 
     recipe = load_recipe(recipe_path)
     sku = resolve_sku(gpu, gpu_probe)
-    plan = plan_engines(recipe, sku, Path(out_dir) if out_dir else default_out_dir(recipe), options, timing_cache)
+    plan = plan_engines(recipe, sku, Path(out_dir) if out_dir else recipe.default_out_dir, options, timing_cache)
     if dry_run:
         return plan
     return build_engines(recipe, plan, output, seam=seam, gpu_probe=gpu_probe, force=force)

@@ -12,11 +12,11 @@ A reviewer reads the real TensorRT path here, top to bottom:
    a strongly typed network builds the same way on TensorRT 10 and 11.
 3. :func:`check_engine`: ``TrtRunner`` against ONNX Runtime on the FP32 graph
    through Polygraphy's ``Comparator``, on the recipe's evaluation pairs, then the
-   same ranking gate as the precision graphs (:mod:`nimbuild.build.gate`).
+   same ranking gate as the precision graphs (:mod:`nimbuild.builder.gate`).
 4. :func:`measure_latency`: ``TrtRunner`` at the profile's opt shape.
 
 Everything that does not need TensorRT (the plan, Polygraphy's ``Profile``, the
-config arguments, the command line) is built in :mod:`nimbuild.build.engines`,
+config arguments, the command line) is built in :mod:`nimbuild.builder.engines`,
 where tests exercise it; :func:`compare_on_pairs` runs on any two Polygraphy
 runners, so tests drive it with ONNX Runtime on the CPU.
 """
@@ -28,9 +28,10 @@ import ctypes
 import re
 import statistics
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from nimbuild.errors import NimbuildError, debug_enabled
 
@@ -42,8 +43,8 @@ LATENCY_ITERATIONS = 50
 class TensorRTInfo:
     """The installed TensorRT, as far as building and tagging engines is concerned."""
 
-    version: str                                   # trt.__version__, e.g. "10.13.0.35"
-    cuda_major_version: str                        # "12": the CUDA TensorRT was built for
+    version: str  # trt.__version__, e.g. "10.13.0.35"
+    cuda_major_version: str  # "12": the CUDA TensorRT was built for
     hardware_compatibility_levels: tuple[str, ...]  # lower-case trt.HardwareCompatibilityLevel names
 
     @property
@@ -65,8 +66,11 @@ def polygraphy_on_stderr() -> Iterator[None]:
     """
     from polygraphy.logger import G_LOGGER
 
-    G_LOGGER.colors = False                        # no "'colored' module is not installed" notice
-    with contextlib.redirect_stdout(sys.stderr), G_LOGGER.verbosity(G_LOGGER.INFO if debug_enabled() else G_LOGGER.WARNING):
+    G_LOGGER.colors = False  # no "'colored' module is not installed" notice
+    with (
+        contextlib.redirect_stdout(sys.stderr),
+        G_LOGGER.verbosity(G_LOGGER.INFO if debug_enabled() else G_LOGGER.WARNING),
+    ):
         yield
 
 
@@ -84,7 +88,7 @@ def probe_tensorrt() -> tuple[TensorRTInfo | None, str | None]:
     cuda = _cuda_major_version()
     if cuda is None:
         return None, "cannot tell which CUDA TensorRT was built for (no tensorrt-cuNN package, no libcudart)"
-    levels = tuple(name.lower() for name in getattr(trt, "HardwareCompatibilityLevel").__members__)
+    levels = tuple(name.lower() for name in trt.HardwareCompatibilityLevel.__members__)
     return TensorRTInfo(version=version, cuda_major_version=cuda, hardware_compatibility_levels=levels), None
 
 
@@ -116,8 +120,7 @@ def _trt_enums(config_args: Mapping[str, Any]) -> dict[str, Any]:
     args = dict(config_args)
     if "memory_pool_limits" in args:
         args["memory_pool_limits"] = {
-            getattr(trt.MemoryPoolType, name.upper()): int(limit)
-            for name, limit in args["memory_pool_limits"].items()
+            getattr(trt.MemoryPoolType, name.upper()): int(limit) for name, limit in args["memory_pool_limits"].items()
         }
     if args.get("hardware_compatibility_level"):
         args["hardware_compatibility_level"] = getattr(
@@ -145,20 +148,26 @@ def build_engine(graph: Path, engine_path: Path, config_args: Mapping[str, Any])
         with polygraphy_on_stderr():
             engine = SaveEngine(build, path=str(engine_path))()
     except PolygraphyException as exc:
-        raise NimbuildError(f"TensorRT could not build an engine from {graph}: {exc}",
-                            hint="see TensorRT's messages above; NIMBUILD_DEBUG=1 keeps the traceback") from exc
+        raise NimbuildError(
+            f"TensorRT could not build an engine from {graph}: {exc}",
+            hint="see TensorRT's messages above; NIMBUILD_DEBUG=1 keeps the traceback",
+        ) from exc
     del engine
 
 
 def scores_of(outputs: Mapping[str, Any], rows: int):
     """A cross-encoder's relevance score per real row: the gate's reading of the first output's logits."""
-    from nimbuild.build.gate import scores_from_logits
+    from nimbuild.builder.gate import scores_from_logits
 
     return scores_from_logits(next(iter(outputs.values())))[:rows]
 
 
-def compare_on_pairs(reference_runner: Any, candidate_runner: Any, feeds: Sequence[Sequence[Mapping[str, Any]]],
-                     thresholds: Mapping[str, Any]) -> dict[str, Any]:
+def compare_on_pairs(
+    reference_runner: Any,
+    candidate_runner: Any,
+    feeds: Sequence[Sequence[Mapping[str, Any]]],
+    thresholds: Mapping[str, Any],
+) -> dict[str, Any]:
     """Run both runners through Polygraphy's Comparator and judge the candidate's rankings.
 
     ``feeds``: per query, chunks ``{"feed": {input: array}, "rows": n}`` (n real
@@ -176,7 +185,7 @@ def compare_on_pairs(reference_runner: Any, candidate_runner: Any, feeds: Sequen
 
         simple_compare = CompareFunc.simple
 
-    from nimbuild.build import gate as gate_mod
+    from nimbuild.builder import gate as gate_mod
 
     flat = [chunk["feed"] for query in feeds for chunk in query]
     with polygraphy_on_stderr():
@@ -194,9 +203,13 @@ def compare_on_pairs(reference_runner: Any, candidate_runner: Any, feeds: Sequen
         reference_scores.append(np.concatenate(ref))
         candidate_scores.append(np.concatenate(cand))
     metrics = gate_mod.ranking_metrics(reference_scores, candidate_scores)
-    verdict = gate_mod.judge(metrics, thresholds, n_queries=len(feeds),
-                             n_pairs=int(sum(len(s) for s in candidate_scores)),
-                             notes=["engine (candidate) vs ONNX Runtime on the FP32 graph (reference)"])
+    verdict = gate_mod.judge(
+        metrics,
+        thresholds,
+        n_queries=len(feeds),
+        n_pairs=int(sum(len(s) for s in candidate_scores)),
+        notes=["engine (candidate) vs ONNX Runtime on the FP32 graph (reference)"],
+    )
     return {
         "gate": verdict.to_dict(),
         "comparator": {"elementwise_atol_rtol_1e-2_passed": bool(elementwise), "iterations": len(flat)},
@@ -211,8 +224,9 @@ def _load_engine(engine_path: Path):
     return EngineFromBytes(BytesFromPath(str(engine_path)))
 
 
-def check_engine(engine_path: Path, reference_onnx: Path, feeds: Sequence[Sequence[Mapping[str, Any]]],
-                 thresholds: Mapping[str, Any]) -> dict[str, Any]:
+def check_engine(
+    engine_path: Path, reference_onnx: Path, feeds: Sequence[Sequence[Mapping[str, Any]]], thresholds: Mapping[str, Any]
+) -> dict[str, Any]:
     """The engine (TrtRunner) against ONNX Runtime on the FP32 graph (CPU), judged by the ranking gate."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.backend.trt import TrtRunner
@@ -223,12 +237,15 @@ def check_engine(engine_path: Path, reference_onnx: Path, feeds: Sequence[Sequen
     try:
         return compare_on_pairs(reference, candidate, feeds, thresholds)
     except PolygraphyException as exc:
-        raise NimbuildError(f"cannot run the engine {engine_path}: {exc}",
-                            hint="see TensorRT's messages above; NIMBUILD_DEBUG=1 keeps the traceback") from exc
+        raise NimbuildError(
+            f"cannot run the engine {engine_path}: {exc}",
+            hint="see TensorRT's messages above; NIMBUILD_DEBUG=1 keeps the traceback",
+        ) from exc
 
 
-def time_runner(runner: Any, feed: Mapping[str, Any], warmup: int = LATENCY_WARMUP,
-                iterations: int = LATENCY_ITERATIONS) -> dict[str, Any]:
+def time_runner(
+    runner: Any, feed: Mapping[str, Any], warmup: int = LATENCY_WARMUP, iterations: int = LATENCY_ITERATIONS
+) -> dict[str, Any]:
     """Median and p90 of Polygraphy's per-``infer`` time (host copies included), in ms."""
     with polygraphy_on_stderr(), runner:
         for _ in range(warmup):
@@ -239,8 +256,12 @@ def time_runner(runner: Any, feed: Mapping[str, Any], warmup: int = LATENCY_WARM
             times.append(runner.last_inference_time() * 1000.0)
     times.sort()
     shape = list(next(iter(feed.values())).shape)
-    return {"p50": round(statistics.median(times), 4), "p90": round(times[int(0.9 * (len(times) - 1))], 4),
-            "iterations": iterations, "shape": shape}
+    return {
+        "p50": round(statistics.median(times), 4),
+        "p90": round(times[int(0.9 * (len(times) - 1))], 4),
+        "iterations": iterations,
+        "shape": shape,
+    }
 
 
 def measure_latency(engine_path: Path, feed: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,16 +23,37 @@ from pathlib import Path
 
 import numpy as np
 
-from nimbuild.build.precision.common import cpu_session, feeds_for, load_model, save_model
+from nimbuild.builder.precision.common import cpu_session, feeds_for, load_model, save_model
 
 FRAGILE_OPS = (
-    "LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "RMSNormalization",
-    "GroupNormalization", "InstanceNormalization", "BatchNormalization",
-    "Softmax", "LogSoftmax",
-    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
-    "ReduceMax", "ReduceMin", "ReduceProd",
-    "Pow", "Exp", "Log", "Sqrt", "Reciprocal",
-    "CumSum", "Range", "RandomNormalLike", "RandomUniformLike",
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipLayerNormalization",
+    "RMSNormalization",
+    "GroupNormalization",
+    "InstanceNormalization",
+    "BatchNormalization",
+    "Softmax",
+    "LogSoftmax",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "Pow",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "CumSum",
+    "Range",
+    "RandomNormalLike",
+    "RandomUniformLike",
 )
 # A quarter of FP16's largest finite value (65504): headroom for inputs the calibration did not show.
 FP16_SAFE_MAX = 16384.0
@@ -40,14 +61,16 @@ FP16_SAFE_MAX = 16384.0
 OVERFLOW_CHECK_QUERIES = 8
 
 
-def overflowing_nodes(model, calibration: list[dict[str, np.ndarray]], limit: float = FP16_SAFE_MAX) -> tuple[list[str], dict[str, float]]:
+def overflowing_nodes(
+    model, calibration: list[dict[str, np.ndarray]], limit: float = FP16_SAFE_MAX
+) -> tuple[list[str], dict[str, float]]:
     """Nodes that must stay FP32 because a tensor they make or read exceeds ``limit`` in the FP32 run.
 
     Returns (node names, {tensor: max |value|} for the offending tensors).
     """
-    import onnx
-
     import tempfile
+
+    import onnx
 
     graph = model.graph
     inits = {t.name for t in graph.initializer}
@@ -58,7 +81,9 @@ def overflowing_nodes(model, calibration: list[dict[str, np.ndarray]], limit: fl
         save_model(model, src)
         onnx.shape_inference.infer_shapes_path(os.fspath(src), os.fspath(inferred_path))
         inferred = onnx.load(os.fspath(inferred_path), load_external_data=False)
-        types = {v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+        types = {
+            v.name: v.type.tensor_type.elem_type for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+        }
         del inferred
         floaty = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
         produced = [o for n in graph.node for o in n.output if o and o not in inits and types.get(o) in floaty]
@@ -133,8 +158,9 @@ def _keep_fp32_between_fp32_nodes(model, blocked_names: set[str], blocked_ops: s
     return fixed
 
 
-def build_fp16(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
-               calibration: list[dict[str, np.ndarray]] | None = None) -> dict:
+def build_fp16(
+    fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: list[dict[str, np.ndarray]] | None = None
+) -> dict:
     """Write the FP16 graph of ``fp32_path`` to ``out_path``; returns facts for the report."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
@@ -145,7 +171,9 @@ def build_fp16(fp32_path: str | os.PathLike, out_path: str | os.PathLike,
             node.name = f"{node.op_type}_{i}"
     blocked, hot = overflowing_nodes(model, calibration) if calibration else ([], {})
     blocked_ops = set(DEFAULT_OP_BLOCK_LIST) | set(FRAGILE_OPS)
-    fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=sorted(blocked_ops), node_block_list=blocked)
+    fp16 = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=sorted(blocked_ops), node_block_list=blocked
+    )
     _drop_duplicate_nodes(fp16)
     _keep_fp32_between_fp32_nodes(fp16, set(blocked), blocked_ops)
     files = save_model(fp16, out_path)

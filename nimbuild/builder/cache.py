@@ -14,21 +14,34 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from nimbuild.fsutil import atomic_write_text
 
 CACHE_DIR = ".nimbuild-cache"
-TOOLCHAIN_DISTRIBUTIONS = ("nimbuild", "torch", "transformers", "onnx", "onnxruntime-gpu", "onnxruntime",
-                           "onnxscript", "tokenizers", "polygraphy", "tensorrt", "numpy")
+TOOLCHAIN_DISTRIBUTIONS = (
+    "nimbuild",
+    "torch",
+    "transformers",
+    "onnx",
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "onnxscript",
+    "tokenizers",
+    "polygraphy",
+    "tensorrt",
+    "numpy",
+)
 
 
 def digest(payload: Any) -> str:
     """sha256 of the canonical JSON of ``payload``."""
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                                     default=str).encode("utf-8")).hexdigest()
+    return hashlib.sha256(
+        json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+    ).hexdigest()
 
 
 def toolchain_versions() -> dict[str, str]:
@@ -98,7 +111,7 @@ def tree_digest(root: Path, memo: HashMemo, exclude: Iterable[str] = (".git",)) 
 class StepRecord:
     step: str
     key: str
-    outputs: dict[str, list[int]]   # relative path -> [size, mtime_ns]
+    outputs: dict[str, list[int]]  # relative path -> [size, mtime_ns]
     info: dict
 
     def to_dict(self) -> dict:

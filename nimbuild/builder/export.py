@@ -79,7 +79,6 @@ def load_model(model_dir: Path, trust_remote_code: bool = False):
     """The PyTorch model in eval mode, FP32, on the CPU."""
     import torch
     from transformers import AutoModelForSequenceClassification
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # nimbuild shows its own progress
@@ -111,11 +110,14 @@ def _wrapper(model: Any, names: list[str]):
             self.inner = inner
 
     if "token_type_ids" in names:
+
         def forward(self, input_ids, attention_mask, token_type_ids):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
     else:
+
         def forward(self, input_ids, attention_mask):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
     Scores.forward = forward
     return Scores(model).eval()
 
@@ -145,8 +147,17 @@ def _export_legacy(wrapper, args, names, path: Path, opset: int) -> None:
 
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
-    torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=["logits"], dynamic_axes=axes,
-                      opset_version=opset, do_constant_folding=True, dynamo=False)
+    torch.onnx.export(
+        wrapper,
+        args,
+        str(path),
+        input_names=names,
+        output_names=["logits"],
+        dynamic_axes=axes,
+        opset_version=opset,
+        do_constant_folding=True,
+        dynamo=False,
+    )
 
 
 def _export_dynamo(wrapper, args, names, path: Path, opset: int, max_batch: int, max_seq: int) -> None:
@@ -154,9 +165,18 @@ def _export_dynamo(wrapper, args, names, path: Path, opset: int, max_batch: int,
 
     batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
     seq = torch.export.Dim("sequence", min=1, max=max(2, max_seq))
-    program = torch.onnx.export(wrapper, args, None, input_names=names, output_names=["logits"],
-                                dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), opset_version=opset,
-                                dynamo=True, optimize=True, verbose=False)
+    program = torch.onnx.export(
+        wrapper,
+        args,
+        None,
+        input_names=names,
+        output_names=["logits"],
+        dynamic_shapes=tuple({0: batch, 1: seq} for _ in names),
+        opset_version=opset,
+        dynamo=True,
+        optimize=True,
+        verbose=False,
+    )
     program.save(str(path), external_data=False)
 
 
@@ -188,8 +208,14 @@ def _finalise(path: Path, names: list[str], num_labels: int, weight_bytes: int) 
             stale.unlink()
     external = weight_bytes > EXTERNAL_DATA_BYTES or model.ByteSize() > EXTERNAL_DATA_BYTES
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
         onnx.checker.check_model(str(path))
     else:
         onnx.save_model(model, str(path))
@@ -198,14 +224,21 @@ def _finalise(path: Path, names: list[str], num_labels: int, weight_bytes: int) 
     return {"external_data": external, "files": files, "ir_version": model.ir_version}
 
 
-def export_fp32(model_dir: str | Path, out_dir: str | Path, shapes: Any, trust_remote_code: bool = False,
-                opset: int = DEFAULT_OPSET, exporter: str = "auto", model: Any = None) -> dict:
+def export_fp32(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    shapes: Any,
+    trust_remote_code: bool = False,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "auto",
+    model: Any = None,
+) -> dict:
     """Export ``model_dir`` to ``out_dir/model.onnx``; returns the report part (architecture, inputs, ...).
 
     ``shapes``: the recipe's Shapes (or a dict of the same form); ``exporter``:
     ``auto`` (TorchScript, then dynamo), ``legacy`` or ``dynamo``.
     """
-    from nimbuild.build.source import read_config
+    from nimbuild.builder.source import read_config
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = read_config(model_dir)
@@ -247,8 +280,10 @@ def export_fp32(model_dir: str | Path, out_dir: str | Path, shapes: Any, trust_r
             for p in out_dir.iterdir():
                 p.unlink()
     if used is None:
-        raise NimbuildError(f"model {model_dir} ({arch}) could not be exported to ONNX: {' | '.join(errors)}",
-                            hint="NIMBUILD_DEBUG=1 shows the trace; check that transformers supports this model's export")
+        raise NimbuildError(
+            f"model {model_dir} ({arch}) could not be exported to ONNX: {' | '.join(errors)}",
+            hint="NIMBUILD_DEBUG=1 shows the trace; check that transformers supports this model's export",
+        )
     info = _finalise(path, names, num_labels, weight_bytes)
     return {
         "architecture": arch,
@@ -306,7 +341,13 @@ def parity_cases(shapes: Any, max_positions: int | None = None) -> list[tuple[in
     if max_positions:
         max_seq = min(max_seq, max_positions)
     b_hi = min(8, max_batch)
-    cases = [(1, 1), (min(2, b_hi), min(7, max_seq)), (b_hi, min(opt_seq, max_seq)), (min(3, b_hi), max_seq), (1, max_seq)]
+    cases = [
+        (1, 1),
+        (min(2, b_hi), min(7, max_seq)),
+        (b_hi, min(opt_seq, max_seq)),
+        (min(3, b_hi), max_seq),
+        (1, max_seq),
+    ]
     seen, out = set(), []
     for c in cases:
         if c not in seen:
@@ -315,8 +356,16 @@ def parity_cases(shapes: Any, max_positions: int | None = None) -> list[tuple[in
     return out
 
 
-def check_parity(model: Any, session: Any, names: list[str], shapes: Any, *, tolerance: float = FP32_TOLERANCE,
-                 progress=None, task=None) -> dict:
+def check_parity(
+    model: Any,
+    session: Any,
+    names: list[str],
+    shapes: Any,
+    *,
+    tolerance: float = FP32_TOLERANCE,
+    progress=None,
+    task=None,
+) -> dict:
     """ONNX Runtime vs PyTorch on random inputs at several (batch, sequence): max |Δlogit| per case."""
     import torch
 
@@ -334,15 +383,19 @@ def check_parity(model: Any, session: Any, names: list[str], shapes: Any, *, tol
         worst_excess = max(worst_excess, diff / limit)
         if progress is not None and task is not None:
             progress.advance(task)
-    return {"passed": all(c["passed"] for c in cases), "tolerance": tolerance, "cases": cases,
-            "max_abs_logit": max(c["max_abs_logit"] for c in cases)}
+    return {
+        "passed": all(c["passed"] for c in cases),
+        "tolerance": tolerance,
+        "cases": cases,
+        "max_abs_logit": max(c["max_abs_logit"] for c in cases),
+    }
 
 
 def torch_scores(model: Any, names: list[str], encoded: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
     """The PyTorch FP32 reference score per passage, per query."""
     import torch
 
-    from nimbuild.build.gate import scores_from_logits
+    from nimbuild.builder.gate import scores_from_logits
 
     wrapper = _wrapper(model, names)
     out = []

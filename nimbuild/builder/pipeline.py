@@ -11,16 +11,27 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from nimbuild.errors import NimbuildError
 from nimbuild.output import Output, dumps
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spm.model", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spm.model",
+    "added_tokens.json",
+)
 SYNTH_QUERIES, SYNTH_PASSAGES = 12, 8
 
 
@@ -48,22 +59,26 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
 
 def save_tokenizer(model_dir: Path, dest: Path, trust_remote_code: bool) -> Any:
     """The tokenizer files (tokenizer.json and friends) + config.json into ``dest``; returns the tokenizer."""
-    from nimbuild.build.pairs import load_tokenizer
+    from nimbuild.builder.pairs import load_tokenizer
 
     dest.mkdir(parents=True, exist_ok=True)
     try:
         tok = load_tokenizer(model_dir, trust_remote_code)
     except Exception as exc:
-        raise NimbuildError(f"model {model_dir}: its tokenizer could not be loaded: {str(exc).splitlines()[0][:300]}",
-                            hint="the folder needs tokenizer.json (or the files its tokenizer class reads)") from None
+        raise NimbuildError(
+            f"model {model_dir}: its tokenizer could not be loaded: {str(exc).splitlines()[0][:300]}",
+            hint="the folder needs tokenizer.json (or the files its tokenizer class reads)",
+        ) from None
     tok.save_pretrained(str(dest))
     for name in ("config.json",) + tuple(n for n in TOKENIZER_FILES if not (dest / n).exists()):
         src = model_dir / name
         if src.is_file() and not (dest / name).exists():
             shutil.copyfile(src, dest / name)
     if not (dest / "tokenizer.json").exists():
-        raise NimbuildError(f"model {model_dir}: no fast tokenizer (tokenizer.json) could be written",
-                            hint="the runtime tokenizes with tokenizer.json; use a model with a fast tokenizer")
+        raise NimbuildError(
+            f"model {model_dir}: no fast tokenizer (tokenizer.json) could be written",
+            hint="the runtime tokenizes with tokenizer.json; use a model with a fast tokenizer",
+        )
     return tok
 
 
@@ -71,8 +86,13 @@ def _toolchain() -> dict[str, str]:
     import importlib.metadata as md
 
     versions = {}
-    for pkg, dist in (("torch", "torch"), ("transformers", "transformers"), ("onnx", "onnx"),
-                      ("onnxruntime", "onnxruntime-gpu"), ("nimbuild", "nimbuild")):
+    for pkg, dist in (
+        ("torch", "torch"),
+        ("transformers", "transformers"),
+        ("onnx", "onnx"),
+        ("onnxruntime", "onnxruntime-gpu"),
+        ("nimbuild", "nimbuild"),
+    ):
         try:
             versions[pkg] = md.version(dist)
         except md.PackageNotFoundError:
@@ -86,8 +106,8 @@ def _toolchain() -> dict[str, str]:
 
 def _fp32_thresholds(recipe_thresholds: Any, reference: Sequence[np.ndarray]) -> dict:
     """FP32 must match PyTorch: the recipe's ranking thresholds plus max |Δlogit| <= 1e-4 * max(1, |logit|)."""
-    from nimbuild.build.export import FP32_TOLERANCE
-    from nimbuild.build.gate import thresholds_dict
+    from nimbuild.builder.export import FP32_TOLERANCE
+    from nimbuild.builder.gate import thresholds_dict
 
     th = thresholds_dict(recipe_thresholds)
     scale = max(1.0, max(float(np.max(np.abs(r))) for r in reference))
@@ -96,18 +116,27 @@ def _fp32_thresholds(recipe_thresholds: Any, reference: Sequence[np.ndarray]) ->
     return th
 
 
-def run_export(recipe_or_model: Any, out_dir: str | Path, precisions: Sequence[str] | None = None,
-               pairs: str | Path | None = None, out: Output | None = None, *, force: bool = False,
-               trust_remote_code: bool | None = None, revision: str | None = None, exporter: str = "auto") -> dict:
+def run_export(
+    recipe_or_model: Any,
+    out_dir: str | Path,
+    precisions: Sequence[str] | None = None,
+    pairs: str | Path | None = None,
+    out: Output | None = None,
+    *,
+    force: bool = False,
+    trust_remote_code: bool | None = None,
+    revision: str | None = None,
+    exporter: str = "auto",
+) -> dict:
     """Export a model (recipe, folder or hub id) into ``out_dir``; returns the export report.
 
     ``precisions``: None = the recipe's; fp32 is always built. ``pairs``: a JSONL
     overriding the recipe's (none at all: synthetic pairs from the vocabulary).
     """
-    from nimbuild.build import export as exp
-    from nimbuild.build import gate as gate_mod
-    from nimbuild.build import pairs as pairs_mod
-    from nimbuild.build.source import resolve_source
+    from nimbuild.builder import export as exp
+    from nimbuild.builder import gate as gate_mod
+    from nimbuild.builder import pairs as pairs_mod
+    from nimbuild.builder.source import resolve_source
     from nimbuild.fsutil import atomic_write_text, staging_dir
 
     out = out or Output(quiet=True)
@@ -137,7 +166,9 @@ def run_export(recipe_or_model: Any, out_dir: str | Path, precisions: Sequence[s
             progress.advance(t)
             fp32_dir = stage / "onnx" / "fp32"
             t0 = time.perf_counter()
-            info = exp.export_fp32(resolved.path, fp32_dir, recipe.shapes, trust_remote_code=trust, exporter=exporter, model=model)
+            info = exp.export_fp32(
+                resolved.path, fp32_dir, recipe.shapes, trust_remote_code=trust, exporter=exporter, model=model
+            )
             progress.advance(t)
             fp32_seconds = time.perf_counter() - t0
 
@@ -145,8 +176,10 @@ def run_export(recipe_or_model: Any, out_dir: str | Path, precisions: Sequence[s
         notes = []
         if groups is None:
             groups = pairs_mod.synthesize_pairs(tokenizer, SYNTH_QUERIES, SYNTH_PASSAGES, seed=0)
-            notes.append(f"no pairs file: {SYNTH_QUERIES}x{SYNTH_PASSAGES} synthetic pairs from the vocabulary "
-                         "(parity only; give the recipe real pairs for meaningful ranking metrics)")
+            notes.append(
+                f"no pairs file: {SYNTH_QUERIES}x{SYNTH_PASSAGES} synthetic pairs from the vocabulary "
+                "(parity only; give the recipe real pairs for meaningful ranking metrics)"
+            )
         max_len = recipe.shapes.sequence.max
         encoded = pairs_mod.encode(tokenizer, groups, max_len, names)
 
@@ -156,12 +189,21 @@ def run_export(recipe_or_model: Any, out_dir: str | Path, precisions: Sequence[s
             t = progress.add_task("validate fp32 (ONNX Runtime vs PyTorch)", total=len(cases) + 1)
             parity = exp.check_parity(model, session, names, recipe.shapes, progress=progress, task=t)
             reference = exp.torch_scores(model, names, encoded)
-            gate = gate_mod.run_gate(session, encoded, reference, _fp32_thresholds(recipe.thresholds, reference),
-                                     max_batch=recipe.shapes.batch.max, notes=notes)
+            gate = gate_mod.run_gate(
+                session,
+                encoded,
+                reference,
+                _fp32_thresholds(recipe.thresholds, reference),
+                max_batch=recipe.shapes.batch.max,
+                notes=notes,
+            )
             progress.advance(t)
         if not parity["passed"] or not gate.passed:
-            bad = [f"batch {c['batch']} x seq {c['sequence']}: |Δlogit| {c['max_abs_logit']:.2e} > {c['limit']:.1e}"
-                   for c in parity["cases"] if not c["passed"]]
+            bad = [
+                f"batch {c['batch']} x seq {c['sequence']}: |Δlogit| {c['max_abs_logit']:.2e} > {c['limit']:.1e}"
+                for c in parity["cases"]
+                if not c["passed"]
+            ]
             raise NimbuildError(
                 f"fp32 graph of {recipe.name} does not match PyTorch: " + "; ".join(bad + gate.failures),
                 hint="nothing was written; NIMBUILD_DEBUG=1 for details, or try --exporter dynamo",
@@ -184,15 +226,24 @@ def run_export(recipe_or_model: Any, out_dir: str | Path, precisions: Sequence[s
             "recipe": str(recipe.path) if recipe.path else None,
             "recipe_sha256": recipe.sha256,
             "trust_remote_code": trust,
-            "pairs": {"file": str(pairs_path) if pairs_path else None, "queries": len(groups),
-                      "pairs": int(sum(len(g.passages) for g in groups)), "synthetic": pairs_path is None},
+            "pairs": {
+                "file": str(pairs_path) if pairs_path else None,
+                "queries": len(groups),
+                "pairs": int(sum(len(g.passages) for g in groups)),
+                "synthetic": pairs_path is None,
+            },
             "thresholds": gate_mod.thresholds_dict(recipe.thresholds),
             "toolchain": _toolchain(),
             "precisions": {
-                "fp32": {"status": "passed", "path": "onnx/fp32/model.onnx",
-                         "files": [f"onnx/fp32/{f}" for f in info["files"]], "gate": gate.to_dict(),
-                         "parity": parity, "external_data": info["external_data"],
-                         "seconds": round(fp32_seconds, 3)},
+                "fp32": {
+                    "status": "passed",
+                    "path": "onnx/fp32/model.onnx",
+                    "files": [f"onnx/fp32/{f}" for f in info["files"]],
+                    "gate": gate.to_dict(),
+                    "parity": parity,
+                    "external_data": info["external_data"],
+                    "seconds": round(fp32_seconds, 3),
+                },
             },
         }
 
@@ -214,11 +265,23 @@ def print_gate_table(precisions: dict[str, dict], out: Output) -> None:
     rows = []
     for name, entry in precisions.items():
         m = (entry.get("gate") or {}).get("metrics") or {}
-        rows.append([name, entry.get("status"), entry.get("path") or "-", fmt(m.get("top1"), ".3f"),
-                     fmt(m.get("spearman")), fmt(m.get("ndcg10")), fmt(m.get("max_abs_logit"), ".2e"),
-                     fmt(entry.get("seconds"), ".2f")])
-    out.table(["precision", "status", "path", "top1", "spearman", "ndcg@10", "max|Δlogit|", "s"], rows,
-              title="accuracy gate (ONNX Runtime CPU vs the PyTorch FP32 reference)")
+        rows.append(
+            [
+                name,
+                entry.get("status"),
+                entry.get("path") or "-",
+                fmt(m.get("top1"), ".3f"),
+                fmt(m.get("spearman")),
+                fmt(m.get("ndcg10")),
+                fmt(m.get("max_abs_logit"), ".2e"),
+                fmt(entry.get("seconds"), ".2f"),
+            ]
+        )
+    out.table(
+        ["precision", "status", "path", "top1", "spearman", "ndcg@10", "max|Δlogit|", "s"],
+        rows,
+        title="accuracy gate (ONNX Runtime CPU vs the PyTorch FP32 reference)",
+    )
     for name, entry in precisions.items():
         if entry.get("reason"):
             out.line(f"{name}: {entry['status']}: {entry['reason']}")
@@ -231,15 +294,23 @@ def _split(encoded: list, reference: list) -> tuple[list, list, list]:
     return encoded, encoded, reference
 
 
-def _build_precisions(stage: Path, precisions: list[str], info: dict, encoded: list, reference: list, recipe,
-                      out: Output) -> dict[str, dict]:
-    from nimbuild.build.precision import build_precisions
+def _build_precisions(
+    stage: Path, precisions: list[str], info: dict, encoded: list, reference: list, recipe, out: Output
+) -> dict[str, dict]:
+    from nimbuild.builder.precision import build_precisions
 
     calibration, evaluation, ref = _split(encoded, reference)
     return build_precisions(
-        stage / "onnx" / "fp32" / "model.onnx", stage, precisions,
-        architecture=info["architecture"], input_names=info["inputs"], calibration=calibration,
-        evaluation=evaluation, reference=ref, thresholds=recipe.thresholds, out=out,
+        stage / "onnx" / "fp32" / "model.onnx",
+        stage,
+        precisions,
+        architecture=info["architecture"],
+        input_names=info["inputs"],
+        calibration=calibration,
+        evaluation=evaluation,
+        reference=ref,
+        thresholds=recipe.thresholds,
+        out=out,
         config_dir=stage / "tokenizer",
     )
 
@@ -248,6 +319,8 @@ def load_report(export_dir: str | Path) -> dict:
     """export_report.json of an export folder (NimbuildError when it is not one)."""
     p = Path(export_dir) / "export_report.json"
     if not p.is_file():
-        raise NimbuildError(f"{export_dir} is not an export folder (no export_report.json)",
-                            hint="run `nimbuild export RECIPE --out DIR` first")
+        raise NimbuildError(
+            f"{export_dir} is not an export folder (no export_report.json)",
+            hint="run `nimbuild export RECIPE --out DIR` first",
+        )
     return json.loads(p.read_text(encoding="utf-8"))

@@ -22,14 +22,25 @@ from pathlib import Path
 
 import numpy as np
 
-from nimbuild.build.precision.common import (
-    EXTERNAL_DATA_BYTES, cpu_int8_support, load_model, quiet_ort_quantization, save_model, weight_bytes,
+from nimbuild.builder.precision.common import (
+    EXTERNAL_DATA_BYTES,
+    cpu_int8_support,
+    load_model,
+    quiet_ort_quantization,
+    save_model,
+    weight_bytes,
 )
 
 # transformers architecture prefix -> ORT optimizer model_type (encoder families with BERT-like graphs)
 _MODEL_TYPES = {
-    "Bert": "bert", "Roberta": "bert", "XLMRoberta": "bert", "Camembert": "bert", "Electra": "bert",
-    "DistilBert": "bert", "MPNet": "bert", "Ernie": "bert",
+    "Bert": "bert",
+    "Roberta": "bert",
+    "XLMRoberta": "bert",
+    "Camembert": "bert",
+    "Electra": "bert",
+    "DistilBert": "bert",
+    "MPNet": "bert",
+    "Ernie": "bert",
 }
 MODES = ("dynamic", "static")
 DEFAULT_MODE = "dynamic"
@@ -68,7 +79,7 @@ FUSION_TOLERANCE = 1e-3  # max |delta logit| relative to the logits' range
 
 
 def _max_abs_diff(a_path, b_model, feeds) -> tuple[float, float]:
-    from nimbuild.build.precision.common import cpu_session
+    from nimbuild.builder.precision.common import cpu_session
 
     with tempfile.TemporaryDirectory(prefix="nimbuild-fuse-") as tmp:
         save_model(b_model, Path(tmp) / "fused.onnx")
@@ -76,7 +87,7 @@ def _max_abs_diff(a_path, b_model, feeds) -> tuple[float, float]:
 
 
 def _compare(a, b, feeds) -> tuple[float, float]:
-    from nimbuild.build.precision.common import feeds_for
+    from nimbuild.builder.precision.common import feeds_for
 
     diff, scale = 0.0, 0.0
     for fa, fb in zip(feeds_for(a, feeds), feeds_for(b, feeds)):
@@ -86,8 +97,13 @@ def _compare(a, b, feeds) -> tuple[float, float]:
     return diff, scale
 
 
-def fuse(fp32_path: str | os.PathLike, architecture: str, num_heads: int = 0, hidden_size: int = 0,
-         check_feeds: list[dict[str, np.ndarray]] | None = None):
+def fuse(
+    fp32_path: str | os.PathLike,
+    architecture: str,
+    num_heads: int = 0,
+    hidden_size: int = 0,
+    check_feeds: list[dict[str, np.ndarray]] | None = None,
+):
     """The FP32 graph with ORT's transformer fusions (a ModelProto), the fused-op counts, and notes.
 
     With ``check_feeds``, a fusion level that changes the FP32 scores is refused (see _FUSION_LEVELS).
@@ -110,8 +126,14 @@ def fuse(fp32_path: str | os.PathLike, architecture: str, num_heads: int = 0, hi
         options = FusionOptions(model_type)
         for key, value in switches.items():
             setattr(options, key, value)
-        optimized = optimize_model(os.fspath(fp32_path), model_type=model_type, num_heads=num_heads,
-                                   hidden_size=hidden_size, optimization_options=options, opt_level=0)
+        optimized = optimize_model(
+            os.fspath(fp32_path),
+            model_type=model_type,
+            num_heads=num_heads,
+            hidden_size=hidden_size,
+            optimization_options=options,
+            opt_level=0,
+        )
         model = optimized.model
         domains = {n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")}
         have = {op.domain for op in model.opset_import}
@@ -123,8 +145,10 @@ def fuse(fp32_path: str | os.PathLike, architecture: str, num_heads: int = 0, hi
         diff, scale = _max_abs_diff(fp32_path, model, check_feeds)
         if diff <= FUSION_TOLERANCE * max(scale, 1.0):
             return model, stats, notes
-        notes.append(f"fusion level '{level}' refused: it changed the FP32 logits by up to {diff:.3g} "
-                     "(ORT's pattern did not fit this export)")
+        notes.append(
+            f"fusion level '{level}' refused: it changed the FP32 logits by up to {diff:.3g} "
+            "(ORT's pattern did not fit this export)"
+        )
     return load_model(fp32_path), {}, notes + ["no fusions kept"]
 
 
@@ -136,9 +160,16 @@ def _padded(calibration, limit: int = 8):
     return ranked[:limit]
 
 
-def build_cpu_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, architecture: str, *,
-                   calibration: list[dict[str, np.ndarray]] | None = None, mode: str = DEFAULT_MODE,
-                   num_heads: int = 0, hidden_size: int = 0) -> dict:
+def build_cpu_int8(
+    fp32_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    architecture: str,
+    *,
+    calibration: list[dict[str, np.ndarray]] | None = None,
+    mode: str = DEFAULT_MODE,
+    num_heads: int = 0,
+    hidden_size: int = 0,
+) -> dict:
     """Write the fused INT8 CPU graph of ``fp32_path`` to ``out_path``; returns facts for the report."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -149,8 +180,10 @@ def build_cpu_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ar
     notes = []
     cpu_note = None
     if not cpu["vnni"]:
-        cpu_note = (f"this CPU ({cpu['machine']}, {', '.join(cpu['flags']) or 'no AVX-512/VNNI flags'}) lacks VNNI: "
-                    "weights use 7-bit range (reduce_range) and INT8 may be little faster than FP32 here")
+        cpu_note = (
+            f"this CPU ({cpu['machine']}, {', '.join(cpu['flags']) or 'no AVX-512/VNNI flags'}) lacks VNNI: "
+            "weights use 7-bit range (reduce_range) and INT8 may be little faster than FP32 here"
+        )
         notes.append(cpu_note)
     fused, stats, fuse_notes = fuse(fp32_path, architecture, num_heads, hidden_size, check_feeds=_padded(calibration))
     notes += fuse_notes
@@ -173,24 +206,38 @@ def build_cpu_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, ar
         large = weight_bytes(fused) > EXTERNAL_DATA_BYTES
         if mode == "dynamic":
             with quiet_ort_quantization():
-                    quantize_dynamic(fused_path, q_path, weight_type=QuantType.QInt8, per_channel=False,
-                                 use_external_data_format=large, reduce_range=not cpu["vnni"],
-                                 extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+                quantize_dynamic(
+                    fused_path,
+                    q_path,
+                    weight_type=QuantType.QInt8,
+                    per_channel=False,
+                    use_external_data_format=large,
+                    reduce_range=not cpu["vnni"],
+                    extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+                )
         else:
             if not calibration:
                 raise ValueError("static INT8 needs calibration pairs")
-            from nimbuild.build.precision.fp8 import _Reader
+            from nimbuild.builder.precision.fp8 import _Reader
 
             names = [i.name for i in fused.graph.input]
             with quiet_ort_quantization():
-                quantize_static(fused_path, q_path, _Reader(calibration, names), quant_format=QuantFormat.QDQ,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
-                                reduce_range=not cpu["vnni"], calibrate_method=CalibrationMethod.MinMax,
-                                use_external_data_format=large,
-                                # MatMul/Gemm only: quantizing every op also quantizes the attention mask's
-                                # float32.min fill, whose range then wipes out the scores (measured: top-1 0)
-                                op_types_to_quantize=["MatMul", "Gemm"],
-                                extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+                quantize_static(
+                    fused_path,
+                    q_path,
+                    _Reader(calibration, names),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=False,
+                    reduce_range=not cpu["vnni"],
+                    calibrate_method=CalibrationMethod.MinMax,
+                    use_external_data_format=large,
+                    # MatMul/Gemm only: quantizing every op also quantizes the attention mask's
+                    # float32.min fill, whose range then wipes out the scores (measured: top-1 0)
+                    op_types_to_quantize=["MatMul", "Gemm"],
+                    extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+                )
         files = save_model(load_model(q_path), out_path)
     notes.insert(0, f"{mode} INT8 (weights int8 per tensor{', 7-bit' if not cpu['vnni'] else ''}) on the fused graph")
     return {"files": files, "notes": notes, "mode": mode, "fusions": stats, "cpu": cpu, "cpu_note": cpu_note}

@@ -10,9 +10,10 @@ max |Δlogit| is the maximum over all pairs. Thresholds come from the recipe.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,10 @@ class GateResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
-            "metrics": {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)) for k, v in self.metrics.items()},
+            "metrics": {
+                k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v))
+                for k, v in self.metrics.items()
+            },
             "thresholds": dict(self.thresholds),
             "failures": list(self.failures),
             "n_queries": self.n_queries,
@@ -122,7 +126,13 @@ def ranking_metrics(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
         if r.shape != c.shape:
             raise ValueError(f"query {i}: {r.shape[0]} reference scores vs {c.shape[0]} candidate scores")
         if not np.all(np.isfinite(c)):
-            return {"top1": 0.0, "spearman": float("nan"), "kendall": float("nan"), "ndcg10": 0.0, "max_abs_logit": float("inf")}
+            return {
+                "top1": 0.0,
+                "spearman": float("nan"),
+                "kendall": float("nan"),
+                "ndcg10": 0.0,
+                "max_abs_logit": float("inf"),
+            }
         top1.append(1.0 if top1_agrees(r, c) else 0.0)
         sp.append(spearman(r, c))
         kt.append(kendall(r, c))
@@ -156,8 +166,9 @@ def thresholds_dict(thresholds: Any) -> dict[str, float | None]:
     return {k: (None if data.get(k) is None else float(data[k])) for k in METRICS}
 
 
-def judge(metrics: Mapping[str, float], thresholds: Any, *, n_queries: int = 0, n_pairs: int = 0,
-          notes: Sequence[str] = ()) -> GateResult:
+def judge(
+    metrics: Mapping[str, float], thresholds: Any, *, n_queries: int = 0, n_pairs: int = 0, notes: Sequence[str] = ()
+) -> GateResult:
     """Compare metrics with thresholds; a NaN or missing metric fails any threshold set on it."""
     th = thresholds_dict(thresholds)
     failures = []
@@ -172,8 +183,15 @@ def judge(metrics: Mapping[str, float], thresholds: Any, *, n_queries: int = 0, 
             failures.append(f"{name} {value:.4f} < {limit:g}")
         elif not higher_better and value > limit:
             failures.append(f"{name} {value:.3g} > {limit:g}")
-    return GateResult(passed=not failures, metrics=dict(metrics), thresholds=th, failures=failures,
-                      n_queries=n_queries, n_pairs=n_pairs, notes=list(notes))
+    return GateResult(
+        passed=not failures,
+        metrics=dict(metrics),
+        thresholds=th,
+        failures=failures,
+        n_queries=n_queries,
+        n_pairs=n_pairs,
+        notes=list(notes),
+    )
 
 
 def scores_from_logits(logits: np.ndarray) -> np.ndarray:
@@ -184,7 +202,9 @@ def scores_from_logits(logits: np.ndarray) -> np.ndarray:
     return logits[:, 0 if logits.shape[1] == 1 else -1].astype(np.float64)
 
 
-def session_scores(session: Any, encoded_queries: Sequence[Mapping[str, np.ndarray]], max_batch: int | None = None) -> list[np.ndarray]:
+def session_scores(
+    session: Any, encoded_queries: Sequence[Mapping[str, np.ndarray]], max_batch: int | None = None
+) -> list[np.ndarray]:
     """Score every query's passages with an ONNX Runtime session (feeds limited to its inputs)."""
     names = [i.name for i in session.get_inputs()]
     scores = []
@@ -202,8 +222,15 @@ def session_scores(session: Any, encoded_queries: Sequence[Mapping[str, np.ndarr
     return scores
 
 
-def run_gate(session_or_path: Any, encoded_queries: Sequence[Mapping[str, np.ndarray]], reference_scores: Sequence[np.ndarray],
-             thresholds: Any, *, max_batch: int | None = None, notes: Sequence[str] = ()) -> GateResult:
+def run_gate(
+    session_or_path: Any,
+    encoded_queries: Sequence[Mapping[str, np.ndarray]],
+    reference_scores: Sequence[np.ndarray],
+    thresholds: Any,
+    *,
+    max_batch: int | None = None,
+    notes: Sequence[str] = (),
+) -> GateResult:
     """Run a graph (an ORT session, or a path opened on the CPU) on the pairs and judge it."""
     session = session_or_path
     if isinstance(session_or_path, (str, Path)):

@@ -1,7 +1,7 @@
 """`nimbuild build RECIPE --out DIR`: every step this machine can do, each reused when nothing it depends on changed.
 
 export (+ precision graphs) -> engines for the visible GPU (when there is one and
-TensorRT imports) -> manifest -> render. Keys and records: nimbuild.build.cache.
+TensorRT imports) -> manifest -> render. Keys and records: nimbuild.builder.cache.
 What each step depends on:
 
 - export: the recipe minus ``gpus``/``runners``/``serving``, the model files'
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild import __version__
-from nimbuild.build.cache import StepCache, digest, toolchain_versions, tree_digest
+from nimbuild.builder.cache import StepCache, digest, toolchain_versions, tree_digest
 from nimbuild.errors import NimbuildError
 from nimbuild.output import Output
 
@@ -31,7 +31,7 @@ EXPORT_IRRELEVANT = {"gpus", "runners", "serving"}
 @dataclass
 class StepResult:
     step: str
-    status: str            # "built", "reused", "skipped"
+    status: str  # "built", "reused", "skipped"
     seconds: float
     note: str = ""
 
@@ -46,8 +46,11 @@ class BuildResult:
     steps: list[StepResult] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"out_dir": str(self.out_dir), "manifest": str(self.manifest) if self.manifest else None,
-                "steps": [s.to_dict() for s in self.steps]}
+        return {
+            "out_dir": str(self.out_dir),
+            "manifest": str(self.manifest) if self.manifest else None,
+            "steps": [s.to_dict() for s in self.steps],
+        }
 
 
 def export_key(recipe: Any, cache: StepCache) -> str:
@@ -56,14 +59,17 @@ def export_key(recipe: Any, cache: StepCache) -> str:
     if src.path is not None:
         model_dir = recipe.resolve(src.path)
         if not model_dir.exists():
-            raise NimbuildError(f"{recipe.path}: source.path: {model_dir} does not exist",
-                                hint="point source.path at the model folder (relative to the recipe)")
+            raise NimbuildError(
+                f"{recipe.path}: source.path: {model_dir} does not exist",
+                hint="point source.path at the model folder (relative to the recipe)",
+            )
         model = {"files": tree_digest(model_dir, cache.memo)}
     else:
         model = {"repo": src.repo, "revision": src.revision}
     pairs = tree_digest(recipe.resolve(recipe.pairs), cache.memo) if recipe.pairs else None
-    return digest({"step": "export", "recipe": recipe_part, "model": model, "pairs": pairs,
-                   "toolchain": toolchain_versions()})
+    return digest(
+        {"step": "export", "recipe": recipe_part, "model": model, "pairs": pairs, "toolchain": toolchain_versions()}
+    )
 
 
 def _sync_report_recipe(out_dir: Path, recipe: Any) -> None:
@@ -86,7 +92,7 @@ def _export_into(recipe: Any, out_dir: Path, out: Output) -> None:
     """
     import shutil
 
-    from nimbuild.build.pipeline import run_export
+    from nimbuild.builder.pipeline import run_export
 
     fresh = out_dir / ".export.partial"
     shutil.rmtree(fresh, ignore_errors=True)
@@ -122,13 +128,13 @@ def step_engines(recipe: Any, out_dir: Path, out: Output, force: bool) -> StepRe
     """Engines for the visible GPU, through the engines module (it has its own reuse)."""
     t0 = time.perf_counter()
     try:
-        from nimbuild.build import engines
+        from nimbuild.builder import engines
     except ImportError as exc:
         return StepResult("engines", "skipped", time.perf_counter() - t0, f"engines module unavailable ({exc})")
     gpu, why = engines.visible_gpu()
     if gpu is None:
         return StepResult("engines", "skipped", time.perf_counter() - t0, f"no GPU visible ({why})")
-    from nimbuild.build import trt_seam  # the one module that imports tensorrt
+    from nimbuild.builder import trt_seam  # the one module that imports tensorrt
 
     trt, trt_problem = trt_seam.probe_tensorrt()
     if trt is None:  # not installed, or a broken CUDA install
@@ -137,19 +143,29 @@ def step_engines(recipe: Any, out_dir: Path, out: Output, force: bool) -> StepRe
     plan = engines.plan_engines(recipe, sku, out_dir)
     result = engines.build_engines(recipe, plan, out, force=force)
     built = [r for r in result.results if getattr(r, "passed", False)]
-    return StepResult("engines", "built", time.perf_counter() - t0,
-                      f"{sku.canonical}: {len(built)} engine(s) passed; fragment {result.fragment or '-'}")
+    return StepResult(
+        "engines",
+        "built",
+        time.perf_counter() - t0,
+        f"{sku.canonical}: {len(built)} engine(s) passed; fragment {result.fragment or '-'}",
+    )
 
 
 def step_manifest(out_dir: Path, cache: StepCache, force: bool) -> tuple[StepResult, Path]:
-    from nimbuild.build.assemble import FRAGMENT_GLOB, build_manifest
+    from nimbuild.builder.assemble import FRAGMENT_GLOB, build_manifest
 
     t0 = time.perf_counter()
     path = out_dir / "manifest.yaml"
     fragments = {p.relative_to(out_dir).as_posix(): cache.memo.sha256(p) for p in sorted(out_dir.glob(FRAGMENT_GLOB))}
-    key = digest({"step": "manifest", "report": cache.memo.sha256(out_dir / "export_report.json"),
-                  "export_outputs": cache.outputs_of([out_dir / p for p in EXPORT_OUTPUTS]),
-                  "fragments": fragments, "nimbuild": __version__})
+    key = digest(
+        {
+            "step": "manifest",
+            "report": cache.memo.sha256(out_dir / "export_report.json"),
+            "export_outputs": cache.outputs_of([out_dir / p for p in EXPORT_OUTPUTS]),
+            "fragments": fragments,
+            "nimbuild": __version__,
+        }
+    )
     if not force and path.exists() and cache.lookup("manifest", key):
         return StepResult("manifest", "reused", time.perf_counter() - t0, "export and fragments unchanged"), path
     cache.forget("manifest")
@@ -158,17 +174,24 @@ def step_manifest(out_dir: Path, cache: StepCache, force: bool) -> tuple[StepRes
     return StepResult("manifest", "built", time.perf_counter() - t0, f"{len(m.profiles)} profiles"), path
 
 
-def step_render(recipe: Any, out_dir: Path, manifest_path: Path, cache: StepCache, out: Output,
-                force: bool) -> StepResult:
+def step_render(
+    recipe: Any, out_dir: Path, manifest_path: Path, cache: StepCache, out: Output, force: bool
+) -> StepResult:
     t0 = time.perf_counter()
     try:
         from nimbuild.render.triton import render_repositories
     except ImportError as exc:
         return StepResult("render", "skipped", time.perf_counter() - t0, f"render module unavailable ({exc})")
     templates = Path(__file__).resolve().parents[1] / "templates"
-    key = digest({"step": "render", "manifest": cache.memo.sha256(manifest_path), "recipe": recipe.sha256,
-                  "templates": tree_digest(templates, cache.memo) if templates.is_dir() else None,
-                  "nimbuild": __version__})
+    key = digest(
+        {
+            "step": "render",
+            "manifest": cache.memo.sha256(manifest_path),
+            "recipe": recipe.sha256,
+            "templates": tree_digest(templates, cache.memo) if templates.is_dir() else None,
+            "nimbuild": __version__,
+        }
+    )
     triton = out_dir / "triton"
     if not force and triton.is_dir() and cache.lookup("render", key):
         return StepResult("render", "reused", time.perf_counter() - t0, "manifest, recipe and templates unchanged")
@@ -178,13 +201,20 @@ def step_render(recipe: Any, out_dir: Path, manifest_path: Path, cache: StepCach
     return StepResult("render", "built", time.perf_counter() - t0, f"{len(repos)} Triton repositories")
 
 
-def run_build(recipe_path: str | Path, out_dir: str | Path, out: Output, *, force: bool = False,
-              engines: bool = True, render: bool = True) -> BuildResult:
-    """Every step this machine can do, ending in ``out_dir/manifest.yaml``."""
+def run_build(
+    recipe_path: str | Path,
+    out_dir: str | Path | None,
+    out: Output,
+    *,
+    force: bool = False,
+    engines: bool = True,
+    render: bool = True,
+) -> BuildResult:
+    """Every step this machine can do, ending in ``out_dir/manifest.yaml`` (default ``out/<name>``)."""
     from nimbuild.recipe import load_recipe
 
     recipe = load_recipe(recipe_path)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if out_dir is not None else recipe.default_out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = StepCache(out_dir)
     result = BuildResult(out_dir=out_dir, manifest=None)

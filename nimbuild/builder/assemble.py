@@ -10,8 +10,8 @@ profile gets the tokenizer files too, so that it is servable on its own).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from nimbuild import __version__
 from nimbuild import manifest as mf
@@ -42,8 +42,9 @@ def graph_files(export_dir: Path, graph_rel: str) -> list[str]:
     """The graph and its external-data files (``model.onnx.data``...), as relative paths."""
     graph = mf.safe_join(export_dir, graph_rel)
     if not graph.is_file():
-        raise NimbuildError(f"{graph}: the export report lists this graph but it is missing",
-                            hint="re-run `nimbuild export`")
+        raise NimbuildError(
+            f"{graph}: the export report lists this graph but it is missing", hint="re-run `nimbuild export`"
+        )
     rels = [mf.check_relpath(graph_rel)]
     for sibling in sorted(graph.parent.iterdir()):
         if sibling != graph and sibling.is_file() and sibling.name.startswith(graph.name):
@@ -72,8 +73,14 @@ def onnx_profiles(export_dir: Path, report: Mapping, tokenizer: list[str]) -> li
         entry = report["precisions"].get(precision) or {}
         if entry.get("status") != "passed" or not entry.get("path"):
             continue
-        tags = onnx_profile_tags(report["model"], str(report.get("model_revision", "unknown")), precision, device,
-                                 report["max_batch_size"], report["max_sequence_length"])
+        tags = onnx_profile_tags(
+            report["model"],
+            str(report.get("model_revision", "unknown")),
+            precision,
+            device,
+            report["max_batch_size"],
+            report["max_sequence_length"],
+        )
         graphs = graph_files(export_dir, entry["path"])
         files = {rel: mf.file_entry(export_dir, rel) for rel in [*graphs, *tokenizer]}
         metrics = {"size_bytes": sum(files[rel].size for rel in graphs)}
@@ -94,14 +101,16 @@ def _with_tokenizer(fragment: mf.Manifest, export_dir: Path, tokenizer: list[str
             raise NimbuildError(
                 f"{fragment.source}: profile {p.name!r} was built from model {p.tags.get('model')!r} "
                 f"revision {p.tags.get('model_revision')!r}, this export is {report['model']!r} revision {revision!r}",
-                hint="build the engines from this export dir (or merge that fragment into its own manifest)")
+                hint="build the engines from this export dir (or merge that fragment into its own manifest)",
+            )
         for rel in tokenizer:
             p.files.setdefault(rel, mf.file_entry(export_dir, rel))
     return rebased
 
 
-def assemble_manifest(export_dir: str | Path, fragments: Iterable[str | Path] = (), *,
-                      discover: bool = True) -> mf.Manifest:
+def assemble_manifest(
+    export_dir: str | Path, fragments: Iterable[str | Path] = (), *, discover: bool = True
+) -> mf.Manifest:
     """The export dir's manifest (not yet written): ONNX profiles + every engine fragment.
 
     ``discover`` also picks up ``engines/*/fragment.yaml`` under the export dir.
@@ -109,8 +118,12 @@ def assemble_manifest(export_dir: str | Path, fragments: Iterable[str | Path] = 
     export_dir = Path(export_dir)
     report = read_report(export_dir)
     tokenizer = tokenizer_files(export_dir)
-    base = mf.Manifest(profiles=onnx_profiles(export_dir, report, tokenizer), header=header_from_report(report),
-                       root=export_dir, source=export_dir / REPORT_FILE)
+    base = mf.Manifest(
+        profiles=onnx_profiles(export_dir, report, tokenizer),
+        header=header_from_report(report),
+        root=export_dir,
+        source=export_dir / REPORT_FILE,
+    )
     paths = {Path(f).resolve() for f in fragments}
     if discover:
         paths |= {p.resolve() for p in export_dir.glob(FRAGMENT_GLOB)}
@@ -120,14 +133,21 @@ def assemble_manifest(export_dir: str | Path, fragments: Iterable[str | Path] = 
     return mf.merge_manifests(parts, root=export_dir)
 
 
-def build_manifest(export_dir: str | Path, fragments: Iterable[str | Path] = (), out: str | Path | None = None,
-                   *, discover: bool = True) -> tuple[mf.Manifest, Path]:
+def build_manifest(
+    export_dir: str | Path,
+    fragments: Iterable[str | Path] = (),
+    out: str | Path | None = None,
+    *,
+    discover: bool = True,
+) -> tuple[mf.Manifest, Path]:
     """Assemble and write atomically (default ``EXPORT_DIR/manifest.yaml``); returns it and its path."""
     export_dir = Path(export_dir)
     out = Path(out) if out else export_dir / "manifest.yaml"
     manifest = assemble_manifest(export_dir, fragments, discover=discover)
     if not manifest.profiles:
-        raise NimbuildError(f"{export_dir}: no profile to list: no graph passed its gate and no engine fragment",
-                            hint=f"see {export_dir / REPORT_FILE} for why each precision was rejected")
+        raise NimbuildError(
+            f"{export_dir}: no profile to list: no graph passed its gate and no engine fragment",
+            hint=f"see {export_dir / REPORT_FILE} for why each precision was rejected",
+        )
     mf.write_manifest(manifest, out)
     return mf.load_manifest(out), out
