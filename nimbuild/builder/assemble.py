@@ -20,8 +20,9 @@ from nimbuild.profiles import onnx_profile_tags, profile_id, profile_name
 
 REPORT_FILE = "export_report.json"
 FRAGMENT_GLOB = "engines/*/fragment.yaml"
-# report precision key -> (device of the ONNX profile); fp8 Q/DQ graphs are for TensorRT only
-ONNX_PROFILES = {"fp16": "gpu", "fp32": "cpu", "int8": "cpu"}
+# report precision key -> (device of the ONNX profile); fp8 Q/DQ graphs are for TensorRT only.
+# CPU int8 entries are one per CPU class (``int8-<class>``, with their ``cpu_isa``): see _onnx_entries.
+ONNX_PROFILES = {"fp16": "gpu", "fp32": "cpu"}
 
 
 def read_report(export_dir: Path) -> dict:
@@ -67,10 +68,26 @@ def header_from_report(report: Mapping) -> dict:
     return header
 
 
+def _onnx_entries(export_dir: Path, report: Mapping) -> list[tuple[str, str, str | None, Mapping]]:
+    """(precision, device, cpu_isa, report entry) of every graph that becomes an ONNX profile."""
+    found: list[tuple[str, str, str | None, Mapping]] = []
+    for key, entry in report["precisions"].items():
+        if key in ONNX_PROFILES:
+            found.append((key, ONNX_PROFILES[key], None, entry))
+        elif entry.get("precision") == "int8" and entry.get("cpu_isa"):
+            found.append(("int8", "cpu", entry["cpu_isa"], entry))
+        elif key == "int8" and entry.get("status") == "passed":
+            raise NimbuildError(
+                f"{Path(export_dir) / REPORT_FILE}: its int8 graph names no cpu_isa class (an older nimbuild made it, "
+                "with a weight range chosen by the machine that built it)",
+                hint="re-run `nimbuild export` (or `nimbuild build`): each CPU class then gets its own graph",
+            )
+    return found
+
+
 def onnx_profiles(export_dir: Path, report: Mapping, tokenizer: list[str]) -> list[mf.Profile]:
     out = []
-    for precision, device in ONNX_PROFILES.items():
-        entry = report["precisions"].get(precision) or {}
+    for precision, device, cpu_class, entry in _onnx_entries(export_dir, report):
         if entry.get("status") != "passed" or not entry.get("path"):
             continue
         tags = onnx_profile_tags(
@@ -80,14 +97,19 @@ def onnx_profiles(export_dir: Path, report: Mapping, tokenizer: list[str]) -> li
             device,
             report["max_batch_size"],
             report["max_sequence_length"],
+            cpu_isa=cpu_class,
         )
         graphs = graph_files(export_dir, entry["path"])
         files = {rel: mf.file_entry(export_dir, rel) for rel in [*graphs, *tokenizer]}
-        metrics = {"size_bytes": sum(files[rel].size for rel in graphs)}
+        metrics: dict = {"size_bytes": sum(files[rel].size for rel in graphs)}
         if entry.get("gate") is not None:
             metrics["gate"] = entry["gate"]
         if entry.get("seconds") is not None:
             metrics["build_seconds"] = round(float(entry["seconds"]), 3)
+        if cpu_class is not None:  # what was judged where: the class's weights, the CPU the gate ran on
+            metrics["weight_bits"] = entry.get("weight_bits")
+            if entry.get("judged_on"):
+                metrics["judged_on"] = entry["judged_on"]
         out.append(mf.Profile(id=profile_id(tags), name=profile_name(tags), tags=tags, files=files, metrics=metrics))
     return out
 
