@@ -624,3 +624,41 @@ def test_merge_same_bytes_other_metrics_is_not_a_conflict_and_is_order_independe
         assert len(merged.profiles) == 1
         kept.add(merged.profiles[0].metrics["latency_ms"])
     assert len(kept) == 1
+
+
+def test_a_cpu_class_fragment_merges_into_another_runner_s_manifest(tmp_path):
+    """The CPU-class CI job's hand-off: cpu/<class>/fragment.yaml with the graph beside it; the merge job's
+    export made no int8 graph (--cpu-isa none) and its manifest build picks the fragment up."""
+    import shutil
+
+    class_job = _fake_export(tmp_path / "class-job")
+    frag = _cli("manifest", "fragment", "--export-dir", class_job, "--cpu-isa", "avx2")
+    assert frag.exit_code == 0, frag.output
+    folder = class_job / "cpu" / "avx2"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "fragment.yaml",
+        "int8/model.onnx",
+    ]
+    release = _fake_export(tmp_path / "release")
+    report = json.loads((release / "export_report.json").read_text())
+    del report["precisions"]["int8-avx2"]
+    shutil.rmtree(release / "onnx" / "cpu-int8-avx2")
+    (release / "export_report.json").write_text(json.dumps(report))
+    shutil.copytree(folder, release / "cpu" / "avx2")
+    assert _cli("manifest", "build", "--export-dir", release).exit_code == 0
+    m = mf.load_manifest(release / "manifest.yaml")
+    int8 = m.by_name("cpu-int8-avx2-onnxruntime")
+    assert int8 is not None and int8.tags["cpu_isa"] == "avx2" and int8.metrics["weight_bits"] == 7
+    assert {"cpu/avx2/int8/model.onnx", "tokenizer/tokenizer.json"} <= set(int8.files)
+    assert mf.verify_manifest(m) == []
+    # where the class was also exported (a local build that wrote the fragment too): listed once, from onnx/
+    assert _cli("manifest", "build", "--export-dir", class_job).exit_code == 0
+    local = mf.load_manifest(class_job / "manifest.yaml").by_name("cpu-int8-avx2-onnxruntime")
+    assert "onnx/cpu-int8-avx2/model.onnx" in local.files
+
+
+def test_no_fragment_for_a_class_the_export_did_not_make(tmp_path):
+    export = _fake_export(tmp_path / "export")
+    res = _cli("manifest", "fragment", "--export-dir", export, "--cpu-isa", "avx512_vnni")
+    assert res.exit_code == 1 and "no passed int8 graph for avx512_vnni: lacks avx512_vnni" in str(res.exception)
+    assert not (export / "cpu").exists()

@@ -20,6 +20,8 @@ from nimbuild.profiles import onnx_profile_tags, profile_id, profile_name
 
 REPORT_FILE = "export_report.json"
 FRAGMENT_GLOB = "engines/*/fragment.yaml"
+CPU_FRAGMENT_GLOB = "cpu/*/fragment.yaml"  # write_cpu_fragment: one CPU class's int8 profile, from its own CI job
+FRAGMENT_GLOBS = (FRAGMENT_GLOB, CPU_FRAGMENT_GLOB)
 # report precision key -> (device of the ONNX profile); fp8 Q/DQ graphs are for TensorRT only.
 # CPU int8 entries are one per CPU class (``int8-<class>``, with their ``cpu_isa``): see _onnx_entries.
 ONNX_PROFILES = {"fp16": "gpu", "fp32": "cpu"}
@@ -148,11 +150,68 @@ def assemble_manifest(
     )
     paths = {Path(f).resolve() for f in fragments}
     if discover:
-        paths |= {p.resolve() for p in export_dir.glob(FRAGMENT_GLOB)}
+        paths |= {p.resolve() for pattern in FRAGMENT_GLOBS for p in export_dir.glob(pattern)}
     parts = [base]
     for path in sorted(paths):
-        parts.append(_with_tokenizer(mf.load_manifest(path), export_dir, tokenizer, report))
+        part = _with_tokenizer(mf.load_manifest(path), export_dir, tokenizer, report)
+        part.profiles = [p for p in part.profiles if not _also_exported(p, base)]
+        parts.append(part)
     return mf.merge_manifests(parts, root=export_dir)
+
+
+def _graph_digests(profile: mf.Profile) -> set[str]:
+    return {e.sha256 for rel, e in profile.files.items() if not rel.startswith("tokenizer/")}
+
+
+def _also_exported(profile: mf.Profile, base: mf.Manifest) -> bool:
+    """A CPU fragment's profile that this export made too, with the same graph bytes (the same class built
+    here and by its CI job): one copy is listed, the export's. Different bytes stay a merge conflict."""
+    mine = base.by_id(profile.id)
+    return mine is not None and _graph_digests(mine) == _graph_digests(profile)
+
+
+def write_cpu_fragment(export_dir: str | Path, cpu_class: str) -> Path:
+    """``EXPORT_DIR/cpu/<class>/fragment.yaml`` (+ the graph beside it): the class's int8 profile alone.
+
+    What a CI job for one CPU class hands on (`nimbuild plan`): like an engine fragment, its paths are
+    relative to its own folder, and the merge job's `nimbuild build` (or `manifest build`) discovers it
+    and adds the tokenizer files. The export must have made and passed that class here.
+    """
+    import os
+    import shutil
+
+    from nimbuild import cpu_isa
+    from nimbuild.fsutil import staging_dir
+
+    export_dir = Path(export_dir)
+    cls = cpu_isa.lookup(cpu_class, "--cpu-isa")
+    report = read_report(export_dir)
+    entry = next((e for _, _, c, e in _onnx_entries(export_dir, report) if c == cls.name), None)
+    if entry is None or entry.get("status") != "passed":
+        why = (entry or {}).get("reason") or "the export did not make it (not in the recipe's cpu_isa, or no int8)"
+        raise NimbuildError(
+            f"{export_dir / REPORT_FILE}: no passed int8 graph for {cls.name}: {why}",
+            hint=f"run `nimbuild export RECIPE --cpu-isa {cls.name}` on {cls.needs}",
+        )
+    (profile,) = [p for p in onnx_profiles(export_dir, report, []) if p.tags.get("cpu_isa") == cls.name]
+    folder = export_dir / "cpu" / cls.name
+    with staging_dir(folder) as stage:
+        files = {}
+        for rel in profile.files:
+            dest = stage / "int8" / Path(rel).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(export_dir / rel, dest)  # no second copy of a large graph where the filesystem allows
+            except OSError:
+                shutil.copy2(export_dir / rel, dest)
+            files[f"int8/{dest.name}"] = mf.file_entry(stage, f"int8/{dest.name}")
+        fragment = mf.Manifest(
+            profiles=[mf.Profile(id=profile.id, name=profile.name, tags=profile.tags, files=files, metrics=profile.metrics)],
+            header=header_from_report(report),
+            root=stage,
+        )
+        mf.write_manifest(fragment, stage / "fragment.yaml")
+    return folder / "fragment.yaml"
 
 
 def build_manifest(

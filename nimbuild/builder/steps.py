@@ -172,11 +172,15 @@ def step_engines(recipe: Any, out_dir: Path, out: Output, force: bool) -> StepRe
 
 
 def step_manifest(out_dir: Path, cache: StepCache, force: bool) -> tuple[StepResult, Path]:
-    from nimbuild.builder.assemble import FRAGMENT_GLOB, build_manifest
+    from nimbuild.builder.assemble import FRAGMENT_GLOBS, build_manifest
 
     t0 = time.perf_counter()
     path = out_dir / "manifest.yaml"
-    fragments = {p.relative_to(out_dir).as_posix(): cache.memo.sha256(p) for p in sorted(out_dir.glob(FRAGMENT_GLOB))}
+    fragments = {
+        p.relative_to(out_dir).as_posix(): cache.memo.sha256(p)
+        for pattern in FRAGMENT_GLOBS
+        for p in sorted(out_dir.glob(pattern))
+    }
     key = digest(
         {
             "step": "manifest",
