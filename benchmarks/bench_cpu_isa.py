@@ -39,6 +39,8 @@ from benchmarks.common import (  # noqa: E402
 )
 
 SEQ, BATCH = 128, 32
+
+
 def real_model(src: Path, work: Path, seed: int = 0) -> Path:
     """A cross-encoder from a BERT checkpoint with real weights: its encoder as is, the score head fitted."""
     import torch
@@ -100,7 +102,9 @@ def measure(model_dir: Path, work: Path, n_queries: int, repeats: int) -> dict:
         result["graphs"][name] = {k: round(float(m[k]), 4) for k in ("top1", "spearman", "ndcg10", "max_abs_logit")}
     for cls in ("avx2", "avx512_vnni"):
         a, b = scores[f"int8-{cls}"], scores[f"int8-{cls} exact twin"]
-        result["graphs"][f"int8-{cls}"]["max_abs_vs_exact_twin"] = float(max(np.max(np.abs(x - y)) for x, y in zip(a, b)))
+        result["graphs"][f"int8-{cls}"]["max_abs_vs_exact_twin"] = float(
+            max(np.max(np.abs(x - y)) for x, y in zip(a, b, strict=True))
+        )
     timed = feeds[: min(8, n_queries)]
     runners = {
         name: (lambda s=sessions[name]: [s.run(None, f) for f in feeds_for(s, timed)])
@@ -144,12 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nCPU: {here.describe()}")
     for name, r in results["models"].items():
         print(f"\n{name} ({r['queries']} queries x {r['passages']} passages, seq {r['seq']})")
-        print(f"{'graph':26} {'top1':>6} {'spearman':>9} {'ndcg10':>7} {'max|dl|':>8} {'|g-twin|':>9} {'pairs/s':>8} {'x fp32':>7}")
+        print(
+            f"{'graph':28} {'top1':>6} {'spearman':>9} {'ndcg10':>7} {'max|dl|':>8} {'|g-twin|':>9} "
+            f"{'pairs/s':>8} {'x fp32':>7}"
+        )
         for g, m in r["graphs"].items():
             twin = m.get("max_abs_vs_exact_twin")
             print(
-                f"{g:26} {m['top1']:6.3f} {m['spearman']:9.4f} {m['ndcg10']:7.4f} {m['max_abs_logit']:8.3f} "
-                f"{'-' if twin is None else format(twin, '.2e'):>9} {m.get('pairs_per_s', '-'):>8} {m.get('x_fp32', '-'):>7}"
+                f"{g:28} {m['top1']:6.3f} {m['spearman']:9.4f} {m['ndcg10']:7.4f} {m['max_abs_logit']:8.3f} "
+                f"{'-' if twin is None else format(twin, '.2e'):>9} "
+                f"{m.get('pairs_per_s', '-'):>8} {m.get('x_fp32', '-'):>7}"
             )
     print(f"\nload: {results['machine_before']['uptime']} -> {results['machine_after']['uptime']}\nwrote {out}")
     return 0

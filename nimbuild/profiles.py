@@ -135,9 +135,7 @@ def onnx_profile_tags(
         tags["gpu_count"] = "1"
     if device == "cpu" and precision == "int8":
         if not cpu_isa:
-            raise NimbuildError(
-                "a CPU int8 profile needs its cpu_isa class", hint=f"pass one of: {isa.known_names()}"
-            )
+            raise NimbuildError("a CPU int8 profile needs its cpu_isa class", hint=f"pass one of: {isa.known_names()}")
         tags["cpu_isa"] = isa.lookup(cpu_isa).name
     elif cpu_isa:
         raise NimbuildError(

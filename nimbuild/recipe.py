@@ -281,7 +281,10 @@ class Recipe(_Strict):
         from nimbuild import cpu_isa, skus
 
         for key, labels in self.runners.items():
-            if cpu_isa.get(key.strip().lower().replace("-", "_")) is None and skus.lookup(key).canonical == sku.canonical:
+            if (
+                cpu_isa.get(key.strip().lower().replace("-", "_")) is None
+                and skus.lookup(key).canonical == sku.canonical
+            ):
                 return list(labels)
         return None
 

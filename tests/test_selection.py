@@ -53,6 +53,8 @@ def assumed_host(specs: list[str], cpu: str = "avx2") -> hardware.Host:
 def avx2_detected(monkeypatch):
     """What the CLI detects is an AVX2 CPU too, whatever CPU runs the tests (the decision is under test)."""
     monkeypatch.setattr(cpu_isa, "detect_cpu", lambda *args, **kwargs: AVX2_CPU)
+
+
 NO_OVERRIDES: dict[str, str] = {}
 
 
@@ -759,7 +761,9 @@ def test_a_missing_file_makes_the_profile_not_runnable_and_selection_falls_back(
     sel = select(load_manifest(path), CPU_HOST, NO_OVERRIDES)
     assert sel.selected.id == pids["fp32"]
     assert _status(sel, pids["int8"]) == ("not_runnable", "file onnx/cpu-int8/model.onnx is missing", [])
-    assert "  - %s (cpu-int8-avx2-onnxruntime): file onnx/cpu-int8/model.onnx is missing" % pids["int8"] in startup_log(sel)
+    assert "  - %s (cpu-int8-avx2-onnxruntime): file onnx/cpu-int8/model.onnx is missing" % pids["int8"] in startup_log(
+        sel
+    )
     # the hardware's verdict comes first: a GPU profile on a CPU host stays incompatible
     (path.parent / "engines/h100/model.plan").unlink()
     assert _status(select(load_manifest(path), CPU_HOST, NO_OVERRIDES), pids["h100"])[0] == "incompatible"

@@ -206,7 +206,9 @@ def write_cpu_fragment(export_dir: str | Path, cpu_class: str) -> Path:
                 shutil.copy2(export_dir / rel, dest)
             files[f"int8/{dest.name}"] = mf.file_entry(stage, f"int8/{dest.name}")
         fragment = mf.Manifest(
-            profiles=[mf.Profile(id=profile.id, name=profile.name, tags=profile.tags, files=files, metrics=profile.metrics)],
+            profiles=[
+                mf.Profile(id=profile.id, name=profile.name, tags=profile.tags, files=files, metrics=profile.metrics)
+            ],
             header=header_from_report(report),
             root=stage,
         )

@@ -125,7 +125,7 @@ def _export_into(recipe: Any, out_dir: Path, out: Output, cpu_classes: list[str]
 def step_export(
     recipe: Any, out_dir: Path, cache: StepCache, out: Output, force: bool, cpu_classes: list[str] | None = None
 ) -> StepResult:
-    """``cpu_classes``: ``--cpu-isa`` (each must be this CPU's; [] = none); None = the recipe's, where this CPU has them."""
+    """``cpu_classes``: ``--cpu-isa`` (each must be this CPU's; [] = none); None: the recipe's, those this CPU has."""
     t0 = time.perf_counter()
     if cpu_classes is not None:
         from nimbuild.builder.pipeline import cpu_classes_to_make

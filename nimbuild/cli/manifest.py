@@ -58,7 +58,10 @@ def build(
         Path | None, typer.Option("--out", "-o", help="Where to write it [default: EXPORT_DIR/manifest.yaml].")
     ] = None,
     no_discover: Annotated[
-        bool, typer.Option("--no-discover", help="Do not pick up EXPORT_DIR/engines/*/fragment.yaml and cpu/*/fragment.yaml.")
+        bool,
+        typer.Option(
+            "--no-discover", help="Do not pick up EXPORT_DIR/engines/*/fragment.yaml and cpu/*/fragment.yaml."
+        ),
     ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,

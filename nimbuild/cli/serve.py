@@ -51,7 +51,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the best profile this host can run: the reranking NIM's /v1/ranking API.
 
-        Detects the GPUs and the CPU's INT8 class, selects a profile (NIM_MODEL_PROFILE / NIM_TAGS_SELECTOR override it),
+        Detects the GPUs and the CPU's INT8 classes, selects a profile (NIM_MODEL_PROFILE /
+        NIM_TAGS_SELECTOR override it),
         logs the choice, verifies the profile's files (sha256), starts its backend and serves
         until SIGTERM (in-flight requests finish first).
 

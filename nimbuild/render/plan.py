@@ -184,9 +184,9 @@ def render_plan(
     commands = {
         "export": f"nimbuild export {q(recipe_path)} --out out",
         "engines_github": f'nimbuild engines {q(recipe_path)} --gpu "${{{{ matrix.slug }}}}" --out out',
-        "build": f"nimbuild build {q(recipe_path)} --out out --no-engines"
-        + (" --cpu-isa none" if cpu_jobs else ""),
-        "cpu_export_github": f'nimbuild export {q(recipe_path)} --out out --precision int8 --cpu-isa "${{{{ matrix.cpu_isa }}}}"',
+        "build": f"nimbuild build {q(recipe_path)} --out out --no-engines" + (" --cpu-isa none" if cpu_jobs else ""),
+        "cpu_export_github": f"nimbuild export {q(recipe_path)} --out out --precision int8"
+        + ' --cpu-isa "${{ matrix.cpu_isa }}"',
         "cpu_fragment_github": 'nimbuild manifest fragment --export-dir out --cpu-isa "${{ matrix.cpu_isa }}"',
         "docker_github": (
             "docker build -f out/Dockerfile"
