@@ -127,6 +127,7 @@ def test_detecting_and_selecting_loads_nothing_heavy(tmp_path, small_manifest):
         ["list-model-profiles"],
         ["list-model-profiles", "--json"],
         ["list-model-profiles", "--assume-gpu", "h100-sxm"],
+        ["list-model-profiles", "--assume-cpu", "avx512_vnni"],
         ["select"],
     ],
 )
