@@ -52,7 +52,8 @@ test: venv venv-triton
 example-model: venv
 	$(BIN)/python -m nimbuild.builder.tiny --out recipes/models/example-tiny
 
-# --no-engines: the committed manifest is what a CPU-only build gives on every machine.
+# --no-engines: the committed manifest is what a CPU-only build gives; its CPU int8 profiles are those of the
+# classes the machine that ran it has (nimbuild.cpu_isa), which test_build compares class by class.
 example-manifest: venv
 	$(BIN)/nimbuild build recipes/example-tiny.yaml --out $(OUT) --no-engines
 	cp $(OUT)/manifest.yaml manifests/example-tiny.yaml
@@ -61,6 +62,7 @@ example-manifest: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_listing.py
 	$(BIN)/python benchmarks/bench_precision.py
+	$(BIN)/python benchmarks/bench_cpu_isa.py
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_render.py --mib 256 --runs 5
 

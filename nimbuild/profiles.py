@@ -67,7 +67,8 @@ def profile_name(tags: Mapping[str, str]) -> str:
     """The reranking NIM's style of name for a profile.
 
     ``h100-hbm3-80gb-fp8-triton-tensorrt``, ``onnx-fp16-triton-onnxruntime``
-    (GPU ONNX, served by Triton's ONNX Runtime backend), ``cpu-int8-onnxruntime``.
+    (GPU ONNX, served by Triton's ONNX Runtime backend), ``cpu-fp32-onnxruntime``,
+    ``cpu-int8-avx512-vnni-onnxruntime`` (a CPU profile names its ``cpu_isa`` class).
     A hardware-compatible engine says so (``...-fp16-ampere-plus-triton-tensorrt``)
     and a multi-GPU one its count (``...-fp16-tp2-...``).
     """
@@ -84,7 +85,7 @@ def profile_name(tags: Mapping[str, str]) -> str:
             parts.append(f"tp{tags['gpu_count']}")
         parts += ["triton", "tensorrt"]
     elif backend == "onnx" and device == "cpu":
-        parts = ["cpu", precision, "onnxruntime"]
+        parts = ["cpu", precision, _slugify(tags.get("cpu_isa", "")), "onnxruntime"]
     elif backend == "onnx":
         parts = ["onnx", precision]
         if tags.get("gpu_count", "1") != "1":
@@ -110,15 +111,37 @@ def _common(model: str, model_revision: str, precision: str, max_batch_size, max
 
 
 def onnx_profile_tags(
-    model: str, model_revision: str, precision: str, device: str, max_batch_size: int, max_sequence_length: int
+    model: str,
+    model_revision: str,
+    precision: str,
+    device: str,
+    max_batch_size: int,
+    max_sequence_length: int,
+    cpu_isa: str | None = None,
 ) -> dict[str, str]:
-    """Tags of an ONNX Runtime profile: GPU (Triton's onnxruntime backend) or CPU."""
+    """Tags of an ONNX Runtime profile: GPU (Triton's onnxruntime backend) or CPU.
+
+    A CPU INT8 profile names the instruction-set class its graph was made and judged for
+    (``cpu_isa``: nimbuild.cpu_isa), since its numerics depend on it; other profiles run on any
+    CPU and carry none.
+    """
+    from nimbuild import cpu_isa as isa
+
     if device not in DEVICES:
         raise NimbuildError(f"unknown device {device!r}", hint="use 'gpu' or 'cpu'")
     tags = _common(model, model_revision, precision, max_batch_size, max_sequence_length)
     tags.update(backend="onnx", device=device)
     if device == "gpu":
         tags["gpu_count"] = "1"
+    if device == "cpu" and precision == "int8":
+        if not cpu_isa:
+            raise NimbuildError("a CPU int8 profile needs its cpu_isa class", hint=f"pass one of: {isa.known_names()}")
+        tags["cpu_isa"] = isa.lookup(cpu_isa).name
+    elif cpu_isa:
+        raise NimbuildError(
+            f"cpu_isa {cpu_isa!r} on a {device} {precision} profile: only CPU int8 profiles carry one",
+            hint="drop it: that profile runs on any CPU",
+        )
     return tags
 
 

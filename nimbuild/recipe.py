@@ -46,6 +46,24 @@ def _known_gpu(text: str) -> str:
 GpuName = Annotated[str, AfterValidator(_known_gpu)]
 
 
+def _known_cpu_class(text: str) -> str:
+    from nimbuild import cpu_isa
+
+    try:
+        return cpu_isa.lookup(text).name
+    except NimbuildError as exc:
+        raise ValueError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+
+
+CpuClassName = Annotated[str, AfterValidator(_known_cpu_class)]
+
+
+def _all_cpu_classes() -> list[str]:
+    from nimbuild import cpu_isa
+
+    return list(cpu_isa.NAMES)
+
+
 # Every command's default output root, relative to the working directory.
 DEFAULT_OUT_ROOT = Path("out")
 
@@ -155,6 +173,8 @@ class Recipe(_Strict):
     shapes: Shapes = Shapes()
     precisions: list[Literal["fp32", "fp16", "fp8", "int8"]] = Field(default_factory=lambda: list(PRECISIONS))
     gpus: list[GpuName] = Field(default_factory=list)
+    # the CPU classes (nimbuild.cpu_isa) to make int8 graphs for; a build makes those its CPU has
+    cpu_isa: list[CpuClassName] = Field(default_factory=_all_cpu_classes)
     runners: dict[str, list[str]] = Field(default_factory=dict)
     pairs: str | None = None
     thresholds: Thresholds = Thresholds()
@@ -190,16 +210,30 @@ class Recipe(_Strict):
             seen.add(sku.canonical)
         return v
 
+    @field_validator("cpu_isa")
+    @classmethod
+    def _cpu_isa(cls, v: list[str]) -> list[str]:
+        from nimbuild import cpu_isa
+
+        return [n for n in cpu_isa.NAMES if n in set(v)]  # one order everywhere: the preference order
+
     @model_validator(mode="after")
     def _runners_known(self) -> Recipe:
-        from nimbuild import skus
+        from nimbuild import cpu_isa, skus
 
         wanted = {skus.lookup(g).canonical for g in self.gpus}
         for key in self.runners:
+            cpu_class = cpu_isa.get(key.strip().lower().replace("-", "_"))
+            if cpu_class is not None:
+                if cpu_class.name not in self.cpu_isa:
+                    raise ValueError(f"runners: {key!r} is not in `cpu_isa` ({', '.join(self.cpu_isa) or 'empty'})")
+                continue
             try:
                 canonical = skus.lookup(key).canonical
             except NimbuildError:
-                raise ValueError(f"runners: {key!r} is not a known GPU SKU") from None
+                raise ValueError(
+                    f"runners: {key!r} is neither a known GPU SKU nor a CPU class ({cpu_isa.known_names()})"
+                ) from None
             if canonical not in wanted:
                 raise ValueError(f"runners: {key!r} is not in `gpus` ({', '.join(self.gpus) or 'empty'})")
         return self
@@ -244,10 +278,23 @@ class Recipe(_Strict):
 
     def runner_labels(self, sku) -> list[str] | None:
         """The CI runs-on labels for a SKU (any spelling in `runners` that names it), or None."""
-        from nimbuild import skus
+        from nimbuild import cpu_isa, skus
 
         for key, labels in self.runners.items():
-            if skus.lookup(key).canonical == sku.canonical:
+            if (
+                cpu_isa.get(key.strip().lower().replace("-", "_")) is None
+                and skus.lookup(key).canonical == sku.canonical
+            ):
+                return list(labels)
+        return None
+
+    def cpu_runner_labels(self, cpu_class: str) -> list[str] | None:
+        """The CI runs-on labels for a CPU class (`runners: {avx512_vnni: [...]}`), or None."""
+        from nimbuild import cpu_isa
+
+        for key, labels in self.runners.items():
+            found = cpu_isa.get(key.strip().lower().replace("-", "_"))
+            if found is not None and found.name == cpu_class:
                 return list(labels)
         return None
 

@@ -36,7 +36,7 @@ def recipe_dir(tmp_path, example_recipe, example_model_dir, example_pairs):
 def fake_pipeline(monkeypatch):
     calls = []
 
-    def run_export(recipe, out_dir, precisions, pairs, out):
+    def run_export(recipe, out_dir, precisions, pairs, out, cpu_isa=None):
         calls.append(list(precisions))
         out_dir = Path(out_dir)
         (out_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
@@ -45,10 +45,12 @@ def fake_pipeline(monkeypatch):
         for p in precisions:
             if p == "fp8":
                 continue
-            rel = f"onnx/{'cpu-int8' if p == 'int8' else p}/model.onnx"
+            key, rel = (p, f"onnx/{p}/model.onnx") if p != "int8" else ("int8-avx2", "onnx/cpu-int8-avx2/model.onnx")
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             (out_dir / rel).write_bytes(f"{p}-graph".encode())
-            entries[p] = {"status": "passed", "path": rel, "gate": {"passed": True}}
+            entries[key] = {"status": "passed", "path": rel, "gate": {"passed": True}}
+            if p == "int8":
+                entries[key].update(precision="int8", cpu_isa="avx2", weight_bits=7)
         report = {
             "model": recipe.name,
             "model_revision": "r1",
@@ -197,13 +199,27 @@ def test_real_build_then_no_change_rebuild(real_build):
 
 
 def test_committed_example_manifest_matches_a_fresh_build(real_build):
-    """IDs are reproducible across machines: manifests/example-tiny.yaml (make example-manifest) == a fresh build."""
+    """IDs are reproducible across machines: manifests/example-tiny.yaml (make example-manifest) == a fresh build,
+    compared on what both machines could build. A CPU int8 profile exists only for the classes the building CPU
+    has (an AVX2 machine makes avx2; a VNNI one avx512_vnni and avx2; an arm64 one arm64_dotprod), so each side
+    is restricted to the classes the other has; every other profile must be there on both."""
+    from nimbuild import cpu_isa
+
     out, _ = real_build
     committed = REPO / "manifests" / "example-tiny.yaml"
     assert committed.exists(), "manifests/example-tiny.yaml is missing: run `make example-manifest`"
     fresh = mf.load_manifest(out / "manifest.yaml")
     saved = mf.load_manifest(committed)
-    assert {p.id: (p.name, p.tags) for p in saved.profiles} == {p.id: (p.name, p.tags) for p in fresh.profiles}
+    here = set(cpu_isa.detect_cpu().classes)
+    saved_classes = {p.tags["cpu_isa"] for p in saved.profiles if "cpu_isa" in p.tags}
+    assert saved_classes, "the committed example manifest has no CPU int8 profile: its gate or its build broke"
+    fresh_classes = {p.tags["cpu_isa"] for p in fresh.profiles if "cpu_isa" in p.tags}
+    assert fresh_classes == here & set(cpu_isa.NAMES)  # this machine made every class it has, and no other
+
+    def part(m, classes):
+        return {p.id: (p.name, p.tags) for p in m.profiles if p.tags.get("cpu_isa") in classes | {None}}
+
+    assert part(saved, here) == part(fresh, saved_classes)
 
 
 def test_real_reexport_keeps_the_rest_of_the_build_folder(real_build, tmp_path):

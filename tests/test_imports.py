@@ -42,6 +42,7 @@ ALLOWED_NIMBUILD = {
     "nimbuild.errors",
     "nimbuild.output",
     "nimbuild.skus",
+    "nimbuild.cpu_isa",
     "nimbuild.profiles",
     "nimbuild.manifest",
     "nimbuild.fsutil",
@@ -126,6 +127,7 @@ def test_detecting_and_selecting_loads_nothing_heavy(tmp_path, small_manifest):
         ["list-model-profiles"],
         ["list-model-profiles", "--json"],
         ["list-model-profiles", "--assume-gpu", "h100-sxm"],
+        ["list-model-profiles", "--assume-cpu", "avx512_vnni"],
         ["select"],
     ],
 )
@@ -171,6 +173,7 @@ RUNTIME_MAY_IMPORT = (
     "nimbuild.errors",
     "nimbuild.output",
     "nimbuild.skus",
+    "nimbuild.cpu_isa",
     "nimbuild.profiles",
     "nimbuild.manifest",
     "nimbuild.fsutil",

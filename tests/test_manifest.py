@@ -19,7 +19,8 @@ SCHEMA = json.loads((Path(__file__).parent.parent / "manifests" / "schema.json")
 
 
 def _profile(root: Path, precision: str, device: str = "gpu", files: dict[str, bytes] | None = None) -> mf.Profile:
-    tags = profiles.onnx_profile_tags("tiny", "rev1", precision, device, 8, 128)
+    isa = "avx2" if (precision, device) == ("int8", "cpu") else None
+    tags = profiles.onnx_profile_tags("tiny", "rev1", precision, device, 8, 128, cpu_isa=isa)
     files = (
         files
         if files is not None
@@ -77,7 +78,7 @@ def test_round_trip_and_ids(built):
     assert {p.name for p in m.profiles} == {
         "onnx-fp16-triton-onnxruntime",
         "cpu-fp32-onnxruntime",
-        "cpu-int8-onnxruntime",
+        "cpu-int8-avx2-onnxruntime",
     }
     assert m.header["model"] == "tiny"
 
@@ -432,7 +433,7 @@ def _fake_export(root: Path, rejected: str = "fp16") -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         (root / "tokenizer" / name).write_text(f'{{"{name}": 1}}')
     precisions = {}
-    for prec, folder in (("fp32", "fp32"), ("fp16", "fp16"), ("fp8", "fp8"), ("int8", "cpu-int8")):
+    for prec, folder in (("fp32", "fp32"), ("fp16", "fp16"), ("fp8", "fp8"), ("int8-avx2", "cpu-int8-avx2")):
         rel = f"onnx/{folder}/model.onnx"
         (root / rel).parent.mkdir(parents=True)
         (root / rel).write_bytes(prec.encode() * 100)
@@ -442,6 +443,10 @@ def _fake_export(root: Path, rejected: str = "fp16") -> Path:
             if prec != rejected
             else {"status": "rejected", "reason": "top1 0.5 < 0.95", "gate": gate}
         )
+    precisions["int8-avx2"].update(precision="int8", cpu_isa="avx2", weight_bits=7, judged_on={"cpu_isa": ["avx2"]})
+    # a class this export's CPU could not judge: in the report, not in the manifest
+    precisions["int8-avx512_vnni"] = {"status": "skipped", "reason": "lacks avx512_vnni", "path": None}
+    precisions["int8-avx512_vnni"].update(precision="int8", cpu_isa="avx512_vnni", weight_bits=8)
     (root / "onnx/fp32/model.onnx.data").write_bytes(b"weights")
     report = {
         "model": "example-tiny",
@@ -493,7 +498,7 @@ def test_assemble_onnx_profiles_and_fragment(tmp_path):
     m = mf.load_manifest(export / "manifest.yaml")
     names = {p.name: p for p in m.profiles}
     # fp16 was rejected by its gate: no GPU ONNX profile; fp8 Q/DQ is TensorRT-only
-    assert set(names) == {"cpu-fp32-onnxruntime", "cpu-int8-onnxruntime", "h100-hbm3-80gb-fp8-triton-tensorrt"}
+    assert set(names) == {"cpu-fp32-onnxruntime", "cpu-int8-avx2-onnxruntime", "h100-hbm3-80gb-fp8-triton-tensorrt"}
     cpu = names["cpu-fp32-onnxruntime"]
     assert set(cpu.files) == {
         "onnx/fp32/model.onnx",
@@ -503,6 +508,9 @@ def test_assemble_onnx_profiles_and_fragment(tmp_path):
         "tokenizer/tokenizer_config.json",
     }
     assert cpu.metrics["gate"]["passed"] is True and cpu.metrics["size_bytes"] == 400 + 7
+    int8 = names["cpu-int8-avx2-onnxruntime"]
+    assert int8.tags["cpu_isa"] == "avx2" and "onnx/cpu-int8-avx2/model.onnx" in int8.files
+    assert int8.metrics["weight_bits"] == 7 and int8.metrics["judged_on"] == {"cpu_isa": ["avx2"]}
     trt = names["h100-hbm3-80gb-fp8-triton-tensorrt"]
     assert "engines/h100-sxm/fp8/model.plan" in trt.files and "tokenizer/tokenizer.json" in trt.files
     assert m.header["model_revision"] == "abc123"
@@ -516,10 +524,22 @@ def test_assemble_with_every_gate_passed(tmp_path):
     assert {p.name for p in m.profiles} == {
         "onnx-fp16-triton-onnxruntime",
         "cpu-fp32-onnxruntime",
-        "cpu-int8-onnxruntime",
+        "cpu-int8-avx2-onnxruntime",
     }
     gpu = next(p for p in m.profiles if p.tags["device"] == "gpu")
     assert gpu.tags["precision"] == "fp16" and gpu.tags["backend"] == "onnx"
+
+
+def test_assemble_refuses_an_int8_graph_without_its_cpu_class(tmp_path):
+    """An export of an older nimbuild: its int8 graph's weight range came from the machine that built it."""
+    export = _fake_export(tmp_path / "export")
+    report = json.loads((export / "export_report.json").read_text())
+    report["precisions"]["int8"] = {"status": "passed", "path": "onnx/cpu-int8-avx2/model.onnx"}
+    del report["precisions"]["int8-avx2"]
+    (export / "export_report.json").write_text(json.dumps(report))
+    res = _cli("manifest", "build", "--export-dir", export)
+    assert res.exit_code == 1
+    assert "names no cpu_isa class" in str(res.exception) and "re-run `nimbuild export`" in str(res.exception)
 
 
 def test_assemble_rejects_a_fragment_of_another_model(tmp_path):
@@ -571,7 +591,7 @@ def test_cli_show_table_and_json(tmp_path):
     data = json.loads(res.output)
     assert data["schema_version"] == "2.0.0" and len(data["profiles"]) == 2
     res = _cli("manifest", "show", export / "manifest.yaml")
-    assert res.exit_code == 0 and "cpu-int8-onnxruntime" in res.output
+    assert res.exit_code == 0 and "cpu-int8-avx2-onnxruntime" in res.output
 
 
 def test_cli_merge_any_order_byte_identical(tmp_path):
@@ -604,3 +624,41 @@ def test_merge_same_bytes_other_metrics_is_not_a_conflict_and_is_order_independe
         assert len(merged.profiles) == 1
         kept.add(merged.profiles[0].metrics["latency_ms"])
     assert len(kept) == 1
+
+
+def test_a_cpu_class_fragment_merges_into_another_runner_s_manifest(tmp_path):
+    """The CPU-class CI job's hand-off: cpu/<class>/fragment.yaml with the graph beside it; the merge job's
+    export made no int8 graph (--cpu-isa none) and its manifest build picks the fragment up."""
+    import shutil
+
+    class_job = _fake_export(tmp_path / "class-job")
+    frag = _cli("manifest", "fragment", "--export-dir", class_job, "--cpu-isa", "avx2")
+    assert frag.exit_code == 0, frag.output
+    folder = class_job / "cpu" / "avx2"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "fragment.yaml",
+        "int8/model.onnx",
+    ]
+    release = _fake_export(tmp_path / "release")
+    report = json.loads((release / "export_report.json").read_text())
+    del report["precisions"]["int8-avx2"]
+    shutil.rmtree(release / "onnx" / "cpu-int8-avx2")
+    (release / "export_report.json").write_text(json.dumps(report))
+    shutil.copytree(folder, release / "cpu" / "avx2")
+    assert _cli("manifest", "build", "--export-dir", release).exit_code == 0
+    m = mf.load_manifest(release / "manifest.yaml")
+    int8 = m.by_name("cpu-int8-avx2-onnxruntime")
+    assert int8 is not None and int8.tags["cpu_isa"] == "avx2" and int8.metrics["weight_bits"] == 7
+    assert {"cpu/avx2/int8/model.onnx", "tokenizer/tokenizer.json"} <= set(int8.files)
+    assert mf.verify_manifest(m) == []
+    # where the class was also exported (a local build that wrote the fragment too): listed once, from onnx/
+    assert _cli("manifest", "build", "--export-dir", class_job).exit_code == 0
+    local = mf.load_manifest(class_job / "manifest.yaml").by_name("cpu-int8-avx2-onnxruntime")
+    assert "onnx/cpu-int8-avx2/model.onnx" in local.files
+
+
+def test_no_fragment_for_a_class_the_export_did_not_make(tmp_path):
+    export = _fake_export(tmp_path / "export")
+    res = _cli("manifest", "fragment", "--export-dir", export, "--cpu-isa", "avx512_vnni")
+    assert res.exit_code == 1 and "no passed int8 graph for avx512_vnni: lacks avx512_vnni" in str(res.exception)
+    assert not (export / "cpu").exists()

@@ -1,4 +1,4 @@
-"""The per-GPU CI plan: one build job per SKU, one merge; each format valid against its real schema."""
+"""The CI plan: one build job per GPU SKU and per CPU class, one merge; each format valid against its real schema."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ VENDOR = "check_jsonschema.builtin_schemas.vendor"
 RECIPE = """\
 name: three-gpus
 source: {{path: model}}
+precisions: [fp32, fp16, fp8]
 gpus: [h100-sxm, a100-sxm4-80gb, l40s]
 runners:
 {runners}
@@ -183,7 +184,7 @@ def test_cli_writes_the_plan_and_warns_on_stderr(tmp_path, monkeypatch):
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    assert "3 build job(s)" in done.stdout and "+ 1 merge" in done.stdout
+    assert "3 engine job(s)" in done.stdout and "0 CPU job(s)" in done.stdout and "+ 1 merge" in done.stdout
     assert done.stderr.count("warning:") == 2
     assert _validate(yaml.safe_load(out.read_text()), "github-workflows") == []
     done = subprocess.run(
@@ -204,3 +205,86 @@ def test_example_recipe_plans_in_every_format(monkeypatch):
     for fmt in plan_mod.FORMATS:
         plan = plan_mod.render_plan(recipe, fmt)
         assert len(plan.jobs) == len(recipe.gpus) and plan.warnings == []
+        assert [j["cpu_isa"] for j in plan.cpu_jobs] == recipe.cpu_isa
+
+
+CPU_RECIPE = """\
+name: cpu-classes
+source: {path: model}
+precisions: [fp32, fp16, int8]
+gpus: [h100-sxm]
+cpu_isa: [avx2, avx512_vnni, arm64_dotprod]
+runners:
+  h100-sxm: [self-hosted, gpu-h100]
+  avx512_vnni: [self-hosted, xeon-spr]
+  arm64-dotprod: [ubuntu-24.04-arm]
+"""
+
+
+def _cpu_recipe(tmp_path, monkeypatch, text=CPU_RECIPE):
+    from nimbuild.recipe import load_recipe
+
+    (tmp_path / "recipes").mkdir(exist_ok=True)
+    path = tmp_path / "recipes" / "cpu.yaml"
+    path.write_text(text)
+    monkeypatch.chdir(tmp_path)
+    return load_recipe(path)
+
+
+def test_each_cpu_class_gets_a_job_on_its_runner_and_the_merge_makes_no_int8_itself(tmp_path, monkeypatch):
+    recipe = _cpu_recipe(tmp_path, monkeypatch)
+    assert recipe.cpu_isa == ["avx512_vnni", "arm64_dotprod", "avx2"]  # the preference order
+    plan = plan_mod.render_plan(recipe, "github")
+    data = yaml.safe_load(plan.text)
+    assert _validate(data, "github-workflows") == []
+    matrix = data["jobs"]["cpu"]["strategy"]["matrix"]["include"]
+    assert [(m["cpu_isa"], m["runner"]) for m in matrix] == [
+        ("avx512_vnni", ["self-hosted", "xeon-spr"]),
+        ("arm64_dotprod", ["ubuntu-24.04-arm"]),
+        ("avx2", ["self-hosted", "linux", "x64", "cpu-avx2"]),  # no entry: the documented default
+    ]
+    assert len(plan.warnings) == 1 and "CPU class avx2" in plan.warnings[0] and "AVX2" in plan.warnings[0]
+    runs = [s.get("run", "") for s in data["jobs"]["cpu"]["steps"]]
+    assert 'nimbuild export recipes/cpu.yaml --out out --precision int8 --cpu-isa "${{ matrix.cpu_isa }}"' in runs
+    assert 'nimbuild manifest fragment --export-dir out --cpu-isa "${{ matrix.cpu_isa }}"' in runs
+    release = data["jobs"]["release"]
+    assert release["needs"] == ["engines", "cpu"]
+    assert "nimbuild build recipes/cpu.yaml --out out --no-engines --cpu-isa none" in [
+        s.get("run") for s in release["steps"]
+    ]
+    assert {"pattern": "cpu-*", "path": "out/cpu/", "merge-multiple": True} in [s.get("with") for s in release["steps"]]
+
+    gl = yaml.safe_load(plan_mod.render_plan(recipe, "gitlab").text)
+    assert _validate(gl, "gitlab-ci") == []
+    assert [m["RUNNER_TAG"] for m in gl["cpu"]["parallel"]["matrix"]] == ["xeon-spr", "ubuntu-24.04-arm", "cpu-avx2"]
+    assert {"job": "cpu", "artifacts": True} in gl["release"]["needs"] and gl["stages"] == ["engines", "cpu", "release"]
+    assert any("--cpu-isa none" in line for line in gl["release"]["script"])
+
+    docs, jobs, client = _k8s_jobs(plan_mod.render_plan(recipe, "k8s").text)
+    assert len(jobs) == 1 + 3 + 1
+    for doc, job in zip(docs, jobs, strict=True):
+        assert client.sanitize_for_serialization(job) == doc
+    cpu_pods = {j.metadata.labels["nimbuild.io/cpu-isa"]: j.spec.template.spec for j in jobs[1:4]}
+    assert cpu_pods["avx512-vnni"].node_selector == {
+        "kubernetes.io/arch": "amd64",
+        "feature.node.kubernetes.io/cpu-cpuid.AVX512VNNI": "true",
+    }
+    assert cpu_pods["arm64-dotprod"].node_selector["kubernetes.io/arch"] == "arm64"
+    assert "--cpu-isa avx2" in cpu_pods["avx2"].containers[0].args[0]
+    merge = jobs[-1].spec.template.spec
+    assert "/workspace/out/cpu-avx2/cpu/avx2/fragment.yaml" in merge.init_containers[0].args[0]
+    assert "--cpu-isa none" in merge.containers[0].args[0]
+
+
+def test_a_recipe_without_gpus_plans_cpu_jobs_only(tmp_path, monkeypatch):
+    text = CPU_RECIPE.replace("gpus: [h100-sxm]", "gpus: []").replace("  h100-sxm: [self-hosted, gpu-h100]\n", "")
+    plan = plan_mod.render_plan(_cpu_recipe(tmp_path, monkeypatch, text), "github")
+    data = yaml.safe_load(plan.text)
+    assert _validate(data, "github-workflows") == [] and set(data["jobs"]) == {"cpu", "release"}
+    assert data["jobs"]["release"]["needs"] == "cpu" and plan.jobs == []
+
+
+def test_runner_labels_for_a_class_the_recipe_does_not_build_are_an_error(tmp_path, monkeypatch):
+    text = CPU_RECIPE.replace("cpu_isa: [avx2, avx512_vnni, arm64_dotprod]", "cpu_isa: [avx2]")
+    with pytest.raises(NimbuildError, match="runners: 'avx512_vnni' is not in `cpu_isa` \\(avx2\\)"):
+        _cpu_recipe(tmp_path, monkeypatch, text)

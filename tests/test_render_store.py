@@ -19,7 +19,7 @@ from nimbuild.runtime.triton_repo import pbtxt, repository
 sys.path.insert(0, str(Path(__file__).parent))
 from render_support import build_manifest  # noqa: E402
 
-CPU = "cpu-int8-onnxruntime"
+CPU = "cpu-int8-avx2-onnxruntime"
 H100 = "h100-hbm3-80gb-fp16-triton-tensorrt"
 
 

@@ -105,7 +105,7 @@ def test_engines_for_several_compute_capabilities_share_one_repository(rendered)
 
 def test_tokenizer_and_ensemble_are_wired_to_the_models_inputs(rendered):
     _, result = rendered
-    repo = _repo(result, "cpu-int8-onnxruntime")
+    repo = _repo(result, "cpu-int8-avx2-onnxruntime")
     tok = _config(repo.path / "tokenizer" / "config.pbtxt")
     model = _config(repo.path / "reranker" / "config.pbtxt")
     ens = _config(repo.path / "ensemble" / "config.pbtxt")
@@ -215,7 +215,7 @@ def test_semantic_check_catches_what_the_schema_cannot(rendered):
 def test_serve_time_overrides_rewrite_every_config(rendered, tmp_path):
     _, result = rendered
     repo = tmp_path / "repo"
-    shutil.copytree(_repo(result, "cpu-int8-onnxruntime").path, repo, symlinks=True)
+    shutil.copytree(_repo(result, "cpu-int8-avx2-onnxruntime").path, repo, symlinks=True)
     # (the copied links dangle; overrides touch only the configs and the record)
     applied = repository.apply_serving_overrides(
         repo, {repository.ENV_MAX_BATCH: "4", repository.ENV_QUEUE_DELAY: "50"}
@@ -304,7 +304,7 @@ def test_rendered_onnx_model_runs_on_the_tokenizers_output(rendered):
     from tokenizers import Tokenizer
 
     _, result = rendered
-    repo = _repo(result, "cpu-int8-onnxruntime").path
+    repo = _repo(result, "cpu-int8-avx2-onnxruntime").path
     module = _load_tokenizer_model()
     tokenizer = Tokenizer.from_file(str(repo / "tokenizer" / "1" / "tokenizer.json"))
     info = repository.read_repository_info(repo)
@@ -330,7 +330,7 @@ def test_cli_render_json_and_refusal(tmp_path):
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert {Path(r["path"]).name for r in data["repositories"]} == {
-        "cpu-int8-onnxruntime",
+        "cpu-int8-avx2-onnxruntime",
         "l40s-48gb-fp16-triton-tensorrt",
     }
     assert Path(data["container"]["dockerfile"]) == root / "Dockerfile"
@@ -426,7 +426,7 @@ def test_real_tritonserver_serves_the_tokenizer_and_the_ensemble(rendered, tmp_p
     shutil.copytree(server / "backends", backends)
     shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
     repo = tmp_path / "repo"
-    shutil.copytree(_repo(rendered[1], "cpu-int8-onnxruntime").path, repo, symlinks=False)
+    shutil.copytree(_repo(rendered[1], "cpu-int8-avx2-onnxruntime").path, repo, symlinks=False)
     # the graph runs in a python stand-in with the rendered config's exact inputs/outputs/batching
     cfg = _config(repo / "reranker" / "config.pbtxt")
     cfg.backend = "python"

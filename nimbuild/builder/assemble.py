@@ -20,8 +20,11 @@ from nimbuild.profiles import onnx_profile_tags, profile_id, profile_name
 
 REPORT_FILE = "export_report.json"
 FRAGMENT_GLOB = "engines/*/fragment.yaml"
-# report precision key -> (device of the ONNX profile); fp8 Q/DQ graphs are for TensorRT only
-ONNX_PROFILES = {"fp16": "gpu", "fp32": "cpu", "int8": "cpu"}
+CPU_FRAGMENT_GLOB = "cpu/*/fragment.yaml"  # write_cpu_fragment: one CPU class's int8 profile, from its own CI job
+FRAGMENT_GLOBS = (FRAGMENT_GLOB, CPU_FRAGMENT_GLOB)
+# report precision key -> (device of the ONNX profile); fp8 Q/DQ graphs are for TensorRT only.
+# CPU int8 entries are one per CPU class (``int8-<class>``, with their ``cpu_isa``): see _onnx_entries.
+ONNX_PROFILES = {"fp16": "gpu", "fp32": "cpu"}
 
 
 def read_report(export_dir: Path) -> dict:
@@ -67,10 +70,26 @@ def header_from_report(report: Mapping) -> dict:
     return header
 
 
+def _onnx_entries(export_dir: Path, report: Mapping) -> list[tuple[str, str, str | None, Mapping]]:
+    """(precision, device, cpu_isa, report entry) of every graph that becomes an ONNX profile."""
+    found: list[tuple[str, str, str | None, Mapping]] = []
+    for key, entry in report["precisions"].items():
+        if key in ONNX_PROFILES:
+            found.append((key, ONNX_PROFILES[key], None, entry))
+        elif entry.get("precision") == "int8" and entry.get("cpu_isa"):
+            found.append(("int8", "cpu", entry["cpu_isa"], entry))
+        elif key == "int8" and entry.get("status") == "passed":
+            raise NimbuildError(
+                f"{Path(export_dir) / REPORT_FILE}: its int8 graph names no cpu_isa class (an older nimbuild made it, "
+                "with a weight range chosen by the machine that built it)",
+                hint="re-run `nimbuild export` (or `nimbuild build`): each CPU class then gets its own graph",
+            )
+    return found
+
+
 def onnx_profiles(export_dir: Path, report: Mapping, tokenizer: list[str]) -> list[mf.Profile]:
     out = []
-    for precision, device in ONNX_PROFILES.items():
-        entry = report["precisions"].get(precision) or {}
+    for precision, device, cpu_class, entry in _onnx_entries(export_dir, report):
         if entry.get("status") != "passed" or not entry.get("path"):
             continue
         tags = onnx_profile_tags(
@@ -80,14 +99,19 @@ def onnx_profiles(export_dir: Path, report: Mapping, tokenizer: list[str]) -> li
             device,
             report["max_batch_size"],
             report["max_sequence_length"],
+            cpu_isa=cpu_class,
         )
         graphs = graph_files(export_dir, entry["path"])
         files = {rel: mf.file_entry(export_dir, rel) for rel in [*graphs, *tokenizer]}
-        metrics = {"size_bytes": sum(files[rel].size for rel in graphs)}
+        metrics: dict = {"size_bytes": sum(files[rel].size for rel in graphs)}
         if entry.get("gate") is not None:
             metrics["gate"] = entry["gate"]
         if entry.get("seconds") is not None:
             metrics["build_seconds"] = round(float(entry["seconds"]), 3)
+        if cpu_class is not None:  # what was judged where: the class's weights, the CPU the gate ran on
+            metrics["weight_bits"] = entry.get("weight_bits")
+            if entry.get("judged_on"):
+                metrics["judged_on"] = entry["judged_on"]
         out.append(mf.Profile(id=profile_id(tags), name=profile_name(tags), tags=tags, files=files, metrics=metrics))
     return out
 
@@ -126,11 +150,70 @@ def assemble_manifest(
     )
     paths = {Path(f).resolve() for f in fragments}
     if discover:
-        paths |= {p.resolve() for p in export_dir.glob(FRAGMENT_GLOB)}
+        paths |= {p.resolve() for pattern in FRAGMENT_GLOBS for p in export_dir.glob(pattern)}
     parts = [base]
     for path in sorted(paths):
-        parts.append(_with_tokenizer(mf.load_manifest(path), export_dir, tokenizer, report))
+        part = _with_tokenizer(mf.load_manifest(path), export_dir, tokenizer, report)
+        part.profiles = [p for p in part.profiles if not _also_exported(p, base)]
+        parts.append(part)
     return mf.merge_manifests(parts, root=export_dir)
+
+
+def _graph_digests(profile: mf.Profile) -> set[str]:
+    return {e.sha256 for rel, e in profile.files.items() if not rel.startswith("tokenizer/")}
+
+
+def _also_exported(profile: mf.Profile, base: mf.Manifest) -> bool:
+    """A CPU fragment's profile that this export made too, with the same graph bytes (the same class built
+    here and by its CI job): one copy is listed, the export's. Different bytes stay a merge conflict."""
+    mine = base.by_id(profile.id)
+    return mine is not None and _graph_digests(mine) == _graph_digests(profile)
+
+
+def write_cpu_fragment(export_dir: str | Path, cpu_class: str) -> Path:
+    """``EXPORT_DIR/cpu/<class>/fragment.yaml`` (+ the graph beside it): the class's int8 profile alone.
+
+    What a CI job for one CPU class hands on (`nimbuild plan`): like an engine fragment, its paths are
+    relative to its own folder, and the merge job's `nimbuild build` (or `manifest build`) discovers it
+    and adds the tokenizer files. The export must have made and passed that class here.
+    """
+    import os
+    import shutil
+
+    from nimbuild import cpu_isa
+    from nimbuild.fsutil import staging_dir
+
+    export_dir = Path(export_dir)
+    cls = cpu_isa.lookup(cpu_class, "--cpu-isa")
+    report = read_report(export_dir)
+    entry = next((e for _, _, c, e in _onnx_entries(export_dir, report) if c == cls.name), None)
+    if entry is None or entry.get("status") != "passed":
+        why = (entry or {}).get("reason") or "the export did not make it (not in the recipe's cpu_isa, or no int8)"
+        raise NimbuildError(
+            f"{export_dir / REPORT_FILE}: no passed int8 graph for {cls.name}: {why}",
+            hint=f"run `nimbuild export RECIPE --cpu-isa {cls.name}` on {cls.needs}",
+        )
+    (profile,) = [p for p in onnx_profiles(export_dir, report, []) if p.tags.get("cpu_isa") == cls.name]
+    folder = export_dir / "cpu" / cls.name
+    with staging_dir(folder) as stage:
+        files = {}
+        for rel in profile.files:
+            dest = stage / "int8" / Path(rel).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(export_dir / rel, dest)  # no second copy of a large graph where the filesystem allows
+            except OSError:
+                shutil.copy2(export_dir / rel, dest)
+            files[f"int8/{dest.name}"] = mf.file_entry(stage, f"int8/{dest.name}")
+        fragment = mf.Manifest(
+            profiles=[
+                mf.Profile(id=profile.id, name=profile.name, tags=profile.tags, files=files, metrics=profile.metrics)
+            ],
+            header=header_from_report(report),
+            root=stage,
+        )
+        mf.write_manifest(fragment, stage / "fragment.yaml")
+    return folder / "fragment.yaml"
 
 
 def build_manifest(

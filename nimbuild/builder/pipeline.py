@@ -127,11 +127,14 @@ def run_export(
     trust_remote_code: bool | None = None,
     revision: str | None = None,
     exporter: str = "auto",
+    cpu_isa: Sequence[str] | None = None,
 ) -> dict:
     """Export a model (recipe, folder or hub id) into ``out_dir``; returns the export report.
 
     ``precisions``: None = the recipe's; fp32 is always built. ``pairs``: a JSONL
     overriding the recipe's (none at all: synthetic pairs from the vocabulary).
+    ``cpu_isa``: the CPU classes to make int8 graphs for, each one this CPU must have (an error
+    before any work otherwise; ``[]``: none); None = the recipe's, made where this CPU has them.
     """
     from nimbuild.builder import export as exp
     from nimbuild.builder import gate as gate_mod
@@ -145,6 +148,7 @@ def run_export(
     trust = recipe.trust_remote_code if trust_remote_code is None else trust_remote_code
     out_dir = Path(out_dir)
     check_out_dir(out_dir, force)
+    cpu_classes = cpu_classes_to_make(recipe, cpu_isa)
     wanted = list(recipe.precisions if precisions is None else precisions)
     wanted = ["fp32"] + [p for p in dict.fromkeys(x.strip().lower() for x in wanted) if p and p != "fp32"]
     pairs_path = Path(pairs) if pairs is not None else (recipe.resolve(recipe.pairs) if recipe.pairs else None)
@@ -249,7 +253,9 @@ def run_export(
 
         others = [p for p in wanted if p != "fp32"]
         if others:
-            report["precisions"].update(_build_precisions(stage, others, info, encoded, reference, recipe, out))
+            report["precisions"].update(
+                _build_precisions(stage, others, info, encoded, reference, recipe, out, cpu_classes)
+            )
         report["seconds"] = round(time.perf_counter() - started, 3)
         atomic_write_text(stage / "export_report.json", dumps(report) + "\n")
     print_gate_table(report["precisions"], out)
@@ -294,8 +300,38 @@ def _split(encoded: list, reference: list) -> tuple[list, list, list]:
     return encoded, encoded, reference
 
 
+def cpu_classes_to_make(recipe: Any, explicit: Sequence[str] | None) -> list[str]:
+    """The CPU classes whose int8 graphs an export asks for.
+
+    ``explicit`` (``--cpu-isa``, a CI job for one class): each must be one this CPU has, else a
+    NimbuildError now, before any work (a class job on the wrong runner must fail, not skip).
+    None: the recipe's ``cpu_isa``; those this CPU lacks are skipped later with the reason.
+    """
+    from nimbuild import cpu_isa as isa
+    from nimbuild.builder.precision import cannot_judge_reason
+
+    if explicit is None:
+        return list(getattr(recipe, "cpu_isa", None) or isa.NAMES)
+    names = [n.strip() for n in explicit if n.strip()]
+    if [n.lower() for n in names] == [isa.NONE]:
+        return []
+    classes = [isa.lookup(n, "--cpu-isa") for n in names]
+    here = isa.detect_cpu()
+    for cls in classes:
+        if not here.has(cls.name):
+            raise NimbuildError(f"--cpu-isa {cls.name}: {cannot_judge_reason(cls, here)}", hint="run it there")
+    return [c.name for c in isa.CLASSES if c in classes]
+
+
 def _build_precisions(
-    stage: Path, precisions: list[str], info: dict, encoded: list, reference: list, recipe, out: Output
+    stage: Path,
+    precisions: list[str],
+    info: dict,
+    encoded: list,
+    reference: list,
+    recipe,
+    out: Output,
+    cpu_classes: list[str] | None = None,
 ) -> dict[str, dict]:
     from nimbuild.builder.precision import build_precisions
 
@@ -312,6 +348,7 @@ def _build_precisions(
         thresholds=recipe.thresholds,
         out=out,
         config_dir=stage / "tokenizer",
+        cpu_classes=cpu_classes,
     )
 
 

@@ -53,7 +53,13 @@ class BuildResult:
         }
 
 
-def export_key(recipe: Any, cache: StepCache) -> str:
+def export_key(recipe: Any, cache: StepCache, cpu_classes: list[str] | None = None) -> str:
+    """What an export depends on, including the CPU classes asked for and those this CPU can judge
+    (a build folder moved to another machine, or a CI cache, re-exports when they change)."""
+    from nimbuild import cpu_isa
+
+    wanted = list(recipe.cpu_isa) if cpu_classes is None else list(cpu_classes)
+    here = cpu_isa.detect_cpu()
     recipe_part = {k: v for k, v in recipe.model_dump(mode="json").items() if k not in EXPORT_IRRELEVANT}
     src = recipe.source
     if src.path is not None:
@@ -68,7 +74,14 @@ def export_key(recipe: Any, cache: StepCache) -> str:
         model = {"repo": src.repo, "revision": src.revision}
     pairs = tree_digest(recipe.resolve(recipe.pairs), cache.memo) if recipe.pairs else None
     return digest(
-        {"step": "export", "recipe": recipe_part, "model": model, "pairs": pairs, "toolchain": toolchain_versions()}
+        {
+            "step": "export",
+            "recipe": recipe_part,
+            "model": model,
+            "pairs": pairs,
+            "toolchain": toolchain_versions(),
+            "cpu_isa": {"wanted": wanted, "made": [c for c in wanted if here.has(c)]},
+        }
     )
 
 
@@ -83,7 +96,7 @@ def _sync_report_recipe(out_dir: Path, recipe: Any) -> None:
         atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
-def _export_into(recipe: Any, out_dir: Path, out: Output) -> None:
+def _export_into(recipe: Any, out_dir: Path, out: Output, cpu_classes: list[str] | None = None) -> None:
     """Export beside the build's other outputs, then swap in only the export's own entries.
 
     ``run_export`` owns a whole folder (staged, then renamed into place); a build folder
@@ -97,7 +110,7 @@ def _export_into(recipe: Any, out_dir: Path, out: Output) -> None:
     fresh = out_dir / ".export.partial"
     shutil.rmtree(fresh, ignore_errors=True)
     try:
-        run_export(recipe, fresh, precisions=list(recipe.precisions), pairs=None, out=out)
+        run_export(recipe, fresh, precisions=list(recipe.precisions), pairs=None, out=out, cpu_isa=cpu_classes)
         for name in EXPORT_OUTPUTS:
             old = out_dir / name
             if old.is_dir():
@@ -109,15 +122,22 @@ def _export_into(recipe: Any, out_dir: Path, out: Output) -> None:
         shutil.rmtree(fresh, ignore_errors=True)
 
 
-def step_export(recipe: Any, out_dir: Path, cache: StepCache, out: Output, force: bool) -> StepResult:
+def step_export(
+    recipe: Any, out_dir: Path, cache: StepCache, out: Output, force: bool, cpu_classes: list[str] | None = None
+) -> StepResult:
+    """``cpu_classes``: ``--cpu-isa`` (each must be this CPU's; [] = none); None: the recipe's, those this CPU has."""
     t0 = time.perf_counter()
-    key = export_key(recipe, cache)
+    if cpu_classes is not None:
+        from nimbuild.builder.pipeline import cpu_classes_to_make
+
+        cpu_classes = cpu_classes_to_make(recipe, cpu_classes)  # a class this CPU lacks fails now, reused or not
+    key = export_key(recipe, cache, cpu_classes)
     if not force and cache.lookup("export", key):
         _sync_report_recipe(out_dir, recipe)
         cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
         return StepResult("export", "reused", time.perf_counter() - t0, "recipe, model files and toolchain unchanged")
     cache.forget("export")
-    _export_into(recipe, out_dir, out)
+    _export_into(recipe, out_dir, out, cpu_classes)
     cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
     report = json.loads((out_dir / "export_report.json").read_text())
     passed = [p for p, e in report.get("precisions", {}).items() if e.get("status") == "passed"]
@@ -152,11 +172,15 @@ def step_engines(recipe: Any, out_dir: Path, out: Output, force: bool) -> StepRe
 
 
 def step_manifest(out_dir: Path, cache: StepCache, force: bool) -> tuple[StepResult, Path]:
-    from nimbuild.builder.assemble import FRAGMENT_GLOB, build_manifest
+    from nimbuild.builder.assemble import FRAGMENT_GLOBS, build_manifest
 
     t0 = time.perf_counter()
     path = out_dir / "manifest.yaml"
-    fragments = {p.relative_to(out_dir).as_posix(): cache.memo.sha256(p) for p in sorted(out_dir.glob(FRAGMENT_GLOB))}
+    fragments = {
+        p.relative_to(out_dir).as_posix(): cache.memo.sha256(p)
+        for pattern in FRAGMENT_GLOBS
+        for p in sorted(out_dir.glob(pattern))
+    }
     key = digest(
         {
             "step": "manifest",
@@ -209,8 +233,13 @@ def run_build(
     force: bool = False,
     engines: bool = True,
     render: bool = True,
+    cpu_isa: list[str] | None = None,
 ) -> BuildResult:
-    """Every step this machine can do, ending in ``out_dir/manifest.yaml`` (default ``out/<name>``)."""
+    """Every step this machine can do, ending in ``out_dir/manifest.yaml`` (default ``out/<name>``).
+
+    ``cpu_isa``: the CPU classes to make int8 graphs for (``--cpu-isa``; ``["none"]``: none, as a CI merge
+    job that takes them from the class jobs' fragments); None = the recipe's that this CPU has.
+    """
     from nimbuild.recipe import load_recipe
 
     recipe = load_recipe(recipe_path)
@@ -224,7 +253,7 @@ def run_build(
         out.note(f"{step.step:9s} {step.status:8s} {step.seconds:7.2f}s  {step.note}")
 
     try:
-        done(step_export(recipe, out_dir, cache, out, force))
+        done(step_export(recipe, out_dir, cache, out, force, cpu_isa))
         if engines:
             done(step_engines(recipe, out_dir, out, force))
         else:

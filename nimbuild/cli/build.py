@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nimbuild.cli.options import JsonOpt, QuietOpt
+from nimbuild.cli.options import CpuIsaOpt, JsonOpt, QuietOpt, split_cpu_isa
 
 
 def build(
@@ -19,10 +19,14 @@ def build(
     force: Annotated[bool, typer.Option("--force", help="Rebuild every step, ignoring the cache.")] = False,
     no_engines: Annotated[bool, typer.Option("--no-engines", help="Skip TensorRT engines even on a GPU host.")] = False,
     no_render: Annotated[bool, typer.Option("--no-render", help="Skip the Triton model repositories.")] = False,
+    cpu_isa: CpuIsaOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Export, precision graphs, engines for the visible GPU (if any), manifest, render.
+
+    CPU int8 graphs are made for the recipe's cpu_isa classes that this CPU has (each is judged on
+    the kernels it will run on); engine and CPU-class fragments under OUT/engines/ and OUT/cpu/ merge in.
 
     A second run with nothing changed reuses every step (content-addressed on the
     recipe, the model files and the toolchain versions).
@@ -33,7 +37,15 @@ def build(
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode, quiet=quiet)
-    result = run_build(recipe, out_dir, out, force=force, engines=not no_engines, render=not no_render)
+    result = run_build(
+        recipe,
+        out_dir,
+        out,
+        force=force,
+        engines=not no_engines,
+        render=not no_render,
+        cpu_isa=split_cpu_isa(cpu_isa),
+    )
     out.emit(
         result.to_dict(),
         lambda o: (

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nimbuild.cli.options import JsonOpt, QuietOpt
+from nimbuild.cli.options import CpuIsaOpt, JsonOpt, QuietOpt, split_cpu_isa
 
 
 def export(
@@ -34,14 +34,15 @@ def export(
     exporter: Annotated[
         str, typer.Option("--exporter", help="auto (TorchScript, then dynamo), legacy or dynamo.")
     ] = "auto",
+    cpu_isa: CpuIsaOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an output folder that already has content.")] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Export a cross-encoder to ONNX (FP32 + precision graphs), each judged against PyTorch on the CPU.
 
-    Writes OUT/onnx/<precision>/model.onnx, OUT/tokenizer/ and OUT/export_report.json;
-    nothing is left under OUT if the FP32 graph fails its gate.
+    Writes OUT/onnx/<precision>/model.onnx (int8: OUT/onnx/cpu-int8-<cpu class>/, one per CPU class this
+    CPU has), OUT/tokenizer/ and OUT/export_report.json; nothing is left under OUT if the FP32 graph fails its gate.
 
     Example: nimbuild export recipes/example-tiny.yaml --out out/example-tiny --precision fp16,int8
     """
@@ -72,6 +73,7 @@ def export(
         force=force,
         trust_remote_code=True if trust_remote_code else None,
         exporter=exporter,
+        cpu_isa=split_cpu_isa(cpu_isa),
     )
 
     def human(o: Output) -> None:

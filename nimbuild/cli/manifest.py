@@ -1,4 +1,4 @@
-"""`nimbuild manifest build|merge|show|verify`: write, merge fragments, print, check IDs and checksums."""
+"""`nimbuild manifest build|fragment|merge|show|verify`: write, CPU-class fragments, merge, print, check."""
 
 from __future__ import annotations
 
@@ -58,7 +58,10 @@ def build(
         Path | None, typer.Option("--out", "-o", help="Where to write it [default: EXPORT_DIR/manifest.yaml].")
     ] = None,
     no_discover: Annotated[
-        bool, typer.Option("--no-discover", help="Do not pick up EXPORT_DIR/engines/*/fragment.yaml.")
+        bool,
+        typer.Option(
+            "--no-discover", help="Do not pick up EXPORT_DIR/engines/*/fragment.yaml and cpu/*/fragment.yaml."
+        ),
     ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -83,6 +86,31 @@ def build(
             o.line(f"wrote {path} ({len(rows)} profiles)"),
         ),
     )
+
+
+@manifest_app.command("fragment")
+def fragment(
+    export_dir: Annotated[
+        Path, typer.Option("--export-dir", "-d", help="The export dir whose int8 graph of that class passed.")
+    ],
+    cpu_isa: Annotated[
+        str, typer.Option("--cpu-isa", help="The CPU class (avx512_vnni, avx2, arm64_dotprod).", show_default=False)
+    ],
+    json_mode: JsonOpt = False,
+) -> None:
+    """Write EXPORT_DIR/cpu/<class>/fragment.yaml: one CPU class's int8 profile, for the merge job.
+
+    A CI job for one CPU class (see `nimbuild plan`) exports on a runner with that class and hands this
+    folder on; the merge job's `nimbuild build` discovers cpu/*/fragment.yaml like engines/*/fragment.yaml.
+
+    Example: nimbuild manifest fragment --export-dir out --cpu-isa avx512_vnni
+    """
+    from nimbuild.builder.assemble import write_cpu_fragment
+    from nimbuild.output import Output
+
+    out = Output(json_mode=json_mode)
+    path = write_cpu_fragment(export_dir, cpu_isa)
+    out.emit({"fragment": str(path)}, f"wrote {path}")
 
 
 @manifest_app.command("merge")

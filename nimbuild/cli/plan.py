@@ -1,4 +1,4 @@
-"""`nimbuild plan RECIPE --format github|gitlab|k8s`: the per-GPU build jobs and the merge."""
+"""`nimbuild plan RECIPE --format github|gitlab|k8s`: the per-GPU and per-CPU-class build jobs and the merge."""
 
 from __future__ import annotations
 
@@ -26,10 +26,11 @@ def plan(
     ] = None,
     json_mode: JsonOpt = False,
 ) -> None:
-    """One engine build job per GPU SKU, on a runner that has it, then one merge + render + image job.
+    """One engine build job per GPU SKU and one int8 job per CPU class, each on a runner that has it, then one merge.
 
-    Runner labels come from the recipe's `runners`; a SKU without one gets
-    [self-hosted, linux, gpu-<slug>] and a warning. Run it from the repository root.
+    Runner labels come from the recipe's `runners` (SKUs and CPU classes alike); a SKU without one gets
+    [self-hosted, linux, gpu-<slug>], a CPU class [self-hosted, linux, x64|arm64, cpu-<class>], and a
+    warning. The merge job makes no int8 graph itself (--cpu-isa none). Run it from the repository root.
 
     Example: nimbuild plan recipes/example-tiny.yaml --format github --out .github/workflows/nimbuild.yml
     """
@@ -43,7 +44,8 @@ def plan(
     if out_file is not None:
         out.emit(
             {**result.to_dict(), "out": str(out_file)},
-            f"wrote {out_file}: {len(result.jobs)} build job(s) ({', '.join(j['slug'] for j in result.jobs)}) + 1 merge",
+            f"wrote {out_file}: {len(result.jobs)} engine job(s) ({', '.join(j['slug'] for j in result.jobs)}), "
+            f"{len(result.cpu_jobs)} CPU job(s) ({', '.join(j['cpu_isa'] for j in result.cpu_jobs)}) + 1 merge",
         )
     else:
         out.emit(result.to_dict(), result.text)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nimbuild.cli.options import JsonOpt
+from nimbuild.cli.options import AssumeCpuOpt, JsonOpt
 
 ManifestOpt = Annotated[
     Path | None,
@@ -36,7 +36,9 @@ AssumeGpuOpt = Annotated[
 ]
 
 
-def decide(manifest: Path | None, assume_gpu: list[str] | None, env=os.environ) -> tuple[Any, Exception | None]:
+def decide(
+    manifest: Path | None, assume_gpu: list[str] | None, env=os.environ, assume_cpu: str | None = None
+) -> tuple[Any, Exception | None]:
     """The Selection for these options, and the override error if one failed.
 
     When NIM_MODEL_PROFILE / NIM_TAGS_SELECTOR cannot be met, the Selection is the
@@ -44,7 +46,7 @@ def decide(manifest: Path | None, assume_gpu: list[str] | None, env=os.environ) 
     """
     from nimbuild.errors import NimbuildError
     from nimbuild.manifest import load_manifest
-    from nimbuild.runtime.hardware import assumed_host, cpu_only_requested, detect_host
+    from nimbuild.runtime.hardware import host_for
     from nimbuild.runtime.selection import default_manifest_path, select
 
     path = manifest if manifest is not None else default_manifest_path(env)
@@ -58,13 +60,8 @@ def decide(manifest: Path | None, assume_gpu: list[str] | None, env=os.environ) 
             f"{path}: no such manifest (from {origin})",
             hint="pass --manifest PATH or set NIM_MANIFEST_PATH; `nimbuild build` writes one",
         )
+    host = host_for(env, assume_gpu, assume_cpu)  # a bad --assume-cpu fails before the manifest is read
     loaded = load_manifest(path)
-    if assume_gpu:
-        host = assumed_host(list(assume_gpu))
-        if cpu_only_requested(env):  # the preview honours NIM_CPU_ONLY too, and says so
-            host.cpu_only_reason = f"NIM_CPU_ONLY={env['NIM_CPU_ONLY'].strip()} is set"
-    else:
-        host = detect_host(env)
     try:
         return select(loaded, host, env), None
     except NimbuildError as exc:
@@ -99,21 +96,29 @@ def _print(selection, error: Exception | None, json_mode: bool, command: str, sy
 
 
 def list_model_profiles(
-    manifest: ManifestOpt = None, json_mode: JsonOpt = False, assume_gpu: AssumeGpuOpt = None
+    manifest: ManifestOpt = None,
+    json_mode: JsonOpt = False,
+    assume_gpu: AssumeGpuOpt = None,
+    assume_cpu: AssumeCpuOpt = None,
 ) -> None:
     """List the manifest's profiles as this host sees them, and the one it would select.
 
-    Prints SYSTEM INFO (the GPUs seen, or "no GPU" and why), then the profiles in three groups (runnable; compatible but not runnable; incompatible, each with its reason), then the selected profile and its metadata. Works without a GPU, NVML or TensorRT. Honours NIM_MODEL_PROFILE, NIM_TAGS_SELECTOR, NIM_CACHE_PATH and NIM_CPU_ONLY.
+    Prints SYSTEM INFO (the GPUs seen, or "no GPU" and why; the CPU and its INT8 classes), then the profiles in three groups (runnable; compatible but not runnable; incompatible, each with its reason, e.g. "needs avx512_vnni; this host has avx2"), then the selected profile and its metadata. Works without a GPU, NVML or TensorRT. Honours NIM_MODEL_PROFILE, NIM_TAGS_SELECTOR, NIM_CACHE_PATH and NIM_CPU_ONLY.
 
-    Example: nimbuild list-model-profiles --manifest out/example-tiny/manifest.yaml --assume-gpu h100-sxm
+    Example: nimbuild list-model-profiles --manifest out/example-tiny/manifest.yaml --assume-gpu h100-sxm --assume-cpu avx2
     """
-    selection, error = decide(manifest, assume_gpu)
+    selection, error = decide(manifest, assume_gpu, assume_cpu=assume_cpu)
     _print(selection, error, json_mode, "list-model-profiles", system_info=True)
     if error is not None:
         raise error
 
 
-def select_profile(manifest: ManifestOpt = None, json_mode: JsonOpt = False, assume_gpu: AssumeGpuOpt = None) -> None:
+def select_profile(
+    manifest: ManifestOpt = None,
+    json_mode: JsonOpt = False,
+    assume_gpu: AssumeGpuOpt = None,
+    assume_cpu: AssumeCpuOpt = None,
+) -> None:
     """Make the decision `nimbuild serve` will make and print it as its startup log.
 
     Exit 0 with a selected profile; exit 1 with the reason when none can be selected (nothing runnable, or an override that names nothing or a profile this host cannot run).
@@ -122,7 +127,7 @@ def select_profile(manifest: ManifestOpt = None, json_mode: JsonOpt = False, ass
     """
     from nimbuild.errors import NimbuildError
 
-    selection, error = decide(manifest, assume_gpu)
+    selection, error = decide(manifest, assume_gpu, assume_cpu=assume_cpu)
     _print(selection, error, json_mode, "select", system_info=False)
     if error is not None:
         raise error

@@ -119,7 +119,7 @@ def download_to_cache(
 ) -> None:
     """Copy one profile's files into the cache, each checked against the manifest's sha256.
 
-    Example: NIM_CACHE_PATH=/opt/nim/.cache nimbuild download-to-cache --profile cpu-int8-onnxruntime
+    Example: NIM_CACHE_PATH=/opt/nim/.cache nimbuild download-to-cache --profile cpu-int8-avx2-onnxruntime
     """
     from nimbuild.output import Output
     from nimbuild.runtime.model_store import download_to_cache as download

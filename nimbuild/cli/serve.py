@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from nimbuild.cli.options import AssumeCpuOpt
+
 
 def register(app: typer.Typer) -> None:
     @app.command("serve")
@@ -34,6 +36,7 @@ def register(app: typer.Typer) -> None:
                 help="Select as if these GPUs were present ('NVIDIA H100 80GB HBM3', 'h100-sxm x2'); repeatable.",
             ),
         ] = None,
+        assume_cpu: AssumeCpuOpt = None,
         backend: Annotated[
             str,
             typer.Option(
@@ -48,7 +51,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the best profile this host can run: the reranking NIM's /v1/ranking API.
 
-        Detects the GPUs, selects a profile (NIM_MODEL_PROFILE / NIM_TAGS_SELECTOR override it),
+        Detects the GPUs and the CPU's INT8 classes, selects a profile (NIM_MODEL_PROFILE /
+        NIM_TAGS_SELECTOR override it),
         logs the choice, verifies the profile's files (sha256), starts its backend and serves
         until SIGTERM (in-flight requests finish first).
 
@@ -68,7 +72,9 @@ def register(app: typer.Typer) -> None:
         graceful_shutdown_seconds(os.environ)  # settings and the port fail before a backend starts
         sock = bind_listener(host, port)
         try:
-            service = start_service(manifest, env=os.environ, assume_gpu=assume_gpu or (), backend=backend)
+            service = start_service(
+                manifest, env=os.environ, assume_gpu=assume_gpu or (), assume_cpu=assume_cpu, backend=backend
+            )
         except BaseException:
             sock.close()
             raise

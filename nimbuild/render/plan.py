@@ -10,6 +10,16 @@ without an entry gets the documented default ``[self-hosted, linux,
 gpu-<slug>]`` (GitLab: the tag ``gpu-<slug>``) and a warning. GitLab matches
 runners by one tag per job: the SKU's last (most specific) label. Kubernetes
 needs no labels: ``nodeSelector: {nvidia.com/gpu.product: <GFD label>}``.
+
+CPU INT8 graphs are judged on the CPU class they are for (nimbuild.cpu_isa), so the
+plan has one CPU job per class of the recipe's ``cpu_isa`` (when it builds int8), on a
+runner with that class (``runners: {avx512_vnni: [...]}``; default ``[self-hosted,
+linux, <x64|arm64>, cpu-<class>]`` and a warning; Kubernetes: Node Feature Discovery's
+``feature.node.kubernetes.io/cpu-cpuid.*`` labels). Each exports only that class's int8
+graph (``--cpu-isa CLASS``, which fails on a runner without it) and hands on
+``out/cpu/<class>/`` (``nimbuild manifest fragment``). The merge job builds no int8
+itself (``--cpu-isa none``: its CPU is whatever the release runner has) and merges the
+engine and CPU fragments into one manifest.
 """
 
 from __future__ import annotations
@@ -42,12 +52,14 @@ class Plan:
     text: str
     jobs: list[dict]
     warnings: list[str] = field(default_factory=list)
+    cpu_jobs: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
             "format": self.format,
             "build_jobs": [j["slug"] for j in self.jobs],
             "merge_jobs": 1,
+            "cpu_jobs": [j["cpu_isa"] for j in self.cpu_jobs],
             "warnings": self.warnings,
             "text": self.text,
         }
@@ -78,13 +90,55 @@ def _k8s_name(*parts: str) -> str:
     return name[:63].rstrip("-")
 
 
-def plan_jobs(recipe: Any, warn: list[str]) -> list[dict]:
-    """One build job description per SKU of the recipe."""
+# Node Feature Discovery labels that put a Kubernetes pod on a node of the class
+NFD_SELECTORS = {
+    "avx512_vnni": {"kubernetes.io/arch": "amd64", "feature.node.kubernetes.io/cpu-cpuid.AVX512VNNI": "true"},
+    "avx2": {"kubernetes.io/arch": "amd64", "feature.node.kubernetes.io/cpu-cpuid.AVX2": "true"},
+    "arm64_dotprod": {"kubernetes.io/arch": "arm64", "feature.node.kubernetes.io/cpu-cpuid.ASIMDDP": "true"},
+}
+
+
+def default_cpu_labels(cpu_class) -> list[str]:
+    """The documented default runs-on labels of a CPU class with no `runners` entry."""
+    return [*DEFAULT_LABELS, "arm64" if cpu_class.machine == "arm64" else "x64", f"cpu-{cpu_class.slug}"]
+
+
+def plan_cpu_jobs(recipe: Any, warn: list[str]) -> list[dict]:
+    """One CPU job description per class of the recipe's cpu_isa (none when it builds no int8)."""
+    from nimbuild import cpu_isa
+
+    if "int8" not in recipe.precisions:
+        return []
+    jobs = []
+    for name in recipe.cpu_isa:
+        cls = cpu_isa.lookup(name)
+        labels = recipe.cpu_runner_labels(cls.name)
+        if not labels:
+            labels = default_cpu_labels(cls)
+            warn.append(
+                f"{recipe.path}: runners has no entry for the CPU class {cls.name}; using the default runs-on "
+                f"labels {labels} (the runner must be {cls.needs})"
+            )
+        jobs.append(
+            {
+                "cpu_isa": cls.name,
+                "slug": cls.slug,
+                "labels": list(labels),
+                "gitlab_tag": labels[-1],
+                "needs": cls.needs,
+                "node_selector": dict(NFD_SELECTORS[cls.name]),
+            }
+        )
+    return jobs
+
+
+def plan_jobs(recipe: Any, warn: list[str], *, cpu_jobs: bool = False) -> list[dict]:
+    """One build job description per SKU of the recipe (``cpu_jobs``: CPU class jobs exist, so no GPU is fine)."""
     skus = recipe.gpu_skus()
-    if not skus:
+    if not skus and not cpu_jobs:
         raise NimbuildError(
-            f"{recipe.path}: gpus: empty, so there are no engines to plan",
-            hint="list the GPU SKUs to build for (e.g. gpus: [h100-sxm, l40s])",
+            f"{recipe.path}: gpus: empty and no CPU int8 class, so there is nothing to plan",
+            hint="list the GPU SKUs to build for (e.g. gpus: [h100-sxm, l40s]), or int8 with cpu_isa classes",
         )
     jobs = []
     for sku in skus:
@@ -120,7 +174,8 @@ def render_plan(
     if fmt not in FORMATS:
         raise NimbuildError(f"unknown plan format {fmt!r}", hint=f"use one of: {', '.join(FORMATS)}")
     warnings: list[str] = []
-    jobs = plan_jobs(recipe, warnings)
+    cpu_jobs = plan_cpu_jobs(recipe, warnings)
+    jobs = plan_jobs(recipe, warnings, cpu_jobs=bool(cpu_jobs))
     recipe_path = _recipe_path_for_ci(recipe.path)
     model = recipe.name
     builder = builder_image or builder_image_for(getattr(recipe.serving, "triton_image", None))
@@ -129,7 +184,10 @@ def render_plan(
     commands = {
         "export": f"nimbuild export {q(recipe_path)} --out out",
         "engines_github": f'nimbuild engines {q(recipe_path)} --gpu "${{{{ matrix.slug }}}}" --out out',
-        "build": f"nimbuild build {q(recipe_path)} --out out --no-engines",
+        "build": f"nimbuild build {q(recipe_path)} --out out --no-engines" + (" --cpu-isa none" if cpu_jobs else ""),
+        "cpu_export_github": f"nimbuild export {q(recipe_path)} --out out --precision int8"
+        + ' --cpu-isa "${{ matrix.cpu_isa }}"',
+        "cpu_fragment_github": 'nimbuild manifest fragment --export-dir out --cpu-isa "${{ matrix.cpu_isa }}"',
         "docker_github": (
             "docker build -f out/Dockerfile"
             ' --build-arg "SOURCE_URL=${{ github.server_url }}/${{ github.repository }}"'
@@ -147,16 +205,32 @@ def render_plan(
                 f"nimbuild engines {q(recipe_path)} --gpu {q(job['slug'])} --out {workdir}",
             ]
         )
+    for job in cpu_jobs:
+        workdir = f"/workspace/out/cpu-{job['cpu_isa']}"
+        job["k8s_name"] = _k8s_name("nimbuild", model, "cpu", job["slug"])
+        job["k8s_script"] = " && ".join(
+            [
+                "python3 -m pip install --no-cache-dir '.[build]'",
+                f"nimbuild export {q(recipe_path)} --out {workdir} --precision int8 --cpu-isa {q(job['cpu_isa'])}",
+                f"nimbuild manifest fragment --export-dir {workdir} --cpu-isa {q(job['cpu_isa'])}",
+            ]
+        )
     fragments = [f"/workspace/out/{j['slug']}/engines/{j['slug']}/fragment.yaml" for j in jobs]
+    fragments += [f"/workspace/out/cpu-{j['cpu_isa']}/cpu/{j['cpu_isa']}/fragment.yaml" for j in cpu_jobs]
     wait_script = (
         f'for f in {" ".join(fragments)}; do until [ -f "$f" ]; do echo "waiting for $f"; sleep 30; done; done'
     )
     merge_script = " && ".join(
         [
             "python3 -m pip install --no-cache-dir '.[build]'",
-            "mkdir -p /workspace/out/release/engines",
+            "mkdir -p /workspace/out/release/engines /workspace/out/release/cpu",
             *[f"cp -a /workspace/out/{j['slug']}/engines/{j['slug']} /workspace/out/release/engines/" for j in jobs],
-            f"nimbuild build {q(recipe_path)} --out /workspace/out/release --no-engines",
+            *[
+                f"cp -a /workspace/out/cpu-{j['cpu_isa']}/cpu/{j['cpu_isa']} /workspace/out/release/cpu/"
+                for j in cpu_jobs
+            ],
+            f"nimbuild build {q(recipe_path)} --out /workspace/out/release --no-engines"
+            + (" --cpu-isa none" if cpu_jobs else ""),
             "nimbuild manifest verify /workspace/out/release/manifest.yaml",
         ]
     )
@@ -167,6 +241,7 @@ def render_plan(
         model=model,
         recipe_path=recipe_path,
         jobs=jobs,
+        cpu_jobs=cpu_jobs,
         builder_image=builder,
         image_name=image,
         timeout_minutes=TIMEOUT_MINUTES,
@@ -185,7 +260,7 @@ def render_plan(
         ) from None
     if not docs:
         raise NimbuildError(f"{TEMPLATES[fmt]}: rendered an empty plan", hint="fix the template")
-    return Plan(format=fmt, text=text, jobs=jobs, warnings=warnings)
+    return Plan(format=fmt, text=text, jobs=jobs, warnings=warnings, cpu_jobs=cpu_jobs)
 
 
 def write_plan(recipe_path: str | os.PathLike, fmt: str, out_file: str | os.PathLike | None = None, **options) -> Plan:

@@ -9,6 +9,11 @@ still listed, so that SYSTEM INFO shows what is being ignored.
 
 ``assumed_host`` replaces detection with GPUs from the SKU catalog
 (``--assume-gpu``), so that a laptop can preview what an H100 node would select.
+
+The CPU is part of the host too: its INT8 instruction-set classes (``Host.cpu``,
+nimbuild.cpu_isa: /proc/cpuinfo's first flags line, no heavy import), which CPU INT8
+profiles are matched on; ``--assume-cpu`` replaces that detection the same way.
+``host_for`` is the one place the options and the environment become a Host.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nimbuild import skus
+from nimbuild import cpu_isa, skus
 from nimbuild.errors import NimbuildError
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -107,8 +112,9 @@ class Host:
     cpu_only_reason: str | None
     driver_version: str | None = None
     cuda_driver_version: str | None = None  # "12.4": the newest CUDA the driver supports
-    assumed: bool = False
+    assumed: bool = False  # the GPUs come from --assume-gpu
     notes: list[str] = field(default_factory=list)  # GPUs NVML could only partly describe
+    cpu: cpu_isa.HostCpu = field(default_factory=cpu_isa.unknown_cpu)  # its INT8 classes (detect_host reads them)
 
     @property
     def usable_gpus(self) -> list[Gpu]:
@@ -132,6 +138,7 @@ class Host:
             lines.append(f"- CPU only: {self.cpu_only_reason}")
         if self.driver_version or self.cuda_driver_version:
             lines.append(f"- Driver: {self.driver_version or 'unknown'} (CUDA {self.cuda_driver_version or 'unknown'})")
+        lines.append(f"- CPU: {self.cpu.describe()}")
         lines.extend(f"- Note: {note}" for note in self.notes)
         return lines
 
@@ -144,6 +151,7 @@ class Host:
             "cuda_driver_version": self.cuda_driver_version,
             "assumed": self.assumed,
             "notes": list(self.notes),
+            "cpu": self.cpu.to_dict(),
         }
 
 
@@ -247,9 +255,10 @@ def _detect_gpus() -> Host:
 
 
 def detect_host(env: Mapping[str, str] = os.environ) -> Host:
-    """This host's GPUs through NVML; ``NIM_CPU_ONLY`` makes it a CPU host."""
+    """This host's GPUs through NVML and its CPU's classes; ``NIM_CPU_ONLY`` makes it a CPU host."""
     cpu_only = cpu_only_requested(env)
     host = _detect_gpus()
+    host.cpu = cpu_isa.detect_cpu()
     if cpu_only:
         reason = f"NIM_CPU_ONLY={env.get('NIM_CPU_ONLY', '').strip()} is set"
         host.cpu_only_reason = reason if host.gpus else f"{host.cpu_only_reason}; {reason}"
@@ -297,3 +306,23 @@ def assumed_host(specs: list[str]) -> Host:
     if not gpus:
         return Host(gpus=[], cpu_only_reason="assumed host without GPUs", assumed=True)
     return Host(gpus=gpus, cpu_only_reason=None, assumed=True)
+
+
+def host_for(
+    env: Mapping[str, str] = os.environ, assume_gpu: list[str] | None = None, assume_cpu: str | None = None
+) -> Host:
+    """The host that listing, ``select`` and ``serve`` judge: detected, or assumed part by part.
+
+    ``assume_gpu`` replaces the GPUs (NVML) and ``assume_cpu`` the CPU class (/proc/cpuinfo);
+    what is not assumed is detected. ``NIM_CPU_ONLY`` applies to an assumed host too.
+    """
+    if assume_gpu:
+        host = assumed_host(list(assume_gpu))
+        if cpu_only_requested(env):  # the preview honours NIM_CPU_ONLY too, and says so
+            host.cpu_only_reason = f"NIM_CPU_ONLY={env['NIM_CPU_ONLY'].strip()} is set"
+        host.cpu = cpu_isa.detect_cpu()
+    else:
+        host = detect_host(env)
+    if assume_cpu is not None:
+        host.cpu = cpu_isa.assumed_cpu(assume_cpu)
+    return host

@@ -8,7 +8,9 @@ DESIGN.md "Selection" fixes the rules and the words of the log. In short:
   memory; or (GPU and CPU profiles alike) a local file of its workspace is
   missing or not of the manifest's size (stat only: ``serve`` checks sha256);
 - *incompatible*: no GPU of the host can run it: a GPU profile on a CPU host
-  or with ``NIM_CPU_ONLY``, the wrong GPU, FP8 below compute capability 8.9.
+  or with ``NIM_CPU_ONLY``, the wrong GPU, FP8 below compute capability 8.9; or a
+  CPU profile made for a ``cpu_isa`` class the host's CPU lacks ("needs
+  avx512_vnni; this host has avx2"). A CPU profile without the tag runs anywhere.
 
 A TensorRT profile matches on its ``gpu_device`` tag (PCI device:vendor, or any
 id the SKU catalog lists for the same SKU), or, when it was built
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nimbuild import skus
+from nimbuild import cpu_isa, skus
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import Manifest, Profile, is_remote_uri, safe_join
 from nimbuild.runtime.hardware import Gpu, Host, cpu_only_requested
@@ -216,7 +218,9 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> 
             f"backend {backend!r} is not one this runtime serves (tensorrt, onnx)" if backend else "no backend tag",
         )
     if _device(tags) != "gpu":
-        return judged("runnable")
+        wanted = tags.get("cpu_isa")
+        why = host.cpu.incompatible_reason(wanted) if wanted else None
+        return judged("incompatible", why) if why else judged("runnable")
     if cpu_only_reason and host.gpus:
         return judged("incompatible", f"needs a GPU; {cpu_only_reason}")
     if not host.usable_gpus:
@@ -337,12 +341,14 @@ def _batch(tags: Mapping[str, str]) -> int:
 
 def rank_key(entry: Classified) -> tuple:
     """DESIGN.md's order: TensorRT > ONNX > PyTorch; GPU > CPU; FP8 > INT8 > FP16 > FP32;
-    cached first; larger max_batch_size; then the ID."""
+    among CPU profiles of one precision the preferred ``cpu_isa`` class (avx512_vnni before
+    avx2: the same VNNI kernel, full-range weights); cached first; larger max_batch_size; then the ID."""
     tags = entry.profile.tags
     return (
         _BACKEND_RANK.get(tags.get("backend", ""), len(_BACKEND_RANK)),
         _DEVICE_RANK.get(_device(tags), len(_DEVICE_RANK)),
         _PRECISION_RANK.get(tags.get("precision", "").lower(), len(_PRECISION_RANK)),
+        cpu_isa.preference(tags["cpu_isa"]) if "cpu_isa" in tags else 0,
         0 if entry.cached else 1,
         -_batch(tags),
         entry.profile.id,
@@ -522,6 +528,8 @@ def profile_metadata(profile: Profile) -> list[tuple[str, str]]:
         items.append(("device", _device(tags).upper()))
         if "gpu" in tags:
             items.append(("gpu", tags["gpu"]))
+        if "cpu_isa" in tags:
+            items.append(("cpu_isa", tags["cpu_isa"]))
     if _device(tags) == "gpu" and tags.get("gpu_count", "1") != "1":
         items.append(("gpu_count", tags["gpu_count"]))
     return items

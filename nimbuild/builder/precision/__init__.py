@@ -8,7 +8,12 @@ graph never sits where the manifest would look for it.
 
     fp16.py   FP16 with fragile ops in FP32 (ONNX Runtime's float16 converter)
     fp8.py    FP8 E4M3 Q/DQ for TensorRT (ORT's calibrator, ModelOpt-style placement)
-    int8.py   ORT transformer fusions + INT8 for CPUs with VNNI
+    int8.py   ORT transformer fusions + INT8, one graph per CPU class (nimbuild.cpu_isa)
+
+INT8 is made per CPU instruction-set class (``int8`` expands to one graph per class in
+``cpu_isa``: report entries ``int8-<class>``, folders ``onnx/cpu-int8-<class>/``), quantized as
+that class needs, and only for the classes this build's CPU has: a graph is judged on the
+kernels it will run on, so a class the build CPU lacks is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from nimbuild import cpu_isa
 from nimbuild.builder.precision.common import (
     MIN_CALIBRATION_PAIRS,
-    cpu_int8_support,
     cpu_session,
     n_pairs,
     tool_versions,
@@ -31,12 +36,41 @@ from nimbuild.builder.precision.common import (
 from nimbuild.errors import NimbuildError
 from nimbuild.fsutil import staging_dir
 
-# recipe precision name -> folder under OUT/onnx/
+# recipe precision name -> folder under OUT/onnx/ (int8: one folder per CPU class, int8_dir())
 DIRS = {"fp16": "fp16", "fp8": "fp8", "int8": "cpu-int8"}
 ALIASES = {"cpu-int8": "int8", "cpu_int8": "int8"}
 PRECISIONS = tuple(DIRS)
 
-__all__ = ["DIRS", "PRECISIONS", "build_precisions", "thresholds_for", "build_fp16", "build_fp8", "build_cpu_int8"]
+__all__ = [
+    "DIRS",
+    "PRECISIONS",
+    "build_precisions",
+    "thresholds_for",
+    "build_fp16",
+    "build_fp8",
+    "build_cpu_int8",
+    "int8_key",
+    "int8_dir",
+]
+
+
+def int8_key(cpu_class: str) -> str:
+    """The report entry of one class's INT8 graph: ``int8-avx2``."""
+    return f"int8-{cpu_class}"
+
+
+def int8_dir(cpu_class: str) -> str:
+    """Its folder under OUT/onnx/: ``cpu-int8-avx2``."""
+    return f"{DIRS['int8']}-{cpu_class}"
+
+
+def cannot_judge_reason(cls: cpu_isa.CpuIsa, build_cpu: cpu_isa.HostCpu) -> str:
+    """Why this build's CPU does not make a class's graph (it could not judge it on its own kernels)."""
+    return (
+        f"this build's CPU ({build_cpu.describe()}) lacks {cls.name}, so it cannot judge that class's graph "
+        f"({cls.weight_bits}-bit weights) on the kernels it will run on; build it on {cls.needs} "
+        "(`nimbuild plan` makes one job per class)"
+    )
 
 
 def build_fp16(fp32_path, out_path, calibration=None) -> dict:
@@ -106,7 +140,15 @@ def _tool(precision: str, info: dict | None = None) -> str:
 
 
 def _build_one(
-    precision: str, fp32_path: Path, out_path: Path, *, architecture: str, calibration, config_dirs, int8_mode: str
+    precision: str,
+    fp32_path: Path,
+    out_path: Path,
+    *,
+    architecture: str,
+    calibration,
+    config_dirs,
+    int8_mode: str,
+    cpu_class: cpu_isa.CpuIsa | None = None,
 ) -> dict:
     if precision == "fp16":
         return build_fp16(fp32_path, out_path, calibration)
@@ -117,21 +159,32 @@ def _build_one(
             return build_fp8(fp32_path, out_path, calibration)
         except NothingToQuantize as exc:
             raise _Unsupported(f"fp8 is not available for {architecture}: {exc}") from exc
-    cpu = cpu_int8_support()
-    if not cpu["supported"]:
-        raise _Unsupported(
-            f"int8 is not available on this CPU ({cpu['machine']}): ONNX Runtime has no INT8 "
-            "kernels for it; build cpu-int8 on an x86-64 (AVX2, ideally AVX-512 VNNI) or arm64 host"
-        )
     from nimbuild.builder.precision.int8 import attention_shape
 
+    assert cpu_class is not None
     heads, hidden = attention_shape(config_dirs)
-    info = build_cpu_int8(
-        fp32_path, out_path, architecture, calibration=calibration, mode=int8_mode, num_heads=heads, hidden_size=hidden
+    return build_cpu_int8(
+        fp32_path,
+        out_path,
+        architecture,
+        calibration=calibration,
+        reduce_range=cpu_class.reduce_range,
+        mode=int8_mode,
+        num_heads=heads,
+        hidden_size=hidden,
     )
-    if info.get("cpu_note"):
-        info["warn"] = info["cpu_note"]  # said out loud, not only in the report
-    return info
+
+
+def _targets(wanted: list[str], classes: list[str] | None) -> list[tuple[str, str, cpu_isa.CpuIsa | None]]:
+    """(report key, precision, CPU class) per graph to make: int8 once per class, in cpu_isa's order."""
+    chosen = [cpu_isa.lookup(c) for c in (cpu_isa.NAMES if classes is None else classes)]
+    out: list[tuple[str, str, cpu_isa.CpuIsa | None]] = []
+    for name in wanted:
+        if name == "int8":
+            out += [(int8_key(c.name), "int8", c) for c in cpu_isa.CLASSES if c in chosen]
+        else:
+            out.append((name, name, None))
+    return out
 
 
 def _umask() -> int:
@@ -169,6 +222,8 @@ def build_precisions(
     out,
     int8_mode: str = "dynamic",
     config_dir: Path | None = None,
+    cpu_classes: list[str] | None = None,
+    build_cpu: cpu_isa.HostCpu | None = None,
 ) -> dict[str, dict]:
     """Build, gate and keep (or refuse) each requested precision graph; the export_report.json entries.
 
@@ -176,7 +231,10 @@ def build_precisions(
     named as the graph inputs); ``reference``: the PyTorch FP32 scores per evaluation query.
     ``thresholds``: the recipe's (with its per-precision overrides, see ``thresholds_for``).
     ``fp32`` in ``precisions`` is ignored (the export writes it). Entries are keyed by the
-    recipe's name (``fp16``, ``fp8``, ``int8``); the int8 graph lives in ``onnx/cpu-int8/``.
+    recipe's name (``fp16``, ``fp8``); int8 makes one graph per CPU class of ``cpu_classes``
+    (None: every class nimbuild knows), keyed ``int8-<class>`` in ``onnx/cpu-int8-<class>/``,
+    each for a class ``build_cpu`` (default: this host's, nimbuild.cpu_isa.detect_cpu) has;
+    the other classes are skipped with the reason.
     """
     from nimbuild.builder.gate import run_gate
 
@@ -211,39 +269,56 @@ def build_precisions(
         if missing:
             raise ValueError(f"feeds lack graph inputs {missing}")
     config_dirs = [d for d in (config_dir, export_dir / "tokenizer", export_dir, fp32_path.parent) if d is not None]
+    targets = _targets(wanted, cpu_classes)
+    if build_cpu is None and any(c is not None for _, _, c in targets):
+        build_cpu = cpu_isa.detect_cpu()
 
     with out.progress() as progress:
-        task = progress.add_task("precision graphs", total=len(wanted))
-        for name in wanted:
+        task = progress.add_task("precision graphs", total=len(targets))
+        for name, precision, cpu_class in targets:
             progress.update(task, description=f"{name}: build + gate")
-            final_dir = export_dir / "onnx" / DIRS[name]
-            rel = f"onnx/{DIRS[name]}/model.onnx"
-            entry: dict[str, Any] = {"tool": _tool(name), "path": None}
+            folder = int8_dir(cpu_class.name) if cpu_class is not None else DIRS[name]
+            final_dir = export_dir / "onnx" / folder
+            rel = f"onnx/{folder}/model.onnx"
+            entry: dict[str, Any] = {"tool": _tool(precision), "path": None}
+            if cpu_class is not None:
+                entry.update(precision="int8", cpu_isa=cpu_class.name, weight_bits=cpu_class.weight_bits)
+                assert build_cpu is not None
+                if not build_cpu.has(cpu_class.name):
+                    _remove_stale(final_dir)
+                    entry.update(status="skipped", reason=cannot_judge_reason(cpu_class, build_cpu), seconds=0.0)
+                    report[name] = entry  # the gate table prints the reason
+                    progress.advance(task)
+                    continue
             start = time.perf_counter()
             try:
                 with staging_dir(final_dir) as stage:
                     info = _build_one(
-                        name,
+                        precision,
                         fp32_path,
                         stage / "model.onnx",
                         architecture=architecture,
                         calibration=calibration,
                         config_dirs=config_dirs,
                         int8_mode=int8_mode,
+                        cpu_class=cpu_class,
                     )
-                    entry["tool"] = _tool(name, info)
+                    entry["tool"] = _tool(precision, info)
                     if info.get("warn"):
                         out.warn(f"{name}: {info['warn']}")
                     entry["notes"] = info.get("notes", [])
-                    entry["files"] = [f"onnx/{DIRS[name]}/{f}" for f in info.get("files", ["model.onnx"])]
+                    if cpu_class is not None:
+                        assert build_cpu is not None
+                        entry["judged_on"] = build_cpu.to_dict()  # the CPU whose kernels the gate ran on
+                    entry["files"] = [f"onnx/{folder}/{f}" for f in info.get("files", ["model.onnx"])]
                     try:
-                        session = cpu_session(stage / "model.onnx", fp8_qdq=(name == "fp8"))
+                        session = cpu_session(stage / "model.onnx", fp8_qdq=(precision == "fp8"))
                     except Exception as exc:  # e.g. an ONNX Runtime without FP8 Q/DQ kernels
                         raise RuntimeError(
                             f"ONNX Runtime (CPU) cannot run the {name} graph, so it cannot be gated: "
                             f"{str(exc).splitlines()[0][:300]}"
                         ) from exc
-                    gate = run_gate(session, evaluation, reference, thresholds_for(thresholds, name))
+                    gate = run_gate(session, evaluation, reference, thresholds_for(thresholds, precision))
                     entry["gate"] = gate.to_dict()
                     if not gate.passed:
                         raise _Rejected(gate)

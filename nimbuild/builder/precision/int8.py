@@ -1,4 +1,4 @@
-"""The CPU INT8 graph: ONNX Runtime's transformer fusions, then INT8 for CPUs with VNNI.
+"""The CPU INT8 graph: ONNX Runtime's transformer fusions, then INT8 for one CPU class.
 
 1. ``onnxruntime.transformers.optimizer.optimize_model`` with the architecture's model type
    fuses embeddings+LayerNorm, attention, bias+GELU and skip+LayerNorm into ORT's contrib ops
@@ -10,7 +10,10 @@
    calibration, INT8 weights) is the alternative. Measured on the MiniLM-L6-sized model
    (benchmarks/bench_precision.py, RESULTS-precision.md): dynamic ranks better (higher top-1
    against the FP32 reference) at similar or better speed, so it is the default.
-   ``reduce_range`` (7-bit weights) only where the CPU lacks VNNI, as ORT's docs advise.
+   ``reduce_range`` (7-bit weights) is the caller's: a function of the CPU class the graph is
+   made for (nimbuild.cpu_isa: 7-bit for ``avx2``, whose u8s8 kernel would saturate full-range
+   weights), never of the machine that happens to build it, so one class gives the same bytes
+   on every runner.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import numpy as np
 
 from nimbuild.builder.precision.common import (
     EXTERNAL_DATA_BYTES,
-    cpu_int8_support,
     load_model,
     quiet_ort_quantization,
     save_model,
@@ -166,25 +168,21 @@ def build_cpu_int8(
     architecture: str,
     *,
     calibration: list[dict[str, np.ndarray]] | None = None,
+    reduce_range: bool,
     mode: str = DEFAULT_MODE,
     num_heads: int = 0,
     hidden_size: int = 0,
 ) -> dict:
-    """Write the fused INT8 CPU graph of ``fp32_path`` to ``out_path``; returns facts for the report."""
+    """Write the fused INT8 CPU graph of ``fp32_path`` to ``out_path``; returns facts for the report.
+
+    ``reduce_range``: 7-bit weights (``CpuIsa.reduce_range`` of the class it is made for).
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if mode not in MODES:
         raise ValueError(f"int8 mode {mode!r}: expected one of {MODES}")
-    cpu = cpu_int8_support()
-    notes = []
-    cpu_note = None
-    if not cpu["vnni"]:
-        cpu_note = (
-            f"this CPU ({cpu['machine']}, {', '.join(cpu['flags']) or 'no AVX-512/VNNI flags'}) lacks VNNI: "
-            "weights use 7-bit range (reduce_range) and INT8 may be little faster than FP32 here"
-        )
-        notes.append(cpu_note)
+    notes: list[str] = []
     fused, stats, fuse_notes = fuse(fp32_path, architecture, num_heads, hidden_size, check_feeds=_padded(calibration))
     notes += fuse_notes
     if stats:
@@ -212,7 +210,7 @@ def build_cpu_int8(
                     weight_type=QuantType.QInt8,
                     per_channel=False,
                     use_external_data_format=large,
-                    reduce_range=not cpu["vnni"],
+                    reduce_range=reduce_range,
                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
         else:
@@ -230,7 +228,7 @@ def build_cpu_int8(
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     per_channel=False,
-                    reduce_range=not cpu["vnni"],
+                    reduce_range=reduce_range,
                     calibrate_method=CalibrationMethod.MinMax,
                     use_external_data_format=large,
                     # MatMul/Gemm only: quantizing every op also quantizes the attention mask's
@@ -239,5 +237,5 @@ def build_cpu_int8(
                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
                 )
         files = save_model(load_model(q_path), out_path)
-    notes.insert(0, f"{mode} INT8 (weights int8 per tensor{', 7-bit' if not cpu['vnni'] else ''}) on the fused graph")
-    return {"files": files, "notes": notes, "mode": mode, "fusions": stats, "cpu": cpu, "cpu_note": cpu_note}
+    notes.insert(0, f"{mode} INT8 (weights int8 per tensor{', 7-bit' if reduce_range else ''}) on the fused graph")
+    return {"files": files, "notes": notes, "mode": mode, "fusions": stats, "reduce_range": reduce_range}

@@ -133,17 +133,18 @@ def start_service(
     *,
     env: Mapping[str, str] = os.environ,
     assume_gpu: Sequence[str] = (),
+    assume_cpu: str | None = None,
     backend: str = "auto",
 ) -> RankingService:
     """Detect, select (logging the NIM startup lines), then start the first profile that can start."""
-    from nimbuild.runtime.hardware import assumed_host, detect_host
+    from nimbuild.runtime.hardware import host_for
     from nimbuild.runtime.selection import select, startup_log
 
     if backend not in BACKEND_CHOICES:
         raise NimbuildError(f"backend {backend!r} is not known", hint=f"use one of {', '.join(BACKEND_CHOICES)}")
     limits = Limits.from_env(env)
     manifest = load_manifest(manifest_path)
-    host = assumed_host(list(assume_gpu)) if assume_gpu else detect_host(env)
+    host = host_for(env, list(assume_gpu), assume_cpu)
     selection = select(manifest, host, env)
     for line in startup_log(selection):
         log.info("%s", line)
