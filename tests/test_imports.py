@@ -45,6 +45,8 @@ ALLOWED_NIMBUILD = {
     "nimbuild.profiles",
     "nimbuild.manifest",
     "nimbuild.fsutil",
+    "nimbuild.safeload",
+    "nimbuild.manifest_nim",
     "nimbuild.runtime",
     "nimbuild.runtime.hardware",
     "nimbuild.runtime.selection",
@@ -174,6 +176,8 @@ RUNTIME_MAY_IMPORT = (
     "nimbuild.profiles",
     "nimbuild.manifest",
     "nimbuild.fsutil",
+    "nimbuild.safeload",
+    "nimbuild.manifest_nim",
     "nimbuild.runtime",
 )
 
