@@ -170,9 +170,9 @@ def graph_for(manifest, profile) -> Path:
     """
     root = Path(manifest.root)
     if kind_of(profile) == "onnxruntime":
-        from nimbuild.manifest import safe_join
+        from nimbuild.manifest import file_in
 
-        return safe_join(root, model_file(profile))
+        return file_in(root, profile, model_file(profile))  # the bytes at its uri (the key may differ)
     precision = profile.tags.get("precision", "")
     candidates = [root / "onnx" / GRAPH_DIRS.get(precision, precision) / "model.onnx"]
     for path in candidates:
