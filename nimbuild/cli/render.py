@@ -113,7 +113,7 @@ def create_model_store(
         ),
     ] = None,
     model_repo: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--model-repo",
             show_default=False,
