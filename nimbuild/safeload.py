@@ -95,6 +95,13 @@ def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int, *, hin
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise NimbuildError(f"{path}: cannot read the {what}: a symlink loop", hint="fix the symlink") from None
+        try:  # a socket cannot be opened (ENXIO): say what it is
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            kind = _KIND.get(stat.S_IFMT(mode), "not a regular file")
+            raise NimbuildError(f"{path}: the {what} is {kind}, not a regular file", hint=fix) from None
         raise NimbuildError(
             f"{path}: cannot read the {what}: {exc.strerror or exc}", hint="check the path and its permissions"
         ) from None
@@ -292,6 +299,10 @@ def parse_yaml(
             kind = type(event)
             if kind is ScalarEvent:
                 nodes += 1
+                if nodes > max_nodes:
+                    raise fail(
+                        event, f"the {what} has more than {max_nodes} values", f"this is not a {what} nimbuild can use"
+                    )
                 tag = check_tag(event, event.tag, "scalar")
                 value = event.value
                 if tag is None:
@@ -320,10 +331,6 @@ def parse_yaml(
                 elif event.implicit[0] and len(value) <= 32 and len(plain_cache) < 4096 and value != "<<":
                     plain_cache[value] = obj
                 add(event, obj, 1, True)
-                if nodes > max_nodes:
-                    raise fail(
-                        event, f"the {what} has more than {max_nodes} values", f"this is not a {what} nimbuild can use"
-                    )
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 nodes += 1
                 is_map = kind is MappingStartEvent
