@@ -334,3 +334,82 @@ def test_a_symlinked_manifest_reads_its_files_beside_its_target(tmp_path, exampl
     link.symlink_to(example_export / "manifest.yaml")
     m = mf.load_manifest(link)
     assert m.root == example_export.resolve() and mf.verify_manifest(m) == []
+
+
+# ----------------------------------------------------------------------------- size-capped downloads
+
+
+@pytest.fixture
+def http_server():
+    """A server on 127.0.0.1 that sends 8 MiB for any path (and announces no length when the path says so)."""
+    import http.server
+    import threading
+
+    sent = {"bytes": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            if "nolength" not in self.path:
+                self.send_header("Content-Length", str(8 << 20))
+            self.end_headers()
+            try:
+                for _ in range(8 << 4):
+                    self.wfile.write(b"\0" * (1 << 16))
+                    sent["bytes"] += 1 << 16
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", sent
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("path", ["/announced", "/nolength"])
+def test_a_remote_file_larger_than_its_size_is_cut_off(tmp_path, http_server, path):
+    from nimbuild.runtime.model_store import download_to_cache
+
+    url, sent = http_server
+    manifest = tmp_path / "m.yaml"
+    entry = {"uri": url + path, "sha256": "0" * 64, "size": 1000}
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "schema_version": "2.0.0",
+                "profiles": [{"id": "x1", "tags": {"backend": "onnx"}, "workspace": {"files": {"model.onnx": entry}}}],
+            }
+        )
+    )
+    with pytest.raises(NimbuildError) as exc:
+        download_to_cache(manifest, "x1", cache_path=tmp_path / "cache", env={})
+    assert ("announces" in str(exc.value)) == (path == "/announced")
+    assert not list((tmp_path / "cache").rglob("*.onnx")), "nothing half-downloaded is left under its name"
+    assert not list((tmp_path / "cache").rglob("*.partial"))
+
+
+def test_a_remote_file_without_a_size_has_a_cap(tmp_path, http_server):
+    from nimbuild.runtime.model_store import download_to_cache
+
+    url, _ = http_server
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "schema_version": "2.0.0",
+                "profiles": [
+                    {"id": "x1", "tags": {"backend": "onnx"}, "workspace": {"files": {"a": {"uri": url + "/nolength"}}}}
+                ],
+            }
+        )
+    )
+    with pytest.raises(NimbuildError, match="NIMBUILD_MAX_DOWNLOAD_BYTES"):
+        download_to_cache(manifest, "x1", cache_path=tmp_path / "c", env={"NIMBUILD_MAX_DOWNLOAD_BYTES": "4096"})
+    result = download_to_cache(manifest, "x1", cache_path=tmp_path / "c", env={})  # under the default cap: fetched
+    assert result["profiles"][0]["unverified"] == ["a"]
+    assert (tmp_path / "c" / mf.remote_cache_relpath(url + "/nolength")).stat().st_size == 8 << 20
