@@ -413,3 +413,24 @@ def test_a_remote_file_without_a_size_has_a_cap(tmp_path, http_server):
     result = download_to_cache(manifest, "x1", cache_path=tmp_path / "c", env={})  # under the default cap: fetched
     assert result["profiles"][0]["unverified"] == ["a"]
     assert (tmp_path / "c" / mf.remote_cache_relpath(url + "/nolength")).stat().st_size == 8 << 20
+
+
+def test_the_schema_describes_what_nimbuild_writes_and_what_it_reads(tmp_path):
+    import jsonschema
+
+    from nimbuild.manifest_nim import LOCAL_TAGS
+    from nimbuild.safeload import parse_yaml
+
+    schema = json.loads((Path(__file__).resolve().parents[1] / "manifests" / "schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    own = yaml.safe_load((Path(__file__).resolve().parents[1] / "manifests" / "example-tiny.yaml").read_text())
+    for doc in (
+        own,
+        yaml.safe_load(_ref("manifest_v2.yaml").read_text()),
+        parse_yaml(_ref("manifest_non_llm.yaml").read_text(), local_tags=LOCAL_TAGS),
+    ):
+        jsonschema.validate(doc, schema)
+    first = next(iter(own["profiles"][0]["workspace"]["files"].values()))
+    del first["sha256"]  # nimbuild's own manifests carry every checksum
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(own, schema)
