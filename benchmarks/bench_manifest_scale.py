@@ -28,9 +28,8 @@ def write_manifest(root: Path, count: int) -> Path:
         data = rel.encode() * 100
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
-        files[rel] = (
-            f"      {rel}:\n        uri: {rel}\n        sha256: {hashlib.sha256(data).hexdigest()}\n        size: {len(data)}\n"
-        )
+        digest = hashlib.sha256(data).hexdigest()
+        files[rel] = f"      {rel}:\n        uri: {rel}\n        sha256: {digest}\n        size: {len(data)}\n"
     chunks = ["schema_version: 2.0.0\nprofile_selection_criteria: default\nnimbuild:\n  model: m\nprofiles:\n"]
     for i in range(count):
         tags = {
