@@ -371,6 +371,7 @@ def _parse_profile(raw: object, index: int, src: str, own: bool) -> Profile:
             src, f"{where}.metrics", f"expected a mapping, got {type(metrics).__name__}", "metrics: {name: value}"
         )
     extra = {k: v for k, v in raw.items() if k not in _PROFILE_KEYS}
+    assert isinstance(pid, str)  # checked above, for both kinds
     return Profile(id=pid, name=name, tags=clean_tags, files=files, metrics=dict(metrics), extra=extra)
 
 

@@ -255,7 +255,8 @@ def download_to_cache(
     with (out or Output(quiet=True)).progress() as progress:
         task = progress.add_task("caching", total=sum(len(p.files) for p in chosen))
         for profile in chosen:
-            copied, kept = [], []
+            copied: list[str] = []
+            kept: list[str] = []
             for rel, entry in sorted(profile.files.items()):
                 stored = entry.bytes_path
                 if stored not in done:
@@ -267,6 +268,11 @@ def download_to_cache(
                         _fetch_remote(entry.uri, dst, entry.sha256, entry.size, cap)
                         done[stored] = "copied"
                     else:
+                        if manifest.root is None:
+                            raise NimbuildError(
+                                f"{manifest.source}: no folder to read local files from",
+                                hint="load the manifest from its file",
+                            )
                         src = safe_join(manifest.root, entry.uri, f"{manifest.source}: profile {profile.name!r}")
                         if not src.is_file():
                             raise NimbuildError(
