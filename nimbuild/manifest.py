@@ -2,11 +2,17 @@
 
 The shape is NIM's v2 manifest (``schema_version: 2.0.0``,
 ``profile_selection_criteria``, ``profiles: [{id, name, tags, workspace: {files:
-{relpath: {uri, sha256, size}}}}]``) plus nimbuild's ``metrics`` per profile and
-a ``nimbuild:`` header (model, recipe_sha256, version). Every ID is recomputed
-from its tags when read; every path is relative to the manifest's folder and may
-not leave it (``..``, absolute, or a symlink out). Part of the light runtime:
-stdlib, yaml and nimbuild.errors/fsutil/profiles only.
+{key: {uri, sha256, size}}}}]``) plus nimbuild's ``metrics`` per profile and
+a ``nimbuild:`` header (model, recipe_sha256, version). In a manifest nimbuild
+wrote (it has the header) every ID is recomputed from its tags when read and
+every file has a sha256 and a size. A manifest nimbuild did not write (NIM's v2,
+or NIM v1's map keyed by ID: :mod:`nimbuild.manifest_nim`) keeps its opaque IDs,
+may leave out names, sha256 and size (its files are then *unverified*, not
+refused). A file's key is its name in the profile's workspace; its ``uri`` is
+where its bytes are: a path relative to the manifest's folder (which it may not
+leave: ``..``, absolute, or a symlink out) or a remote URL. The YAML is read by
+:mod:`nimbuild.safeload` (duplicate keys, alias bombs, size, depth, tags).
+Part of the light runtime: stdlib, yaml and nimbuild.errors/fsutil/profiles/safeload only.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,19 +36,40 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _URI_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _REMOTE_SCHEMES = ("https", "http", "hf", "ngc", "s3", "gs")
 _PROFILE_KEYS = ("id", "name", "tags", "workspace", "metrics")
+_FILE_KEYS = ("uri", "sha256", "size")
+REMOTE_CACHE_DIR = "remote"  # NIM_CACHE_PATH/remote/<scheme>/<host>/<path>: where a remote file is cached
 _TOP_KEYS = ("schema_version", "profile_selection_criteria", HEADER_KEY, "profiles")
 
 
 @dataclass
 class FileEntry:
-    """One artifact of a profile: where it comes from and what its bytes must be."""
+    """One artifact of a profile: where its bytes are (``uri``) and, when known, what they must be.
+
+    ``sha256``/``size`` are None only in manifests nimbuild did not write (NIM's own leave them out):
+    such a file is *unverified*.
+    """
 
     uri: str
-    sha256: str
-    size: int
+    sha256: str | None
+    size: int | None
 
     def to_dict(self) -> dict:
-        return {"uri": self.uri, "sha256": self.sha256, "size": self.size}
+        data: dict[str, Any] = {"uri": self.uri}
+        if self.sha256 is not None:
+            data["sha256"] = self.sha256
+        if self.size is not None:
+            data["size"] = self.size
+        return data
+
+    @property
+    def remote(self) -> bool:
+        return is_remote_uri(self.uri)
+
+    @property
+    def bytes_path(self) -> str:
+        """Where the bytes are, relative to a folder that holds them: the manifest's folder (local uris)
+        or ``NIM_CACHE_PATH`` (which mirrors it, and keeps a remote file at ``remote/<scheme>/<host>/<path>``)."""
+        return remote_cache_relpath(self.uri) if self.remote else self.uri
 
 
 @dataclass
@@ -79,6 +107,8 @@ class Manifest:
     source: Path | None = None  # the file it was read from (for messages)
     selection_criteria: str = SELECTION_CRITERIA
     extra: dict = field(default_factory=dict)
+    opaque_ids: bool = False  # read from a manifest nimbuild did not write: IDs are not sha256 of the tags
+    source_format: str = "nimbuild"  # "nimbuild", "nim-v2" or "nim-v1": what the file was
 
     def by_id(self, pid: str) -> Profile | None:
         return next((p for p in self.profiles if p.id == pid), None)
@@ -169,6 +199,28 @@ def is_remote_uri(uri: str) -> bool:
 _is_remote = is_remote_uri
 
 
+def remote_cache_relpath(uri: str) -> str:
+    """The path under ``NIM_CACHE_PATH`` of a remote file: ``remote/<scheme>/<host>/<path>[/<query>]``.
+
+    Percent-encoded part by part, so distinct URLs never share a path, and no part is '.' or '..'
+    (a remote URL cannot name a path outside the cache). Two profiles that list one URL share its copy.
+    """
+    from urllib.parse import quote, urlsplit
+
+    parts = urlsplit(uri)
+    pieces = [parts.scheme.lower(), parts.netloc] + [p for p in parts.path.split("/") if p]
+    if parts.query:
+        pieces.append("?" + parts.query)
+    encoded = [quote(piece, safe="@:+=,-_~") or "_" for piece in pieces]
+    return "/".join([REMOTE_CACHE_DIR] + [p if p not in (".", "..") else p.replace(".", "%2E") for p in encoded])
+
+
+def file_in(root: str | os.PathLike, profile: Profile, key: str, where: str = "") -> Path:
+    """The path of workspace file ``key`` of ``profile`` in ``root`` (the manifest's folder, or a cache
+    mirroring it): its bytes' path (the uri, not the key), path-safety checked."""
+    return safe_join(root, profile.files[key].bytes_path, where)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -191,40 +243,14 @@ def file_entry(root: str | os.PathLike, relpath: str) -> FileEntry:
 # --------------------------------------------------------------------------- reading
 
 
-class _UniqueKeyLoader:
-    """A yaml SafeLoader that rejects a key given twice in one mapping (yaml keeps the last silently)."""
-
-    _cls = None
-
-    @classmethod
-    def get(cls):
-        if cls._cls is None:
-            import yaml
-
-            class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: ~5x faster
-                pass
-
-            def construct_mapping(loader, node, deep=False):
-                seen = set()
-                for key_node, _ in node.value:
-                    key = loader.construct_object(key_node, deep=deep)
-                    if isinstance(key, (str, int, float, bool)) and key in seen:
-                        raise yaml.constructor.ConstructorError(
-                            None, None, f"duplicate key {key!r}", key_node.start_mark
-                        )
-                    seen.add(key)
-                return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-            Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-            cls._cls = Loader
-        return cls._cls
-
-
 def _err(src: str, where: str, message: str, hint: str) -> NimbuildError:
     return NimbuildError(f"{src}: {where}: {message}" if where else f"{src}: {message}", hint=hint)
 
 
-def _parse_profile(raw: object, index: int, src: str) -> Profile:
+def _parse_profile(raw: object, index: int, src: str, own: bool) -> Profile:
+    """One profile's shape. ``own``: the manifest is nimbuild's (IDs are sha256, files carry sha256 and size)."""
+    from nimbuild.manifest_nim import OPAQUE_ID, tag_text
+
     where = f"profiles[{index}]"
     if not isinstance(raw, dict):
         raise _err(
@@ -234,12 +260,19 @@ def _parse_profile(raw: object, index: int, src: str) -> Profile:
     if label:
         where = f"profile {label!r} ({where})"
     pid = raw.get("id")
-    if not isinstance(pid, str) or not _HEX64.match(pid):
+    if own and (not isinstance(pid, str) or not _HEX64.match(pid)):
         raise _err(
             src,
             f"{where}.id",
             f"expected 64 lower-case hex characters (a sha256), got {pid!r}",
             "the id is sha256 of the profile's canonical JSON tags",
+        )
+    if not own and (not isinstance(pid, str) or not OPAQUE_ID.match(pid)):
+        raise _err(
+            src,
+            f"{where}.id",
+            f"expected an ID of letters, digits and . _ : - (at most 128), got {pid!r}",
+            "give every profile its ID",
         )
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
@@ -257,14 +290,17 @@ def _parse_profile(raw: object, index: int, src: str) -> Profile:
             f"expected a non-empty mapping, got {tags!r}",
             "tags identify the profile (model, backend, precision, ...)",
         )
+    clean_tags: dict[str, str] = {}
     for key, value in tags.items():
-        if not isinstance(key, str) or not isinstance(value, str):
+        text = value if own else tag_text(value)  # NIM's Go parser reads `tp: 8` as "8"; nimbuild writes strings
+        if not isinstance(key, str) or not isinstance(text, str):
             raise _err(
                 src,
                 f"{where}.tags.{key}",
                 f"every tag value must be a string, got {type(value).__name__} {value!r}",
                 f'quote it in the YAML: {key}: "{value}"',
             )
+        clean_tags[key] = text
     workspace = raw.get("workspace", {})
     if workspace is None:
         workspace = {}
@@ -273,20 +309,20 @@ def _parse_profile(raw: object, index: int, src: str) -> Profile:
             src,
             f"{where}.workspace",
             f"expected a mapping, got {type(workspace).__name__}",
-            "workspace: {files: {relpath: {uri, sha256, size}}}",
+            "workspace: {files: {key: {uri, sha256, size}}}",
         )
     raw_files = workspace.get("files", {}) or {}
     if not isinstance(raw_files, dict):
         raise _err(
             src,
             f"{where}.workspace.files",
-            f"expected a mapping of path -> entry, got {type(raw_files).__name__}",
-            "files: {relpath: {uri, sha256, size}}",
+            f"expected a mapping of key -> entry, got {type(raw_files).__name__}",
+            "files: {key: {uri, sha256, size}}",
         )
     files: dict[str, FileEntry] = {}
     for rel, entry in raw_files.items():
         fwhere = f"{where}.workspace.files[{rel!r}]"
-        norm = check_relpath(rel, f"{src}: {fwhere}")
+        norm = check_relpath(rel, f"{src}: {fwhere}")  # the key names a file in the workspace: a relative path too
         if norm in files:
             raise _err(src, fwhere, f"path {norm!r} is listed twice", "list each file once")
         if not isinstance(entry, dict):
@@ -310,16 +346,10 @@ def _parse_profile(raw: object, index: int, src: str) -> Profile:
                     f"use a path relative to the manifest, or one of {', '.join(s + '://' for s in _REMOTE_SCHEMES)}",
                 )
             uri = check_relpath(uri, f"{src}: {fwhere}.uri")
-            if uri != norm:  # readers open the key, download-to-cache the uri: one file, one path
-                raise _err(
-                    src,
-                    f"{fwhere}.uri",
-                    f"local uri {uri!r} differs from the file's path {norm!r}",
-                    f"set uri to {norm!r} (or leave it out), or use a remote URL "
-                    f"({', '.join(s + '://' for s in _REMOTE_SCHEMES)})",
-                )
+        elif any(ord(c) < 0x20 or c in " \x7f" for c in uri):
+            raise _err(src, f"{fwhere}.uri", f"{uri!r} holds spaces or control characters", "percent-encode them")
         sha = entry.get("sha256")
-        if not isinstance(sha, str) or not _HEX64.match(sha):
+        if (own or sha is not None) and (not isinstance(sha, str) or not _HEX64.match(sha)):
             raise _err(
                 src,
                 f"{fwhere}.sha256",
@@ -327,7 +357,7 @@ def _parse_profile(raw: object, index: int, src: str) -> Profile:
                 "run `nimbuild manifest build` to fill in checksums",
             )
         size = entry.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if (own or size is not None) and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
             raise _err(
                 src,
                 f"{fwhere}.size",
@@ -341,13 +371,28 @@ def _parse_profile(raw: object, index: int, src: str) -> Profile:
             src, f"{where}.metrics", f"expected a mapping, got {type(metrics).__name__}", "metrics: {name: value}"
         )
     extra = {k: v for k, v in raw.items() if k not in _PROFILE_KEYS}
-    return Profile(id=pid, name=name, tags=dict(tags), files=files, metrics=dict(metrics), extra=extra)
+    assert isinstance(pid, str)  # checked above, for both kinds
+    return Profile(id=pid, name=name, tags=clean_tags, files=files, metrics=dict(metrics), extra=extra)
+
+
+def _schema_major(version: object) -> str | None:
+    """'2' for 2.0.0, 2.1 or "2"; the NIM Operator picks its v2 parser on any 2.x (nimparser/utils)."""
+    if isinstance(version, bool) or not isinstance(version, (str, int)):
+        return None
+    text = str(version).strip()
+    return text.split(".", 1)[0] if re.match(r"^[0-9]+(\.[0-9]+){0,2}$", text) else None
 
 
 def parse_manifest(
     data: object, src: str = "<manifest>", root: Path | None = None, *, check_ids: bool = True
 ) -> Manifest:
     """A Manifest from already-loaded YAML/JSON data; the checks of :func:`load_manifest`."""
+    from nimbuild import manifest_nim
+
+    source_format = "nimbuild"
+    if manifest_nim.is_v1(data):
+        data = manifest_nim.v1_to_v2(data, src)  # type: ignore[arg-type]
+        source_format = "nim-v1"
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise NimbuildError(
@@ -355,10 +400,10 @@ def parse_manifest(
             hint="a manifest is a mapping with schema_version, profile_selection_criteria and profiles",
         )
     version = data.get("schema_version")
-    if str(version) != SCHEMA_VERSION or not isinstance(version, str):
+    if _schema_major(version) != "2" or not isinstance(version, str):
         raise NimbuildError(
             f"{src}: schema_version: unknown version {version!r}",
-            hint=f"this nimbuild reads schema_version: {SCHEMA_VERSION} (quoted or not)",
+            hint=f"this nimbuild reads schema_version: {SCHEMA_VERSION} (quoted or not), and NIM v1's map keyed by ID",
         )
     criteria = data.get("profile_selection_criteria", SELECTION_CRITERIA)
     if not isinstance(criteria, str):
@@ -372,6 +417,9 @@ def parse_manifest(
             f"{src}: {HEADER_KEY}: expected a mapping, got {type(header).__name__}",
             hint="nimbuild: {model, recipe_sha256, version}",
         )
+    own = HEADER_KEY in data
+    if not own and source_format == "nimbuild":
+        source_format = "nim-v2"
     raw_profiles = data.get("profiles")
     if raw_profiles is None:
         raw_profiles = []
@@ -380,10 +428,13 @@ def parse_manifest(
             f"{src}: profiles: expected a list, got {type(raw_profiles).__name__}",
             hint="profiles: [{id, name, tags, workspace}, ...]",
         )
-    profiles = [_parse_profile(raw, i, src) for i, raw in enumerate(raw_profiles)]
+    if not own:
+        manifest_nim.name_profiles([p for p in raw_profiles if isinstance(p, dict)])
+    profiles = [_parse_profile(raw, i, src, own) for i, raw in enumerate(raw_profiles)]
 
     seen_ids: dict[str, int] = {}
     seen_names: dict[str, int] = {}
+    checked: set[str] = set()  # bytes paths whose safety is known: a 20,000-profile manifest shares its files
     for i, p in enumerate(profiles):
         if p.id in seen_ids:
             raise NimbuildError(
@@ -397,7 +448,7 @@ def parse_manifest(
             )
         seen_ids[p.id] = i
         seen_names[p.name] = i
-        if check_ids:
+        if check_ids and own:
             expected = profile_id(p.tags)
             if expected != p.id:
                 raise NimbuildError(
@@ -406,8 +457,11 @@ def parse_manifest(
                     hint="the tags or the id were edited; rebuild the manifest with `nimbuild manifest build`",
                 )
         if root is not None:
-            for rel in p.files:
-                safe_join(root, rel, f"{src}: profile {p.name!r}.workspace.files")
+            for entry in p.files.values():
+                if entry.remote or entry.uri in checked:
+                    continue
+                safe_join(root, entry.uri, f"{src}: profile {p.name!r}.workspace.files")
+                checked.add(entry.uri)
     extra = {k: v for k, v in data.items() if k not in _TOP_KEYS}
     return Manifest(
         profiles=profiles,
@@ -416,33 +470,40 @@ def parse_manifest(
         source=Path(src) if src else None,
         selection_criteria=criteria,
         extra=extra,
+        # A manifest without the header whose every ID is the sha256 of its tags (a hand-written fragment,
+        # another tool following DESIGN.md) is as good as nimbuild's for IDs; otherwise they are opaque.
+        opaque_ids=not own and not all(_id_matches(p) for p in profiles),
+        source_format=source_format,
     )
 
 
+def _id_matches(p: Profile) -> bool:
+    try:
+        return profile_id(p.tags) == p.id
+    except NimbuildError:
+        return False
+
+
 def load_manifest(path: str | os.PathLike, *, check_ids: bool = True) -> Manifest:
-    """Read and check a manifest: safe YAML, its shape, every ID, every path.
+    """Read and check a manifest: safe bounded YAML (:mod:`nimbuild.safeload`), its shape, every ID, every path.
 
     Any problem is a NimbuildError naming the file, the profile and the field.
     ``check_ids=False`` leaves wrong IDs to :func:`verify_manifest` (which lists them all).
+    Paths are relative to the manifest's real folder: a symlinked manifest
+    (``/opt/nim/etc/default/model_manifest.yaml`` -> the image's own) reads its files beside its target.
     """
-    import yaml
+    from nimbuild.manifest_nim import LOCAL_TAGS
+    from nimbuild.safeload import MANIFEST_LIMITS, load_yaml
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise NimbuildError(
-            f"{path}: no such manifest", hint="build one with `nimbuild manifest build` or `nimbuild build`"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise NimbuildError(f"{path}: cannot read the manifest: {exc}", hint="check the file") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader.get())  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise NimbuildError(
-            f"{path}: not valid YAML: {' '.join(str(exc).split())}", hint="fix the YAML syntax at the line shown"
-        ) from None
-    return parse_manifest(data, str(path), root=path.parent, check_ids=check_ids)
+    data, _ = load_yaml(
+        path,
+        what="manifest",
+        limits=MANIFEST_LIMITS,
+        local_tags=LOCAL_TAGS,
+        hint="build one with `nimbuild manifest build` or `nimbuild build`",
+    )
+    return parse_manifest(data, str(path), root=Path(os.path.realpath(path)).parent, check_ids=check_ids)
 
 
 # --------------------------------------------------------------------------- writing
@@ -467,7 +528,9 @@ def _rebase(manifest: Manifest, new_root: Path) -> list[Profile]:
     for p in manifest.profiles:
         files = {}
         for rel, entry in p.files.items():
-            new_rel = _relocate(old_root, rel, new_root, p)
+            # nimbuild's own keys are paths beside the manifest (key == uri): both move. A key that
+            # differs from its uri is a name in the profile's workspace (NIM's meaning): only the uri moves.
+            new_rel = _relocate(old_root, rel, new_root, p) if rel == entry.uri else rel
             uri = entry.uri if _is_remote(entry.uri) else _relocate(old_root, entry.uri, new_root, p)
             files[new_rel] = FileEntry(uri=uri, sha256=entry.sha256, size=entry.size)
         out.append(Profile(id=p.id, name=p.name, tags=p.tags, files=files, metrics=p.metrics, extra=p.extra))
@@ -502,6 +565,8 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike) -> None:
         source=path,
         selection_criteria=manifest.selection_criteria,
         extra=manifest.extra,
+        opaque_ids=manifest.opaque_ids,
+        source_format=manifest.source_format,
     )
     problems = verify_manifest(rebased, check_files=False)
     if problems:
@@ -510,10 +575,15 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike) -> None:
             hint="fix the profiles (ids are sha256 of their tags; names unique)",
         )
     data = dump_manifest(rebased)
-    # What we write must read back identically (catches non-YAML-safe metrics early).
-    import yaml
+    # What we write must read back, by the reader every manifest goes through (catches non-YAML-safe metrics).
+    from nimbuild.manifest_nim import LOCAL_TAGS
+    from nimbuild.safeload import MANIFEST_LIMITS, parse_yaml
 
-    parse_manifest(yaml.safe_load(data), str(path), root=None)
+    parse_manifest(
+        parse_yaml(data.decode("utf-8"), str(path), what="manifest", limits=MANIFEST_LIMITS, local_tags=LOCAL_TAGS),
+        str(path),
+        root=None,
+    )
     atomic_write_bytes(path, data)
     manifest.root = root
 
@@ -551,7 +621,11 @@ def _differences(a: Profile, b: Profile) -> str:
         return f"files {sorted(a.files)} vs {sorted(b.files)}"
     for rel in sorted(a.files):
         if a.files[rel] != b.files[rel]:
-            return f"file {rel}: sha256 {a.files[rel].sha256[:12]}.. size {a.files[rel].size} vs sha256 {b.files[rel].sha256[:12]}.. size {b.files[rel].size}"
+            x, y = a.files[rel], b.files[rel]
+            return (
+                f"file {rel}: uri {x.uri} sha256 {(x.sha256 or '-')[:12]}.. size {x.size} "
+                f"vs uri {y.uri} sha256 {(y.sha256 or '-')[:12]}.. size {y.size}"
+            )
     if _sorted(a.extra) != _sorted(b.extra):
         return "other fields differ"
     if _sorted(a.metrics) != _sorted(b.metrics):
@@ -580,6 +654,14 @@ def merge_manifests(manifests: Iterable[Manifest], root: str | os.PathLike | Non
     their engines merge into the export dir's manifest.
     """
     manifests = list(manifests)
+    kinds = {m.opaque_ids for m in manifests}
+    if len(kinds) > 1:
+        theirs = ", ".join(str(m.source) for m in manifests if m.opaque_ids)
+        raise NimbuildError(
+            f"cannot merge manifests nimbuild wrote with manifests it did not write ({theirs}): "
+            "their IDs are opaque, nimbuild's are sha256 of the tags",
+            hint="merge each kind on its own",
+        )
     roots = [os.path.abspath(m.root) for m in manifests if m.root is not None]
     if root is None and roots:
         root = os.path.commonpath(roots)
@@ -632,6 +714,8 @@ def merge_manifests(manifests: Iterable[Manifest], root: str | os.PathLike | Non
         root=new_root,
         selection_criteria=criteria.pop(),
         extra=extra,
+        opaque_ids=kinds == {True},
+        source_format=manifests[0].source_format if len({m.source_format for m in manifests}) == 1 else "nim-v2",
     )
 
 
@@ -639,18 +723,31 @@ def merge_manifests(manifests: Iterable[Manifest], root: str | os.PathLike | Non
 
 
 def verify_profile(
-    manifest: Manifest, profile: Profile, check_files: bool = True, _hashes: dict | None = None
+    manifest: Manifest,
+    profile: Profile,
+    check_files: bool = True,
+    _hashes: dict | None = None,
+    *,
+    notes: list[str] | None = None,
+    absent_remote_ok: bool = False,
+    _paths: dict | None = None,
 ) -> list[str]:
-    """Problems of one profile: its ID against its tags, and each file's sha256 and size."""
+    """Problems of one profile: its ID against its tags, and each file's size and sha256.
+
+    What cannot be checked is not a problem: it goes to ``notes`` when given (a file without
+    sha256, a remote file not downloaded when ``absent_remote_ok``). ``absent_remote_ok=False`` (what
+    ``serve`` and ``create-model-store`` need) makes a remote file that is not here a problem.
+    """
     problems = []
     label = f"profile {profile.name!r}"
-    try:
-        expected = profile_id(profile.tags)
-    except NimbuildError as exc:
-        problems.append(f"{label}: tags: {exc.message}")
-    else:
-        if expected != profile.id:
-            problems.append(f"{label}: id {profile.id} does not match its tags (expected {expected})")
+    if not manifest.opaque_ids:
+        try:
+            expected = profile_id(profile.tags)
+        except NimbuildError as exc:
+            problems.append(f"{label}: tags: {exc.message}")
+        else:
+            if expected != profile.id:
+                problems.append(f"{label}: id {profile.id} does not match its tags (expected {expected})")
     if not check_files:
         for rel in profile.files:
             try:
@@ -661,35 +758,65 @@ def verify_profile(
     if manifest.root is None:
         return problems + [f"{label}: no folder to check its files against"]
     hashes = _hashes if _hashes is not None else {}
+    paths = _paths if _paths is not None else {}
     for rel in sorted(profile.files):
         entry = profile.files[rel]
+        where = rel if rel == entry.uri else f"{rel} ({entry.uri})"
+        stored = entry.bytes_path
         try:
-            path = safe_join(manifest.root, rel)
+            if stored not in paths:
+                paths[stored] = safe_join(manifest.root, stored)
+            path = paths[stored]
+            st = path.stat()
         except NimbuildError as exc:
             problems.append(f"{label}: {exc.message}")
             continue
-        if not path.is_file():
-            problems.append(f"{label}: {rel}: missing ({path})")
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            if st is None and entry.remote and absent_remote_ok:
+                if notes is not None:
+                    notes.append(f"{label}: {where}: remote, not downloaded here: not checked")
+                continue
+            what = "missing" if st is None else "not a regular file"
+            fix = "; run download-to-cache" if entry.remote else ""
+            problems.append(f"{label}: {where}: {what} ({path}){fix}")
             continue
-        size = path.stat().st_size
-        if size != entry.size:
-            problems.append(f"{label}: {rel}: size {size} bytes, manifest says {entry.size}")
+        if entry.size is not None and st.st_size != entry.size:
+            problems.append(f"{label}: {where}: size {st.st_size} bytes, manifest says {entry.size}")
             continue
-        if rel not in hashes:
-            hashes[rel] = sha256_file(path)
-        if hashes[rel] != entry.sha256:
+        if entry.sha256 is None:
+            if notes is not None:
+                notes.append(f"{label}: {where}: no sha256 in the manifest: unverified")
+            continue
+        if stored not in hashes:
+            hashes[stored] = sha256_file(path)
+        if hashes[stored] != entry.sha256:
             problems.append(
-                f"{label}: {rel}: sha256 {hashes[rel]} does not match the manifest's {entry.sha256} (file altered)"
+                f"{label}: {where}: sha256 {hashes[stored]} does not match the manifest's {entry.sha256} (file altered)"
             )
     return problems
 
 
-def verify_manifest(manifest: Manifest, check_files: bool = True) -> list[str]:
-    """Every problem, one line each: wrong IDs, duplicate IDs/names, missing or altered files. [] when good."""
+def verify_manifest(
+    manifest: Manifest, check_files: bool = True, *, notes: list[str] | None = None, absent_remote_ok: bool = False
+) -> list[str]:
+    """Every problem, one line each: wrong IDs, duplicate IDs/names, missing or altered files. [] when good.
+
+    ``notes`` (when given) receives what could not be checked: opaque IDs, files without sha256,
+    remote files not downloaded (with ``absent_remote_ok``). Linear in profiles and files: a file
+    shared by many profiles is resolved and hashed once.
+    """
     problems: list[str] = []
     seen_ids: set[str] = set()
     seen_names: set[str] = set()
     hashes: dict[str, str] = {}
+    paths: dict[str, Path] = {}
+    if manifest.opaque_ids and notes is not None:
+        notes.append(
+            f"{len(manifest.profiles)} profile IDs not recomputed: the manifest has no `{HEADER_KEY}:` header "
+            f"(written by another tool, {manifest.source_format}), so its IDs are opaque"
+        )
     for p in manifest.profiles:
         if p.id in seen_ids:
             problems.append(f"profile {p.name!r}: duplicate id {p.id}")
@@ -697,5 +824,13 @@ def verify_manifest(manifest: Manifest, check_files: bool = True) -> list[str]:
             problems.append(f"profile {p.name!r}: duplicate name")
         seen_ids.add(p.id)
         seen_names.add(p.name)
-        problems += verify_profile(manifest, p, check_files=check_files, _hashes=hashes)
+        problems += verify_profile(
+            manifest,
+            p,
+            check_files=check_files,
+            _hashes=hashes,
+            notes=notes,
+            absent_remote_ok=absent_remote_ok,
+            _paths=paths,
+        )
     return problems

@@ -365,29 +365,13 @@ def parse_recipe(data: Any, src: str | Path = "<recipe>") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and check a recipe file (YAML, safe_load only)."""
-    import yaml
+    """Read and check a recipe file with nimbuild's one YAML reader (:mod:`nimbuild.safeload`): a key given
+    twice (``trust_remote_code: false`` then ``true``), an alias bomb, deep nesting, a non-plain tag, a
+    file that is not a regular one or is too large are one-line errors, like every schema error."""
+    from nimbuild.safeload import RECIPE_LIMITS, load_yaml
 
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise NimbuildError(f"recipe {p} does not exist", hint="give the path of a recipes/*.yaml file") from None
-    except IsADirectoryError:
-        raise NimbuildError(
-            f"recipe {p} is a folder, not a file", hint="give the path of a recipes/*.yaml file"
-        ) from None
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise NimbuildError(
-            f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})", hint="save the recipe as UTF-8"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise NimbuildError(f"{p}: invalid YAML{where}: {problem}", hint="fix the YAML syntax") from None
+    data, raw = load_yaml(p, what="recipe", limits=RECIPE_LIMITS, hint="give the path of a recipes/*.yaml file")
     recipe = parse_recipe(data, p)
     recipe._path = p.resolve()
     recipe._sha256 = hashlib.sha256(raw).hexdigest()

@@ -46,6 +46,8 @@ ALLOWED_NIMBUILD = {
     "nimbuild.profiles",
     "nimbuild.manifest",
     "nimbuild.fsutil",
+    "nimbuild.safeload",
+    "nimbuild.manifest_nim",
     "nimbuild.runtime",
     "nimbuild.runtime.hardware",
     "nimbuild.runtime.selection",
@@ -177,6 +179,8 @@ RUNTIME_MAY_IMPORT = (
     "nimbuild.profiles",
     "nimbuild.manifest",
     "nimbuild.fsutil",
+    "nimbuild.safeload",
+    "nimbuild.manifest_nim",
     "nimbuild.runtime",
 )
 

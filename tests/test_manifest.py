@@ -241,19 +241,31 @@ def test_remote_uri_is_allowed(built):
     assert mf.load_manifest(built)
 
 
-def test_local_uri_other_than_its_key_is_rejected(built):
-    # download-to-cache reads the uri, serve and verify the key: they must name one file.
+def test_a_local_uri_other_than_its_key_is_where_the_bytes_are(built):
+    # NIM's meaning: the key names the file in the profile's workspace, the uri where its bytes are.
+    root = built.parent
+    moved = root / "profiles" / "int8" / "model.onnx"
+    moved.parent.mkdir(parents=True)
+
     def swap(d):
         prof = next(p for p in d["profiles"] if p["tags"]["precision"] == "int8")
         files = prof["workspace"]["files"]
         key = next(k for k in files if k.endswith("model.onnx"))
-        files[key]["uri"] = "onnx/fp16-gpu/model.onnx"
+        (root / key).rename(moved)
+        files[key]["uri"] = "profiles/int8/model.onnx"
 
     _edit(built, swap)
-    with pytest.raises(NimbuildError) as exc:
-        mf.load_manifest(built)
-    msg = str(exc.value)
-    assert str(built) in msg and "int8" in msg and ".uri" in msg and "onnx/fp16-gpu/model.onnx" in msg
+    m = mf.load_manifest(built, check_ids=False)
+    assert mf.verify_manifest(m) == []  # verified at the uri, not at the key
+    prof = next(p for p in m.profiles if p.tags["precision"] == "int8")
+    key = next(k for k in prof.files if k.endswith("model.onnx"))
+    assert mf.file_in(root, prof, key) == root / "profiles/int8/model.onnx"
+    moved.write_bytes(b"altered")
+    problems = mf.verify_manifest(m)
+    assert len(problems) == 1 and "profiles/int8/model.onnx" in problems[0] and key in problems[0]
+    moved.unlink()
+    problems = mf.verify_manifest(m)
+    assert len(problems) == 1 and "missing" in problems[0] and "profiles/int8/model.onnx" in problems[0]
 
 
 def test_local_uri_equal_to_its_key_or_normalised_is_fine(built):

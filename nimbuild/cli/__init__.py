@@ -138,3 +138,17 @@ def list_model_profiles_main(argv: list[str] | None = None) -> None:
     from nimbuild.cli.profiles import standalone_list_app
 
     run(standalone_list_app(), argv, prog_name="list-model-profiles")
+
+
+def download_to_cache_main(argv: list[str] | None = None) -> None:
+    """Entry point of the `download-to-cache` console script (as in NIM containers; the NIM Operator runs it)."""
+    from nimbuild.cli.render import standalone_app
+
+    run(standalone_app("download-to-cache"), argv, prog_name="download-to-cache")
+
+
+def create_model_store_main(argv: list[str] | None = None) -> None:
+    """Entry point of the `create-model-store` console script (as in NIM containers; the NIM Operator runs it)."""
+    from nimbuild.cli.render import standalone_app
+
+    run(standalone_app("create-model-store"), argv, prog_name="create-model-store")

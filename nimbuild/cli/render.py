@@ -77,13 +77,51 @@ def render(
     out.emit(result.to_dict(), human)
 
 
+def _manifest_path(manifest: Path | None) -> Path:
+    """--manifest, else NIM_MANIFEST_PATH, ./manifest.yaml or the NIM Operator's paths (selection's one rule)."""
+    from nimbuild.runtime.selection import default_manifest_path
+
+    return manifest if manifest is not None else default_manifest_path(os.environ)
+
+
+RuntimeManifestOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        "-m",
+        "--manifest-file",
+        envvar="NIM_MANIFEST_PATH",
+        show_default=False,
+        help="The manifest (env NIM_MANIFEST_PATH; default ./manifest.yaml, else "
+        "/opt/nim/etc/default/model_manifest.yaml or /etc/nim/config/model_manifest.yaml).",
+    ),
+]
+
+
 def create_model_store(
-    profile: ProfileOpt,
     model_store: Annotated[
         Path,
         typer.Option("--model-store", "-s", help="Folder to create (Triton's --model-repository).", show_default=False),
     ],
-    manifest: ManifestOpt = Path("manifest.yaml"),
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            "-p",
+            show_default=False,
+            help="Profile ID, unique ID prefix, or name [default: the one this host selects].",
+        ),
+    ] = None,
+    model_repo: Annotated[
+        str | None,
+        typer.Option(
+            "--model-repo",
+            show_default=False,
+            help="Where the profiles are: a manifest, or a folder holding manifest.yaml or model_manifest.yaml "
+            "(the NIM Operator's form; instead of --manifest).",
+        ),
+    ] = None,
+    manifest: RuntimeManifestOpt = None,
     link: Annotated[
         bool, typer.Option("--link/--copy", help="Symlink the files or copy them (checked by sha256).")
     ] = False,
@@ -91,15 +129,22 @@ def create_model_store(
 ) -> None:
     """Materialize one profile as a Triton model store, from the cache (NIM_CACHE_PATH) or the manifest's folder.
 
+    Without --profile, the profile this host would select (NIM_MODEL_PROFILE, NIM_TAGS_SELECTOR).
+    The NIM Operator runs it as `create-model-store --model-repo DIR --model-store /model-store`.
     NIM_TRITON_MAX_BATCH_SIZE and NIM_TRITON_DYNAMIC_BATCHING_MAX_QUEUE_DELAY_MICROSECONDS apply.
 
     Example: nimbuild create-model-store --profile onnx-fp16-triton-onnxruntime --model-store /tmp/store
     """
+    from nimbuild.errors import NimbuildError
     from nimbuild.output import Output
     from nimbuild.runtime.model_store import create_model_store as create
+    from nimbuild.runtime.model_store import manifest_in_repo
 
+    if model_repo is not None and manifest is not None and os.environ.get("NIM_MANIFEST_PATH") != str(manifest):
+        raise NimbuildError("give --model-repo or --manifest, not both", hint="they name the same thing")
+    path = manifest_in_repo(model_repo) if model_repo is not None else _manifest_path(manifest)
     out = Output(json_mode=json_mode)
-    store = create(manifest, profile, model_store, mode="link" if link else "copy", env=os.environ)
+    store = create(path, profile, model_store, mode="link" if link else "copy", env=os.environ)
     out.emit(
         store.to_dict(),
         f"created {store.store} for profile {store.profile_id} ({store.profile_name}); "
@@ -109,36 +154,90 @@ def create_model_store(
 
 
 def download_to_cache(
-    profile: ProfileOpt,
-    manifest: ManifestOpt = Path("manifest.yaml"),
+    more_profiles: Annotated[
+        list[str] | None,
+        typer.Argument(show_default=False, help="More profile IDs (`--profiles A B C`, as NIM writes it)."),
+    ] = None,
+    profiles: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--profiles",
+            "--profile",
+            "-p",
+            show_default=False,
+            help="Profile IDs, unique ID prefixes or names: `--profiles ID [ID ...]` "
+            "[default: the one this host selects].",
+        ),
+    ] = None,
+    all_profiles: Annotated[bool, typer.Option("--all", help="Every profile of the manifest.")] = False,
+    manifest: RuntimeManifestOpt = None,
     cache_path: Annotated[
         Path | None, typer.Option("--cache-path", help="Cache folder [default: $NIM_CACHE_PATH, else ~/.cache/nim].")
+    ] = None,
+    model_uri: Annotated[
+        str | None,
+        typer.Option("--model-uri", hidden=True, help="NIM's model-free form: not for a nimbuild image."),
     ] = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Copy one profile's files into the cache, each checked against the manifest's sha256.
+    """Copy profiles' files into the cache, each checked against the manifest's sha256.
 
-    Example: NIM_CACHE_PATH=/opt/nim/.cache nimbuild download-to-cache --profile cpu-int8-avx2-onnxruntime
+    `--profiles ID [ID ...]` or `--all`, as the NIM Operator's NIMCache job runs it; with neither, the
+    profile this host would select. Honours NIM_CACHE_PATH and NIM_MANIFEST_PATH. A file shared by
+    profiles is fetched once.
+
+    Example: NIM_CACHE_PATH=/opt/nim/.cache nimbuild download-to-cache --profiles cpu-int8-avx2-onnxruntime
     """
+    from nimbuild.errors import NimbuildError
     from nimbuild.output import Output
     from nimbuild.runtime.model_store import download_to_cache as download
 
+    if model_uri is not None:
+        raise NimbuildError(
+            f"--model-uri {model_uri}: a nimbuild image carries its manifest; it is not a model-free NIM",
+            hint="put the manifest at /opt/nim/etc/default/model_manifest.yaml so the NIM Operator finds it",
+        )
+    refs = list(profiles or []) + list(more_profiles or [])
     out = Output(json_mode=json_mode, quiet=quiet)
-    result = download(manifest, profile, cache_path=cache_path, env=os.environ, out=out)
+    result = download(
+        _manifest_path(manifest), refs, cache_path=cache_path, env=os.environ, out=out, all_profiles=all_profiles
+    )
     if not os.environ.get("NIM_CACHE_PATH") and cache_path is None:
         out.note(
             f"NIM_CACHE_PATH is not set: cached in {result['cache']}; export NIM_CACHE_PATH={result['cache']} "
             "so that selection and serve find it"
         )
-    out.emit(
-        result,
-        f"{result['profile_id']} ({result['profile_name']}): {len(result['copied'])} file(s) copied, "
-        f"{len(result['already_cached'])} already cached, in {result['cache']}",
-    )
+    for entry in result["profiles"]:
+        if entry["unverified"]:
+            out.warn(
+                f"{entry['profile_name']}: {len(entry['unverified'])} file(s) without sha256 "
+                "in the manifest: unverified"
+            )
+
+    def human(o) -> None:
+        for entry in result["profiles"]:
+            o.line(
+                f"{entry['profile_id']} ({entry['profile_name']}): {len(entry['copied'])} file(s) copied, "
+                f"{len(entry['already_cached'])} already cached, in {result['cache']}"
+            )
+
+    out.emit(result, human)
 
 
 def register(app: typer.Typer) -> None:
     app.command("render")(render)
     app.command("create-model-store")(create_model_store)
     app.command("download-to-cache")(download_to_cache)
+
+
+def standalone_app(name: str) -> typer.Typer:
+    """The `download-to-cache` / `create-model-store` console scripts (as in NIM images): one command each."""
+    app = typer.Typer(
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.command(name)({"download-to-cache": download_to_cache, "create-model-store": create_model_store}[name])
+    return app

@@ -14,14 +14,16 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         manifest: Annotated[
-            Path,
+            Path | None,
             typer.Option(
                 "--manifest",
                 "-m",
                 envvar="NIM_MANIFEST_PATH",
-                help="manifest.yaml whose profiles to choose from (env NIM_MANIFEST_PATH).",
+                show_default=False,
+                help="manifest.yaml whose profiles to choose from (env NIM_MANIFEST_PATH; default ./manifest.yaml, "
+                "else the NIM Operator's /opt/nim/etc/default/model_manifest.yaml).",
             ),
-        ] = Path("manifest.yaml"),
+        ] = None,
         host: Annotated[
             str, typer.Option("--host", envvar="NIM_HTTP_API_HOST", help="Address to listen on.")
         ] = "0.0.0.0",
@@ -60,6 +62,7 @@ def register(app: typer.Typer) -> None:
         """
         import os
 
+        from nimbuild.runtime.selection import default_manifest_path
         from nimbuild.runtime.serve.server import (
             bind_listener,
             graceful_shutdown_seconds,
@@ -73,7 +76,11 @@ def register(app: typer.Typer) -> None:
         sock = bind_listener(host, port)
         try:
             service = start_service(
-                manifest, env=os.environ, assume_gpu=assume_gpu or (), assume_cpu=assume_cpu, backend=backend
+                manifest or default_manifest_path(os.environ),
+                env=os.environ,
+                assume_gpu=assume_gpu or (),
+                assume_cpu=assume_cpu,
+                backend=backend,
             )
         except BaseException:
             sock.close()

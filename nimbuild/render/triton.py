@@ -96,7 +96,7 @@ def render_all(
     with out.progress() as progress:
         task = progress.add_task("rendering Triton repositories", total=len(infos))
         for name, info in infos:
-            rendered.append(write_repository(info, triton_dir / name, Path(manifest.root), mode=mode))
+            rendered.append(write_repository(info, triton_dir / name, _locator(manifest, info), mode=mode))
             progress.advance(task)
     container = None
     if dockerfile:
@@ -104,6 +104,15 @@ def render_all(
 
         container = render_container(manifest_path, out_dir, recipe=recipe, triton_dir=triton_dir)
     return RenderResult(repositories=rendered, container=container, skipped=skipped)
+
+
+def _locator(manifest, info: dict):
+    """Where a repository's source file (a workspace key of its profiles) has its bytes: at the file's uri."""
+    from nimbuild.manifest import safe_join
+
+    ids = set(info["profile_ids"])
+    paths = {rel: e.bytes_path for p in manifest.profiles if p.id in ids for rel, e in p.files.items()}
+    return lambda rel: safe_join(manifest.root, paths.get(rel, rel), info["profile_name"])
 
 
 def render_repositories(

@@ -6,8 +6,15 @@ imports onnx or tritonclient. A repository pre-rendered by ``nimbuild render``
 so the store is re-rendered from that record; without one, the graph's inputs
 are read by :mod:`nimbuild.runtime.triton_repo.onnx_io`'s light reader.
 
-Cache layout (shared with ``nimbuild.runtime.selection.is_cached``): a file of
-the manifest at ``<relpath>`` is cached at ``$NIM_CACHE_PATH/<relpath>``.
+Cache layout (shared with ``nimbuild.runtime.selection``): the bytes of a manifest file are cached at
+``$NIM_CACHE_PATH/<its bytes path>``: its local ``uri`` (so the cache mirrors the manifest's folder), or
+``remote/<scheme>/<host>/<path>`` for a remote one (:attr:`nimbuild.manifest.FileEntry.bytes_path`).
+The key (the file's name in the profile's workspace) may differ from the uri, as in NIM's manifests.
+
+The NIM Operator runs these as the image's own commands (k8s-nim-operator
+``internal/controller/nimcache_controller.go``, ``constructJob``): ``download-to-cache`` with
+``--all`` or ``--profiles ID...`` and ``NIM_CACHE_PATH=/model-store``, and
+``create-model-store --model-repo ENDPOINT --model-store /model-store``.
 """
 
 from __future__ import annotations
@@ -94,8 +101,29 @@ def cache_root(env: Mapping[str, str] | None = None, cache_path: str | os.PathLi
 # --------------------------------------------------------------------------- download-to-cache
 
 
-def _fetch_remote(uri: str, dst: Path, sha256: str, size: int) -> None:
-    """An https:// artifact into ``dst``, checked against the manifest; other schemes are refused."""
+ENV_MAX_DOWNLOAD = "NIMBUILD_MAX_DOWNLOAD_BYTES"
+DEFAULT_MAX_DOWNLOAD = 64 * 1024**3  # a remote file whose manifest entry has no size: at most 64 GiB
+
+
+def max_download_bytes(env: Mapping[str, str] | None = None) -> int:
+    """The cap on a remote file the manifest gives no size for (``NIMBUILD_MAX_DOWNLOAD_BYTES``, default 64 GiB)."""
+    env = os.environ if env is None else env
+    raw = (env.get(ENV_MAX_DOWNLOAD) or "").strip()
+    if not raw:
+        return DEFAULT_MAX_DOWNLOAD
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise NimbuildError(f"{ENV_MAX_DOWNLOAD}={raw!r} is not a positive byte count", hint="e.g. 10737418240")
+    return value
+
+
+def _fetch_remote(uri: str, dst: Path, sha256: str | None, size: int | None, cap: int) -> None:
+    """An https:// artifact into ``dst``, never reading more than the manifest's ``size`` (or ``cap``
+    when it gives none): a server sending more is cut off at the first byte past it, before the file is
+    whole. Checked against the sha256 when the manifest has one; other schemes are refused."""
     import hashlib
     import urllib.request
 
@@ -103,18 +131,41 @@ def _fetch_remote(uri: str, dst: Path, sha256: str, size: int) -> None:
     if scheme not in ("https", "http"):
         raise NimbuildError(
             f"{uri}: {scheme}:// downloads are not supported by nimbuild",
-            hint="fetch the file yourself into the manifest's folder, or publish it over https",
+            hint="fetch the file yourself into the manifest's folder or NIM_CACHE_PATH, or publish it over https",
         )
+    limit = size if size is not None else cap
     tmp = dst.with_name(f".{dst.name}.partial")
     dst.parent.mkdir(parents=True, exist_ok=True)
     h, written = hashlib.sha256(), 0
     try:
         with urllib.request.urlopen(uri, timeout=60) as resp, open(tmp, "wb") as fh:  # noqa: S310 (scheme checked)
-            while block := resp.read(1 << 22):
+            announced = resp.headers.get("Content-Length")
+            if announced and announced.isdigit() and int(announced) > limit:
+                raise NimbuildError(
+                    f"{uri}: the server announces {announced} bytes, more than the "
+                    + (
+                        f"{size} the manifest says"
+                        if size is not None
+                        else f"{limit} nimbuild fetches ({ENV_MAX_DOWNLOAD})"
+                    ),
+                    hint="the remote file changed or the URL is wrong; nothing was downloaded",
+                )
+            while block := resp.read(min(1 << 22, limit + 1 - written)):
+                written += len(block)
+                if written > limit:
+                    raise NimbuildError(
+                        f"{uri}: more than the "
+                        + (
+                            f"{size} bytes the manifest says"
+                            if size is not None
+                            else f"{limit} bytes cap ({ENV_MAX_DOWNLOAD})"
+                        )
+                        + "; stopped reading",
+                        hint="the remote file changed or the URL is wrong",
+                    )
                 h.update(block)
                 fh.write(block)
-                written += len(block)
-        if written != size or h.hexdigest() != sha256:
+        if (size is not None and written != size) or (sha256 is not None and h.hexdigest() != sha256):
             raise NimbuildError(
                 f"{uri}: downloaded {written} bytes with sha256 {h.hexdigest()}, "
                 f"the manifest says {size} bytes and {sha256}",
@@ -128,63 +179,130 @@ def _fetch_remote(uri: str, dst: Path, sha256: str, size: int) -> None:
 
 
 def _cached_ok(path: Path, entry) -> bool:
+    """The cached copy is the manifest's file: its size, and its sha256 when the manifest has one."""
     from nimbuild.manifest import sha256_file
 
     try:
-        return path.is_file() and path.stat().st_size == entry.size and sha256_file(path) == entry.sha256
+        if not path.is_file() or (entry.size is not None and path.stat().st_size != entry.size):
+            return False
+        return entry.sha256 is None or sha256_file(path) == entry.sha256
     except OSError:
         return False
 
 
+def chosen_profiles(manifest, refs: list[str], *, all_profiles: bool = False, env: Mapping[str, str] | None = None):
+    """The profiles ``download-to-cache`` fetches: every one (``--all``), those named (``--profiles``: IDs,
+    ID prefixes or names), or, with neither, the one this host would select (as NIM does: its optimal
+    profile, honouring NIM_MODEL_PROFILE and NIM_TAGS_SELECTOR)."""
+    env = os.environ if env is None else env
+    if all_profiles:
+        if refs:
+            raise NimbuildError("give --all or --profiles, not both", hint="--all caches every profile")
+        if not manifest.profiles:
+            raise NimbuildError(f"{manifest.source}: the manifest lists no profile", hint="build one first")
+        return list(manifest.profiles)
+    if refs:
+        chosen, seen = [], set()
+        for ref in refs:
+            for part in ref.replace(",", " ").split():
+                profile = resolve_profile(manifest, part)
+                if profile.id not in seen:
+                    seen.add(profile.id)
+                    chosen.append(profile)
+        if chosen:
+            return chosen
+    from nimbuild.runtime.hardware import detect_host
+    from nimbuild.runtime.selection import select
+
+    selection = select(manifest, detect_host(env), env, cache_path=None)
+    if selection.selected is None:
+        raise NimbuildError(
+            f"{manifest.source}: no profile is runnable on this host, so there is no default to cache",
+            hint="name them with --profiles ID..., or cache every one with --all",
+        )
+    return [selection.selected]
+
+
 def download_to_cache(
     manifest_path: str | os.PathLike,
-    ref: str,
+    ref: str | list[str] | None = None,
     *,
     cache_path: str | os.PathLike | None = None,
     env: Mapping[str, str] | None = None,
     out=None,
+    all_profiles: bool = False,
 ) -> dict:
-    """Copy one profile's files into the cache (``$NIM_CACHE_PATH/<relpath>``), each checked by sha256.
+    """Copy profiles' files into the cache (``$NIM_CACHE_PATH/<bytes path>``), each checked by sha256.
 
-    Files already there with the right bytes are kept; a copy whose bytes do not
-    match the manifest is removed and reported. Each file appears under its
-    final name only once complete (temp file + rename).
+    ``ref``: one profile or a list (IDs, prefixes, names); none: the one this host selects;
+    ``all_profiles``: every one. Files already there with the right bytes are kept; each file
+    appears under its final name only once complete (temp file + rename). A file shared by
+    several profiles is fetched once. Returns one summary (a single profile's keys at the top,
+    for the one-profile form) with ``profiles``: one entry per profile.
     """
-    from nimbuild.manifest import is_remote_uri, load_manifest, safe_join
+    from nimbuild.manifest import load_manifest, safe_join
     from nimbuild.output import Output
     from nimbuild.runtime.triton_repo.files import copy_verified
 
+    env = os.environ if env is None else env
     manifest = load_manifest(manifest_path)
-    profile = resolve_profile(manifest, ref)
+    refs = [ref] if isinstance(ref, str) else list(ref or [])
+    chosen = chosen_profiles(manifest, refs, all_profiles=all_profiles, env=env)
     root = cache_root(env, cache_path)
-    copied, kept = [], []
+    cap = max_download_bytes(env)
+    done: dict[str, str] = {}  # bytes path -> "copied" | "kept"
+    summaries = []
     with (out or Output(quiet=True)).progress() as progress:
-        task = progress.add_task(f"caching {profile.name}", total=len(profile.files))
-        for rel, entry in sorted(profile.files.items()):
-            dst = safe_join(root, rel, f"cache for {profile.name}") if root.exists() else root / rel
-            if _cached_ok(dst, entry):
-                kept.append(rel)
-            elif is_remote_uri(entry.uri):
-                _fetch_remote(entry.uri, dst, entry.sha256, entry.size)
-                copied.append(rel)
-            else:
-                src = safe_join(manifest.root, entry.uri, f"{manifest.source}: profile {profile.name!r}")
-                if not src.is_file():
-                    raise NimbuildError(
-                        f"{src}: missing (profile {profile.name!r} lists {rel})",
-                        hint="rebuild the profile or restore the file",
-                    )
-                copy_verified(src, dst, entry.sha256, entry.size)
-                copied.append(rel)
-            progress.advance(task)
-    return {
-        "profile_id": profile.id,
-        "profile_name": profile.name,
-        "cache": str(root),
-        "copied": copied,
-        "already_cached": kept,
-        "bytes": sum(profile.files[r].size for r in profile.files),
-    }
+        task = progress.add_task("caching", total=sum(len(p.files) for p in chosen))
+        for profile in chosen:
+            copied: list[str] = []
+            kept: list[str] = []
+            for rel, entry in sorted(profile.files.items()):
+                stored = entry.bytes_path
+                if stored not in done:
+                    where = f"cache for {profile.name}"
+                    dst = safe_join(root, stored, where) if root.exists() else root / stored
+                    if _cached_ok(dst, entry):
+                        done[stored] = "kept"
+                    elif entry.remote:
+                        _fetch_remote(entry.uri, dst, entry.sha256, entry.size, cap)
+                        done[stored] = "copied"
+                    else:
+                        if manifest.root is None:
+                            raise NimbuildError(
+                                f"{manifest.source}: no folder to read local files from",
+                                hint="load the manifest from its file",
+                            )
+                        src = safe_join(manifest.root, entry.uri, f"{manifest.source}: profile {profile.name!r}")
+                        if not src.is_file():
+                            raise NimbuildError(
+                                f"{src}: missing (profile {profile.name!r} lists {rel})",
+                                hint="rebuild the profile or restore the file",
+                            )
+                        copy_verified(src, dst, entry.sha256, entry.size)
+                        done[stored] = "copied"
+                (copied if done[stored] == "copied" else kept).append(rel)
+                progress.advance(task)
+            summaries.append(
+                {
+                    "profile_id": profile.id,
+                    "profile_name": profile.name,
+                    "copied": copied,
+                    "already_cached": kept,
+                    "bytes": sum(e.size or 0 for e in profile.files.values()),
+                    "unverified": sorted(r for r, e in profile.files.items() if e.sha256 is None),
+                }
+            )
+    result = {**summaries[0], "cache": str(root), "profiles": summaries}
+    if len(summaries) > 1:
+        result.update(
+            profile_id=None,
+            profile_name=None,
+            copied=[f"{s['profile_name']}:{r}" for s in summaries for r in s["copied"]],
+            already_cached=[f"{s['profile_name']}:{r}" for s in summaries for r in s["already_cached"]],
+            bytes=sum(s["bytes"] for s in summaries),
+        )
+    return result
 
 
 # --------------------------------------------------------------------------- create-model-store
@@ -225,17 +343,18 @@ def _locator(manifest, profile, cache: Path | None, used: dict[str, str], mode: 
 
     def locate(rel: str) -> Path:
         entry = profile.files.get(rel)
+        stored = entry.bytes_path if entry is not None else rel  # the bytes are at the uri, not the key
         if cache is not None and entry is not None:
-            candidate = cache / rel
+            candidate = cache / stored
             try:
-                ok = candidate.is_file() and candidate.stat().st_size == entry.size
+                ok = candidate.is_file() and (entry.size is None or candidate.stat().st_size == entry.size)
             except OSError:
                 ok = False
             if ok and (mode == "copy" or _cached_ok(candidate, entry)):
                 used[rel] = "cache"
                 return candidate
         used[rel] = "manifest"
-        return safe_join(manifest.root, rel, f"profile {profile.name!r}")
+        return safe_join(manifest.root, stored, f"profile {profile.name!r}")
 
     return locate
 
@@ -298,9 +417,33 @@ def materialize_profile(
     )
 
 
+MANIFEST_NAMES = ("manifest.yaml", "model_manifest.yaml")
+
+
+def manifest_in_repo(model_repo: str | os.PathLike) -> Path:
+    """The manifest ``--model-repo`` names: the file itself, or ``manifest.yaml`` / ``model_manifest.yaml``
+    in that folder (the NIM Operator passes its NIMCache's ``modelEndpoint`` here)."""
+    text = str(model_repo)
+    if "://" in text:
+        raise NimbuildError(
+            f"--model-repo {text}: nimbuild reads a model repository from a manifest on disk, not from a URL",
+            hint="give the manifest file or the folder that holds it (e.g. /opt/nim/etc/default)",
+        )
+    path = Path(text)
+    if path.is_dir():
+        for name in MANIFEST_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise NimbuildError(
+            f"--model-repo {path}: the folder holds no {' or '.join(MANIFEST_NAMES)}",
+            hint="give the manifest file itself, or the folder that holds it",
+        )
+    return path
+
+
 def create_model_store(
     manifest_path: str | os.PathLike,
-    ref: str,
+    ref: str | None,
     model_store: str | os.PathLike,
     *,
     mode: str = "copy",
@@ -309,14 +452,20 @@ def create_model_store(
 ) -> MaterializedStore:
     """``nimbuild create-model-store``: the profile ``ref`` as a Triton model store at ``model_store``.
 
-    Copies (default) or links the profile's files from the cache when they are
-    there, else from the manifest's folder; a copied byte that does not match
-    the manifest's sha256 fails the command and leaves nothing behind.
+    ``ref`` None: the profile this host selects (NIM_MODEL_PROFILE and NIM_TAGS_SELECTOR honoured),
+    as in the NIM Operator's form ``create-model-store --model-repo R --model-store S``. Copies
+    (default) or links the profile's files from the cache when they are there, else from the
+    manifest's folder; a copied byte that does not match the manifest's sha256 fails the command
+    and leaves nothing behind.
     """
     from nimbuild.manifest import load_manifest, verify_profile
 
+    env = os.environ if env is None else env
     manifest = load_manifest(manifest_path)
-    profile = resolve_profile(manifest, ref)
+    if ref:
+        profile = resolve_profile(manifest, ref)
+    else:
+        (profile,) = chosen_profiles(manifest, [], env=env)  # the selection, as download-to-cache's default
     if mode == "link":  # a link copies no byte, so check them here
         problems = verify_profile(manifest, profile, check_files=True)
         if problems:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from typing import Any, Literal
 
 from nimbuild import cpu_isa, skus
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import Manifest, Profile, is_remote_uri, safe_join
+from nimbuild.manifest import FileEntry, Manifest, Profile, safe_join
 from nimbuild.runtime.hardware import Gpu, Host, cpu_only_requested
 
 Status = Literal["runnable", "not_runnable", "incompatible"]
@@ -162,7 +163,7 @@ def required_memory_mib(profile: Profile) -> int:
     measured = profile.metrics.get("gpu_memory_mib") if isinstance(profile.metrics, dict) else None
     if isinstance(measured, (int, float)) and not isinstance(measured, bool) and measured > 0:
         return int(math.ceil(measured))
-    return int(math.ceil(sum(entry.size for entry in profile.files.values()) / (1024 * 1024)))
+    return int(math.ceil(sum(entry.size or 0 for entry in profile.files.values()) / (1024 * 1024)))
 
 
 def _same_device(wanted: str, gpu: Gpu) -> bool:
@@ -205,13 +206,72 @@ def _tensorrt_match(tags: Mapping[str, str], gpus: list[Gpu]) -> tuple[list[Gpu]
     return [g for g in gpus if _same_device(wanted, g)], f"needs gpu_device {wanted}"
 
 
-def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> Classified:
+def _gfd_name(gpu: Gpu) -> str:
+    """The GPU Feature Discovery product label of a GPU (NVML's name, spaces as '-'): what NIM's
+    ``product_name_regex`` and ``gpu`` tags are matched against by the NIM Operator."""
+    sku = skus.by_pci_device_id(gpu.pci_device_id) if gpu.pci_device_id else None
+    return sku.gfd_product if sku is not None else gpu.name.replace(" ", "-")
+
+
+def _nim_match(tags: Mapping[str, str], gpus: list[Gpu]) -> tuple[list[Gpu], str] | None:
+    """The GPUs a NIM-written profile names, by NIM's own tags: ``gpu_device`` (PCI), else
+    ``product_name_regex`` (Python's re: the lookaheads NIM writes, which the Operator's Go RE2 cannot
+    evaluate), else ``gpu``/``key`` as a product name (the Operator's case-insensitive containment).
+    None when the profile names no GPU (a generic profile: any GPU)."""
+    if tags.get("gpu_device"):
+        wanted = tags["gpu_device"]
+        return [g for g in gpus if _same_device(wanted, g)], f"needs gpu_device {wanted}"
+    pattern = tags.get("product_name_regex")
+    if pattern:
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            return [], f"product_name_regex {pattern!r} is not a valid regular expression ({exc})"
+        return (
+            [g for g in gpus if regex.search(_gfd_name(g)) or regex.search(g.name)],
+            f"needs a GPU whose product name matches {pattern!r}",
+        )
+    for key in ("gpu", "key"):
+        product = (tags.get(key) or "").strip()
+        if not product or (key == "key" and product.lower() == (tags.get("backend") or "").lower()):
+            continue
+        sku = skus.by_canonical(product)
+        if sku is not None:
+            return [g for g in gpus if _same_device(sku.pci_device_id, g)], f"needs gpu {product}"
+        low = product.lower()
+        return (
+            [g for g in gpus if low in _gfd_name(g).lower() or low in g.name.lower()],
+            f"needs a GPU named like {product!r} ({key} tag)",
+        )
+    return None
+
+
+def _nim_gpu_count(tags: Mapping[str, str]) -> str:
+    """NIM's profiles say how many GPUs with ``tp`` (x ``pp``); nimbuild's with ``gpu_count``."""
+    if "gpu_count" in tags:
+        return tags["gpu_count"]
+    try:
+        return str(int(tags.get("tp", "1") or "1") * int(tags.get("pp", "1") or "1"))
+    except ValueError:
+        return tags.get("tp", "1")
+
+
+def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None, nim: bool = False) -> Classified:
+    """``nim``: the manifest is NIM's (not nimbuild's): its tag names apply (llm_engine, tp, gpu, ...)."""
     tags = profile.tags
     backend = tags.get("backend")
 
     def judged(status: Status, reason: str | None = None, gpus: list[int] | None = None) -> Classified:
         return Classified(profile=profile, status=status, reason=reason, gpus=gpus or [])
 
+    if not backend and tags.get("llm_engine"):  # NIM for LLMs' profiles (tensorrt_llm, vllm, sglang)
+        return judged(
+            "incompatible",
+            f"llm_engine {tags['llm_engine']!r} is an LLM engine; nimbuild serves rerankers with "
+            "backend onnx or tensorrt",
+        )
+    if nim and not backend and tags.get("model_type"):
+        return judged("incompatible", f"model_type {tags['model_type']!r} is not a backend this runtime serves")
     if backend not in _BACKEND_RANK:
         return judged(
             "incompatible",
@@ -226,7 +286,12 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> 
     if not host.usable_gpus:
         return judged("incompatible", "needs a GPU; this host has none")
     gpus = host.usable_gpus
-    if backend == "tensorrt":
+    named = _nim_match(tags, gpus) if nim and not tags.get("hardware_compatibility_level") else None
+    if named is not None:
+        matching, needs = named
+        if not matching:
+            return judged("incompatible", needs)
+    elif backend == "tensorrt":
         matching, needs = _tensorrt_match(tags, gpus)
         if not matching:
             return judged("incompatible", needs)
@@ -238,9 +303,10 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> 
             have = ", ".join(sorted({g.compute_capability for g in matching}))
             return judged("incompatible", f"FP8 needs compute capability >= 8.9; this host's GPUs have {have}")
         matching = fp8
-    count = _gpu_count(tags)
+    count = _gpu_count({"gpu_count": _nim_gpu_count(tags)} if nim else tags)
     if count is None:
-        return judged("incompatible", f"gpu_count tag {tags.get('gpu_count')!r} is not a positive integer")
+        what = "gpu_count" if "gpu_count" in tags or not nim else "tp"
+        return judged("incompatible", f"{what} tag {tags.get(what)!r} is not a positive integer")
     if len(matching) < count:  # it can run here, just not on this few GPUs: compatible but not runnable
         if needs is None:
             return judged("not_runnable", f"needs {_plural(count, 'GPU')}; this host has {len(matching)}")
@@ -262,37 +328,43 @@ def cpu_only_reason(host: Host, env: Mapping[str, str]) -> str | None:
     return None
 
 
-def _stat_problem(root: Path, rel: str, size: int) -> str | None:
-    """Why the file at ``root/rel`` is not the manifest's (missing, not a file, other size), or None."""
+def _stat_problem(root: Path, rel: str, entry: FileEntry) -> str | None:
+    """Why the bytes of workspace file ``rel`` are not in ``root`` as the manifest says (missing, not a
+    file, other size), or None. ``root``: the manifest's folder or a cache; the bytes are at the
+    file's :attr:`FileEntry.bytes_path` (its uri), which may differ from the key."""
     try:
-        path = safe_join(root, rel)
+        path = safe_join(root, entry.bytes_path)
         st = path.stat()
     except NimbuildError as exc:
         return exc.message
     except OSError:
-        return f"file {rel} is missing"
+        return f"file {rel} is missing" if rel == entry.uri else f"file {rel} ({entry.uri}) is missing"
     if not stat.S_ISREG(st.st_mode):
         return f"file {rel} is not a regular file"
-    if st.st_size != size:
-        return f"file {rel} has {st.st_size} bytes; the manifest says {size}"
+    if entry.size is not None and st.st_size != entry.size:
+        return f"file {rel} has {st.st_size} bytes; the manifest says {entry.size}"
     return None
 
 
 def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike | None = None) -> str | None:
-    """The first local file of ``profile`` that is not there with the manifest's size (stat only), or None.
+    """The first file of ``profile`` whose bytes are not there with the manifest's size (stat only), or None.
 
-    A file counts as present in the manifest's folder or at ``cache_path/<its path>``;
-    remote URIs are not checked (they are fetched by download-to-cache). The
-    sha256 is ``serve``'s check, before use: this one must stay cheap.
+    A local file counts as present in the manifest's folder or in ``cache_path``
+    (both at its uri); a remote one only in ``cache_path`` (``remote/...``, where
+    ``download-to-cache`` puts it): ``serve`` downloads nothing. The sha256 is
+    ``serve``'s check, before use: this one must stay cheap.
     """
     if manifest.root is None:
         return None
     for rel in sorted(profile.files):
         entry = profile.files[rel]
-        if is_remote_uri(entry.uri):
-            continue
-        problem = _stat_problem(Path(manifest.root), rel, entry.size)
-        if problem is not None and cache_path and _stat_problem(Path(cache_path), rel, entry.size) is None:
+        if entry.remote:
+            if cache_path and _stat_problem(Path(cache_path), rel, entry) is None:
+                continue
+            where = "NIM_CACHE_PATH" if cache_path else "a cache (NIM_CACHE_PATH is not set)"
+            return f"file {rel} is remote ({entry.uri}) and not in {where}; run download-to-cache"
+        problem = _stat_problem(Path(manifest.root), rel, entry)
+        if problem is not None and cache_path and _stat_problem(Path(cache_path), rel, entry) is None:
             problem = None
         if problem is not None:
             return problem
@@ -313,7 +385,7 @@ def classify(
     reason = cpu_only_reason(host, env)
     out = []
     for profile in manifest.profiles:
-        entry = _classify_one(profile, host, reason)
+        entry = _classify_one(profile, host, reason, nim=manifest.opaque_ids)
         if entry.status == "runnable":
             problem = missing_file(manifest, profile, cache_path)
             if problem is not None:
@@ -329,7 +401,7 @@ def is_cached(profile: Profile, cache_path: str | os.PathLike | None) -> bool:
     """Every file of the profile is in the cache at its manifest path, with the manifest's size."""
     if not cache_path or not profile.files:
         return False
-    return all(_stat_problem(Path(cache_path), rel, entry.size) is None for rel, entry in profile.files.items())
+    return all(_stat_problem(Path(cache_path), rel, entry) is None for rel, entry in profile.files.items())
 
 
 def _batch(tags: Mapping[str, str]) -> int:
@@ -477,9 +549,22 @@ def _apply_overrides(
 # --------------------------------------------------------------------------- select
 
 
+# Where the NIM Operator's NIMCache job looks for a NIM image's manifest, in its order
+# (k8s-nim-operator internal/controller/nimcache_controller.go, getCommand).
+OPERATOR_MANIFEST_PATHS = ("/opt/nim/etc/default/model_manifest.yaml", "/etc/nim/config/model_manifest.yaml")
+
+
 def default_manifest_path(env: Mapping[str, str] = os.environ) -> Path:
-    """``NIM_MANIFEST_PATH``, else ``manifest.yaml`` in the working directory."""
-    return Path(env.get("NIM_MANIFEST_PATH") or DEFAULT_MANIFEST)
+    """``NIM_MANIFEST_PATH``; else ``manifest.yaml`` in the working directory when there is one; else the
+    first of the NIM Operator's paths that exists (a NIM image's manifest); else ``manifest.yaml``."""
+    if env.get("NIM_MANIFEST_PATH"):
+        return Path(env["NIM_MANIFEST_PATH"])
+    if Path(DEFAULT_MANIFEST).exists():
+        return Path(DEFAULT_MANIFEST)
+    for candidate in OPERATOR_MANIFEST_PATHS:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    return Path(DEFAULT_MANIFEST)
 
 
 def select(

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import Manifest, Profile, load_manifest, safe_join, verify_profile
+from nimbuild.manifest import Manifest, Profile, file_in, load_manifest, verify_profile
 from nimbuild.runtime.serve.backends import Backend, BackendStartError
 from nimbuild.runtime.serve.service import Limits, RankingService
 from nimbuild.runtime.serve.tokenize import PairTokenizer, pad_rows
@@ -68,7 +68,7 @@ def make_backend(manifest: Manifest, profile: Profile, backend: str = "auto") ->
     if kind == "onnx":
         from nimbuild.runtime.serve.backends.onnxruntime import OnnxRuntimeBackend
 
-        path = safe_join(manifest.root, _model_file(profile, (".onnx",)))
+        path = file_in(manifest.root, profile, _model_file(profile, (".onnx",)))
         return OnnxRuntimeBackend(path, device=profile.tags.get("device", "cpu"))
     raise BackendStartError(f"profile {profile.name}: backend {kind!r} is not servable here (onnx or tensorrt)")
 
@@ -91,19 +91,27 @@ def start_profile(
 ) -> RankingService:
     """Verify one profile's files, start its backend, check one warm-up call; BackendStartError if it cannot."""
     manifest = files_view(manifest, profile, cache_path)
-    problems = verify_profile(manifest, profile, check_files=True)
+    unverified: list[str] = []
+    problems = verify_profile(manifest, profile, check_files=True, notes=unverified)
     if problems:
         raise BackendStartError("files do not verify: " + "; ".join(problems))
-    log.info("Profile %s: %d files verified (sha256) in %s", profile.name, len(profile.files), manifest.root)
+    for note in unverified:  # a manifest nimbuild did not write may give no sha256: said, not refused
+        log.warning("%s", note)
+    log.info(
+        "Profile %s: %d files verified (sha256) in %s",
+        profile.name,
+        len(profile.files) - len(unverified),
+        manifest.root,
+    )
     tok_rel = _file(profile, "tokenizer.json")
     if tok_rel is None:
         raise BackendStartError(f"profile {profile.name} lists no tokenizer.json in workspace.files")
     cfg_rel = _file(profile, "tokenizer_config.json")
     max_len = int(profile.tags.get("max_sequence_length", "512"))
     tokenizer = PairTokenizer.from_files(
-        safe_join(manifest.root, tok_rel),
+        file_in(manifest.root, profile, tok_rel),
         max_len,
-        safe_join(manifest.root, cfg_rel) if cfg_rel else Path("/nonexistent"),
+        file_in(manifest.root, profile, cfg_rel) if cfg_rel else Path("/nonexistent"),
     )
     engine = make_backend(manifest, profile, backend)
     engine.start()

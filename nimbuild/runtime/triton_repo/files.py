@@ -33,9 +33,14 @@ def copy_verified(
     try:
         with open(src, "rb") as fin, open(tmp, "wb") as fout:
             while block := fin.read(chunk):
+                written += len(block)
+                if size is not None and written > size:  # a larger file is refused without copying all of it
+                    raise NimbuildError(
+                        f"{src}: more than the {size} bytes the manifest says",
+                        hint="the file changed after the manifest was built; rebuild it or restore the file",
+                    )
                 h.update(block)
                 fout.write(block)
-                written += len(block)
             fout.flush()
             os.fsync(fout.fileno())
         digest = h.hexdigest()

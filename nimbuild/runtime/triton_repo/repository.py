@@ -170,9 +170,9 @@ def graph_for(manifest, profile) -> Path:
     """
     root = Path(manifest.root)
     if kind_of(profile) == "onnxruntime":
-        from nimbuild.manifest import safe_join
+        from nimbuild.manifest import file_in
 
-        return safe_join(root, model_file(profile))
+        return file_in(root, profile, model_file(profile))  # the bytes at its uri (the key may differ)
     precision = profile.tags.get("precision", "")
     candidates = [root / "onnx" / GRAPH_DIRS.get(precision, precision) / "model.onnx"]
     for path in candidates:
@@ -702,16 +702,17 @@ def multi_cc_info(
 
 
 def read_repository_info(repository: str | os.PathLike) -> dict:
+    from nimbuild.safeload import load_json
+
     path = Path(repository) / REPOSITORY_INFO
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         raise NimbuildError(
             f"{path}: not a repository rendered by nimbuild",
             hint="run `nimbuild render` or `nimbuild create-model-store`",
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise NimbuildError(f"{path}: unreadable ({exc})", hint="re-render the repository") from None
+        )
+    info = load_json(path, what="repository record", hint="re-render the repository")  # bounded, one-line errors
+    if not isinstance(info, dict):
+        raise NimbuildError(f"{path}: not a repository record (a JSON object)", hint="re-render the repository")
     if info.get("format") != INFO_FORMAT:
         raise NimbuildError(
             f"{path}: format {info.get('format')!r}, this nimbuild reads {INFO_FORMAT}",
