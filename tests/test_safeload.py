@@ -7,8 +7,8 @@ fragment), and fuzzed with hypothesis (derandomized: the same cases on every run
 from __future__ import annotations
 
 import os
-import resource
 import re
+import resource
 import subprocess
 import sys
 import threading
