@@ -71,6 +71,7 @@ class _Stub:
     def __init__(self):
         self.stopped = 0
         self.metrics = SimpleNamespace()
+        self.model = "stub"
 
     def stop(self):
         self.stopped += 1
@@ -83,7 +84,7 @@ def test_run_server_turns_uvicorns_startup_exit_into_one_error(monkeypatch):
         raise SystemExit(3)  # what uvicorn does when its start-up fails
 
     monkeypatch.setattr(uvicorn.Server, "run", exits)
-    monkeypatch.setattr("nimbuild.runtime.serve.app.create_app", lambda service: object())
+    monkeypatch.setattr("nimbuild.runtime.serve.app.create_app", lambda service, **options: object())
     stub = _Stub()
     port = free_port()
     sock = server.bind_listener("127.0.0.1", port)

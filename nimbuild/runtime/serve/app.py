@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from nimbuild.runtime.serve.batching import QueueFull, ShuttingDown
 from nimbuild.runtime.serve.dialects import Dialect, RequestError, check_finite, generic_error_body
@@ -88,13 +88,13 @@ class ErrorShapes:
             return JSONResponse(generic_error_body(error), status_code=error.status, headers=headers)
         return JSONResponse(dialect.error_body(error), status_code=dialect.status(error), headers=headers)
 
-    def body(self, path: str, error: RequestError) -> tuple[int, bytes]:
+    def body_for(self, path: str, status: int, message: str, kind: str) -> tuple[int, bytes]:
         """(status, JSON bytes) for a path: what the connection layer writes itself (timeouts, the ceiling)."""
-        response = self.response(path, error)
+        response = self.response(path, RequestError(status, message, kind))
         return response.status_code, bytes(response.body)
 
 
-def create_app(service: RankingService, *, max_connections: int | None = None) -> ASGIApp:
+def create_app(service: RankingService, *, max_connections: int | None = None) -> CancelledAsUnavailable:
     """The ASGI app for one started :class:`RankingService` (its batcher starts with the app).
 
     ``max_connections``: the connection ceiling (``NIM_HTTP_MAX_CONNECTIONS``), reported by TEI's /info as
@@ -263,7 +263,7 @@ class CancelledAsUnavailable:
     plain-text 500."""
 
     def __init__(self, app: Starlette, shapes: ErrorShapes):
-        self.app, self.shapes = app, shapes
+        self.app, self.shapes = app, shapes  # shapes: for the connection layer's own errors (connections.py)
 
     @property
     def routes(self) -> list:
