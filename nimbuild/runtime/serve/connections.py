@@ -15,8 +15,10 @@ and logs a traceback each time. So :class:`GuardedH11Protocol` (uvicorn's ``H11P
 - **response**: a response the client stops reading (the socket's send buffer full) for longer than the body
   deadline: the connection is closed, so a slow reader cannot hold a request slot forever.
 - **keep-alive**: idle between requests: ``NIM_HTTP_KEEP_ALIVE_SECONDS`` (30; uvicorn's own timer).
-- **ceiling**: ``NIM_HTTP_MAX_CONNECTIONS`` open connections (default ``min(2048, open-file limit - reserve)``,
-  reserve ``max(64, limit / 8)`` descriptors for the model, the log and the tokenizer). At the ceiling a new
+- **ceiling**: ``NIM_HTTP_MAX_CONNECTIONS`` open connections (default ``min(2048, open-file limit - reserve -
+  32)``: ``max(64, limit / 8)`` descriptors kept for the model, the log and the tokenizer, and 32 for connections
+  accepted but not yet seen: asyncio accepts 8 per wake-up here, not uvicorn's 2048, and a connection closed
+  frees its descriptor a wake-up later; the kernel's listen queue stays 2048 deep). At the ceiling a new
   connection makes room by closing the connection that has waited longest with no request in progress (as
   nginx reuses keep-alive connections); when every one has a request in progress, the new one is answered
   ``503`` JSON (within 2 s, when its request line comes) and closed; past 16 such at once, closed at once.
@@ -126,11 +128,18 @@ def soft_open_files() -> int:
     return soft
 
 
+LISTEN_QUEUE = 2048  # the kernel's queue of connections not yet accepted (uvicorn's default backlog)
+
+
+ACCEPT_BATCH = 8  # connections asyncio accepts per wake-up (its `backlog` argument; uvicorn's default is 2048)
+_ACCEPT_HEADROOM = 4 * ACCEPT_BATCH  # descriptors of accepted connections not yet seen (a few wake-ups' worth)
+
+
 def connection_ceiling(open_files: int) -> int:
-    """How many connections fit under an open-file limit: ``min(2048, limit - max(64, limit / 8))``, at least 1."""
+    """How many connections fit under an open-file limit (the module docstring's rule), at least 1."""
     if open_files == resource.RLIM_INFINITY or open_files < 0:
         return 2048
-    return max(1, min(2048, open_files - max(64, open_files // 8)))
+    return max(1, min(2048, open_files - max(64, open_files // 8) - _ACCEPT_HEADROOM))
 
 
 class OncePer(logging.Filter):
@@ -172,8 +181,8 @@ def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, A
     """asyncio's handler, but ``accept()`` out of descriptors is one (rate-limited) line, not a traceback."""
     if str(context.get("message", "")).startswith("socket.accept() out of system resource"):
         exc = context.get("exception")
-        logging.getLogger("asyncio").warning(
-            "accept() failed: %s; new connections wait in the backlog and are retried in 1 s "
+        REQUEST_LOG.warning(
+            "accept() failed: %s; new connections wait in the listen queue, accepted again in 1 s "
             "(raise the open-file limit or lower NIM_HTTP_MAX_CONNECTIONS)",
             exc,
         )
@@ -218,11 +227,11 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._gauge()
-        if len(self.connections) > self.limits.max_connections and not self._make_room():
+        if self._open_count() > self.limits.max_connections and not self._make_room():
             # Every connection has a request in progress: this one is answered 503 when its request line
             # comes (within 2 s), or closed at once when many already wait for theirs.
             self._refused = True
-            if sum(1 for c in self.connections if getattr(c, "_refused", False)) > _REFUSED_SLOTS:
+            if sum(1 for c in self._live() if getattr(c, "_refused", False)) > _REFUSED_SLOTS:
                 if self.metrics is not None:
                     self.metrics.connections_refused.inc()
                 self._close("refused")
@@ -236,11 +245,18 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
         self._gauge()
 
+    def _live(self) -> list[Any]:
+        """The open connections, less those already closing (their descriptor is freed a wake-up later)."""
+        return [c for c in self.connections if c.transport is not None and not c.transport.is_closing()]
+
+    def _open_count(self) -> int:
+        return len(self._live())
+
     def _make_room(self) -> bool:
         """Close the connection idle longest (no request in progress); False when every one is busy."""
         idle = [
             c
-            for c in self.connections
+            for c in self._live()
             if c is not self and isinstance(c, GuardedH11Protocol) and not c._refused and c.idle()
         ]
         if not idle:
@@ -408,3 +424,7 @@ class GuardedServer(uvicorn.Server):
         asyncio.get_running_loop().set_exception_handler(loop_exception_handler)
         install_log_limits()
         await super().startup(sockets=sockets)
+        # asyncio listened with `backlog` = ACCEPT_BATCH (it accepts that many per wake-up); the kernel's queue
+        # may be deeper, so that a burst of connections waits there rather than being dropped.
+        for sock in sockets or ():
+            sock.listen(LISTEN_QUEUE)

@@ -244,7 +244,7 @@ def run_server(
     import uvicorn
 
     from nimbuild.runtime.serve.app import ErrorShapes, create_app, dialects
-    from nimbuild.runtime.serve.connections import GuardedServer, HttpLimits, make_protocol
+    from nimbuild.runtime.serve.connections import ACCEPT_BATCH, GuardedServer, HttpLimits, make_protocol
 
     try:
         grace = graceful_shutdown_seconds(env)
@@ -275,7 +275,7 @@ def run_server(
         # else (httptools, uvloop) the image has installed.
         http=make_protocol(http, ErrorShapes(dialects()).body_for, service.metrics),
         loop="asyncio",
-        backlog=max(128, min(4096, http.max_connections)),
+        backlog=ACCEPT_BATCH,
     )
     server = GuardedServer(config)
     received: list[int] = []
