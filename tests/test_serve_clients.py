@@ -9,16 +9,16 @@ import httpx
 import pytest
 from test_serve_support import MODEL, ServeProcess
 
-QUERY = "why do plants need sunlight"
+QUERY = "what causes the tides"
 DOCS = [
-    "plants use sunlight to produce food from water and carbon dioxide",
-    "the cat sleeps on the bed",
-    "sunlight gives plants energy",
-    "a train travels fast",
-    "leaves of plants absorb light",
-    "music in the museum",
-    "solar panels convert sunlight into electricity",
-    "the ocean is deep",
+    "the moon's gravity pulls on the oceans and causes the tides",
+    "a recipe for apple pie",
+    "tides rise and fall twice a day",
+    "the football match ended in a draw",
+    "the sun also pulls on the sea, making spring tides",
+    "how to repair a bicycle tyre",
+    "ocean water moves toward the moon",
+    "the library closes at eight",
 ]
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # Haystack would post usage data (no network here)

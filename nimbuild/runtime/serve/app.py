@@ -16,7 +16,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -82,7 +82,7 @@ class ErrorShapes:
     def __init__(self, rank_dialects: list[Dialect]):
         self.by_path = {d.path: d for d in rank_dialects}
 
-    def response(self, path: str, error: RequestError, headers: dict[str, str] | None = None) -> JSONResponse:
+    def response(self, path: str, error: RequestError, headers: Mapping[str, str] | None = None) -> JSONResponse:
         dialect = self.by_path.get(path)
         if dialect is None:
             return JSONResponse(generic_error_body(error), status_code=error.status, headers=headers)

@@ -86,6 +86,35 @@ def generic_error_body(error: RequestError) -> dict[str, Any]:
     }
 
 
+def rank_operation(
+    tags: list[str], summary: str, operation_id: str, request: str, response: str, answer: str, error: dict[str, Any]
+) -> dict[str, Any]:
+    """The OpenAPI path item of a rank route: POST a JSON ``request`` schema, 200 a ``response`` schema
+    (component names), any other status the ``error`` response object."""
+    return {
+        "post": {
+            "tags": tags,
+            "summary": summary,
+            "operationId": operation_id,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request}"}}},
+            },
+            "responses": {
+                "200": {
+                    "description": answer,
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{response}"}}},
+                },
+                "default": error,
+            },
+        }
+    }
+
+
+def ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
 # -- field readers -------------------------------------------------------------------------------------------
 
 

@@ -30,6 +30,8 @@ from nimbuild.runtime.serve.dialects import (
     integer,
     json_object,
     passage_list,
+    rank_operation,
+    ref,
     scored_results,
     served_model,
     string,
@@ -106,28 +108,15 @@ class CohereV2(Dialect):
 
     openapi = {
         "paths": {
-            "/v2/rerank": {
-                "post": {
-                    "tags": ["Cohere"],
-                    "summary": "Rank documents by relevance to a query (Cohere's v2 API): sigmoid scores",
-                    "operationId": "cohere_rerank_v2",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/CohereV2RerankRequest"}}
-                        },
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "The top_n documents, best first",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/CohereRerankResponse"}}
-                            },
-                        },
-                        "default": {"$ref": "#/components/responses/CohereError"},
-                    },
-                }
-            }
+            "/v2/rerank": rank_operation(
+                ["Cohere"],
+                "Rank documents by relevance to a query (Cohere's v2 API): sigmoid scores",
+                "cohere_rerank_v2",
+                "CohereV2RerankRequest",
+                "CohereRerankResponse",
+                "The top_n documents, best first",
+                ref("responses", "CohereError"),
+            )
         },
         "schemas": {
             "CohereDocument": {

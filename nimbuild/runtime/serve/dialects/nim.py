@@ -17,6 +17,8 @@ from nimbuild.runtime.serve.dialects import (
     RequestError,
     json_object,
     passage_list,
+    rank_operation,
+    ref,
     served_model,
     text,
 )
@@ -58,26 +60,15 @@ class Nim(Dialect):
 
     openapi = {
         "paths": {
-            "/v1/ranking": {
-                "post": {
-                    "tags": ["NIM"],
-                    "summary": "Rank passages by relevance to a query (the reranking NIM's API): raw logits",
-                    "operationId": "nim_ranking",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NimRankingRequest"}}},
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "Every passage, highest logit first",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/NimRankingResponse"}}
-                            },
-                        },
-                        "default": {"$ref": "#/components/responses/NimError"},
-                    },
-                }
-            }
+            "/v1/ranking": rank_operation(
+                ["NIM"],
+                "Rank passages by relevance to a query (the reranking NIM's API): raw logits",
+                "nim_ranking",
+                "NimRankingRequest",
+                "NimRankingResponse",
+                "Every passage, highest logit first",
+                ref("responses", "NimError"),
+            )
         },
         "schemas": {
             "NimText": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},

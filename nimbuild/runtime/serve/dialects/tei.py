@@ -23,6 +23,8 @@ from nimbuild.runtime.serve.dialects import (
     boolean,
     json_object,
     passage_list,
+    rank_operation,
+    ref,
     relevance_scores,
     string,
     text,
@@ -84,26 +86,15 @@ class Tei(Dialect):
 
     openapi = {
         "paths": {
-            "/rerank": {
-                "post": {
-                    "tags": ["Text Embeddings Inference"],
-                    "summary": "Rank texts by relevance to a query (TEI's API): sigmoid scores, or logits (raw_scores)",
-                    "operationId": "tei_rerank",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TeiRerankRequest"}}},
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "Every text, highest score first",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/TeiRerankResponse"}}
-                            },
-                        },
-                        "default": {"$ref": "#/components/responses/TeiError"},
-                    },
-                }
-            },
+            "/rerank": rank_operation(
+                ["Text Embeddings Inference"],
+                "Rank texts by relevance to a query (TEI's API): sigmoid scores, or logits (raw_scores)",
+                "tei_rerank",
+                "TeiRerankRequest",
+                "TeiRerankResponse",
+                "Every text, highest score first",
+                ref("responses", "TeiError"),
+            ),
             "/info": {
                 "get": {
                     "tags": ["Text Embeddings Inference"],

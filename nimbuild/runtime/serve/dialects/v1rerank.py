@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nimbuild.runtime.serve.dialects import Dialect, RankCall, RequestError, cohere, jina
+from nimbuild.runtime.serve.dialects import Dialect, RankCall, RequestError, cohere, jina, rank_operation, ref
 
 COHERE_ONLY_FIELDS = ("rank_fields", "max_chunks_per_doc", "max_tokens_per_doc")
 
@@ -56,26 +56,19 @@ class CohereV1OrJina(Dialect):
         "paths": {
             "/v1/rerank": {
                 "post": {
-                    "tags": ["Cohere", "Jina"],
-                    "summary": "Rank documents by relevance to a query (Cohere's v1 and Jina's API): sigmoid scores",
-                    "description": __doc__,
-                    "operationId": "cohere_v1_jina_rerank",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V1RerankRequest"}}},
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "The top_n documents, best first, in both envelopes",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/V1RerankResponse"}}
-                            },
-                        },
-                        "default": {
+                    **rank_operation(
+                        ["Cohere", "Jina"],
+                        "Rank documents by relevance to a query (Cohere's v1 and Jina's API): sigmoid scores",
+                        "cohere_v1_jina_rerank",
+                        "V1RerankRequest",
+                        "V1RerankResponse",
+                        "The top_n documents, best first, in both envelopes",
+                        {
                             "description": "Cohere's and Jina's error shapes in one",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V1RerankError"}}},
+                            "content": {"application/json": {"schema": ref("schemas", "V1RerankError")}},
                         },
-                    },
+                    )["post"],
+                    "description": __doc__,
                 }
             }
         },
