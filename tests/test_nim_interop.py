@@ -184,8 +184,8 @@ def test_a_hand_written_nim_manifest_serves(tmp_path, example_export):
         import asyncio
 
         service.start()
-        logits = asyncio.run(service.rank("how do vaccines work", ["Vaccines train the immune system.", "noon"], "END"))
-        assert logits.shape == (2,)
+        ranked = asyncio.run(service.rank("how do vaccines work", ["Vaccines train the immune system.", "noon"], "END"))
+        assert ranked.logits.shape == (2,) and ranked.tokens > 0
     finally:
         service.stop()
 

@@ -1,4 +1,5 @@
-"""`nimbuild serve`'s own settings: a bad port or shutdown value is one `error:` line and exit 1, before any backend starts."""
+"""`nimbuild serve`'s own settings: a bad port or shutdown value is one `error:` line and exit 1, before any
+backend starts."""
 
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ class _Stub:
     def __init__(self):
         self.stopped = 0
         self.metrics = SimpleNamespace()
+        self.model = "stub"
 
     def stop(self):
         self.stopped += 1
@@ -83,7 +85,7 @@ def test_run_server_turns_uvicorns_startup_exit_into_one_error(monkeypatch):
         raise SystemExit(3)  # what uvicorn does when its start-up fails
 
     monkeypatch.setattr(uvicorn.Server, "run", exits)
-    monkeypatch.setattr("nimbuild.runtime.serve.app.create_app", lambda service: object())
+    monkeypatch.setattr("nimbuild.runtime.serve.app.create_app", lambda service, **options: object())
     stub = _Stub()
     port = free_port()
     sock = server.bind_listener("127.0.0.1", port)

@@ -56,13 +56,16 @@ def register(app: typer.Typer) -> None:
         Detects the GPUs and the CPU's INT8 classes, selects a profile (NIM_MODEL_PROFILE /
         NIM_TAGS_SELECTOR override it),
         logs the choice, verifies the profile's files (sha256), starts its backend and serves
-        until SIGTERM (in-flight requests finish first).
+        until SIGTERM (in-flight requests finish first). Besides /v1/ranking it answers the rerank
+        APIs of text-embeddings-inference (/rerank), Cohere (/v1/rerank, /v2/rerank) and Jina
+        (/v1/rerank); GET /openapi.json lists every route.
 
         Example: nimbuild serve --manifest out/example-tiny/manifest.yaml --port 8000
         """
         import os
 
         from nimbuild.runtime.selection import default_manifest_path
+        from nimbuild.runtime.serve.connections import HttpLimits
         from nimbuild.runtime.serve.server import (
             bind_listener,
             graceful_shutdown_seconds,
@@ -73,6 +76,7 @@ def register(app: typer.Typer) -> None:
 
         setup_logging(log_level)
         graceful_shutdown_seconds(os.environ)  # settings and the port fail before a backend starts
+        HttpLimits.from_env(os.environ)
         sock = bind_listener(host, port)
         try:
             service = start_service(

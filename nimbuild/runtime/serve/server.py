@@ -252,26 +252,41 @@ def run_server(
     """
     import uvicorn
 
-    from nimbuild.runtime.serve.app import create_app
+    from nimbuild.runtime.serve.app import ErrorShapes, create_app, dialects
+    from nimbuild.runtime.serve.connections import ACCEPT_BATCH, GuardedServer, HttpLimits, make_protocol
 
     try:
         grace = graceful_shutdown_seconds(env)
+        http = HttpLimits.from_env(env)
         if sock is None:
             sock = bind_listener(host, port)
     except NimbuildError:
         service.stop()
         raise
+    app = create_app(service, max_connections=http.max_connections)
+    log.info(
+        "HTTP: at most %d connections (NIM_HTTP_MAX_CONNECTIONS); timeouts: headers %g s, body %g s, keep-alive %g s",
+        http.max_connections,
+        http.header_timeout_s,
+        http.body_timeout_s,
+        http.keep_alive_s,
+    )
     config = uvicorn.Config(
-        create_app(service),
+        app,
         host=host,
         port=port,
         lifespan="on",
         log_level=log_level,
         access_log=env.get("NIM_ACCESS_LOG", "") in {"1", "true"},
         timeout_graceful_shutdown=grace,
-        timeout_keep_alive=30,
+        timeout_keep_alive=http.keep_alive_s,  # type: ignore[arg-type]  # uvicorn hands it to loop.call_later
+        # The guarded h11 protocol (connections.py) on asyncio's loop: the behaviour the tests check, whatever
+        # else (httptools, uvloop) the image has installed.
+        http=make_protocol(http, ErrorShapes(dialects()).body_for, service.metrics),
+        loop="asyncio",
+        backlog=ACCEPT_BATCH,
     )
-    server = uvicorn.Server(config)
+    server = GuardedServer(config)
     received: list[int] = []
     # uvicorn re-raises the signal it stopped on; with these handlers that ends in a clean exit 0.
     previous = {sig: signal.signal(sig, lambda s, f: received.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -72,6 +72,18 @@ class Limits:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Ranked:
+    """One request's answer from the model: a logit per passage (request order) and what it read."""
+
+    logits: np.ndarray  # float32 [n]
+    tokens: int  # tokens the model read for this request, special tokens included (dialects' usage fields)
+
+    def order(self) -> np.ndarray:
+        """Passage indexes, highest logit first; ties keep request order (the order /v1/ranking answers in)."""
+        return np.argsort(-self.logits, kind="stable")
+
+
 @dataclass
 class RankingService:
     """One selected profile, started: what the HTTP app calls."""
@@ -104,24 +116,28 @@ class RankingService:
 
     async def warm_up(self) -> None:
         """One request through the whole path; only then is the server ready."""
-        logits = await self.rank("warm-up query", ["a short warm-up passage", "another passage"], "END")
-        if not np.all(np.isfinite(logits)):
-            raise RuntimeError(f"warm-up gave non-finite logits {logits.tolist()}")
+        ranked = await self.rank("warm-up query", ["a short warm-up passage", "another passage"], "END")
+        if not np.all(np.isfinite(ranked.logits)):
+            raise RuntimeError(f"warm-up gave non-finite logits {ranked.logits.tolist()}")
         self.ready = True
         self.metrics.ready.set(1)
         log.info("Model %s answered its warm-up: ready", self.model)
 
-    async def rank(self, query: str, passages: Sequence[str], truncate: str) -> np.ndarray:
+    async def rank(
+        self, query: str, passages: Sequence[str], truncate: str, max_passage_tokens: int | None = None
+    ) -> Ranked:
+        """The logits of (query, passage) pairs, through the shared batcher: what every API route calls."""
         if len(query) + sum(map(len, passages)) > _INLINE_CHARS:
             # A big request is tokenized in a thread (the Rust tokenizer releases the GIL),
             # so health checks and small requests are not held behind it.
-            rows = await asyncio.to_thread(self.tokenizer.encode, query, passages, truncate)
+            rows = await asyncio.to_thread(self.tokenizer.encode, query, passages, truncate, max_passage_tokens)
         else:
-            rows = self.tokenizer.encode(query, passages, truncate)
+            rows = self.tokenizer.encode(query, passages, truncate, max_passage_tokens)
         batcher = self.batcher
         if batcher is None:
             raise ShuttingDown("the server is shutting down")
-        return await batcher.submit(rows)
+        logits = await batcher.submit(rows)
+        return Ranked(logits=logits, tokens=sum(len(r) for r in rows))
 
     def stop(self) -> None:
         self.ready = False
