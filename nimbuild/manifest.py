@@ -30,6 +30,15 @@ _URI_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _REMOTE_SCHEMES = ("https", "http", "hf", "ngc", "s3", "gs")
 _PROFILE_KEYS = ("id", "name", "tags", "workspace", "metrics")
 _TOP_KEYS = ("schema_version", "profile_selection_criteria", HEADER_KEY, "profiles")
+SCHEMA_RESOURCE = "data/manifest.schema.json"  # the manifest's JSON Schema, shipped inside the package
+
+
+def json_schema() -> dict:
+    """The manifest's JSON Schema (``nimbuild/data/manifest.schema.json``), for editors and other tools."""
+    import json
+    from importlib.resources import files
+
+    return json.loads(files("nimbuild").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
 
 
 @dataclass

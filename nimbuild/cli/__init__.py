@@ -138,3 +138,19 @@ def list_model_profiles_main(argv: list[str] | None = None) -> None:
     from nimbuild.cli.profiles import standalone_list_app
 
     run(standalone_list_app(), argv, prog_name="list-model-profiles")
+
+
+def _subcommand_main(name: str, argv: list[str] | None) -> None:
+    """``name ARGS`` as ``nimbuild name ARGS``: the NIM container commands the NIM Operator runs by name."""
+    _register()
+    run(app, [name, *(sys.argv[1:] if argv is None else argv)], prog_name="nimbuild")
+
+
+def download_to_cache_main(argv: list[str] | None = None) -> None:
+    """Entry point of the `download-to-cache` console script (the NIMCache job's command)."""
+    _subcommand_main("download-to-cache", argv)
+
+
+def create_model_store_main(argv: list[str] | None = None) -> None:
+    """Entry point of the `create-model-store` console script (as in NIM containers)."""
+    _subcommand_main("create-model-store", argv)

@@ -49,13 +49,16 @@ def render_all(
     recipe_path: str | os.PathLike | None = None,
     out=None,
     dockerfile: bool = True,
+    images: dict | None = None,
 ) -> RenderResult:
     """``nimbuild render``: ``out_dir/triton/<profile name>/`` for every profile of a verified manifest,
     one repository per set of engines spanning several compute capabilities, and
     ``out_dir/Dockerfile`` (+ its dockerignore) for the serving image.
 
     Refuses a manifest that fails :func:`nimbuild.manifest.verify_manifest`
-    (wrong IDs, missing or altered files): nothing is rendered from it.
+    (wrong IDs, missing or altered files): nothing is rendered from it. ``images``: keyword
+    arguments of :func:`nimbuild.render.container.render_container` (``targets``, ``wheelhouses``,
+    ``nimbuild_wheel``).
     """
     from nimbuild.manifest import load_manifest, verify_manifest
     from nimbuild.runtime.triton_repo.files import check_mode
@@ -102,7 +105,9 @@ def render_all(
     if dockerfile:
         from nimbuild.render.container import render_container
 
-        container = render_container(manifest_path, out_dir, recipe=recipe, triton_dir=triton_dir)
+        container = render_container(
+            manifest_path, out_dir, recipe=recipe, triton_dir=triton_dir, out=out, **(images or {})
+        )
     return RenderResult(repositories=rendered, container=container, skipped=skipped)
 
 
