@@ -62,12 +62,25 @@ def render(
             "--nimbuild-wheel", help="Use this nimbuild wheel [default: built from the running nimbuild's source]."
         ),
     ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image", help="The GPU image in OUT/deploy/*.yaml, REPO:TAG [default: nimbuild/<model>:<version>]."
+        ),
+    ] = None,
+    cpu_image: Annotated[
+        str | None, typer.Option("--cpu-image", help="The CPU image in OUT/deploy/*.yaml [default: <image>-cpu].")
+    ] = None,
+    namespace: Annotated[
+        str, typer.Option("--namespace", help="Kubernetes namespace of OUT/deploy/inferenceservice.yaml.")
+    ] = "default",
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Render a Triton model repository per profile (config.pbtxt checked against Triton's schema),
     the serving images' Dockerfiles (GPU: Dockerfile, CPU: Dockerfile.cpu) and, with --wheelhouse,
-    their wheelhouses: a build context that installs nothing from an index. Refuses a manifest
+    their wheelhouses: a build context that installs nothing from an index; and OUT/deploy/: the NIM
+    Operator's NIMCache and NIMService, KServe InferenceServices per GPU pool. Refuses a manifest
     that does not verify.
 
     Example: nimbuild render -m out/example-tiny/manifest.yaml --recipe recipes/example-tiny.yaml --wheelhouse cpu
@@ -94,6 +107,7 @@ def render(
             "wheelhouses": sorted(kinds),
             "nimbuild_wheel": nimbuild_wheel,
         },
+        deploy={"image": image, "cpu_image": cpu_image, "namespace": namespace},
     )
     for repo in result.repositories:
         for note in repo.notes:
@@ -114,6 +128,8 @@ def render(
                     f"wrote {image.dockerfile} ({image.kind} image, {len(image.profile_ids)} profile(s)); "
                     f"build it with: {build_command(image.dockerfile, c.context, 'IMAGE:TAG')}"
                 )
+        for path in result.deploy:
+            o.line(f"wrote {path}")
 
     out.emit(result.to_dict(), human)
 
