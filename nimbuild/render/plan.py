@@ -1,22 +1,35 @@
 """The per-GPU CI plan (``nimbuild plan RECIPE --format github|gitlab|k8s``).
 
-A TensorRT engine can only be built on the GPU it is for, so the plan has one
-build job per SKU of the recipe, on a runner that has that GPU, each running
-``nimbuild export`` + ``nimbuild engines --gpu SKU`` and keeping its fragment;
-then one job merges the fragments, renders and builds the serving image.
+A TensorRT engine can only be built on the GPU it is for, so the plan is
 
-Runners: the recipe's ``runners`` maps a SKU to its runs-on labels. A SKU
-without an entry gets the documented default ``[self-hosted, linux,
-gpu-<slug>]`` (GitLab: the tag ``gpu-<slug>``) and a warning. GitLab matches
-runners by one tag per job: the SKU's last (most specific) label. Kubernetes
-needs no labels: ``nodeSelector: {nvidia.com/gpu.product: <GFD label>}``.
+1. one ``export`` job on a CPU runner: ``nimbuild export``, the ONNX graphs, handed on as an artifact
+   (the model is exported once, not once per GPU);
+2. one engine job per SKU of the recipe, on a runner that has that GPU: ``nimbuild engines --gpu SKU``
+   on the export's graphs, with that SKU's TensorRT timing cache kept between runs;
+3. one ``release`` job: merge the fragments into the manifest, render, make the images' wheelhouses,
+   build the serving images. It runs only when every engine job passed.
+
+Installs: every job pins the dependencies with ``constraints.txt`` (``-c``), and takes torch from the
+PyTorch CPU index as ``torch==<the constraint>+cpu``: torch only exports and never runs on a GPU, and
+PyPI's Linux torch pulls ~15 ``nvidia-*`` CUDA packages. The release job installs no torch at all
+(``.[cpu,triton]``: manifest, render and wheelhouses need none). pip's cache is kept per job.
+
+Runners: the recipe's ``runners`` maps a SKU to its runs-on labels. A SKU without an entry gets the
+documented default ``[self-hosted, linux, gpu-<slug>]`` (GitLab: the tag ``gpu-<slug>``) and a warning.
+GitLab matches runners by one tag per job: the SKU's last (most specific) label. Kubernetes needs no
+labels: ``nodeSelector: {nvidia.com/gpu.product: <GFD label>}``. The Kubernetes plan declares its
+ReadWriteMany claim, keeps each run in its own folder (``runs/<run id>/``), and every wait ends: a job
+writes ``<name>.ok`` or ``<name>.failed`` as it exits, a waiter fails at the first ``.failed`` and at
+its deadline, never on a stale file of another run.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +40,18 @@ FORMATS = ("github", "gitlab", "k8s")
 TEMPLATES = {"github": "plan_github.yaml.j2", "gitlab": "plan_gitlab.yaml.j2", "k8s": "plan_k8s.yaml.j2"}
 DEFAULT_LABELS = ("self-hosted", "linux")  # + gpu-<slug>
 DEFAULT_BUILDER_IMAGE = "nvcr.io/nvidia/tensorrt:25.10-py3"
+CPU_IMAGE = "python:3.11-slim-bookworm"  # the CPU jobs' image (GitLab, Kubernetes)
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CONSTRAINTS = "constraints.txt"
 DEFAULT_PVC = "nimbuild-workspace"
+PVC_SIZE = "100Gi"
 TIMEOUT_MINUTES = 180
+# Resource requests per job kind (Kubernetes Jobs, GitLab's Kubernetes executor).
+RESOURCES = {
+    "export": {"cpu": "4", "memory": "16Gi"},
+    "engines": {"cpu": "4", "memory": "32Gi"},
+    "release": {"cpu": "2", "memory": "8Gi"},
+}
 
 
 def default_labels(sku) -> list[str]:
@@ -108,8 +131,74 @@ def plan_jobs(recipe: Any, warn: list[str]) -> list[dict]:
     return jobs
 
 
+def torch_cpu_requirement(constraints: Path | None = None) -> tuple[str, list[str]]:
+    """``torch==<pin>+cpu`` from the constraints file's torch pin (and warnings when there is none).
+
+    With the ``+cpu`` local version only the PyTorch CPU index can satisfy it: pip fails
+    instead of quietly taking PyPI's CUDA build.
+    """
+    path = constraints or Path(CONSTRAINTS)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    m = re.search(r"^torch\s*==\s*([0-9][0-9a-zA-Z.]*)\s*(?:#.*)?$", text, re.M)
+    if m:
+        return f"torch=={m.group(1)}+cpu", []
+    return "torch", [
+        f"{path}: pins no torch (torch==X.Y.Z), so the CPU jobs take the newest torch of the CPU index; "
+        "pin it for reproducible builds"
+    ]
+
+
+def install_commands(python: str = "python3") -> dict[str, str]:
+    """The pip lines of each job kind (the constraints always; CPU torch; no torch where none is needed)."""
+    torch, _ = torch_cpu_requirement()
+    q = shlex.quote
+    pip = f"{python} -m pip install --progress-bar off -c {CONSTRAINTS}"
+    with_torch = f"{pip} --extra-index-url {TORCH_CPU_INDEX} {q('.[build]')} {q(torch)}"
+    return {"export": with_torch, "engines": with_torch, "release": f"{pip} {q('.[cpu,triton]')}"}
+
+
+def new_run_id() -> str:
+    """A Kubernetes run's folder and name suffix: sortable by time, unique (6 random hex)."""
+    return time.strftime("%Y%m%d%H%M", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def _waiter(markers: list[str], deadline_s: int) -> str:
+    """Wait for every ``<m>.ok``; fail at the first ``<m>.failed`` or at the deadline (never hangs)."""
+    names = " ".join(shlex.quote(m) for m in markers)
+    return (
+        f"deadline=$(( $(date +%s) + {deadline_s} )); "
+        f"for m in {names}; do "
+        'until [ -f "$m.ok" ]; do '
+        'if [ -f "$m.failed" ]; then echo "failed: $m (exit $(cat "$m.failed"))" >&2; exit 1; fi; '
+        'if [ "$(date +%s)" -ge "$deadline" ]; then echo "timed out waiting for $m" >&2; exit 1; fi; '
+        'echo "waiting for $m"; sleep 20; done; done'
+    )
+
+
+def _marked(marker: str, script: list[str]) -> str:
+    """``script`` that leaves ``marker.ok`` on success, ``marker.failed`` (its exit code) otherwise."""
+    m = shlex.quote(marker)
+    trap = f"trap 'rc=$?; if [ $rc -eq 0 ]; then touch {m}.ok; else echo $rc > {m}.failed; fi' EXIT"
+    return (
+        " && ".join([f"rm -f {m}.ok {m}.failed", 'mkdir -p "$(dirname ' + m + ')"'])
+        + "; "
+        + trap
+        + "; "
+        + " && ".join(script)
+    )
+
+
 def render_plan(
-    recipe: Any, fmt: str, *, builder_image: str | None = None, image_name: str | None = None, pvc: str = DEFAULT_PVC
+    recipe: Any,
+    fmt: str,
+    *,
+    builder_image: str | None = None,
+    image_name: str | None = None,
+    pvc: str = DEFAULT_PVC,
+    run_id: str | None = None,
 ) -> Plan:
     """The CI plan of ``recipe`` in ``fmt`` (github, gitlab or k8s), checked to be valid YAML."""
     import yaml
@@ -125,41 +214,68 @@ def render_plan(
     model = recipe.name
     builder = builder_image or builder_image_for(getattr(recipe.serving, "triton_image", None))
     image = image_name or f"nimbuild/{model}"
+    _, torch_warnings = torch_cpu_requirement()
+    warnings += torch_warnings
     q = shlex.quote
+    install = install_commands()
+    rq = q(recipe_path)
     commands = {
-        "export": f"nimbuild export {q(recipe_path)} --out out",
-        "engines_github": f'nimbuild engines {q(recipe_path)} --gpu "${{{{ matrix.slug }}}}" --out out',
-        "build": f"nimbuild build {q(recipe_path)} --out out --no-engines",
-        "docker_github": (
-            "docker build -f out/Dockerfile"
-            ' --build-arg "SOURCE_URL=${{ github.server_url }}/${{ github.repository }}"'
-            ' --build-arg "SOURCE_REVISION=${{ github.sha }}"'
-            f' -t "{image}:${{{{ github.sha }}}}" out'
+        "install_export": install["export"],
+        "install_engines": install["engines"],
+        "install_release": install["release"].replace("python3 ", "python ", 1),
+        "export": f"nimbuild export {rq} --out out",
+        "engines": "mkdir -p .nimbuild-cache/trt && "
+        f'nimbuild engines {rq} --gpu "$SLUG" --out out --timing-cache ".nimbuild-cache/trt/$SLUG.cache"',
+        "manifest": "nimbuild manifest build --export-dir out",
+        "render": (
+            f'nimbuild render --manifest out/manifest.yaml --recipe {rq} --wheelhouse all --image {q(image)}:"$TAG"'
+        ),
+        "verify": "nimbuild manifest verify out/manifest.yaml",
+        "docker_gitlab_gpu": (
+            'docker build -f out/Dockerfile --build-arg "SOURCE_URL=$CI_PROJECT_URL" '
+            f'--build-arg "SOURCE_REVISION=$CI_COMMIT_SHA" -t {q(image)}:"$CI_COMMIT_SHA" out'
+        ),
+        "docker_gitlab_cpu": (
+            "if [ -f out/Dockerfile.cpu ]; then docker build -f out/Dockerfile.cpu "
+            '--build-arg "SOURCE_URL=$CI_PROJECT_URL" '
+            f'--build-arg "SOURCE_REVISION=$CI_COMMIT_SHA" -t {q(image)}:"$CI_COMMIT_SHA-cpu" out; fi'
         ),
     }
+    run = run_id or new_run_id()
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?", run):
+        raise NimbuildError(f"--run-id {run!r}: not a short DNS label", hint="use 1-20 of a-z, 0-9 and '-'")
+    base = f"/workspace/runs/{run}"
+    cache = "/workspace/cache"
+    export_marker = f"{base}/export"
     for job in jobs:
-        workdir = f"/workspace/out/{job['slug']}"
-        job["k8s_name"] = _k8s_name("nimbuild", model, "engines", job["slug"])
-        job["k8s_script"] = " && ".join(
+        job["k8s_name"] = _k8s_name("nimbuild", model, job["slug"], run)
+        job["k8s_wait"] = _waiter([export_marker], TIMEOUT_MINUTES * 60)
+        job["k8s_script"] = _marked(
+            f"{base}/engines/{job['slug']}",
             [
-                "python3 -m pip install --no-cache-dir '.[build]'",
-                f"nimbuild export {q(recipe_path)} --out {workdir}",
-                f"nimbuild engines {q(recipe_path)} --gpu {q(job['slug'])} --out {workdir}",
-            ]
+                install["engines"],
+                f"nimbuild engines {rq} --gpu {q(job['slug'])} --out {base}/export "
+                f"--timing-cache {cache}/trt/{q(job['slug'])}.cache",
+            ],
         )
-    fragments = [f"/workspace/out/{j['slug']}/engines/{j['slug']}/fragment.yaml" for j in jobs]
-    wait_script = (
-        f'for f in {" ".join(fragments)}; do until [ -f "$f" ]; do echo "waiting for $f"; sleep 30; done; done'
-    )
-    merge_script = " && ".join(
-        [
-            "python3 -m pip install --no-cache-dir '.[build]'",
-            "mkdir -p /workspace/out/release/engines",
-            *[f"cp -a /workspace/out/{j['slug']}/engines/{j['slug']} /workspace/out/release/engines/" for j in jobs],
-            f"nimbuild build {q(recipe_path)} --out /workspace/out/release --no-engines",
-            "nimbuild manifest verify /workspace/out/release/manifest.yaml",
-        ]
-    )
+    k8s = {
+        "run": run,
+        "export_name": _k8s_name("nimbuild", model, "export", run),
+        "merge_name": _k8s_name("nimbuild", model, "release", run),
+        "export_script": _marked(export_marker, [install["export"], f"nimbuild export {rq} --out {base}/export"]),
+        "merge_wait": _waiter([f"{base}/engines/{j['slug']}" for j in jobs], TIMEOUT_MINUTES * 60 * 2),
+        "merge_script": " && ".join(
+            [
+                install["release"],
+                f"mkdir -p {base}/release",
+                f"cp -a {base}/export/. {base}/release/",
+                f"nimbuild manifest build --export-dir {base}/release",
+                f"nimbuild render --manifest {base}/release/manifest.yaml --recipe {rq} --wheelhouse all",
+                f"nimbuild manifest verify {base}/release/manifest.yaml",
+            ]
+        ),
+        "env": [{"name": "PIP_CACHE_DIR", "value": f"{cache}/pip"}],
+    }
     env = environment()
     template = env.get_template(TEMPLATES[fmt])
     text = template.render(
@@ -168,13 +284,14 @@ def render_plan(
         recipe_path=recipe_path,
         jobs=jobs,
         builder_image=builder,
+        cpu_image=CPU_IMAGE,
         image_name=image,
         timeout_minutes=TIMEOUT_MINUTES,
         commands=commands,
+        resources=RESOURCES,
         pvc=pvc,
-        merge_name=_k8s_name("nimbuild", model, "merge"),
-        wait_script=wait_script,
-        merge_script=merge_script,
+        pvc_size=PVC_SIZE,
+        k8s=k8s,
         gh=lambda expr: "${{ " + expr + " }}",
     )
     try:
