@@ -271,3 +271,28 @@ def test_create_model_store_in_the_operators_form(cpu_image, tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert any(volume.rglob("config.pbtxt")), f"no Triton model store for {profile.name} in {volume}"
+
+
+def test_the_operators_cache_volume_is_filled_and_served_from_as_its_user(cpu_image, tmp_path):
+    """The NIMCache/NIMService volume layout: NIM_CACHE_PATH=/model-store, UID 1000 GID 2000, the files at
+    /model-store/<their path in the manifest>; the server then verifies and serves them from there."""
+    tag, _, manifest = cpu_image
+    volume = tmp_path / "model-store"
+    volume.mkdir()
+    volume.chmod(0o777)  # what fsGroup makes of the volume for the pod's GID
+    for profile in manifest.profiles:
+        done = _run_as_operator(tag, "--profile", profile.id, volume=volume, entrypoint="download-to-cache")
+        assert done.returncode == 0, done.stdout + done.stderr
+        for entry in profile.files.values():
+            assert (volume / entry.uri).stat().st_size == entry.size
+    name, port = f"nimbuild-test-{uuid.uuid4().hex[:8]}", _free_port()
+    _podman(
+        "run", "-d", "--name", name, *RUN_FLAGS, "--user", OPERATOR_USER, "-p", f"127.0.0.1:{port}:8000",
+        "-v", f"{volume}:/model-store", "-e", "NIM_CACHE_PATH=/model-store", tag,
+    )  # fmt: skip
+    try:
+        _wait_healthy(name)
+        logs = _podman("logs", name).stderr
+        assert "/model-store" in logs, logs
+    finally:
+        _podman("rm", "-f", name, check=False)
