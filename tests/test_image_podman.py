@@ -219,6 +219,20 @@ def test_the_nim_operator_finds_the_manifest_and_the_commands(cpu_image):
     assert all(p.id in listing.stdout for p in manifest.profiles)
 
 
+def _serve_from_cache(tag: str, volume: Path) -> str:
+    """Start the image as a NIMService does (the operator's user, the cache volume), wait until healthy: its log."""
+    name, port = f"nimbuild-test-{uuid.uuid4().hex[:8]}", _free_port()
+    _podman(
+        "run", "-d", "--name", name, *RUN_FLAGS, "--user", OPERATOR_USER, "-p", f"127.0.0.1:{port}:8000",
+        "-v", f"{volume}:/model-store", "-e", "NIM_CACHE_PATH=/model-store", tag,
+    )  # fmt: skip
+    try:
+        _wait_healthy(name)
+        return _podman("logs", name).stderr
+    finally:
+        _podman("rm", "-f", name, check=False)
+
+
 def _has_option(tag: str, command: str, option: str) -> bool:
     return re.search(rf"{option}\b(?!-)", _run_as_operator(tag, "--help", entrypoint=command).stdout) is not None
 
@@ -239,15 +253,7 @@ def test_download_to_cache_in_the_operators_form_fills_the_cache_volume(cpu_imag
                 cached = volume / entry.uri
                 assert cached.is_file() and cached.stat().st_size == entry.size, cached
     # NIMService: the same image, the volume as its cache, as the operator's user
-    name, port = f"nimbuild-test-{uuid.uuid4().hex[:8]}", _free_port()
-    _podman(
-        "run", "-d", "--name", name, *RUN_FLAGS, "--user", OPERATOR_USER, "-p", f"127.0.0.1:{port}:8000",
-        "-v", f"{tmp_path / 'profiles'}:/model-store", "-e", "NIM_CACHE_PATH=/model-store", tag,
-    )  # fmt: skip
-    try:
-        _wait_healthy(name)
-    finally:
-        _podman("rm", "-f", name, check=False)
+    assert "/model-store" in _serve_from_cache(tag, tmp_path / "profiles")
 
 
 def test_create_model_store_in_the_operators_form(cpu_image, tmp_path):
@@ -285,14 +291,5 @@ def test_the_operators_cache_volume_is_filled_and_served_from_as_its_user(cpu_im
         assert done.returncode == 0, done.stdout + done.stderr
         for entry in profile.files.values():
             assert (volume / entry.uri).stat().st_size == entry.size
-    name, port = f"nimbuild-test-{uuid.uuid4().hex[:8]}", _free_port()
-    _podman(
-        "run", "-d", "--name", name, *RUN_FLAGS, "--user", OPERATOR_USER, "-p", f"127.0.0.1:{port}:8000",
-        "-v", f"{volume}:/model-store", "-e", "NIM_CACHE_PATH=/model-store", tag,
-    )  # fmt: skip
-    try:
-        _wait_healthy(name)
-        logs = _podman("logs", name).stderr
-        assert "/model-store" in logs, logs
-    finally:
-        _podman("rm", "-f", name, check=False)
+    logs = _serve_from_cache(tag, volume)
+    assert "/model-store" in logs, logs
