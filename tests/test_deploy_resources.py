@@ -88,6 +88,9 @@ def test_nimcache_validates_against_the_operators_crd_and_caches_by_profile_id(r
     schema = _crd_schema("nimcaches")
     for doc in docs["nimcache.yaml"]:
         assert _errors(doc, schema) == []
+        # the operator's NGC path: its job runs `download-to-cache --profiles ID...` (the cache layout serve
+        # reads); a modelEndpoint would make it run create-model-store, a Triton store serve does not use
+        assert "modelEndpoint" not in doc["spec"]["source"]["ngc"]
     gpu, cpu = docs["nimcache.yaml"]
     by_device = {d: sorted(p.id for p in manifest.profiles if p.tags["device"] == d) for d in ("gpu", "cpu")}
     assert gpu["spec"]["source"]["ngc"]["model"]["profiles"] == by_device["gpu"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -190,11 +189,14 @@ def test_cpu_image_serves_a_ranking_as_non_root_and_stops_on_sigterm(cpu_image):
 def _run_as_operator(
     tag: str, *cmd: str, volume: Path | None = None, entrypoint: str | None = None, env: dict | None = None
 ):
+    """``tag`` run as the operator's NIMCache job container: its user, and with ``volume``, the cache volume at
+    /model-store with the variables constructJob sets (HF_HOME, NIM_CACHE_PATH, NGC_HOME: all /model-store)."""
     args = ["run", "--rm", *RUN_FLAGS, "--network=none", "--user", OPERATOR_USER]
     for key, value in (env or {}).items():
         args += ["-e", f"{key}={value}"]
     if volume is not None:
-        args += ["-v", f"{volume}:/model-store", "-e", "NIM_CACHE_PATH=/model-store"]
+        args += ["-v", f"{volume}:/model-store"]
+        args += [f"--env={name}=/model-store" for name in ("HF_HOME", "NIM_CACHE_PATH", "NGC_HOME")]
     if entrypoint is not None:
         args += ["--entrypoint", entrypoint]
     return _podman(*args, tag, *cmd, check=False, timeout=180)
@@ -233,25 +235,44 @@ def _serve_from_cache(tag: str, volume: Path) -> str:
         _podman("rm", "-f", name, check=False)
 
 
-def _has_option(tag: str, command: str, option: str) -> bool:
-    return re.search(rf"{option}\b(?!-)", _run_as_operator(tag, "--help", entrypoint=command).stdout) is not None
+def _rendered_nimcache(context: Path, kind: str) -> dict:
+    """The NIMCache `nimbuild render` wrote for the ``kind`` image (deploy/nimcache.yaml)."""
+    caches = [d for d in yaml.safe_load_all((context / "deploy" / "nimcache.yaml").read_text()) if d]
+    (found,) = [c for c in caches if c["metadata"]["name"].endswith("-cpu") == (kind == "cpu")]
+    return found
+
+
+def _operator_job_args(nimcache: dict) -> list[str]:
+    """The NIMCache job container's Args as the operator builds them for an NGC source (constructJob:
+    Command [download-to-cache], Args ["--profiles", *profiles] when profiles are selected)."""
+    profiles = nimcache["spec"]["source"]["ngc"]["model"].get("profiles")
+    return ["--profiles", *profiles] if profiles else []
 
 
 def test_download_to_cache_in_the_operators_form_fills_the_cache_volume(cpu_image, tmp_path):
-    """The NIMCache job: `download-to-cache --profiles ID...` (or `--all`), NIM_CACHE_PATH=/model-store."""
-    tag, _, manifest = cpu_image
-    if not _has_option(tag, "download-to-cache", "--profiles"):
-        pytest.skip("download-to-cache has no --profiles/--all yet (the operator's flags: issue 14, loaders)")
-    for args in (["--profiles", *(p.id for p in manifest.profiles)], ["--all"]):
+    """The NIMCache job of the rendered deploy/nimcache.yaml: `download-to-cache --profiles ID...` (or `--all`)
+    on the volume at /model-store, as the operator's user; then the image served from that volume."""
+    tag, context, manifest = cpu_image
+    nimcache = _rendered_nimcache(context, "cpu")
+    assert nimcache["spec"]["source"]["ngc"]["modelPuller"].endswith("-cpu")
+    assert "modelEndpoint" not in nimcache["spec"]["source"]["ngc"]  # that would make the job create-model-store
+    job_args = _operator_job_args(nimcache)
+    assert sorted(job_args[1:]) == sorted(p.id for p in manifest.profiles)  # every CPU profile, by ID
+    for args in (job_args, ["--all"]):
         volume = tmp_path / args[0].strip("-")
         volume.mkdir()
         volume.chmod(0o777)  # what fsGroup makes of the NIMCache volume for the job's GID
         done = _run_as_operator(tag, *args, volume=volume, entrypoint="download-to-cache")
         assert done.returncode == 0, done.stdout + done.stderr
         for profile in manifest.profiles:
+            assert profile.id in done.stdout, done.stdout
             for entry in profile.files.values():
                 cached = volume / entry.uri
                 assert cached.is_file() and cached.stat().st_size == entry.size, cached
+        # the job runs again when the operator retries it (BackoffLimit 5): nothing copied twice
+        again = _run_as_operator(tag, *args, volume=volume, entrypoint="download-to-cache", env={"NO_COLOR": "1"})
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert again.stdout.count(": 0 file(s) copied") == len(manifest.profiles), again.stdout
     # NIMService: the same image, the volume as its cache, as the operator's user
     assert "/model-store" in _serve_from_cache(tag, tmp_path / "profiles")
 
@@ -259,8 +280,6 @@ def test_download_to_cache_in_the_operators_form_fills_the_cache_volume(cpu_imag
 def test_create_model_store_in_the_operators_form(cpu_image, tmp_path):
     """The NIMCache job for a model endpoint: `create-model-store --model-repo REPO --model-store /model-store`."""
     tag, _, manifest = cpu_image
-    if not _has_option(tag, "create-model-store", "--model-repo"):
-        pytest.skip("create-model-store has no --model-repo yet (the operator's flags: issue 14, loaders)")
     volume = tmp_path / "store"
     volume.mkdir()
     volume.chmod(0o777)
@@ -276,6 +295,7 @@ def test_create_model_store_in_the_operators_form(cpu_image, tmp_path):
         env={"NIM_MODEL_PROFILE": profile.id},  # how a NIMCache's env names the profile
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    assert profile.id in done.stdout, done.stdout
     assert any(volume.rglob("config.pbtxt")), f"no Triton model store for {profile.name} in {volume}"
 
 
