@@ -119,7 +119,8 @@ def _export_into(recipe: Any, out_dir: Path, out: Output, cpu_classes: list[str]
                 shutil.rmtree(old)
             elif old.exists():
                 old.unlink()
-            (fresh / name).replace(old)
+            if (fresh / name).exists():  # an earlier export's entry never outlives a new export without it
+                (fresh / name).replace(old)
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
 
