@@ -39,6 +39,15 @@ _PROFILE_KEYS = ("id", "name", "tags", "workspace", "metrics")
 _FILE_KEYS = ("uri", "sha256", "size")
 REMOTE_CACHE_DIR = "remote"  # NIM_CACHE_PATH/remote/<scheme>/<host>/<path>: where a remote file is cached
 _TOP_KEYS = ("schema_version", "profile_selection_criteria", HEADER_KEY, "profiles")
+SCHEMA_RESOURCE = "data/manifest.schema.json"  # the manifest's JSON Schema, shipped inside the package
+
+
+def json_schema() -> dict:
+    """The manifest's JSON Schema (``nimbuild/data/manifest.schema.json``), for editors and other tools."""
+    import json
+    from importlib.resources import files
+
+    return json.loads(files("nimbuild").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
 
 
 @dataclass

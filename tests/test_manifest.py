@@ -15,7 +15,7 @@ from nimbuild import manifest as mf
 from nimbuild import profiles
 from nimbuild.errors import NimbuildError
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "manifests" / "schema.json").read_text())
+SCHEMA = mf.json_schema()
 
 
 def _profile(root: Path, precision: str, device: str = "gpu", files: dict[str, bytes] | None = None) -> mf.Profile:

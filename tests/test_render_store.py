@@ -154,7 +154,8 @@ def test_create_model_store_path_imports_no_onnx_and_no_tritonclient(export, tmp
 import sys, json
 from nimbuild.runtime.model_store import create_model_store
 made = create_model_store({str(export)!r}, {CPU!r}, {str(tmp_path / "store")!r}, env={{}})
-heavy = sorted(m for m in ('onnx', 'torch', 'transformers', 'tritonclient', 'polygraphy', 'tensorrt') if m in sys.modules)
+names = ('onnx', 'torch', 'transformers', 'tritonclient', 'polygraphy', 'tensorrt')
+heavy = sorted(m for m in names if m in sys.modules)
 print(json.dumps({{"heavy": heavy, "model": made.model_name}}))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -208,3 +209,37 @@ def test_cli_create_model_store_and_download_to_cache(export, tmp_path):
         timeout=120,
     )
     assert done.returncode == 1 and done.stderr.startswith("error: ") and CPU in done.stderr
+
+
+def test_a_store_on_a_folder_no_rename_can_replace_is_filled_in_place(export, tmp_path, monkeypatch):
+    """The NIM Operator's `--model-store /model-store` is a volume's mount point (and `/` is not the job user's):
+    the store is staged inside it and swapped in; a retry after an interrupted swap is not refused."""
+    from nimbuild import fsutil
+
+    dest = tmp_path / "model-store"
+    dest.mkdir()
+    monkeypatch.setattr(fsutil, "_renamable", lambda folder: folder != dest)  # as os.path.ismount(dest) is
+    made = store.create_model_store(export, CPU, dest, env={})
+    assert repository.check_repository(dest) == [] and made.store == dest
+    leftovers = sorted(p.name for p in dest.iterdir() if p.name.startswith("."))
+    siblings = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert leftovers == [] and siblings == []  # no marker, no staging folder, nothing beside the mount point
+    # again, over its own earlier store (another profile): replaced, not mixed
+    store.create_model_store(export, H100, dest, env={})
+    assert json.loads((dest / repository.REPOSITORY_INFO).read_text())["profile_name"] == H100
+    assert repository.check_repository(dest) == []
+    # a swap interrupted by a crash leaves the marker: the retry knows the folder is nimbuild's
+    for p in list(dest.iterdir()):
+        if p.is_file():
+            p.unlink()
+    (dest / fsutil.IN_PROGRESS).touch()
+    store.create_model_store(export, CPU, dest, env={})
+    assert not (dest / fsutil.IN_PROGRESS).exists() and repository.check_repository(dest) == []
+    # a folder of someone else's files is still refused, and left as it was
+    other = tmp_path / "data"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    monkeypatch.setattr(fsutil, "_renamable", lambda folder: False)
+    with pytest.raises(NimbuildError, match="not a nimbuild model repository"):
+        store.create_model_store(export, CPU, other, env={})
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]

@@ -177,11 +177,8 @@ def write_cpu_fragment(export_dir: str | Path, cpu_class: str) -> Path:
     relative to its own folder, and the merge job's `nimbuild build` (or `manifest build`) discovers it
     and adds the tokenizer files. The export must have made and passed that class here.
     """
-    import os
-    import shutil
-
     from nimbuild import cpu_isa
-    from nimbuild.fsutil import staging_dir
+    from nimbuild.fsutil import link_or_copy, staging_dir
 
     export_dir = Path(export_dir)
     cls = cpu_isa.lookup(cpu_class, "--cpu-isa")
@@ -200,10 +197,7 @@ def write_cpu_fragment(export_dir: str | Path, cpu_class: str) -> Path:
         for rel in profile.files:
             dest = stage / "int8" / Path(rel).name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(export_dir / rel, dest)  # no second copy of a large graph where the filesystem allows
-            except OSError:
-                shutil.copy2(export_dir / rel, dest)
+            link_or_copy(export_dir / rel, dest)
             files[f"int8/{dest.name}"] = mf.file_entry(stage, f"int8/{dest.name}")
         fragment = mf.Manifest(
             profiles=[

@@ -120,7 +120,7 @@ def ranking_metrics(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
     if not reference:
         raise ValueError("no queries to compare")
     top1, sp, kt, nd, worst = [], [], [], [], 0.0
-    for i, (r, c) in enumerate(zip(reference, candidate)):
+    for i, (r, c) in enumerate(zip(reference, candidate, strict=True)):
         r = np.asarray(r, dtype=np.float64).reshape(-1)
         c = np.asarray(c, dtype=np.float64).reshape(-1)
         if r.shape != c.shape:
@@ -243,3 +243,75 @@ def run_gate(
     metrics = ranking_metrics(list(reference_scores), candidate)
     n_pairs = int(sum(len(c) for c in candidate))
     return judge(metrics, thresholds, n_queries=len(candidate), n_pairs=n_pairs, notes=notes)
+
+
+# ----------------------------------------------------------------------------- saved inputs
+
+INPUTS_FILE = "gate_inputs.npz"  # in an export dir, beside export_report.json
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same inputs give the same bytes
+
+
+def save_inputs(path: str | Path, encoded: Sequence[Mapping[str, np.ndarray]], reference: Sequence[np.ndarray]) -> dict:
+    """Write the gate's inputs (each query's encoded feeds and its PyTorch FP32 reference scores) as one .npz.
+
+    What a later step needs to make and judge more precision graphs of the same export without PyTorch or
+    the model's weights (``nimbuild export --from-export``: a CI job per CPU class on the export's
+    artifact). Members ``q<i>/<input name>`` (int64) and ``q<i>/reference`` (float), deflated, with fixed
+    times. Returns the report's ``gate_inputs`` entry: path, sha256, queries.
+    """
+    import io
+    import zipfile
+
+    from nimbuild.fsutil import atomic_write_bytes
+    from nimbuild.manifest import sha256_file
+
+    if len(encoded) != len(reference):
+        raise ValueError(f"{len(reference)} reference score arrays for {len(encoded)} queries")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, (feeds, ref) in enumerate(zip(encoded, reference, strict=True)):
+            for name, array in [*feeds.items(), ("reference", ref)]:
+                member = io.BytesIO()
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+                zf.writestr(zipfile.ZipInfo(f"q{i:06d}/{name}.npy", _ZIP_TIME), member.getvalue(), zipfile.ZIP_DEFLATED)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return {"path": path.name, "sha256": sha256_file(path), "queries": len(encoded)}
+
+
+def load_inputs(
+    path: str | Path, input_names: Sequence[str], sha256: str | None = None
+) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+    """(encoded, reference) as :func:`save_inputs` wrote them: checked against ``sha256`` (the report's), the
+    graph's ``input_names`` and each query's shape; no pickled object is ever loaded."""
+    import zipfile
+
+    from nimbuild.errors import NimbuildError
+    from nimbuild.manifest import sha256_file
+
+    path = Path(path)
+    hint = "re-run `nimbuild export` (the export job) with this nimbuild"
+    if not path.is_file():
+        raise NimbuildError(f"{path}: the export's gate inputs are missing (an older nimbuild made it?)", hint=hint)
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise NimbuildError(f"{path}: its sha256 is not the one export_report.json records", hint=hint)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise NimbuildError(f"{path}: unreadable gate inputs: {exc}", hint=hint) from None
+    queries = sorted({key.split("/", 1)[0] for key in arrays})
+    encoded, reference = [], []
+    for q in queries:
+        feeds, ref = {n: arrays.get(f"{q}/{n}") for n in input_names}, arrays.get(f"{q}/reference")
+        missing = [n for n, a in feeds.items() if a is None] + (["reference"] if ref is None else [])
+        if missing:
+            raise NimbuildError(f"{path}: query {q} lacks {', '.join(missing)}", hint=hint)
+        shapes = {a.shape for a in feeds.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2 or ref.shape != (next(iter(shapes))[0],):
+            raise NimbuildError(f"{path}: query {q}: feeds {sorted(shapes)} do not match {ref.shape} scores", hint=hint)
+        encoded.append({n: a.astype(np.int64, copy=False) for n, a in feeds.items()})
+        reference.append(ref)
+    if not encoded:
+        raise NimbuildError(f"{path}: no query in the gate inputs", hint=hint)
+    return encoded, reference

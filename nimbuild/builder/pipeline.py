@@ -7,6 +7,7 @@ that looks finished (docs/internals.md, "Export directory").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from nimbuild.builder.assemble import REPORT_FILE
 from nimbuild.errors import NimbuildError
 from nimbuild.output import Output, dumps
 
@@ -97,10 +99,8 @@ def _toolchain() -> dict[str, str]:
             versions[pkg] = md.version(dist)
         except md.PackageNotFoundError:
             if pkg == "onnxruntime":
-                try:
+                with contextlib.suppress(md.PackageNotFoundError):
                     versions[pkg] = md.version("onnxruntime")
-                except md.PackageNotFoundError:
-                    pass
     return versions
 
 
@@ -238,6 +238,8 @@ def run_export(
             },
             "thresholds": gate_mod.thresholds_dict(recipe.thresholds),
             "toolchain": _toolchain(),
+            # the encoded pairs and the PyTorch reference: what `export --from-export` judges more graphs by
+            "gate_inputs": gate_mod.save_inputs(stage / gate_mod.INPUTS_FILE, encoded, reference),
             "precisions": {
                 "fp32": {
                     "status": "passed",
@@ -257,8 +259,91 @@ def run_export(
                 _build_precisions(stage, others, info, encoded, reference, recipe, out, cpu_classes)
             )
         report["seconds"] = round(time.perf_counter() - started, 3)
-        atomic_write_text(stage / "export_report.json", dumps(report) + "\n")
+        atomic_write_text(stage / REPORT_FILE, dumps(report) + "\n")
     print_gate_table(report["precisions"], out)
+    return report
+
+
+def export_files(export_dir: Path, report: dict) -> list[str]:
+    """The files an export made, relative to it: the report, the gate inputs, the tokenizer and each passed graph
+    (not engines/ or cpu/: other steps write those)."""
+    from nimbuild import manifest as mf
+
+    rels = [REPORT_FILE]
+    if report.get("gate_inputs"):
+        rels.append(mf.check_relpath(report["gate_inputs"]["path"]))
+    folder = export_dir / "tokenizer"
+    if folder.is_dir():
+        rels += sorted(p.relative_to(export_dir).as_posix() for p in folder.rglob("*") if p.is_file())
+    for entry in report["precisions"].values():
+        if entry.get("status") == "passed":
+            rels += [mf.check_relpath(r) for r in entry.get("files") or [entry["path"]]]
+    return list(dict.fromkeys(rels))
+
+
+def run_from_export(
+    recipe_or_model: Any,
+    source_dir: str | Path,
+    out_dir: str | Path | None = None,
+    precisions: Sequence[str] | None = None,
+    out: Output | None = None,
+    *,
+    force: bool = False,
+    cpu_isa: Sequence[str] | None = None,
+) -> dict:
+    """Add precision graphs to an export made earlier, from its FP32 graph and saved gate inputs; the new report.
+
+    No PyTorch and no model weights: the graphs are made from ``source_dir``'s ``onnx/fp32`` and judged
+    against the PyTorch reference the export saved (``gate_inputs.npz``), on this machine's CPU, by the
+    recipe's thresholds. ``out_dir`` None or ``source_dir``: in place; another folder gets a copy of the
+    export's own files first (hard links where it can). What `nimbuild plan`'s CPU-class jobs run on
+    the export job's artifact: each class's int8 graph judged on that class's kernels.
+    """
+    from nimbuild.builder import gate as gate_mod
+    from nimbuild.builder.assemble import read_report
+    from nimbuild.fsutil import atomic_write_text, link_or_copy, staging_dir
+    from nimbuild.manifest import safe_join
+
+    out = out or Output(quiet=True)
+    started = time.perf_counter()
+    recipe = as_recipe(recipe_or_model)
+    source_dir = Path(source_dir)
+    report = read_report(source_dir)
+    if report["model"] != recipe.name:
+        raise NimbuildError(
+            f"{source_dir / REPORT_FILE}: an export of {report['model']!r}, not of {recipe.name!r} ({recipe.path})",
+            hint="pass the recipe that export was made with",
+        )
+    cpu_classes = cpu_classes_to_make(recipe, cpu_isa)  # a class this CPU lacks fails now, before any work
+    wanted = [
+        p for p in dict.fromkeys(x.strip().lower() for x in (precisions or recipe.precisions)) if p and p != "fp32"
+    ]
+    if not wanted:
+        raise NimbuildError("--from-export: no precision to add (fp32 is the export's)", hint="pass --precision int8")
+    saved = report.get("gate_inputs") or {}
+    if not saved.get("path"):
+        raise NimbuildError(
+            f"{source_dir / REPORT_FILE}: no saved gate inputs, so its graphs cannot be judged without PyTorch",
+            hint="re-run `nimbuild export` with this nimbuild (it saves them), or export without --from-export",
+        )
+    encoded, reference = gate_mod.load_inputs(
+        safe_join(source_dir, saved["path"]), report["inputs"], saved.get("sha256")
+    )
+    target = Path(out_dir) if out_dir is not None else source_dir
+    if target.resolve() != source_dir.resolve():
+        check_out_dir(target, force)
+        with staging_dir(target) as stage:
+            for rel in export_files(source_dir, report):
+                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                link_or_copy(safe_join(source_dir, rel), stage / rel)
+    info = {"architecture": report["architecture"], "inputs": report["inputs"]}
+    added = _build_precisions(target, wanted, info, encoded, reference, recipe, out, cpu_classes)
+    report["precisions"].update(added)
+    report.setdefault("additions", []).append(
+        {"precisions": list(added), "toolchain": _toolchain(), "seconds": round(time.perf_counter() - started, 3)}
+    )
+    atomic_write_text(target / REPORT_FILE, dumps(report) + "\n")
+    print_gate_table(added, out)
     return report
 
 
@@ -354,7 +439,7 @@ def _build_precisions(
 
 def load_report(export_dir: str | Path) -> dict:
     """export_report.json of an export folder (NimbuildError when it is not one)."""
-    p = Path(export_dir) / "export_report.json"
+    p = Path(export_dir) / REPORT_FILE
     if not p.is_file():
         raise NimbuildError(
             f"{export_dir} is not an export folder (no export_report.json)",

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild import __version__
+from nimbuild.builder.assemble import REPORT_FILE
 from nimbuild.builder.cache import StepCache, digest, toolchain_versions, tree_digest
+from nimbuild.builder.gate import INPUTS_FILE
 from nimbuild.errors import NimbuildError
 from nimbuild.output import Output
 
-EXPORT_OUTPUTS = ("export_report.json", "tokenizer", "onnx")
+EXPORT_OUTPUTS = (REPORT_FILE, INPUTS_FILE, "tokenizer", "onnx")
 EXPORT_IRRELEVANT = {"gpus", "runners", "serving"}
 
 
@@ -117,7 +119,8 @@ def _export_into(recipe: Any, out_dir: Path, out: Output, cpu_classes: list[str]
                 shutil.rmtree(old)
             elif old.exists():
                 old.unlink()
-            (fresh / name).replace(old)
+            if (fresh / name).exists():  # an earlier export's entry never outlives a new export without it
+                (fresh / name).replace(old)
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
 

@@ -35,6 +35,16 @@ def export(
         str, typer.Option("--exporter", help="auto (TorchScript, then dynamo), legacy or dynamo.")
     ] = "auto",
     cpu_isa: CpuIsaOpt = None,
+    from_export: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-export",
+            help="Add the precision graphs to the export in this folder, from its FP32 graph and saved gate inputs: "
+            "no PyTorch, no model download (a CI job per CPU class on the export's artifact). "
+            "--out defaults to this folder (in place).",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an output folder that already has content.")] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -42,11 +52,15 @@ def export(
     """Export a cross-encoder to ONNX (FP32 + precision graphs), each judged against PyTorch on the CPU.
 
     Writes OUT/onnx/<precision>/model.onnx (int8: OUT/onnx/cpu-int8-<cpu class>/, one per CPU class this
-    CPU has), OUT/tokenizer/ and OUT/export_report.json; nothing is left under OUT if the FP32 graph fails its gate.
+    CPU has), OUT/tokenizer/, OUT/gate_inputs.npz (the encoded pairs and the PyTorch reference) and
+    OUT/export_report.json; nothing is left under OUT if the FP32 graph fails its gate. With --from-export
+    DIR, only the requested graphs are made, from DIR's FP32 graph, judged against DIR's saved reference.
 
     Example: nimbuild export recipes/example-tiny.yaml --out out/example-tiny --precision fp16,int8
+
+    Example: nimbuild export recipes/example-tiny.yaml --from-export out/example-tiny --precision int8 --cpu-isa avx2
     """
-    from nimbuild.builder.pipeline import as_recipe, run_export
+    from nimbuild.builder.pipeline import as_recipe, run_export, run_from_export
     from nimbuild.errors import NimbuildError
     from nimbuild.output import Output
 
@@ -63,6 +77,20 @@ def export(
             )
         precisions = ["int8" if p == "cpu-int8" else p for p in precisions]
     recipe = as_recipe(source, trust_remote_code=trust_remote_code or None, revision=revision)
+    if from_export is not None:
+        if pairs is not None:
+            raise NimbuildError(
+                "--pairs with --from-export: the graphs are judged on the pairs that export saved",
+                hint="drop --pairs, or export again with them",
+            )
+        target = out_dir or from_export
+        report = run_from_export(
+            recipe, from_export, target, precisions, out, force=force, cpu_isa=split_cpu_isa(cpu_isa)
+        )
+        added = report["additions"][-1]["precisions"]
+        statuses = ", ".join(f"{k} {report['precisions'][k]['status']}" for k in added) or "nothing to add"
+        out.emit({"out": str(target), "report": report}, f"{target}: {statuses}")
+        return
     target = out_dir or recipe.default_out_dir
     report = run_export(
         recipe,

@@ -37,19 +37,64 @@ def render(
     ] = None,
     link: LinkOpt = True,
     no_dockerfile: Annotated[bool, typer.Option("--no-dockerfile", help="Only the Triton repositories.")] = False,
+    wheelhouse: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--wheelhouse",
+            "-w",
+            help="Also write the image's wheelhouse (wheels/<image>/: nimbuild's wheel + its dependencies, "
+            "pinned by sha256) for gpu, cpu or all; repeatable. Downloads from the index (PyPI or PIP_INDEX_URL).",
+        ),
+    ] = None,
+    cpu_python: Annotated[
+        str, typer.Option("--cpu-python", help="Python of the CPU image (BASE_IMAGE python:<this>-slim-bookworm).")
+    ] = "3.11",
+    gpu_python: Annotated[
+        str, typer.Option("--gpu-python", help="Python of the GPU image (NVIDIA's Triton image: 3.12 since 24.12).")
+    ] = "3.12",
+    image_arch: Annotated[
+        str | None,
+        typer.Option("--image-arch", help="x86_64 or aarch64 (linux/amd64, linux/arm64) [default: this machine's]."),
+    ] = None,
+    nimbuild_wheel: Annotated[
+        Path | None,
+        typer.Option(
+            "--nimbuild-wheel", help="Use this nimbuild wheel [default: built from the running nimbuild's source]."
+        ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image", help="The GPU image in OUT/deploy/*.yaml, REPO:TAG [default: nimbuild/<model>:<version>]."
+        ),
+    ] = None,
+    cpu_image: Annotated[
+        str | None, typer.Option("--cpu-image", help="The CPU image in OUT/deploy/*.yaml [default: <image>-cpu].")
+    ] = None,
+    namespace: Annotated[
+        str, typer.Option("--namespace", help="Kubernetes namespace of OUT/deploy/inferenceservice.yaml.")
+    ] = "default",
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Render a Triton model repository per profile (config.pbtxt checked against Triton's schema)
-    and the serving image's Dockerfile. Refuses a manifest that does not verify.
+    """Render a Triton model repository per profile (config.pbtxt checked against Triton's schema),
+    the serving images' Dockerfiles (GPU: Dockerfile, CPU: Dockerfile.cpu) and, with --wheelhouse,
+    their wheelhouses: a build context that installs nothing from an index; and OUT/deploy/: the NIM
+    Operator's NIMCache and NIMService, KServe InferenceServices per GPU pool. Refuses a manifest
+    that does not verify.
 
-    Example: nimbuild render --manifest out/example-tiny/manifest.yaml --recipe recipes/example-tiny.yaml
+    Example: nimbuild render -m out/example-tiny/manifest.yaml --recipe recipes/example-tiny.yaml --wheelhouse cpu
     """
     from nimbuild.output import Output
     from nimbuild.render.container import build_command
     from nimbuild.render.triton import render_all
+    from nimbuild.render.wheelhouse import check_arch, cpu_target, gpu_target
 
     out = Output(json_mode=json_mode, quiet=quiet)
+    arch = check_arch(image_arch) if image_arch else None
+    kinds = {k.strip() for w in wheelhouse or [] for k in w.split(",") if k.strip()}
+    if "all" in kinds:
+        kinds = (kinds - {"all"}) | {"gpu", "cpu"}
     result = render_all(
         manifest,
         out_dir or manifest.parent,
@@ -57,6 +102,12 @@ def render(
         recipe_path=recipe,
         out=out,
         dockerfile=not no_dockerfile,
+        images={
+            "targets": {"cpu": cpu_target(cpu_python, arch), "gpu": gpu_target(gpu_python, arch)},
+            "wheelhouses": sorted(kinds),
+            "nimbuild_wheel": nimbuild_wheel,
+        },
+        deploy={"image": image, "cpu_image": cpu_image, "namespace": namespace},
     )
     for repo in result.repositories:
         for note in repo.notes:
@@ -72,7 +123,13 @@ def render(
         )
         if result.container is not None:
             c = result.container
-            o.line(f"wrote {c.dockerfile}; build the image with: {build_command(c.dockerfile, c.context, 'IMAGE:TAG')}")
+            for image in c.images.values():
+                o.line(
+                    f"wrote {image.dockerfile} ({image.kind} image, {len(image.profile_ids)} profile(s)); "
+                    f"build it with: {build_command(image.dockerfile, c.context, 'IMAGE:TAG')}"
+                )
+        for path in result.deploy:
+            o.line(f"wrote {path}")
 
     out.emit(result.to_dict(), human)
 

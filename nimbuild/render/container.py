@@ -1,12 +1,15 @@
-"""The serving image: ``Dockerfile`` (templates/Dockerfile.j2) and its ``.dockerignore``.
+"""The serving images: ``Dockerfile`` (GPU, on NVIDIA's Triton image) and ``Dockerfile.cpu``
+(CPU-only hosts, on any slim Python image), with their ``.dockerignore`` files.
 
-Based on NVIDIA's Triton server image (the recipe's ``serving.triton_image``),
-installing ``nimbuild[runtime,triton]`` only (the light half), with the manifest and exactly the files
-it lists (a whitelist .dockerignore, so a build folder full of other things does
-not leak into the image), ``ENTRYPOINT ["nimbuild", "serve"]``, a health check
-on ``/v1/health/ready``, a non-root user and OCI labels naming the source, the
-revision, the model and every profile ID. The build context is the manifest's
-folder.
+Both install the light half only (``nimbuild[runtime,triton]``, ``nimbuild[cpu]``) from
+the context's wheelhouse (:mod:`nimbuild.render.wheelhouse`: ``--no-index
+--require-hashes``), carry the manifest and exactly the files it lists (a whitelist
+.dockerignore, so a build folder full of other things does not leak into the image),
+put the manifest where the NIM Operator reads it, and have ``ENTRYPOINT ["nimbuild",
+"serve"]``, a health check on ``/v1/health/ready``, a non-root user and OCI labels naming
+the source, the revision, the model and every profile ID. The build context is the
+manifest's folder. The CPU image holds the profiles a CPU host can run (``device: cpu``),
+in ``manifest.cpu.yaml`` (same IDs), so it carries no GPU graph or TensorRT engine.
 """
 
 from __future__ import annotations
@@ -20,29 +23,63 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.render.wheelhouse import ImageTarget, cpu_target, gpu_target, write_wheelhouse
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 MODEL_DIR = "/opt/nim/model"
 CACHE_PATH = "/opt/nim/.cache"
+# Where the NIM Operator's NIMCache reads a NIM's manifest (`cat`, in the image): this path, else
+# /etc/nim/config/model_manifest.yaml (left free: NIM mounts a user's override there).
+OPERATOR_MANIFEST = "/opt/nim/etc/default/model_manifest.yaml"
+VENV = "/opt/nim/venv"  # the CPU image's Python environment (any base image's python3 makes it)
 USER, UID = "nim", 10001
 PORT = 8000
-# The light half only; `triton` adds tritonclient[http], which serve needs to drive tritonserver.
-RUNTIME_EXTRAS = "runtime,triton"
+CPU_MANIFEST = "manifest.cpu.yaml"  # the CPU image's manifest: the profiles a CPU host can run
 WHEELS_README = (
-    "Put a nimbuild wheel here (pip wheel --no-deps -w wheels .) to install it instead of the\n"
-    "published one; the Dockerfile installs nimbuild[runtime,triton] with --find-links on this folder.\n"
+    "The serving images' wheelhouses: wheels/gpu/ (Dockerfile) and wheels/cpu/ (Dockerfile.cpu), each\n"
+    "nimbuild's own wheel, its serving dependencies for the image's Python and a requirements.txt that pins\n"
+    "every file by sha256. Made by `nimbuild render --wheelhouse gpu|cpu|all` (needs an index: PyPI, or\n"
+    "PIP_INDEX_URL); the Dockerfiles install from here with --no-index --require-hashes.\n"
 )
 
 
 @dataclass
-class ContainerFiles:
+class ImageFiles:
+    """One image's Dockerfile in the context."""
+
+    kind: str  # "gpu" | "cpu"
     dockerfile: Path
+    dockerignore: Path
+    base_image: str
+    manifest: str  # the context's file that becomes the image's manifest.yaml
+    profile_ids: list[str]
+    wheelhouse: str  # wheels/<kind>
+    has_wheelhouse: bool
+
+    def to_dict(self, context: Path) -> dict:
+        return {
+            "kind": self.kind,
+            "dockerfile": str(self.dockerfile),
+            "dockerignore": str(self.dockerignore),
+            "base_image": self.base_image,
+            "manifest": self.manifest,
+            "profile_ids": self.profile_ids,
+            "wheelhouse": self.wheelhouse,
+            "has_wheelhouse": self.has_wheelhouse,
+            "build_command": build_command(self.dockerfile, context, "IMAGE:TAG"),
+        }
+
+
+@dataclass
+class ContainerFiles:
+    dockerfile: Path  # the GPU image's
     dockerignore: list[Path]
     context: Path
     base_image: str
     profile_ids: list[str]
     included: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    images: dict[str, ImageFiles] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -54,6 +91,7 @@ class ContainerFiles:
             "included": self.included,
             "notes": self.notes,
             "build_command": build_command(self.dockerfile, self.context, "IMAGE:TAG"),
+            "images": {k: v.to_dict(self.context) for k, v in self.images.items()},
         }
 
 
@@ -77,23 +115,73 @@ def _inside(path: Path, root: Path) -> str | None:
         return None
 
 
+def cpu_profiles(manifest) -> list:
+    """The profiles a host without a GPU can run: what the CPU image carries."""
+    return [p for p in manifest.profiles if p.tags.get("device") == "cpu"]
+
+
+def _top_folders(paths: list[str]) -> list[str]:
+    """The context's top-level folders the image copies (each COPY keeps its .dockerignore filtering)."""
+    return sorted({p.split("/", 1)[0] for p in paths if "/" in p})
+
+
+def _image_text(kind: str, target: ImageTarget, base_image: str, profiles: list, folders: list[str], **common) -> str:
+    from nimbuild.runtime.triton_repo.templating import render
+
+    env = []
+    if kind == "cpu":
+        env += [("PATH", f"{VENV}/bin:$PATH"), ("NIM_CPU_ONLY", "1")]
+    env += [("NIM_MANIFEST_PATH", f"{MODEL_DIR}/manifest.yaml"), ("NIM_CACHE_PATH", CACHE_PATH)]
+    env += [("NIM_HTTP_API_PORT", str(PORT))]
+    return render(
+        "Dockerfile.j2",
+        kind=kind,
+        base_image=base_image,
+        profiles=[{"id": p.id, "name": p.name} for p in sorted(profiles, key=lambda p: p.name)],
+        folders=folders,
+        python=target.python,
+        glibc=target.glibc,
+        arch=target.arch,
+        wheel_dir=target.folder,
+        venv=VENV,
+        env=env,
+        user=USER,
+        uid=UID,
+        port=PORT,
+        model_dir=MODEL_DIR,
+        cache_path=CACHE_PATH,
+        operator_manifest=OPERATOR_MANIFEST,
+        operator_manifest_dir=OPERATOR_MANIFEST.rsplit("/", 1)[0],
+        **common,
+    )
+
+
 def render_container(
     manifest_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
     recipe: Any = None,
     triton_dir: str | os.PathLike | None = None,
+    targets: dict[str, ImageTarget] | None = None,
+    wheelhouses: tuple[str, ...] | list[str] = (),
+    nimbuild_wheel: str | os.PathLike | None = None,
+    out=None,
 ) -> ContainerFiles:
-    """Write ``out_dir/Dockerfile`` (+ its dockerignore) for the manifest's profiles.
+    """Write ``out_dir/Dockerfile`` and ``out_dir/Dockerfile.cpu`` (+ their dockerignores) for the manifest.
 
-    ``triton_dir``: the rendered repositories; they go into the image when they
+    ``triton_dir``: the rendered repositories; they go into the GPU image when they
     are inside the manifest's folder (the context), so that ``serve`` reuses them.
+    ``targets``: each image's Python and platform (:func:`~nimbuild.render.wheelhouse.cpu_target`,
+    ``gpu_target``), which its wheelhouse must be made for. ``wheelhouses``: the images ("gpu",
+    "cpu") whose ``wheels/<image>/`` to write first (:func:`~nimbuild.render.wheelhouse.write_wheelhouse`:
+    nimbuild's wheel, or ``nimbuild_wheel``, and its dependencies downloaded for the image).
     """
     from nimbuild import __version__
     from nimbuild.fsutil import atomic_write_text
-    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest import Manifest, load_manifest, write_manifest
     from nimbuild.runtime.triton_repo.templating import render
 
+    targets = {"gpu": gpu_target(), "cpu": cpu_target(), **(targets or {})}
     manifest_path = Path(manifest_path)
     manifest = load_manifest(manifest_path)
     context = manifest_path.parent
@@ -109,8 +197,11 @@ def render_container(
     if recipe is not None and getattr(getattr(recipe, "serving", None), "triton_image", None):
         base_image = recipe.serving.triton_image
     check_image_reference(base_image)
-    local = sorted({e.uri for p in manifest.profiles for e in p.files.values() if "://" not in e.uri})
-    paths = list(local)
+
+    def local_files(profiles) -> list[str]:
+        return sorted({e.uri for p in profiles for e in p.files.values() if "://" not in e.uri})
+
+    gpu_paths = local_files(manifest.profiles)
     if triton_dir is not None:
         rel = _inside(Path(triton_dir), context)
         if rel is None:
@@ -119,55 +210,100 @@ def render_container(
                 "Triton repositories at start (ONNX profiles only need their graph)"
             )
         else:
-            paths += [f"{rel}/{name}/" for name in repositories_for(manifest, Path(triton_dir))]
+            gpu_paths += [f"{rel}/{name}/" for name in repositories_for(manifest, Path(triton_dir))]
     source_url, source_revision = _source(recipe, header)
-    profiles = [{"id": p.id, "name": p.name} for p in sorted(manifest.profiles, key=lambda p: p.name)]
-    dockerfile = out_dir / "Dockerfile"
-    ctx_rel = os.path.relpath(context, out_dir) if out_dir != context else "."
-    text = render(
-        "Dockerfile.j2",
-        nimbuild_version=__version__,
-        model=model,
-        tag=__version__,
-        profiles=profiles,
-        base_image=base_image,
-        nimbuild_requirement=f"nimbuild[{RUNTIME_EXTRAS}]=={__version__}",
-        source_url=source_url,
-        source_revision=source_revision,
-        model_revision=str(header.get("model_revision", "")),
-        recipe_sha256=str(header.get("recipe_sha256", "")),
-        user=USER,
-        uid=UID,
-        port=PORT,
-        model_dir=MODEL_DIR,
-        cache_path=CACHE_PATH,
-        dockerfile_hint=str(dockerfile) if out_dir != context else "Dockerfile",
-        context_hint=ctx_rel if out_dir != context else ".",
-    )
-    problems = check_dockerfile(text)
-    if problems:  # our own template broke a rule: a bug, say which
-        raise NimbuildError(
-            f"{dockerfile}: the rendered Dockerfile breaks its rules: {'; '.join(problems)}",
-            hint="fix templates/Dockerfile.j2",
+    same_dir = os.path.abspath(out_dir) == os.path.abspath(context)
+    common = {
+        "nimbuild_version": __version__,
+        "model": model,
+        "tag": __version__,
+        "source_url": source_url,
+        "source_revision": source_revision,
+        "model_revision": str(header.get("model_revision", "")),
+        "recipe_sha256": str(header.get("recipe_sha256", "")),
+        "context_hint": "." if same_dir else os.path.relpath(context, out_dir),
+    }
+    unknown = sorted(set(wheelhouses) - set(targets))
+    if unknown:
+        raise NimbuildError(f"--wheelhouse {', '.join(unknown)}: no such image", hint="use gpu, cpu or all")
+    cpu = cpu_profiles(manifest)
+    for kind in sorted(set(wheelhouses)):
+        if kind == "cpu" and not cpu:
+            notes.append("no profile with device: cpu: the CPU image's wheelhouse was not made")
+            continue
+        write_wheelhouse(context, targets[kind], nimbuild_wheel=nimbuild_wheel, out=out)
+    images: dict[str, ImageFiles] = {}
+    plans = [("gpu", "Dockerfile", manifest.profiles, base_image, "manifest.yaml", gpu_paths)]
+    if cpu:
+        cpu_base = f"python:{targets['cpu'].python}-slim-bookworm"
+        plans.append(("cpu", "Dockerfile.cpu", cpu, cpu_base, CPU_MANIFEST, local_files(cpu)))
+        write_manifest(
+            Manifest(profiles=cpu, header=header, root=manifest.root, selection_criteria=manifest.selection_criteria),
+            context / CPU_MANIFEST,
         )
-    ignore = render("dockerignore.j2", nimbuild_version=__version__, paths=paths)
-    atomic_write_text(dockerfile, text)
-    ignores = [out_dir / "Dockerfile.dockerignore"]  # BuildKit reads <Dockerfile>.dockerignore
-    atomic_write_text(ignores[0], ignore)
-    if os.path.abspath(out_dir) == os.path.abspath(context):
-        ignores.append(context / ".dockerignore")  # the classic builder reads only this one
-        atomic_write_text(ignores[1], ignore)
+    else:
+        notes.append("no profile with device: cpu, so no CPU image (Dockerfile.cpu) was rendered")
+    ignores: list[Path] = []
+    union: list[str] = []
+    for kind, name, profiles, base, manifest_file, paths in plans:
+        dockerfile = out_dir / name
+        ignore_file = out_dir / f"{name}.dockerignore"  # BuildKit reads <Dockerfile>.dockerignore
+        target = targets[kind]
+        text = _image_text(
+            kind,
+            target,
+            base,
+            profiles,
+            _top_folders(paths),
+            manifest_file=manifest_file,
+            dockerfile_hint=name if same_dir else str(dockerfile),
+            dockerignore_hint=ignore_file.name if same_dir else str(ignore_file),
+            **common,
+        )
+        problems = check_dockerfile(text)
+        if problems:  # our own template broke a rule: a bug, say which
+            raise NimbuildError(
+                f"{dockerfile}: the rendered Dockerfile breaks its rules: {'; '.join(problems)}",
+                hint="fix templates/Dockerfile.j2",
+            )
+        allowed = [manifest_file, *paths, f"{target.folder}/"]
+        union += allowed
+        atomic_write_text(dockerfile, text)
+        atomic_write_text(ignore_file, render("dockerignore.j2", nimbuild_version=__version__, paths=allowed))
+        ignores.append(ignore_file)
+        has_wheelhouse = (context / target.folder / "requirements.txt").is_file()
+        if not has_wheelhouse:
+            notes.append(
+                f"{context / target.folder} has no wheelhouse yet: `nimbuild render --wheelhouse {kind}` makes it "
+                f"(before building {name})"
+            )
+        images[kind] = ImageFiles(
+            kind=kind,
+            dockerfile=dockerfile,
+            dockerignore=ignore_file,
+            base_image=base,
+            manifest=manifest_file,
+            profile_ids=sorted(p.id for p in profiles),
+            wheelhouse=target.folder,
+            has_wheelhouse=has_wheelhouse,
+        )
+    if same_dir:  # the classic builder reads only the context's .dockerignore: what any of the images needs
+        ignores.append(context / ".dockerignore")
+        union_text = render("dockerignore.j2", nimbuild_version=__version__, paths=sorted(set(union)))
+        atomic_write_text(ignores[-1], union_text)
     wheels = context / "wheels"
     if not (wheels / "README.txt").exists():
         atomic_write_text(wheels / "README.txt", WHEELS_README)
+    gpu = images["gpu"]
     return ContainerFiles(
-        dockerfile=dockerfile,
-        dockerignore=ignores,
+        dockerfile=gpu.dockerfile,
+        dockerignore=[gpu.dockerignore, *ignores[len(images) :]],
         context=context,
         base_image=base_image,
-        profile_ids=[p["id"] for p in profiles],
-        included=["manifest.yaml", *paths],
+        profile_ids=[p.id for p in sorted(manifest.profiles, key=lambda p: p.name)],
+        included=["manifest.yaml", *gpu_paths],
         notes=notes,
+        images=images,
     )
 
 
@@ -223,15 +359,28 @@ def instructions(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def _arg_defaults(ins: list[tuple[str, str]]) -> dict[str, str]:
+    out = {}
+    for word, args in ins:
+        if word == "ARG" and "=" in args:
+            key, _, value = args.partition("=")
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
 def check_dockerfile(text: str) -> list[str]:
-    """The serving image's rules, checked on the text (what a linter cannot know about nimbuild)."""
+    """The serving images' rules, checked on the text (what a linter cannot know about nimbuild)."""
     ins = instructions(text)
     problems = []
     words = [w for w, _ in ins]
     if not words or words[0] not in ("FROM", "ARG"):
-        problems.append("the first instruction must be FROM")
+        problems.append("the first instruction must be FROM (or the ARG of its base image)")
     froms = [a for w, a in ins if w == "FROM"]
-    if len(froms) != 1 or ":latest" in froms[0] or (":" not in froms[0] and "@" not in froms[0]):
+    base = froms[0] if len(froms) == 1 else ""
+    m = re.fullmatch(r"\$\{?(\w+)\}?", base)
+    if m:  # FROM ${BASE_IMAGE}: its default must be pinned
+        base = _arg_defaults(ins[: words.index("FROM")]).get(m.group(1), "")
+    if len(froms) != 1 or ":latest" in base or (":" not in base and "@" not in base):
         problems.append(f"exactly one FROM with a pinned tag, got {froms}")
     entry = [a for w, a in ins if w == "ENTRYPOINT"]
     try:
@@ -257,13 +406,13 @@ def check_dockerfile(text: str) -> list[str]:
         if key + "=" not in labels:
             problems.append(f"LABEL {key} is missing")
     runs = " ".join(a for w, a in ins if w == "RUN")
-    extras = re.findall(r"nimbuild\[([a-z,]+)\]", text)
-    if (
-        not extras
-        or any(set(e.split(",")) - {"runtime", "triton"} for e in extras)
-        or not all("runtime" in e.split(",") for e in extras)
-    ):
-        problems.append(f"install nimbuild[runtime] (+ triton) only, got extras {extras}")
+    installs = re.findall(r"pip install ([^&|;]*)", runs)
+    if not installs or any("--no-index" not in i or "--require-hashes" not in i for i in installs):
+        problems.append("pip installs only from the context's wheelhouse (--no-index --require-hashes)")
+    if re.search(r"nimbuild\[", runs):
+        problems.append("no RUN names a nimbuild requirement: the wheelhouse's requirements.txt pins it")
     if re.search(r"\b(torch|transformers|tensorrt)\b", runs):
         problems.append("a RUN installs a heavy (build-half) package")
+    if f"{OPERATOR_MANIFEST}" not in runs:
+        problems.append(f"the manifest must be linked at {OPERATOR_MANIFEST} (where the NIM Operator reads it)")
     return problems

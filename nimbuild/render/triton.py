@@ -30,6 +30,7 @@ from nimbuild.runtime.triton_repo.repository import (
 class RenderResult:
     repositories: list[RenderedRepository]
     container: Any = None  # nimbuild.render.container.ContainerFiles
+    deploy: list[Path] = field(default_factory=list)  # OUT/deploy/*.yaml (nimbuild.render.deploy)
     skipped: list[str] = field(default_factory=list)  # profiles with no Triton model, and why
 
     def to_dict(self) -> dict:
@@ -37,6 +38,7 @@ class RenderResult:
             "repositories": [r.to_dict() for r in self.repositories],
             "skipped": self.skipped,
             "container": self.container.to_dict() if self.container is not None else None,
+            "deploy": [str(p) for p in self.deploy],
         }
 
 
@@ -49,13 +51,18 @@ def render_all(
     recipe_path: str | os.PathLike | None = None,
     out=None,
     dockerfile: bool = True,
+    images: dict | None = None,
+    deploy: dict | None = None,
 ) -> RenderResult:
     """``nimbuild render``: ``out_dir/triton/<profile name>/`` for every profile of a verified manifest,
     one repository per set of engines spanning several compute capabilities, and
     ``out_dir/Dockerfile`` (+ its dockerignore) for the serving image.
 
     Refuses a manifest that fails :func:`nimbuild.manifest.verify_manifest`
-    (wrong IDs, missing or altered files): nothing is rendered from it.
+    (wrong IDs, missing or altered files): nothing is rendered from it. ``images``: keyword
+    arguments of :func:`nimbuild.render.container.render_container` (``targets``, ``wheelhouses``,
+    ``nimbuild_wheel``). ``deploy``: keyword arguments of :func:`nimbuild.render.deploy.render_deploy`
+    (``image``, ``cpu_image``, ``namespace``); its Kubernetes resources are written with the Dockerfiles.
     """
     from nimbuild.manifest import load_manifest, verify_manifest
     from nimbuild.runtime.triton_repo.files import check_mode
@@ -98,12 +105,16 @@ def render_all(
         for name, info in infos:
             rendered.append(write_repository(info, triton_dir / name, _locator(manifest, info), mode=mode))
             progress.advance(task)
-    container = None
+    container, resources = None, []
     if dockerfile:
         from nimbuild.render.container import render_container
+        from nimbuild.render.deploy import render_deploy
 
-        container = render_container(manifest_path, out_dir, recipe=recipe, triton_dir=triton_dir)
-    return RenderResult(repositories=rendered, container=container, skipped=skipped)
+        container = render_container(
+            manifest_path, out_dir, recipe=recipe, triton_dir=triton_dir, out=out, **(images or {})
+        )
+        resources = render_deploy(manifest_path, out_dir, **(deploy or {}))
+    return RenderResult(repositories=rendered, container=container, skipped=skipped, deploy=resources)
 
 
 def _locator(manifest, info: dict):

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.fsutil import IN_PROGRESS
 
 MODEL = "reranker"
 TOKENIZER = "tokenizer"
@@ -449,7 +450,8 @@ def guard_destination(dest: Path) -> None:
     """Refuse to replace a non-empty folder that nimbuild did not render (a typo must not wipe data)."""
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise NimbuildError(f"{dest}: exists and is not a folder", hint="choose another path")
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / REPOSITORY_INFO).is_file():
+    ours = (dest / REPOSITORY_INFO).is_file() or (dest / IN_PROGRESS).exists()  # IN_PROGRESS: an interrupted fill
+    if dest.is_dir() and any(dest.iterdir()) and not ours:
         raise NimbuildError(
             f"{dest}: a non-empty folder that is not a nimbuild model repository",
             hint="choose an empty or new folder (nimbuild replaces only what it rendered)",
@@ -479,7 +481,8 @@ def write_repository(
         locate = lambda rel: safe_join(root, rel, f"{info['profile_name']}")  # noqa: E731
     texts = render_configs(info["models"])
     schema_checked = check_configs(texts, info, require_schema=require_schema)
-    with staging_dir(dest) as tmp:
+    # in place where dest cannot be swapped by a rename (the NIM Operator's --model-store /model-store: a mount point)
+    with staging_dir(dest, fill_in_place=True) as tmp:
         for name, text in texts.items():
             atomic_write_text(tmp / name / "config.pbtxt", text)
             (tmp / name / "1").mkdir(parents=True, exist_ok=True)
