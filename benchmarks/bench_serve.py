@@ -285,7 +285,8 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     manifest, precision, notes = prepare(work, args.precision)
-    from nimbuild.manifest import load_manifest, safe_join
+    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest_paths import safe_join
 
     m = load_manifest(manifest)
     graph = safe_join(m.root, next(r for r in m.profiles[0].files if r.endswith(".onnx")))

@@ -5,8 +5,9 @@ The shape is NIM's v2 manifest (``schema_version: 2.0.0``,
 {relpath: {uri, sha256, size}}}}]``) plus nimbuild's ``metrics`` per profile and
 a ``nimbuild:`` header (model, recipe_sha256, version). Every ID is recomputed
 from its tags when read; every path is relative to the manifest's folder and may
-not leave it (``..``, absolute, or a symlink out). Part of the light runtime:
-stdlib, yaml and nimbuild.errors/fsutil/profiles only.
+not leave it (``..``, absolute, or a symlink out: :mod:`nimbuild.manifest_paths`).
+Merging fragments is :mod:`nimbuild.manifest_merge`. Part of the light runtime:
+stdlib, yaml and nimbuild.errors/fsutil/profiles/manifest_paths only.
 """
 
 from __future__ import annotations
@@ -14,20 +15,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.manifest_paths import REMOTE_SCHEMES, URI_SCHEME, check_relpath, is_remote_uri, safe_join
 from nimbuild.profiles import profile_id
 
 SCHEMA_VERSION = "2.0.0"
 SELECTION_CRITERIA = "default"
 HEADER_KEY = "nimbuild"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_URI_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-_REMOTE_SCHEMES = ("https", "http", "hf", "ngc", "s3", "gs")
 _PROFILE_KEYS = ("id", "name", "tags", "workspace", "metrics")
 _TOP_KEYS = ("schema_version", "profile_selection_criteria", HEADER_KEY, "profiles")
 
@@ -63,9 +62,9 @@ class Profile:
             "workspace": {"files": {k: self.files[k].to_dict() for k in sorted(self.files)}},
         }
         if self.metrics:
-            data["metrics"] = _sorted(self.metrics)
+            data["metrics"] = sorted_data(self.metrics)
         for key in sorted(self.extra):
-            data[key] = _sorted(self.extra[key])
+            data[key] = sorted_data(self.extra[key])
         return data
 
 
@@ -92,81 +91,20 @@ class Manifest:
             "profile_selection_criteria": self.selection_criteria,
         }
         if self.header:
-            data[HEADER_KEY] = _sorted(self.header)
+            data[HEADER_KEY] = sorted_data(self.header)
         for key in sorted(self.extra):
-            data[key] = _sorted(self.extra[key])
+            data[key] = sorted_data(self.extra[key])
         data["profiles"] = [p.to_dict() for p in sorted(self.profiles, key=lambda p: p.id)]
         return data
 
 
-def _sorted(obj: Any) -> Any:
+def sorted_data(obj: Any) -> Any:
     """Mappings with sorted keys, all the way down: the same data, the same bytes."""
     if isinstance(obj, dict):
-        return {str(k): _sorted(obj[k]) for k in sorted(obj, key=str)}
+        return {str(k): sorted_data(obj[k]) for k in sorted(obj, key=str)}
     if isinstance(obj, (list, tuple)):
-        return [_sorted(v) for v in obj]
+        return [sorted_data(v) for v in obj]
     return obj
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def check_relpath(relpath: object, where: str = "") -> str:
-    """A manifest path must be relative, use '/', and never climb out with '..'.
-
-    Returns it normalised ('./a//b' -> 'a/b'); raises NimbuildError otherwise.
-    """
-    at = f"{where}: " if where else ""
-    if not isinstance(relpath, str) or not relpath.strip():
-        raise NimbuildError(
-            f"{at}path {relpath!r} is not a non-empty string", hint="list files by their path relative to the manifest"
-        )
-    if "\\" in relpath or "\x00" in relpath:
-        raise NimbuildError(
-            f"{at}path {relpath!r} contains a backslash or NUL", hint="use '/' separated paths relative to the manifest"
-        )
-    pure = PurePosixPath(relpath)
-    if pure.is_absolute() or re.match(r"^[a-zA-Z]:", relpath):
-        raise NimbuildError(
-            f"{at}path {relpath!r} is absolute and would leave the manifest's folder",
-            hint="use a path relative to the manifest's folder",
-        )
-    if ".." in pure.parts:
-        raise NimbuildError(
-            f"{at}path {relpath!r} contains '..' and would leave the manifest's folder",
-            hint="keep every artifact inside the manifest's folder",
-        )
-    norm = str(pure)
-    if norm in ("", "."):
-        raise NimbuildError(
-            f"{at}path {relpath!r} names the manifest's folder itself, not a file", hint="list files, not folders"
-        )
-    return norm
-
-
-def safe_join(root: str | os.PathLike, relpath: str, where: str = "") -> Path:
-    """``root/relpath``, refusing absolute paths, '..' and symlinks that lead out of ``root``."""
-    norm = check_relpath(relpath, where)
-    root = Path(root)
-    path = root / norm
-    real_root = root.resolve()
-    real = path.resolve()
-    if real != real_root and not real.is_relative_to(real_root):
-        at = f"{where}: " if where else ""
-        raise NimbuildError(
-            f"{at}path {relpath!r} is a symlink to {real}, outside {real_root}",
-            hint="copy the artifact into the manifest's folder instead of linking to it",
-        )
-    return path
-
-
-def is_remote_uri(uri: str) -> bool:
-    """A URL of a remote scheme (https://, ngc://, hf://, ...): fetched, not read from the manifest's folder."""
-    m = _URI_SCHEME.match(uri)
-    return bool(m) and uri.split("://", 1)[0].lower() in _REMOTE_SCHEMES
-
-
-_is_remote = is_remote_uri
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -301,13 +239,13 @@ def _parse_profile(raw: object, index: int, src: str) -> Profile:
                 f"expected a string, got {uri!r}",
                 "a path relative to the manifest or an https:// URL",
             )
-        if not _is_remote(uri):
-            if _URI_SCHEME.match(uri) or uri.lower().startswith("file:"):
+        if not is_remote_uri(uri):
+            if URI_SCHEME.match(uri) or uri.lower().startswith("file:"):
                 raise _err(
                     src,
                     f"{fwhere}.uri",
                     f"{uri!r} is neither a relative path nor a remote URL",
-                    f"use a path relative to the manifest, or one of {', '.join(s + '://' for s in _REMOTE_SCHEMES)}",
+                    f"use a path relative to the manifest, or one of {', '.join(s + '://' for s in REMOTE_SCHEMES)}",
                 )
             uri = check_relpath(uri, f"{src}: {fwhere}.uri")
             if uri != norm:  # readers open the key, download-to-cache the uri: one file, one path
@@ -316,7 +254,7 @@ def _parse_profile(raw: object, index: int, src: str) -> Profile:
                     f"{fwhere}.uri",
                     f"local uri {uri!r} differs from the file's path {norm!r}",
                     f"set uri to {norm!r} (or leave it out), or use a remote URL "
-                    f"({', '.join(s + '://' for s in _REMOTE_SCHEMES)})",
+                    f"({', '.join(s + '://' for s in REMOTE_SCHEMES)})",
                 )
         sha = entry.get("sha256")
         if not isinstance(sha, str) or not _HEX64.match(sha):
@@ -458,7 +396,7 @@ def dump_manifest(manifest: Manifest) -> bytes:
     return text.encode("utf-8")
 
 
-def _rebase(manifest: Manifest, new_root: Path) -> list[Profile]:
+def rebase_profiles(manifest: Manifest, new_root: Path) -> list[Profile]:
     """The profiles with their local paths re-expressed relative to ``new_root``."""
     old_root = manifest.root
     if old_root is None or Path(os.path.abspath(old_root)) == Path(os.path.abspath(new_root)):
@@ -468,7 +406,7 @@ def _rebase(manifest: Manifest, new_root: Path) -> list[Profile]:
         files = {}
         for rel, entry in p.files.items():
             new_rel = _relocate(old_root, rel, new_root, p)
-            uri = entry.uri if _is_remote(entry.uri) else _relocate(old_root, entry.uri, new_root, p)
+            uri = entry.uri if is_remote_uri(entry.uri) else _relocate(old_root, entry.uri, new_root, p)
             files[new_rel] = FileEntry(uri=uri, sha256=entry.sha256, size=entry.size)
         out.append(Profile(id=p.id, name=p.name, tags=p.tags, files=files, metrics=p.metrics, extra=p.extra))
     return out
@@ -492,11 +430,12 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike) -> None:
     names repeat, or whose paths would leave the manifest's folder.
     """
     from nimbuild.fsutil import atomic_write_bytes
+    from nimbuild.manifest_verify import verify_manifest
 
     path = Path(path)
     root = path.parent
     rebased = Manifest(
-        profiles=_rebase(manifest, root),
+        profiles=rebase_profiles(manifest, root),
         header=manifest.header,
         root=root,
         source=path,
@@ -516,186 +455,3 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike) -> None:
     parse_manifest(yaml.safe_load(data), str(path), root=None)
     atomic_write_bytes(path, data)
     manifest.root = root
-
-
-# --------------------------------------------------------------------------- merging
-
-
-def _version_key(v: str) -> tuple:
-    return tuple(int(x) if x.isdigit() else x for x in re.split(r"[.+-]", str(v)))
-
-
-def _merge_headers(manifests: list[Manifest]) -> dict:
-    merged: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    for m in manifests:
-        for key, value in m.header.items():
-            if key not in merged:
-                merged[key], sources[key] = value, str(m.source)
-            elif merged[key] != value:
-                if key == "version":  # the newest nimbuild that touched any part
-                    merged[key] = max(merged[key], value, key=_version_key)
-                    continue
-                raise NimbuildError(
-                    f"manifests disagree on {HEADER_KEY}.{key}: {merged[key]!r} in {sources[key]} "
-                    f"but {value!r} in {m.source}",
-                    hint="merge only fragments built from the same model and recipe",
-                )
-    return merged
-
-
-def _differences(a: Profile, b: Profile) -> str:
-    if a.name != b.name:
-        return f"name {a.name!r} vs {b.name!r}"
-    if a.files.keys() != b.files.keys():
-        return f"files {sorted(a.files)} vs {sorted(b.files)}"
-    for rel in sorted(a.files):
-        if a.files[rel] != b.files[rel]:
-            return f"file {rel}: sha256 {a.files[rel].sha256[:12]}.. size {a.files[rel].size} vs sha256 {b.files[rel].sha256[:12]}.. size {b.files[rel].size}"
-    if _sorted(a.extra) != _sorted(b.extra):
-        return "other fields differ"
-    if _sorted(a.metrics) != _sorted(b.metrics):
-        return _METRICS_ONLY
-    return ""
-
-
-_METRICS_ONLY = "metrics differ"
-
-
-def _metrics_key(p: Profile) -> str:
-    import json
-
-    return json.dumps(_sorted(p.metrics), sort_keys=True, default=str)
-
-
-def merge_manifests(manifests: Iterable[Manifest], root: str | os.PathLike | None = None) -> Manifest:
-    """One manifest holding every profile of ``manifests``.
-
-    Order-independent and idempotent: profiles are keyed by ID, and the same ID
-    must carry the same name and files (bytes) everywhere (else NimbuildError:
-    a conflict is reported, never overwritten). Metrics alone may differ (the same
-    artifacts measured twice): one set is kept, chosen independently of order. A name used by two IDs is a
-    conflict too. Paths are re-expressed relative to ``root`` (default: the
-    deepest folder holding every input's root), so fragments written beside
-    their engines merge into the export dir's manifest.
-    """
-    manifests = list(manifests)
-    roots = [os.path.abspath(m.root) for m in manifests if m.root is not None]
-    if root is None and roots:
-        root = os.path.commonpath(roots)
-    new_root = Path(root) if root is not None else None
-    by_id: dict[str, tuple[Profile, Manifest]] = {}
-    by_name: dict[str, tuple[Profile, Manifest]] = {}
-    for m in manifests:
-        profiles = _rebase(m, new_root) if new_root is not None else m.profiles
-        for p in profiles:
-            if p.id in by_id:
-                prev, prev_m = by_id[p.id]
-                diff = _differences(prev, p)
-                if diff == _METRICS_ONLY:
-                    # the same artifacts measured twice (a re-run runner, a re-merge): information, not a
-                    # conflict; keep one by a rule that does not depend on the order of the inputs
-                    if _metrics_key(p) > _metrics_key(prev):
-                        by_id[p.id] = (p, m)
-                        by_name[p.name] = (p, m)
-                    continue
-                if diff:
-                    raise NimbuildError(
-                        f"conflict: profile {p.id} ({p.name}) differs between {prev_m.source} and {m.source}: {diff}",
-                        hint="the same ID must have the same artifacts; rebuild one side or drop one fragment",
-                    )
-                continue
-            if p.name in by_name:
-                prev, prev_m = by_name[p.name]
-                raise NimbuildError(
-                    f"conflict: name {p.name!r} is profile {prev.id} in {prev_m.source} and {p.id} in {m.source}",
-                    hint="two different profiles cannot share a name; check their tags (trt_version, model_revision)",
-                )
-            by_id[p.id] = (p, m)
-            by_name[p.name] = (p, m)
-    criteria = {m.selection_criteria for m in manifests} or {SELECTION_CRITERIA}
-    if len(criteria) > 1:
-        raise NimbuildError(
-            f"manifests disagree on profile_selection_criteria: {sorted(criteria)}",
-            hint=f"use {SELECTION_CRITERIA!r} everywhere",
-        )
-    extra: dict = {}
-    for m in manifests:
-        for k, v in m.extra.items():
-            if k in extra and _sorted(extra[k]) != _sorted(v):
-                raise NimbuildError(f"manifests disagree on top-level field {k!r}", hint="remove it from one side")
-            extra[k] = v
-    profiles = sorted((p for p, _ in by_id.values()), key=lambda p: p.id)
-    return Manifest(
-        profiles=profiles,
-        header=_merge_headers(manifests),
-        root=new_root,
-        selection_criteria=criteria.pop(),
-        extra=extra,
-    )
-
-
-# --------------------------------------------------------------------------- verifying
-
-
-def verify_profile(
-    manifest: Manifest, profile: Profile, check_files: bool = True, _hashes: dict | None = None
-) -> list[str]:
-    """Problems of one profile: its ID against its tags, and each file's sha256 and size."""
-    problems = []
-    label = f"profile {profile.name!r}"
-    try:
-        expected = profile_id(profile.tags)
-    except NimbuildError as exc:
-        problems.append(f"{label}: tags: {exc.message}")
-    else:
-        if expected != profile.id:
-            problems.append(f"{label}: id {profile.id} does not match its tags (expected {expected})")
-    if not check_files:
-        for rel in profile.files:
-            try:
-                check_relpath(rel)
-            except NimbuildError as exc:
-                problems.append(f"{label}: {exc.message}")
-        return problems
-    if manifest.root is None:
-        return problems + [f"{label}: no folder to check its files against"]
-    hashes = _hashes if _hashes is not None else {}
-    for rel in sorted(profile.files):
-        entry = profile.files[rel]
-        try:
-            path = safe_join(manifest.root, rel)
-        except NimbuildError as exc:
-            problems.append(f"{label}: {exc.message}")
-            continue
-        if not path.is_file():
-            problems.append(f"{label}: {rel}: missing ({path})")
-            continue
-        size = path.stat().st_size
-        if size != entry.size:
-            problems.append(f"{label}: {rel}: size {size} bytes, manifest says {entry.size}")
-            continue
-        if rel not in hashes:
-            hashes[rel] = sha256_file(path)
-        if hashes[rel] != entry.sha256:
-            problems.append(
-                f"{label}: {rel}: sha256 {hashes[rel]} does not match the manifest's {entry.sha256} (file altered)"
-            )
-    return problems
-
-
-def verify_manifest(manifest: Manifest, check_files: bool = True) -> list[str]:
-    """Every problem, one line each: wrong IDs, duplicate IDs/names, missing or altered files. [] when good."""
-    problems: list[str] = []
-    seen_ids: set[str] = set()
-    seen_names: set[str] = set()
-    hashes: dict[str, str] = {}
-    for p in manifest.profiles:
-        if p.id in seen_ids:
-            problems.append(f"profile {p.name!r}: duplicate id {p.id}")
-        if p.name in seen_names:
-            problems.append(f"profile {p.name!r}: duplicate name")
-        seen_ids.add(p.id)
-        seen_names.add(p.name)
-        problems += verify_profile(manifest, p, check_files=check_files, _hashes=hashes)
-    return problems

@@ -23,8 +23,13 @@ import numpy as np
 import pytest
 
 from nimbuild import skus
-from nimbuild.builder import engines, trt_seam
-from nimbuild.builder.engines import BuildGpu, BuildOptions
+from nimbuild.builder.engines import trt_seam
+from nimbuild.builder.engines.build import build_engines
+from nimbuild.builder.engines.feeds import evaluation_feeds, opt_feed
+from nimbuild.builder.engines.host import BuildGpu, check_host, resolve_sku, visible_gpu
+from nimbuild.builder.engines.keys import sha256_file
+from nimbuild.builder.engines.plan import ASSUMED_INPUTS, HARDWARE_COMPATIBILITY_LEVEL, BuildOptions, plan_engines
+from nimbuild.builder.engines.reproduce import reproduce_script
 from nimbuild.errors import NimbuildError
 from nimbuild.output import Output
 
@@ -203,7 +208,7 @@ def probe(gpu):
 
 
 def test_plan_h100_builds_fp8_and_fp16_with_the_recipe_shapes(recipe, export_dir):
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
     assert [(e.precision, e.status) for e in plan.engines] == [("fp8", "planned"), ("fp16", "planned")]
     fp8 = plan.engines[0]
     assert fp8.graph == export_dir / "onnx" / "fp8" / "model.onnx"
@@ -216,7 +221,7 @@ def test_plan_h100_builds_fp8_and_fp16_with_the_recipe_shapes(recipe, export_dir
 
 
 def test_plan_a100_skips_fp8_with_the_reason(recipe, export_dir):
-    plan = engines.plan_engines(recipe, skus.lookup("a100-sxm4-80gb"), export_dir)
+    plan = plan_engines(recipe, skus.lookup("a100-sxm4-80gb"), export_dir)
     assert [e.precision for e in plan.planned] == ["fp16"]
     (fp8,) = plan.skipped
     assert fp8.precision == "fp8"
@@ -227,7 +232,7 @@ def test_plan_skips_what_the_recipe_or_the_export_did_not_produce(tmp_path, expo
     from nimbuild.recipe import load_recipe
 
     no_fp8 = load_recipe(write_recipe(tmp_path / "r1", precisions=("fp32", "fp16")))
-    plan = engines.plan_engines(no_fp8, skus.lookup("h100-sxm"), export_dir)
+    plan = plan_engines(no_fp8, skus.lookup("h100-sxm"), export_dir)
     assert [e.precision for e in plan.planned] == ["fp16"]
     assert "not in the recipe's precisions" in plan.skipped[0].reason
 
@@ -235,19 +240,19 @@ def test_plan_skips_what_the_recipe_or_the_export_did_not_produce(tmp_path, expo
     report["precisions"]["fp8"] = {"status": "rejected", "reason": "top1 0.50 < 0.95"}
     (export_dir / "export_report.json").write_text(json.dumps(report))
     both = load_recipe(write_recipe(tmp_path / "r2"))
-    plan = engines.plan_engines(both, skus.lookup("h100-sxm"), export_dir)
+    plan = plan_engines(both, skus.lookup("h100-sxm"), export_dir)
     assert [e.precision for e in plan.planned] == ["fp16"]
     assert "rejected" in plan.skipped[0].reason and "top1 0.50 < 0.95" in plan.skipped[0].reason
 
 
 def test_inputs_come_from_the_graph_or_are_flagged_as_assumed(recipe, export_dir, tmp_path, vocab_size):
     (export_dir / "export_report.json").unlink()  # no report: read the FP32 graph's inputs
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
     assert plan.inputs == INPUTS and not plan.inputs_assumed
 
     empty = tmp_path / "nothing-exported"
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), empty)
-    assert plan.inputs_assumed and plan.inputs == engines.ASSUMED_INPUTS
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), empty)
+    assert plan.inputs_assumed and plan.inputs == ASSUMED_INPUTS
     assert any("nimbuild export" in n for n in plan.notes)
     assert all(any("does not exist yet" in n for n in e.notes) for e in plan.planned)
 
@@ -282,7 +287,7 @@ def parse_with_polygraphy(argv: list[str]):
     ],
 )
 def test_printed_command_means_the_same_build_to_polygraphy(recipe, export_dir, options):
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir, options)
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir, options)
     for engine in plan.planned:
         argv = shlex.split(plan.polygraphy_command(engine))
         args, config, network, engine_bytes = parse_with_polygraphy(argv)
@@ -310,7 +315,7 @@ def test_config_args_are_polygraphys_createconfig_keywords(recipe, export_dir):
     """CreateConfig is constructed without TensorRT (it imports it lazily): our keywords must fit it."""
     from polygraphy.backend.trt import CreateConfig, Profile
 
-    plan = engines.plan_engines(
+    plan = plan_engines(
         recipe, skus.lookup("h100-sxm"), export_dir, BuildOptions(workspace_bytes=1 << 30, hardware_compatible=True)
     )
     args = plan.create_config_args(plan.planned[0])
@@ -324,10 +329,10 @@ def test_config_args_are_polygraphys_createconfig_keywords(recipe, export_dir):
 
 
 def test_reproduce_script_runs_from_the_engine_folder(recipe, export_dir):
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
     engine = plan.planned[1]
     trt = trt_seam.TensorRTInfo("10.13.0.35", "12", ())
-    script = engines.reproduce_script(plan, engine, trt, H100)
+    script = reproduce_script(plan, engine, trt, H100)
     assert script.startswith("#!/bin/sh\n") and 'cd "$(dirname "$0")"' in script
     assert "TensorRT 10.13.0.35" in script and "2330:10de" in script
     command = script[script.index("polygraphy convert") :].replace("\\\n", " ")
@@ -344,45 +349,45 @@ def test_reproduce_script_runs_from_the_engine_folder(recipe, export_dir):
 
 
 def test_no_gpu_and_no_tensorrt_is_one_error_naming_both(recipe, export_dir):
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
     with pytest.raises(NimbuildError) as exc:
-        engines.check_host(plan, None, "NVML library not found", None, "No module named 'tensorrt'")
+        check_host(plan, None, "NVML library not found", None, "No module named 'tensorrt'")
     text = str(exc.value)
     assert "no NVIDIA GPU is visible" in text and "TensorRT is not installed" in text
     assert "nvcr.io/nvidia/tensorrt" in text and "pypi.nvidia.com" in text and "\n" not in text
 
     with pytest.raises(NimbuildError) as exc:
-        engines.check_host(plan, H100, None, None, "No module named 'tensorrt'")
+        check_host(plan, H100, None, None, "No module named 'tensorrt'")
     assert "TensorRT is not installed" in str(exc.value) and "GPU is visible" not in str(exc.value)
 
 
 def test_the_visible_gpu_must_be_the_requested_sku(recipe, export_dir):
     trt = trt_seam.TensorRTInfo("10.13.0.35", "12", ("none", "ampere_plus", "same_compute_capability"))
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
-    engines.check_host(plan, H100, None, trt, None)  # the right GPU: no error
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    check_host(plan, H100, None, trt, None)  # the right GPU: no error
     with pytest.raises(NimbuildError, match=r"visible GPU is NVIDIA H100 PCIe \[2331:10de\]"):
-        engines.check_host(plan, H100_PCIE, None, trt, None)
+        check_host(plan, H100_PCIE, None, trt, None)
 
     # hardware-compatible: same compute capability is enough; another one is not
-    compat = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir, BuildOptions(hardware_compatible=True))
-    engines.check_host(compat, H100_PCIE, None, trt, None)
+    compat = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir, BuildOptions(hardware_compatible=True))
+    check_host(compat, H100_PCIE, None, trt, None)
     with pytest.raises(NimbuildError, match="compute capability 9.0"):
-        engines.check_host(compat, A100, None, trt, None)
+        check_host(compat, A100, None, trt, None)
     old = trt_seam.TensorRTInfo("10.3.0.26", "12", ("none", "ampere_plus"))
     with pytest.raises(NimbuildError, match=r"TensorRT 10.3.0.26 cannot build same_compute_capability"):
-        engines.check_host(compat, H100_PCIE, None, old, None)
+        check_host(compat, H100_PCIE, None, old, None)
 
 
 def test_gpu_auto_is_the_sku_of_the_visible_gpu():
-    assert engines.resolve_sku("auto", probe(H100)).canonical == "NVIDIA-H100-80GB-HBM3"
-    assert engines.resolve_sku("AUTO", probe(A100)).slug == "a100-sxm4-80gb"
-    assert engines.resolve_sku("NVIDIA H100 80GB HBM3", probe(None)).slug == "h100-sxm"
+    assert resolve_sku("auto", probe(H100)).canonical == "NVIDIA-H100-80GB-HBM3"
+    assert resolve_sku("AUTO", probe(A100)).slug == "a100-sxm4-80gb"
+    assert resolve_sku("NVIDIA H100 80GB HBM3", probe(None)).slug == "h100-sxm"
     with pytest.raises(NimbuildError, match="no GPU visible"):
-        engines.resolve_sku("auto", lambda: (None, "NVML found no GPU"))
+        resolve_sku("auto", lambda: (None, "NVML found no GPU"))
     with pytest.raises(NimbuildError, match="not in nimbuild's SKU catalog"):
-        engines.resolve_sku("auto", probe(BuildGpu("NVIDIA Mystery", "ffff:10de", "9.9")))
+        resolve_sku("auto", probe(BuildGpu("NVIDIA Mystery", "ffff:10de", "9.9")))
     with pytest.raises(NimbuildError, match="h100-sxm"):
-        engines.resolve_sku("nonsense")
+        resolve_sku("nonsense")
 
 
 def test_visible_gpu_follows_cuda_visible_devices(monkeypatch):
@@ -393,12 +398,12 @@ def test_visible_gpu_follows_cuda_visible_devices(monkeypatch):
         hardware.Gpu(1, "NVIDIA H100 80GB HBM3", "2330:10de", "9.0", 81559, 81559, uuid="GPU-bbbb"),
     ]
     monkeypatch.setattr(hardware, "detect_host", lambda env=None: hardware.Host(gpus=gpus, cpu_only_reason=None))
-    assert engines.visible_gpu({})[0].pci_device_id == "20b2:10de"
-    assert engines.visible_gpu({"CUDA_VISIBLE_DEVICES": "1,0"})[0].pci_device_id == "2330:10de"
-    assert engines.visible_gpu({"CUDA_VISIBLE_DEVICES": "GPU-bbbb"})[0].name == "NVIDIA H100 80GB HBM3"
-    gpu, why = engines.visible_gpu({"CUDA_VISIBLE_DEVICES": "-1"})
+    assert visible_gpu({})[0].pci_device_id == "20b2:10de"
+    assert visible_gpu({"CUDA_VISIBLE_DEVICES": "1,0"})[0].pci_device_id == "2330:10de"
+    assert visible_gpu({"CUDA_VISIBLE_DEVICES": "GPU-bbbb"})[0].name == "NVIDIA H100 80GB HBM3"
+    gpu, why = visible_gpu({"CUDA_VISIBLE_DEVICES": "-1"})
     assert gpu is None and "hides every GPU" in why
-    gpu, why = engines.visible_gpu({"CUDA_VISIBLE_DEVICES": "7"})
+    gpu, why = visible_gpu({"CUDA_VISIBLE_DEVICES": "7"})
     assert gpu is None and "names no GPU" in why
 
 
@@ -406,11 +411,11 @@ def test_visible_gpu_follows_cuda_visible_devices(monkeypatch):
 
 
 def test_build_writes_engines_scripts_and_a_mergeable_fragment(recipe, export_dir):
-    from nimbuild import manifest, profiles
+    from nimbuild import manifest, manifest_merge, manifest_verify, profiles
 
     seam = FakeSeam(fail_build=())
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
-    result = engines.build_engines(recipe, plan, quiet(), seam=seam, gpu_probe=probe(H100))
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    result = build_engines(recipe, plan, quiet(), seam=seam, gpu_probe=probe(H100))
     status = {r.precision: r.status for r in result.results}
     assert status == {"fp8": "failed", "fp16": "built"}  # fp8's graph reverses the ranking
     fp8 = next(r for r in result.results if r.precision == "fp8")
@@ -426,7 +431,7 @@ def test_build_writes_engines_scripts_and_a_mergeable_fragment(recipe, export_di
     assert profile.tags["model_revision"] == "0123456789abcdef"
     assert profile.id == profiles.profile_id(profile.tags)
     assert list(profile.files) == ["fp16/model.plan"]
-    assert manifest.verify_manifest(fragment) == []
+    assert manifest_verify.verify_manifest(fragment) == []
     metrics = profile.metrics
     assert metrics["size_bytes"] == (plan.planned[1].engine_path).stat().st_size
     assert metrics["latency_ms"]["shape"] == [4, 16] and metrics["latency_ms"]["p50"] > 0
@@ -444,7 +449,7 @@ def test_build_writes_engines_scripts_and_a_mergeable_fragment(recipe, export_di
     assert built["fp16"]["load_timing_cache"] == str(plan.timing_cache)
 
     # merged into the export dir's manifest, the paths are rebased under engines/<sku>/
-    merged = manifest.merge_manifests([fragment], root=export_dir)
+    merged = manifest_merge.merge_manifests([fragment], root=export_dir)
     assert list(merged.profiles[0].files) == ["engines/h100-sxm/fp16/model.plan"]
     # and `nimbuild manifest build` picks the fragment up beside the ONNX profiles, headers agreeing
     from nimbuild.builder.assemble import assemble_manifest
@@ -461,8 +466,8 @@ def test_unchanged_inputs_reuse_the_engine_and_changes_rebuild_or_recheck(tmp_pa
     recipe = load_recipe(write_recipe(tmp_path / "r", precisions=("fp32", "fp16")))
     sku = skus.lookup("h100-sxm")
     seam = FakeSeam()
-    run = lambda r=recipe, **kw: engines.build_engines(  # noqa: E731
-        r, engines.plan_engines(r, sku, export_dir, **kw), quiet(), seam=seam, gpu_probe=probe(H100)
+    run = lambda r=recipe, **kw: build_engines(  # noqa: E731
+        r, plan_engines(r, sku, export_dir, **kw), quiet(), seam=seam, gpu_probe=probe(H100)
     )
 
     first = run()
@@ -495,16 +500,16 @@ def test_unchanged_inputs_reuse_the_engine_and_changes_rebuild_or_recheck(tmp_pa
     run(options=BuildOptions(builder_optimization_level=4))
     assert len(seam.builds) == 4
 
-    engines.build_engines(
-        recipe, engines.plan_engines(recipe, sku, export_dir), quiet(), seam=seam, gpu_probe=probe(H100), force=True
+    build_engines(
+        recipe, plan_engines(recipe, sku, export_dir), quiet(), seam=seam, gpu_probe=probe(H100), force=True
     )  # --rebuild
     assert len(seam.builds) == 5
 
 
 def test_fp8_is_skipped_not_attempted_below_compute_capability_8_9(recipe, export_dir):
     seam = FakeSeam()
-    plan = engines.plan_engines(recipe, skus.lookup("a100-sxm4-80gb"), export_dir)
-    result = engines.build_engines(recipe, plan, quiet(), seam=seam, gpu_probe=probe(A100))
+    plan = plan_engines(recipe, skus.lookup("a100-sxm4-80gb"), export_dir)
+    result = build_engines(recipe, plan, quiet(), seam=seam, gpu_probe=probe(A100))
     assert [p for p, _ in seam.builds] == ["fp16"]
     assert [(r.precision, r.status) for r in result.results] == [("fp8", "skipped"), ("fp16", "built")]
     assert "8.9" in result.results[0].reason
@@ -513,8 +518,8 @@ def test_fp8_is_skipped_not_attempted_below_compute_capability_8_9(recipe, expor
 
 def test_a_failed_build_leaves_nothing_half_written(recipe, export_dir):
     seam = FakeSeam(fail_build={"fp16"})
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
-    result = engines.build_engines(recipe, plan, quiet(), seam=seam, gpu_probe=probe(H100))
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    result = build_engines(recipe, plan, quiet(), seam=seam, gpu_probe=probe(H100))
     assert {r.precision: r.status for r in result.results} == {"fp8": "failed", "fp16": "failed"}
     assert "unsupported op" in result.results[1].reason
     sku_dir = export_dir / "engines" / "h100-sxm"
@@ -524,22 +529,20 @@ def test_a_failed_build_leaves_nothing_half_written(recipe, export_dir):
 
 
 def test_a_stale_fragment_is_removed_when_no_engine_passes_any_more(recipe, export_dir):
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
-    assert engines.build_engines(recipe, plan, quiet(), seam=FakeSeam(), gpu_probe=probe(H100)).fragment
-    result = engines.build_engines(
-        recipe, plan, quiet(), seam=FakeSeam(fail_build={"fp16"}), gpu_probe=probe(H100), force=True
-    )
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    assert build_engines(recipe, plan, quiet(), seam=FakeSeam(), gpu_probe=probe(H100)).fragment
+    result = build_engines(recipe, plan, quiet(), seam=FakeSeam(fail_build={"fp16"}), gpu_probe=probe(H100), force=True)
     assert result.fragment is None and not plan.fragment_path.exists()
 
 
 def test_guards_run_before_any_work(recipe, export_dir):
     seam = FakeSeam()
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
     with pytest.raises(NimbuildError, match="visible GPU is NVIDIA A100"):
-        engines.build_engines(recipe, plan, quiet(), seam=seam, gpu_probe=probe(A100))
+        build_engines(recipe, plan, quiet(), seam=seam, gpu_probe=probe(A100))
     shutil.rmtree(export_dir / "tokenizer")
     with pytest.raises(NimbuildError, match="tokenizer not found"):
-        engines.build_engines(recipe, plan, quiet(), seam=seam, gpu_probe=probe(H100))
+        build_engines(recipe, plan, quiet(), seam=seam, gpu_probe=probe(H100))
     assert seam.builds == [] and not (export_dir / "engines").exists()
 
 
@@ -550,9 +553,9 @@ def test_feeds_fit_the_profile_and_chunking_does_not_change_the_verdict(tmp_path
     from nimbuild.recipe import load_recipe
 
     small = load_recipe(write_recipe(tmp_path / "r", batch=(2, 2, 3), sequence=(8, 16, 64)))
-    plan = engines.plan_engines(small, skus.lookup("h100-sxm"), export_dir)
-    feeds, pairs_sha = engines.evaluation_feeds(small, plan)
-    assert pairs_sha == engines.sha256_file(EXAMPLE_PAIRS)
+    plan = plan_engines(small, skus.lookup("h100-sxm"), export_dir)
+    feeds, pairs_sha = evaluation_feeds(small, plan)
+    assert pairs_sha == sha256_file(EXAMPLE_PAIRS)
     for query in feeds:
         assert sum(chunk["rows"] for chunk in query) == 8  # 8 passages per query, all kept
         for chunk in query:
@@ -563,7 +566,7 @@ def test_feeds_fit_the_profile_and_chunking_does_not_change_the_verdict(tmp_path
     fp32 = export_dir / "onnx" / "fp32" / "model.onnx"
     chunked = seam.check_engine(export_dir / "onnx" / "fp16" / "model.onnx", fp32, feeds, {"top1": 0.95})
     big = load_recipe(write_recipe(tmp_path / "r2"))
-    whole, _ = engines.evaluation_feeds(big, engines.plan_engines(big, skus.lookup("h100-sxm"), export_dir))
+    whole, _ = evaluation_feeds(big, plan_engines(big, skus.lookup("h100-sxm"), export_dir))
     unchunked = seam.check_engine(export_dir / "onnx" / "fp16" / "model.onnx", fp32, whole, {"top1": 0.95})
     assert chunked["gate"]["metrics"] == pytest.approx(unchunked["gate"]["metrics"], abs=1e-6)
     assert chunked["gate"]["passed"] and unchunked["gate"]["passed"]
@@ -576,9 +579,9 @@ def test_scores_are_the_last_logit_column_without_padding_rows():
 
 
 def test_opt_feed_has_the_opt_shape(recipe, export_dir):
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
     sample = {n: np.array([[5, 6, 7]], np.int64) for n in INPUTS}
-    feed = engines.opt_feed(plan, sample)
+    feed = opt_feed(plan, sample)
     assert {n: a.shape for n, a in feed.items()} == {n: (4, 16) for n in INPUTS}
     assert feed["input_ids"][3, :4].tolist() == [5, 6, 7, 5]
 
@@ -611,7 +614,7 @@ def test_seam_wires_polygraphys_loaders_as_the_plan_says(monkeypatch, recipe, ex
             return object()
 
     monkeypatch.setattr(polygraphy_trt, "SaveEngine", CaptureSave)
-    plan = engines.plan_engines(
+    plan = plan_engines(
         recipe, skus.lookup("h100-sxm"), export_dir, BuildOptions(workspace_bytes=1 << 30, hardware_compatible=True)
     )
     engine = plan.planned[1]
@@ -698,7 +701,7 @@ def test_cli_unknown_sku_lists_the_known_ones():
 
 
 def test_cli_without_gpu_or_tensorrt_exits_1_with_one_line(export_dir):
-    gpu, gpu_problem = engines.visible_gpu()
+    gpu, gpu_problem = visible_gpu()
     trt, _ = trt_seam.probe_tensorrt()
     if gpu is not None and trt is not None:
         pytest.skip("this host has a GPU and TensorRT: the command would build")
@@ -721,19 +724,19 @@ def test_cli_help_has_an_example():
 @pytest.mark.gpu
 def test_real_engine_builds_checks_and_is_reused(recipe, export_dir):
     """On a host with TensorRT and a GPU: the real seam builds, checks and times an FP16 engine."""
-    gpu, why = engines.visible_gpu()
+    gpu, why = visible_gpu()
     assert gpu is not None, why
     sku = skus.by_pci_device_id(gpu.pci_device_id) or skus.by_nvml_name(gpu.name)
     if sku is None:
         pytest.skip(f"the visible GPU {gpu.name} [{gpu.pci_device_id}] is not in the SKU catalog")
-    plan = engines.plan_engines(recipe, sku, export_dir)
-    result = engines.build_engines(recipe, plan, quiet())
+    plan = plan_engines(recipe, sku, export_dir)
+    result = build_engines(recipe, plan, quiet())
     fp16 = next(r for r in result.results if r.precision == "fp16")
     assert fp16.status == "built", fp16.reason
     assert fp16.engine.stat().st_size > 0 and fp16.metrics["latency_ms"]["p50"] > 0
     assert fp16.tags["trt_version"] == trt_seam.probe_tensorrt()[0].tag_version
     assert plan.timing_cache.stat().st_size > 0  # the timing cache was saved
-    again = engines.build_engines(recipe, plan, quiet())
+    again = build_engines(recipe, plan, quiet())
     assert next(r for r in again.results if r.precision == "fp16").status == "reused"
 
 
@@ -741,14 +744,14 @@ def test_real_engine_builds_checks_and_is_reused(recipe, export_dir):
 def test_real_hardware_compatible_engine_is_tagged(recipe, export_dir):
     trt, why = trt_seam.probe_tensorrt()
     assert trt is not None, why
-    if engines.HARDWARE_COMPATIBILITY_LEVEL not in trt.hardware_compatibility_levels:
-        pytest.skip(f"TensorRT {trt.version} has no {engines.HARDWARE_COMPATIBILITY_LEVEL} level (needs >= 10.9)")
-    gpu, _ = engines.visible_gpu()
+    if HARDWARE_COMPATIBILITY_LEVEL not in trt.hardware_compatibility_levels:
+        pytest.skip(f"TensorRT {trt.version} has no {HARDWARE_COMPATIBILITY_LEVEL} level (needs >= 10.9)")
+    gpu, _ = visible_gpu()
     sku = skus.by_pci_device_id(gpu.pci_device_id) or skus.by_nvml_name(gpu.name)
     if sku is None:
         pytest.skip(f"the visible GPU {gpu.name} is not in the SKU catalog")
-    plan = engines.plan_engines(recipe, sku, export_dir, BuildOptions(hardware_compatible=True))
-    result = engines.build_engines(recipe, plan, quiet())
+    plan = plan_engines(recipe, sku, export_dir, BuildOptions(hardware_compatible=True))
+    result = build_engines(recipe, plan, quiet())
     fp16 = next(r for r in result.results if r.precision == "fp16")
     assert fp16.status == "built", fp16.reason
     assert fp16.tags["hardware_compatibility_level"] == "same_compute_capability"
@@ -760,8 +763,8 @@ def test_each_engine_is_judged_by_its_own_precisions_thresholds(tmp_path, export
 
     lenient_fp8 = "{top1: 0.95, spearman: 0.95, ndcg10: 0.98, fp8: {top1: 0.0, spearman: -1.0, ndcg10: 0.0}}"
     recipe = load_recipe(write_recipe(tmp_path / "recipe", thresholds=lenient_fp8))
-    plan = engines.plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
-    result = engines.build_engines(recipe, plan, quiet(), seam=FakeSeam(), gpu_probe=probe(H100))
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    result = build_engines(recipe, plan, quiet(), seam=FakeSeam(), gpu_probe=probe(H100))
     by_precision = {r.precision: r for r in result.results}
     # the fp8 graph reverses the ranking: it fails the recipe-wide bars (previous tests) but not its own
     assert by_precision["fp8"].status == "built", by_precision["fp8"].reason

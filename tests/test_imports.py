@@ -44,10 +44,12 @@ ALLOWED_NIMBUILD = {
     "nimbuild.skus",
     "nimbuild.profiles",
     "nimbuild.manifest",
+    "nimbuild.manifest_paths",
     "nimbuild.fsutil",
     "nimbuild.runtime",
     "nimbuild.runtime.hardware",
     "nimbuild.runtime.selection",
+    "nimbuild.runtime.overrides",
 }
 
 PROBE = textwrap.dedent("""
@@ -173,6 +175,8 @@ RUNTIME_MAY_IMPORT = (
     "nimbuild.skus",
     "nimbuild.profiles",
     "nimbuild.manifest",
+    "nimbuild.manifest_paths",
+    "nimbuild.manifest_verify",
     "nimbuild.fsutil",
     "nimbuild.runtime",
 )
@@ -227,7 +231,10 @@ def test_the_static_import_check_sees_lazy_and_relative_imports(tmp_path):
 
 
 def test_the_model_store_loads_nothing_heavy(tmp_path):
-    modules, proc = _loaded("import nimbuild.runtime.model_store, nimbuild.runtime.triton_repo.repository", tmp_path)
+    modules, proc = _loaded(
+        "import nimbuild.runtime.model_store, nimbuild.runtime.triton_repo.writing, nimbuild.runtime.triton_repo.serving_overrides",
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "nimbuild.runtime.model_store" in modules
     assert _heavy(modules) == []

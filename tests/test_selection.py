@@ -762,7 +762,7 @@ def test_a_file_of_another_size_or_kind_is_not_runnable(on_disk):
 
 def test_same_size_other_bytes_is_left_to_serves_sha256(on_disk):
     # selection only stats; serve's sha256 check (verify_profile) catches this one and falls back.
-    from nimbuild.manifest import verify_profile
+    from nimbuild.manifest_verify import verify_profile
 
     path, pids = on_disk
     model = path.parent / "onnx/cpu-int8/model.onnx"

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from nimbuild import __version__
+from nimbuild import __version__, manifest_merge, manifest_paths
 from nimbuild import manifest as mf
 from nimbuild.errors import NimbuildError
 from nimbuild.profiles import onnx_profile_tags, profile_id, profile_name
@@ -40,12 +40,12 @@ def read_report(export_dir: Path) -> dict:
 
 def graph_files(export_dir: Path, graph_rel: str) -> list[str]:
     """The graph and its external-data files (``model.onnx.data``...), as relative paths."""
-    graph = mf.safe_join(export_dir, graph_rel)
+    graph = manifest_paths.safe_join(export_dir, graph_rel)
     if not graph.is_file():
         raise NimbuildError(
             f"{graph}: the export report lists this graph but it is missing", hint="re-run `nimbuild export`"
         )
-    rels = [mf.check_relpath(graph_rel)]
+    rels = [manifest_paths.check_relpath(graph_rel)]
     for sibling in sorted(graph.parent.iterdir()):
         if sibling != graph and sibling.is_file() and sibling.name.startswith(graph.name):
             rels.append(sibling.relative_to(export_dir).as_posix())
@@ -94,7 +94,7 @@ def onnx_profiles(export_dir: Path, report: Mapping, tokenizer: list[str]) -> li
 
 def _with_tokenizer(fragment: mf.Manifest, export_dir: Path, tokenizer: list[str], report: Mapping) -> mf.Manifest:
     """The fragment's profiles rebased into the export dir, each also listing the tokenizer files."""
-    rebased = mf.merge_manifests([fragment], root=export_dir)
+    rebased = manifest_merge.merge_manifests([fragment], root=export_dir)
     revision = str(report.get("model_revision", "unknown"))
     for p in rebased.profiles:
         if p.tags.get("model") != report["model"] or p.tags.get("model_revision", revision) != revision:
@@ -130,7 +130,7 @@ def assemble_manifest(
     parts = [base]
     for path in sorted(paths):
         parts.append(_with_tokenizer(mf.load_manifest(path), export_dir, tokenizer, report))
-    return mf.merge_manifests(parts, root=export_dir)
+    return manifest_merge.merge_manifests(parts, root=export_dir)
 
 
 def build_manifest(

@@ -128,20 +128,21 @@ def step_engines(recipe: Any, out_dir: Path, out: Output, force: bool) -> StepRe
     """Engines for the visible GPU, through the engines module (it has its own reuse)."""
     t0 = time.perf_counter()
     try:
-        from nimbuild.builder import engines
+        from nimbuild.builder.engines import trt_seam  # the one module that imports tensorrt
+        from nimbuild.builder.engines.build import build_engines
+        from nimbuild.builder.engines.host import resolve_sku, visible_gpu
+        from nimbuild.builder.engines.plan import plan_engines
     except ImportError as exc:
         return StepResult("engines", "skipped", time.perf_counter() - t0, f"engines module unavailable ({exc})")
-    gpu, why = engines.visible_gpu()
+    gpu, why = visible_gpu()
     if gpu is None:
         return StepResult("engines", "skipped", time.perf_counter() - t0, f"no GPU visible ({why})")
-    from nimbuild.builder import trt_seam  # the one module that imports tensorrt
-
     trt, trt_problem = trt_seam.probe_tensorrt()
     if trt is None:  # not installed, or a broken CUDA install
         return StepResult("engines", "skipped", time.perf_counter() - t0, f"TensorRT not importable ({trt_problem})")
-    sku = engines.resolve_sku("auto")
-    plan = engines.plan_engines(recipe, sku, out_dir)
-    result = engines.build_engines(recipe, plan, out, force=force)
+    sku = resolve_sku("auto")
+    plan = plan_engines(recipe, sku, out_dir)
+    result = build_engines(recipe, plan, out, force=force)
     built = [r for r in result.results if getattr(r, "passed", False)]
     return StepResult(
         "engines",

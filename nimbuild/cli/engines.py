@@ -73,22 +73,24 @@ def engines(
 
     Example: nimbuild engines recipes/example-tiny.yaml --gpu h100-sxm --dry-run
     """
-    from nimbuild.builder import engines as engines_mod
+    from nimbuild.builder.engines.build import EnginesResult, engines_command
+    from nimbuild.builder.engines.plan import BuildOptions, EnginePlan
     from nimbuild.errors import NimbuildError
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode, quiet=quiet)
-    options = engines_mod.BuildOptions(
+    options = BuildOptions(
         builder_optimization_level=opt_level,
         workspace_bytes=workspace_mib * 1024 * 1024 if workspace_mib else None,
         hardware_compatible=hardware_compatible,
     )
-    result = engines_mod.engines_command(
+    result = engines_command(
         recipe, gpu, out_dir, out, dry_run=dry_run, options=options, timing_cache=timing_cache, force=rebuild
     )
-    if dry_run:
+    if isinstance(result, EnginePlan):
         out.emit({"dry_run": True, **result.to_dict()}, lambda o: _print_plan(o, result))
         return
+    assert isinstance(result, EnginesResult)
     out.emit(result.to_dict(), lambda o: _print_results(o, result))
     if result.fragment is None:
         raise NimbuildError(

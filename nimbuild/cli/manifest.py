@@ -100,11 +100,12 @@ def merge(
     Example: nimbuild manifest merge out/engines/*/fragment.yaml out/manifest.yaml --out out/manifest.yaml
     """
     from nimbuild import manifest as mf
+    from nimbuild import manifest_merge
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode)
     loaded = [mf.load_manifest(p) for p in manifests]
-    merged = mf.merge_manifests(loaded, root=out_path.parent)
+    merged = manifest_merge.merge_manifests(loaded, root=out_path.parent)
     mf.write_manifest(merged, out_path)
     rows = _summary(merged)
     out.emit(
@@ -166,11 +167,12 @@ def verify(
     Example: nimbuild manifest verify out/example-tiny/manifest.yaml
     """
     from nimbuild import manifest as mf
+    from nimbuild import manifest_verify
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode)
     m = mf.load_manifest(manifest, check_ids=False)  # wrong IDs are listed below with the rest
-    problems = mf.verify_manifest(m, check_files=not no_files)
+    problems = manifest_verify.verify_manifest(m, check_files=not no_files)
     n_files = len({rel for p in m.profiles for rel in p.files})
     data = {
         "manifest": str(manifest),

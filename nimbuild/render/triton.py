@@ -1,8 +1,8 @@
 """``nimbuild render``: a Triton model repository for every profile of a manifest, and the serving Dockerfile.
 
-The repository itself (templates, contexts, checks, writing, serve-time
-overrides) is :mod:`nimbuild.runtime.triton_repo.repository`, shared with the
-runtime's ``create-model-store``; this module walks a manifest with it.
+The repository itself (contexts, record, checks, writing, serve-time overrides)
+is :mod:`nimbuild.runtime.triton_repo`, shared with the runtime's
+``create-model-store``; this module walks a manifest with it.
 """
 
 from __future__ import annotations
@@ -14,14 +14,10 @@ from typing import Any
 
 from nimbuild.errors import NimbuildError
 from nimbuild.output import Output
-from nimbuild.runtime.triton_repo.repository import (
-    RenderedRepository,
-    ServingOptions,
-    multi_cc_groups,
-    multi_cc_info,
-    profile_info,
-    write_repository,
-)
+from nimbuild.runtime.triton_repo.cc_groups import multi_cc_groups, multi_cc_info
+from nimbuild.runtime.triton_repo.contexts import ServingOptions
+from nimbuild.runtime.triton_repo.record import profile_info
+from nimbuild.runtime.triton_repo.writing import RenderedRepository, write_repository
 
 # --------------------------------------------------------------------------- the command
 
@@ -57,7 +53,8 @@ def render_all(
     Refuses a manifest that fails :func:`nimbuild.manifest.verify_manifest`
     (wrong IDs, missing or altered files): nothing is rendered from it.
     """
-    from nimbuild.manifest import load_manifest, verify_manifest
+    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest_verify import verify_manifest
     from nimbuild.runtime.triton_repo.files import check_mode
 
     check_mode(mode)

@@ -59,8 +59,8 @@ class MaterializedStore:
 
 def resolve_profile(manifest, ref: str):
     """The profile named by a full ID, a unique ID prefix, or a name: NIM_MODEL_PROFILE's rule
-    (:func:`nimbuild.runtime.selection.match_profiles`)."""
-    from nimbuild.runtime.selection import MIN_PREFIX, match_profiles
+    (:func:`nimbuild.runtime.overrides.match_profiles`)."""
+    from nimbuild.runtime.overrides import MIN_PREFIX, match_profiles
 
     ref = (ref or "").strip()
     if not ref:
@@ -150,7 +150,8 @@ def download_to_cache(
     match the manifest is removed and reported. Each file appears under its
     final name only once complete (temp file + rename).
     """
-    from nimbuild.manifest import is_remote_uri, load_manifest, safe_join
+    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest_paths import is_remote_uri, safe_join
     from nimbuild.output import Output
     from nimbuild.runtime.triton_repo.files import copy_verified
 
@@ -192,7 +193,8 @@ def download_to_cache(
 
 def _prerendered(manifest, profile) -> dict | None:
     """The record of ``nimbuild render``'s repository for this profile, if it matches the manifest."""
-    from nimbuild.runtime.triton_repo.repository import REPOSITORY_INFO, read_repository_info
+    from nimbuild.runtime.triton_repo.layout import REPOSITORY_INFO
+    from nimbuild.runtime.triton_repo.record import read_repository_info
 
     if manifest.root is None:
         return None
@@ -221,7 +223,7 @@ def _locator(manifest, profile, cache: Path | None, used: dict[str, str], mode: 
     A copy checks every byte it copies, so a cached file needs only the right
     size; a link copies nothing, so a cached file is hashed before it is used.
     """
-    from nimbuild.manifest import safe_join
+    from nimbuild.manifest_paths import safe_join
 
     def locate(rel: str) -> Path:
         entry = profile.files.get(rel)
@@ -258,8 +260,12 @@ def materialize_profile(
     from ``env``. ``verify`` checks the profile's files first (serve already
     does; the copy mode checks every byte it copies anyway).
     """
-    from nimbuild.manifest import verify_profile
-    from nimbuild.runtime.triton_repo import repository as triton
+    from nimbuild.manifest_verify import verify_profile
+    from nimbuild.runtime.triton_repo.contexts import ServingOptions
+    from nimbuild.runtime.triton_repo.layout import ENV_MAX_BATCH, ENV_QUEUE_DELAY
+    from nimbuild.runtime.triton_repo.record import profile_info
+    from nimbuild.runtime.triton_repo.serving_overrides import env_int, with_overrides
+    from nimbuild.runtime.triton_repo.writing import write_repository
 
     env = os.environ if env is None else env
     if verify:
@@ -272,14 +278,14 @@ def materialize_profile(
     info = _prerendered(manifest, profile)
     reused = info is not None
     if info is None:
-        info = triton.profile_info(manifest, profile, triton.ServingOptions(), use_onnx=False)
+        info = profile_info(manifest, profile, ServingOptions(), use_onnx=False)
     limit = int(info["limits"]["max_batch_size"])
-    batch = triton._env_int(env, triton.ENV_MAX_BATCH, 1, limit)
-    delay = triton._env_int(env, triton.ENV_QUEUE_DELAY, 0, None)
-    info = triton.with_overrides(info, max_batch_size=batch, max_queue_delay_us=delay)
+    batch = env_int(env, ENV_MAX_BATCH, 1, limit)
+    delay = env_int(env, ENV_QUEUE_DELAY, 0, None)
+    info = with_overrides(info, max_batch_size=batch, max_queue_delay_us=delay)
     cache = Path(cache_path) if cache_path else (Path(env[ENV_CACHE]) if env.get(ENV_CACHE) else None)
     used: dict[str, str] = {}
-    repo = triton.write_repository(
+    repo = write_repository(
         info, Path(dest), _locator(manifest, profile, cache, used, mode), mode=mode, require_schema=False
     )
     names = info["model_names"]
@@ -313,7 +319,8 @@ def create_model_store(
     there, else from the manifest's folder; a copied byte that does not match
     the manifest's sha256 fails the command and leaves nothing behind.
     """
-    from nimbuild.manifest import load_manifest, verify_profile
+    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest_verify import verify_profile
 
     manifest = load_manifest(manifest_path)
     profile = resolve_profile(manifest, ref)

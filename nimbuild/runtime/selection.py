@@ -35,15 +35,17 @@ from __future__ import annotations
 import math
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from nimbuild import skus
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import Manifest, Profile, is_remote_uri, safe_join
+from nimbuild.manifest import Manifest, Profile
+from nimbuild.manifest_paths import is_remote_uri, safe_join
 from nimbuild.runtime.hardware import Gpu, Host, cpu_only_requested
+from nimbuild.runtime.overrides import apply_overrides
 
 Status = Literal["runnable", "not_runnable", "incompatible"]
 STATUSES: tuple[Status, ...] = ("runnable", "not_runnable", "incompatible")
@@ -53,7 +55,6 @@ GROUP_TITLES = {
     "incompatible": "- Incompatible with system:",
 }
 DEFAULT_MANIFEST = "manifest.yaml"
-MIN_PREFIX = 8
 
 _BACKEND_RANK = {"tensorrt": 0, "onnx": 1, "pytorch": 2}
 _DEVICE_RANK = {"gpu": 0, "cpu": 1}
@@ -359,115 +360,6 @@ def _ordered(classified: list[Classified]) -> list[Classified]:
     return runnable + rest
 
 
-# --------------------------------------------------------------------------- overrides
-
-
-def parse_tags_selector(text: str) -> dict[str, str]:
-    """``"precision=fp16,backend=onnx"`` -> {"precision": "fp16", "backend": "onnx"}."""
-    wanted: dict[str, str] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value:
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={text!r}: {part.strip()!r} is not key=value",
-                hint="write it as comma-separated key=value pairs, e.g. NIM_TAGS_SELECTOR=precision=fp16,backend=onnx",
-            )
-        if key in wanted and wanted[key] != value:
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={text!r}: {key} is given twice ({wanted[key]!r} and {value!r})",
-                hint="give each tag once",
-            )
-        wanted[key] = value
-    return wanted
-
-
-def _runnable_list(classified: list[Classified]) -> str:
-    runnable = [c for c in classified if c.status == "runnable"]
-    if not runnable:
-        return "no profile is runnable on this host"
-    return "runnable here: " + ", ".join(f"{c.profile.id} ({c.profile.name})" for c in runnable)
-
-
-def match_profiles(value: str, profiles: Sequence[Profile]) -> list[Profile]:
-    """The profiles ``value`` names: a full ID, a name, or an ID prefix of at least MIN_PREFIX characters.
-
-    One rule for NIM_MODEL_PROFILE and every ``--profile`` option; more than one
-    match means the prefix is ambiguous (the caller says so).
-    """
-    value = (value or "").strip()
-    exact = [p for p in profiles if p.id == value or p.name == value]
-    if exact or len(value) < MIN_PREFIX:
-        return exact
-    prefix = value.lower()
-    return [p for p in profiles if p.id.startswith(prefix)]
-
-
-def _match_profile(value: str, classified: list[Classified]) -> list[Classified]:
-    """NIM_MODEL_PROFILE, by :func:`match_profiles`."""
-    ids = {id(p) for p in match_profiles(value, [c.profile for c in classified])}
-    return [c for c in classified if id(c.profile) in ids]
-
-
-def _apply_overrides(
-    classified: list[Classified], env: Mapping[str, str], overrides: dict[str, str]
-) -> list[Classified]:
-    """The runnable profiles the overrides allow, best first; NimbuildError when an override cannot be met."""
-    runnable = [c for c in classified if c.status == "runnable"]
-    selector_text = (env.get("NIM_TAGS_SELECTOR") or "").strip()
-    profile_text = (env.get("NIM_MODEL_PROFILE") or "").strip()
-    pool = classified
-    if selector_text:
-        overrides["NIM_TAGS_SELECTOR"] = selector_text
-        wanted = parse_tags_selector(selector_text)
-        pool = [c for c in classified if all(c.profile.tags.get(k) == v for k, v in wanted.items())]
-        if not pool:
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={selector_text!r} matches no profile in the manifest",
-                hint=f"unset it or change it; {_runnable_list(classified)}",
-            )
-        if not any(c.status == "runnable" for c in pool) and not profile_text:
-            why = "; ".join(f"{c.profile.name}: {c.reason}" for c in pool)
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={selector_text!r} matches only profiles this host cannot run ({why})",
-                hint=f"unset it or change it; {_runnable_list(classified)}",
-            )
-    if profile_text:
-        overrides["NIM_MODEL_PROFILE"] = profile_text
-        matches = _match_profile(profile_text, classified)
-        if not matches:
-            short = f" (an ID prefix needs at least {MIN_PREFIX} characters)" if len(profile_text) < MIN_PREFIX else ""
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} matches no profile ID or name in the manifest{short}",
-                hint=f"give a full ID, a unique ID prefix or a name; {_runnable_list(classified)}",
-            )
-        if len(matches) > 1:
-            ids = ", ".join(f"{c.profile.id} ({c.profile.name})" for c in matches)
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} matches {len(matches)} profiles: {ids}",
-                hint=f"give more characters of the ID, or the name; {_runnable_list(classified)}",
-            )
-        match = matches[0]
-        if all(c is not match for c in pool):
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} names {match.profile.id} ({match.profile.name}), "
-                f"which NIM_TAGS_SELECTOR={selector_text!r} excludes",
-                hint=f"unset one of the two; {_runnable_list(classified)}",
-            )
-        if match.status != "runnable":
-            what = "compatible but not runnable" if match.status == "not_runnable" else "incompatible"
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} names {match.profile.id} ({match.profile.name}), "
-                f"which this host cannot run ({what}: {match.reason})",
-                hint=f"unset it or pick another; {_runnable_list(classified)}",
-            )
-        return [match]
-    allowed = {id(c) for c in pool}
-    return [c for c in runnable if id(c) in allowed]
-
-
 # --------------------------------------------------------------------------- select
 
 
@@ -492,7 +384,7 @@ def select(
             entry.cached = is_cached(entry.profile, cache_path)
     classified = _ordered(classified)
     overrides: dict[str, str] = {}
-    candidates = _apply_overrides(classified, env, overrides)
+    candidates = apply_overrides(classified, env, overrides)
     return Selection(
         host=host,
         classified=classified,

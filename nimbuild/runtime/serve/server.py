@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import Manifest, Profile, load_manifest, safe_join, verify_profile
+from nimbuild.manifest import Manifest, Profile, load_manifest
+from nimbuild.manifest_paths import safe_join
+from nimbuild.manifest_verify import verify_profile
 from nimbuild.runtime.serve.backends import Backend, BackendStartError
 from nimbuild.runtime.serve.service import Limits, RankingService
 from nimbuild.runtime.serve.tokenize import PairTokenizer, pad_rows

@@ -16,7 +16,7 @@ A reviewer reads the real TensorRT path here, top to bottom:
 4. :func:`measure_latency`: ``TrtRunner`` at the profile's opt shape.
 
 Everything that does not need TensorRT (the plan, Polygraphy's ``Profile``, the
-config arguments, the command line) is built in :mod:`nimbuild.builder.engines`,
+config arguments, the command line) is built in :mod:`nimbuild.builder.engines` (plan, build),
 where tests exercise it; :func:`compare_on_pairs` runs on any two Polygraphy
 runners, so tests drive it with ONNX Runtime on the CPU.
 """
