@@ -12,7 +12,6 @@ stdlib, yaml and nimbuild.errors/fsutil/profiles/manifest_paths only.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.fsutil import sha256_file
 from nimbuild.manifest_paths import REMOTE_SCHEMES, URI_SCHEME, check_relpath, is_remote_uri, safe_join
 from nimbuild.profiles import profile_id
 
@@ -105,14 +105,6 @@ def sorted_data(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [sorted_data(v) for v in obj]
     return obj
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_entry(root: str | os.PathLike, relpath: str) -> FileEntry:

@@ -7,7 +7,8 @@ with any; ``serve`` verifies the selected profile before it starts it.
 from __future__ import annotations
 
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import Manifest, Profile, sha256_file
+from nimbuild.fsutil import sha256_file
+from nimbuild.manifest import Manifest, Profile
 from nimbuild.manifest_paths import check_relpath, safe_join
 from nimbuild.profiles import profile_id
 

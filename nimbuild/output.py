@@ -7,27 +7,12 @@ exactly one JSON document (``emit``), and everything meant for a person
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def dumps(data: Any, *, indent: int | None = 2) -> str:
-    """JSON as nimbuild writes it everywhere: UTF-8 text, stable key order."""
-    return json.dumps(data, indent=indent, sort_keys=True, ensure_ascii=False, default=_jsonable)
+from nimbuild.fsutil import json_text
 
 
 class Output:
@@ -66,11 +51,11 @@ class Output:
         renders through this sink (tables, lines). Without it, the JSON is shown.
         """
         if self.json_mode:
-            sys.stdout.write(dumps(data) + "\n")
+            sys.stdout.write(json_text(data) + "\n")
             sys.stdout.flush()
             return
         if human is None:
-            sys.stdout.write(dumps(data) + "\n")
+            sys.stdout.write(json_text(data) + "\n")
         elif isinstance(human, str):
             sys.stdout.write(human if human.endswith("\n") else human + "\n")
         else:

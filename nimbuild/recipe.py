@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from nimbuild.errors import NimbuildError
+from nimbuild.fsutil import json_digest
 
 PRECISIONS = ("fp32", "fp16", "fp8", "int8")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
@@ -215,8 +216,7 @@ class Recipe(_Strict):
     def sha256(self) -> str:
         """sha256 of the recipe file's bytes (of its canonical JSON when there is no file)."""
         if self._sha256 is None:
-            data = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
-            self._sha256 = hashlib.sha256(data).hexdigest()
+            self._sha256 = json_digest(self.model_dump(mode="json"))
         return self._sha256
 
     @property

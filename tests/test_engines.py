@@ -27,10 +27,10 @@ from nimbuild.builder.engines import trt_seam
 from nimbuild.builder.engines.build import build_engines
 from nimbuild.builder.engines.feeds import evaluation_feeds, opt_feed
 from nimbuild.builder.engines.host import BuildGpu, check_host, resolve_sku, visible_gpu
-from nimbuild.builder.engines.keys import sha256_file
 from nimbuild.builder.engines.plan import ASSUMED_INPUTS, HARDWARE_COMPATIBILITY_LEVEL, BuildOptions, plan_engines
 from nimbuild.builder.engines.reproduce import reproduce_script
 from nimbuild.errors import NimbuildError
+from nimbuild.fsutil import sha256_file
 from nimbuild.output import Output
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import load_manifest, sha256_file
+from nimbuild.fsutil import sha256_file
+from nimbuild.manifest import load_manifest
 from nimbuild.render import triton
 from nimbuild.runtime import model_store as store
 from nimbuild.runtime.triton_repo import checks, layout, pbtxt

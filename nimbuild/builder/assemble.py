@@ -9,33 +9,18 @@ profile gets the tokenizer files too, so that it is servable on its own).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from nimbuild import __version__, manifest_merge, manifest_paths
 from nimbuild import manifest as mf
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import MANIFEST_FILE, REPORT_FILE, TOKENIZER_DIR, read_export_report
 from nimbuild.profiles import onnx_profile_tags, profile_id, profile_name
 
-REPORT_FILE = "export_report.json"
 FRAGMENT_GLOB = "engines/*/fragment.yaml"
 # report precision key -> (device of the ONNX profile); fp8 Q/DQ graphs are for TensorRT only
 ONNX_PROFILES = {"fp16": "gpu", "fp32": "cpu", "int8": "cpu"}
-
-
-def read_report(export_dir: Path) -> dict:
-    path = Path(export_dir) / REPORT_FILE
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NimbuildError(f"{path}: no export report", hint="run `nimbuild export RECIPE --out DIR` first") from None
-    except (OSError, ValueError) as exc:
-        raise NimbuildError(f"{path}: unreadable export report: {exc}", hint="re-run `nimbuild export`") from None
-    for key in ("model", "precisions", "max_batch_size", "max_sequence_length"):
-        if key not in report:
-            raise NimbuildError(f"{path}: field {key!r} is missing", hint="re-run `nimbuild export` with this nimbuild")
-    return report
 
 
 def graph_files(export_dir: Path, graph_rel: str) -> list[str]:
@@ -53,7 +38,7 @@ def graph_files(export_dir: Path, graph_rel: str) -> list[str]:
 
 
 def tokenizer_files(export_dir: Path) -> list[str]:
-    folder = Path(export_dir) / "tokenizer"
+    folder = Path(export_dir) / TOKENIZER_DIR
     if not folder.is_dir():
         return []
     return sorted(p.relative_to(export_dir).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -116,7 +101,7 @@ def assemble_manifest(
     ``discover`` also picks up ``engines/*/fragment.yaml`` under the export dir.
     """
     export_dir = Path(export_dir)
-    report = read_report(export_dir)
+    report = read_export_report(export_dir)
     tokenizer = tokenizer_files(export_dir)
     base = mf.Manifest(
         profiles=onnx_profiles(export_dir, report, tokenizer),
@@ -142,7 +127,7 @@ def build_manifest(
 ) -> tuple[mf.Manifest, Path]:
     """Assemble and write atomically (default ``EXPORT_DIR/manifest.yaml``); returns it and its path."""
     export_dir = Path(export_dir)
-    out = Path(out) if out else export_dir / "manifest.yaml"
+    out = Path(out) if out else export_dir / MANIFEST_FILE
     manifest = assemble_manifest(export_dir, fragments, discover=discover)
     if not manifest.profiles:
         raise NimbuildError(

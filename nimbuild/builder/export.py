@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import GRAPH_FILE
 
 # architecture (config.json `architectures[0]`) -> the model_type it comes with
 SUPPORTED_ARCHITECTURES = {
@@ -260,7 +261,7 @@ def export_fp32(
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "model.onnx"
+    path = out_dir / GRAPH_FILE
     order = {"auto": ["legacy", "dynamo"], "legacy": ["legacy"], "dynamo": ["dynamo"]}[exporter]
     errors = []
     start = time.perf_counter()

@@ -7,7 +7,6 @@ that looks finished (docs/internals.md, "Export directory").
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -18,7 +17,16 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import NimbuildError
-from nimbuild.output import Output, dumps
+from nimbuild.export_layout import (
+    GRAPH_FILE,
+    graph_dir,
+    graph_dir_relpath,
+    graph_path,
+    graph_relpath,
+    tokenizer_dir,
+    write_export_report,
+)
+from nimbuild.output import Output
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -32,7 +40,6 @@ TOKENIZER_FILES = (
     "spm.model",
     "added_tokens.json",
 )
-SYNTH_QUERIES, SYNTH_PASSAGES = 12, 8
 
 
 def as_recipe(recipe_or_model: Any, *, trust_remote_code: bool | None = None, revision: str | None = None):
@@ -137,7 +144,7 @@ def run_export(
     from nimbuild.builder import gate as gate_mod
     from nimbuild.builder import pairs as pairs_mod
     from nimbuild.builder.source import resolve_source
-    from nimbuild.fsutil import atomic_write_text, staging_dir
+    from nimbuild.fsutil import staging_dir
 
     out = out or Output(quiet=True)
     started = time.perf_counter()
@@ -160,11 +167,11 @@ def run_export(
     with staging_dir(out_dir) as stage:
         with out.progress() as progress:
             t = progress.add_task("export fp32 (PyTorch -> ONNX)", total=3)
-            tokenizer = save_tokenizer(resolved.path, stage / "tokenizer", trust)
+            tokenizer = save_tokenizer(resolved.path, tokenizer_dir(stage), trust)
             progress.advance(t)
             model = exp.load_model(resolved.path, trust)
             progress.advance(t)
-            fp32_dir = stage / "onnx" / "fp32"
+            fp32_dir = graph_dir(stage, "fp32")
             t0 = time.perf_counter()
             info = exp.export_fp32(
                 resolved.path, fp32_dir, recipe.shapes, trust_remote_code=trust, exporter=exporter, model=model
@@ -175,15 +182,16 @@ def run_export(
         names = info["inputs"]
         notes = []
         if groups is None:
-            groups = pairs_mod.synthesize_pairs(tokenizer, SYNTH_QUERIES, SYNTH_PASSAGES, seed=0)
+            groups = pairs_mod.default_synthetic_pairs(tokenizer)
             notes.append(
-                f"no pairs file: {SYNTH_QUERIES}x{SYNTH_PASSAGES} synthetic pairs from the vocabulary "
+                f"no pairs file: {pairs_mod.SYNTHETIC_QUERIES}x{pairs_mod.SYNTHETIC_PASSAGES} synthetic pairs "
+                "from the vocabulary "
                 "(parity only; give the recipe real pairs for meaningful ranking metrics)"
             )
         max_len = recipe.shapes.sequence.max
         encoded = pairs_mod.encode(tokenizer, groups, max_len, names)
 
-        session = exp.cpu_session(fp32_dir / "model.onnx")
+        session = exp.cpu_session(fp32_dir / GRAPH_FILE)
         with out.progress() as progress:
             cases = exp.parity_cases(recipe.shapes, exp._max_positions(model.config))
             t = progress.add_task("validate fp32 (ONNX Runtime vs PyTorch)", total=len(cases) + 1)
@@ -237,8 +245,8 @@ def run_export(
             "precisions": {
                 "fp32": {
                     "status": "passed",
-                    "path": "onnx/fp32/model.onnx",
-                    "files": [f"onnx/fp32/{f}" for f in info["files"]],
+                    "path": graph_relpath("fp32"),
+                    "files": [f"{graph_dir_relpath('fp32')}/{f}" for f in info["files"]],
                     "gate": gate.to_dict(),
                     "parity": parity,
                     "external_data": info["external_data"],
@@ -251,7 +259,7 @@ def run_export(
         if others:
             report["precisions"].update(_build_precisions(stage, others, info, encoded, reference, recipe, out))
         report["seconds"] = round(time.perf_counter() - started, 3)
-        atomic_write_text(stage / "export_report.json", dumps(report) + "\n")
+        write_export_report(stage, report)
     print_gate_table(report["precisions"], out)
     return report
 
@@ -301,7 +309,7 @@ def _build_precisions(
 
     calibration, evaluation, ref = _split(encoded, reference)
     return build_precisions(
-        stage / "onnx" / "fp32" / "model.onnx",
+        graph_path(stage, "fp32"),
         stage,
         precisions,
         architecture=info["architecture"],
@@ -311,16 +319,5 @@ def _build_precisions(
         reference=ref,
         thresholds=recipe.thresholds,
         out=out,
-        config_dir=stage / "tokenizer",
+        config_dir=tokenizer_dir(stage),
     )
-
-
-def load_report(export_dir: str | Path) -> dict:
-    """export_report.json of an export folder (NimbuildError when it is not one)."""
-    p = Path(export_dir) / "export_report.json"
-    if not p.is_file():
-        raise NimbuildError(
-            f"{export_dir} is not an export folder (no export_report.json)",
-            hint="run `nimbuild export RECIPE --out DIR` first",
-        )
-    return json.loads(p.read_text(encoding="utf-8"))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.fsutil import file_digest
 
 # What a cross-encoder needs; never subfolders (onnx/, openvino/ exports) or other frameworks' weights.
 _ALLOW = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "merges.txt", "vocab.*"]
@@ -69,9 +70,7 @@ def weights_fingerprint(model_dir: Path) -> str:
         files = sorted(p for p in model_dir.iterdir() if p.is_file())
     for p in files:
         h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        file_digest(p, h)
     return "sha256:" + h.hexdigest()[:16]
 
 

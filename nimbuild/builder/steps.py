@@ -13,18 +13,28 @@ What each step depends on:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nimbuild import __version__
-from nimbuild.builder.cache import StepCache, digest, toolchain_versions, tree_digest
+from nimbuild.builder.cache import StepCache, toolchain_versions, tree_digest
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import (
+    MANIFEST_FILE,
+    ONNX_DIR,
+    REPORT_FILE,
+    TOKENIZER_DIR,
+    TRITON_DIR,
+    read_export_report,
+    report_path,
+    write_export_report,
+)
+from nimbuild.fsutil import json_digest
 from nimbuild.output import Output
 
-EXPORT_OUTPUTS = ("export_report.json", "tokenizer", "onnx")
+EXPORT_OUTPUTS = (REPORT_FILE, TOKENIZER_DIR, ONNX_DIR)
 EXPORT_IRRELEVANT = {"gpus", "runners", "serving"}
 
 
@@ -67,20 +77,17 @@ def export_key(recipe: Any, cache: StepCache) -> str:
     else:
         model = {"repo": src.repo, "revision": src.revision}
     pairs = tree_digest(recipe.resolve(recipe.pairs), cache.memo) if recipe.pairs else None
-    return digest(
+    return json_digest(
         {"step": "export", "recipe": recipe_part, "model": model, "pairs": pairs, "toolchain": toolchain_versions()}
     )
 
 
 def _sync_report_recipe(out_dir: Path, recipe: Any) -> None:
     """A reused export keeps describing the recipe it now serves (gpus/serving edits do not re-export)."""
-    from nimbuild.fsutil import atomic_write_text
-
-    path = out_dir / "export_report.json"
-    report = json.loads(path.read_text())
+    report = read_export_report(out_dir)
     if report.get("recipe_sha256") != recipe.sha256:
         report["recipe_sha256"] = recipe.sha256
-        atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_export_report(out_dir, report)
 
 
 def _export_into(recipe: Any, out_dir: Path, out: Output) -> None:
@@ -119,7 +126,7 @@ def step_export(recipe: Any, out_dir: Path, cache: StepCache, out: Output, force
     cache.forget("export")
     _export_into(recipe, out_dir, out)
     cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
-    report = json.loads((out_dir / "export_report.json").read_text())
+    report = read_export_report(out_dir)
     passed = [p for p, e in report.get("precisions", {}).items() if e.get("status") == "passed"]
     return StepResult("export", "built", time.perf_counter() - t0, f"graphs: {', '.join(passed)}")
 
@@ -156,12 +163,12 @@ def step_manifest(out_dir: Path, cache: StepCache, force: bool) -> tuple[StepRes
     from nimbuild.builder.assemble import FRAGMENT_GLOB, build_manifest
 
     t0 = time.perf_counter()
-    path = out_dir / "manifest.yaml"
+    path = out_dir / MANIFEST_FILE
     fragments = {p.relative_to(out_dir).as_posix(): cache.memo.sha256(p) for p in sorted(out_dir.glob(FRAGMENT_GLOB))}
-    key = digest(
+    key = json_digest(
         {
             "step": "manifest",
-            "report": cache.memo.sha256(out_dir / "export_report.json"),
+            "report": cache.memo.sha256(report_path(out_dir)),
             "export_outputs": cache.outputs_of([out_dir / p for p in EXPORT_OUTPUTS]),
             "fragments": fragments,
             "nimbuild": __version__,
@@ -183,8 +190,9 @@ def step_render(
         from nimbuild.render.triton import render_repositories
     except ImportError as exc:
         return StepResult("render", "skipped", time.perf_counter() - t0, f"render module unavailable ({exc})")
-    templates = Path(__file__).resolve().parents[1] / "templates"
-    key = digest(
+    from nimbuild.runtime.triton_repo.templating import TEMPLATES_DIR as templates
+
+    key = json_digest(
         {
             "step": "render",
             "manifest": cache.memo.sha256(manifest_path),
@@ -193,7 +201,7 @@ def step_render(
             "nimbuild": __version__,
         }
     )
-    triton = out_dir / "triton"
+    triton = out_dir / TRITON_DIR
     if not force and triton.is_dir() and cache.lookup("render", key):
         return StepResult("render", "reused", time.perf_counter() - t0, "manifest, recipe and templates unchanged")
     cache.forget("render")

@@ -18,6 +18,8 @@ import re
 import sys
 from pathlib import Path
 
+from nimbuild.fsutil import write_json
+
 # Words of recipes/pairs/example-tiny.jsonl plus common English, one a line: the tiny vocabularies cover them.
 WORDS_FILE = Path(__file__).resolve().parents[1] / "data" / "tiny_words.txt"
 _WORDS = WORDS_FILE.read_text(encoding="utf-8").split()
@@ -362,8 +364,7 @@ def _normalise_saved(out: Path) -> None:
     for name in ("config.json", "tokenizer_config.json"):
         p = out / name
         if p.exists():
-            data = json.loads(p.read_text(encoding="utf-8"))
-            p.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            write_json(p, json.loads(p.read_text(encoding="utf-8")))
 
 
 def vocabulary_words() -> list[str]:

@@ -96,8 +96,9 @@ def cache_root(env: Mapping[str, str] | None = None, cache_path: str | os.PathLi
 
 def _fetch_remote(uri: str, dst: Path, sha256: str, size: int) -> None:
     """An https:// artifact into ``dst``, checked against the manifest; other schemes are refused."""
-    import hashlib
     import urllib.request
+
+    from nimbuild.fsutil import write_verified
 
     scheme = uri.split("://", 1)[0].lower()
     if scheme not in ("https", "http"):
@@ -105,30 +106,15 @@ def _fetch_remote(uri: str, dst: Path, sha256: str, size: int) -> None:
             f"{uri}: {scheme}:// downloads are not supported by nimbuild",
             hint="fetch the file yourself into the manifest's folder, or publish it over https",
         )
-    tmp = dst.with_name(f".{dst.name}.partial")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    h, written = hashlib.sha256(), 0
     try:
-        with urllib.request.urlopen(uri, timeout=60) as resp, open(tmp, "wb") as fh:  # noqa: S310 (scheme checked)
-            while block := resp.read(1 << 22):
-                h.update(block)
-                fh.write(block)
-                written += len(block)
-        if written != size or h.hexdigest() != sha256:
-            raise NimbuildError(
-                f"{uri}: downloaded {written} bytes with sha256 {h.hexdigest()}, "
-                f"the manifest says {size} bytes and {sha256}",
-                hint="the remote file changed; rebuild the manifest or fix the URL",
-            )
-        os.replace(tmp, dst)
+        with urllib.request.urlopen(uri, timeout=60) as resp:  # noqa: S310 (scheme checked)
+            write_verified(resp, dst, sha256=sha256, size=size, what=f"{uri} (downloaded)")
     except OSError as exc:
         raise NimbuildError(f"{uri}: download failed: {exc}", hint="check the network and the URL") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _cached_ok(path: Path, entry) -> bool:
-    from nimbuild.manifest import sha256_file
+    from nimbuild.fsutil import sha256_file
 
     try:
         return path.is_file() and path.stat().st_size == entry.size and sha256_file(path) == entry.sha256

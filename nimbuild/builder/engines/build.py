@@ -9,7 +9,6 @@ its ONNX graph was judged by. The TensorRT calls go through one seam
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +23,8 @@ from nimbuild.builder.engines.keys import (
     build_key,
     check_key,
     graph_digest,
-    key_digest,
     read_record,
     reusable,
-    sha256_file,
 )
 from nimbuild.builder.engines.plan import (
     ENGINE_FILE,
@@ -38,11 +35,11 @@ from nimbuild.builder.engines.plan import (
     EnginePlan,
     PlannedEngine,
     plan_engines,
-    read_export_report,
 )
 from nimbuild.builder.engines.reproduce import reproduce_script
 from nimbuild.errors import NimbuildError
-from nimbuild.fsutil import atomic_write_text, staging_dir
+from nimbuild.export_layout import find_export_report, graph_path
+from nimbuild.fsutil import json_digest, sha256_file, staging_dir, write_json
 from nimbuild.output import Output
 
 if TYPE_CHECKING:
@@ -177,9 +174,9 @@ def build_engines(
     for note in plan.notes:
         output.warn(note)
 
-    report = read_export_report(plan.out_dir) or {}
+    report = find_export_report(plan.out_dir) or {}
     model_revision = str(report.get("model_revision") or "unknown")
-    reference = plan.out_dir / "onnx" / "fp32" / "model.onnx"
+    reference = graph_path(plan.out_dir, "fp32")
     feeds, pairs_sha = evaluation_feeds(recipe, plan)
     reference_digest = graph_digest(reference)
 
@@ -235,14 +232,14 @@ def _one_engine(
     tags = engine_tags(plan, trt, model_revision, engine.precision)
     if record is not None and reusable(record, engine, bkey):
         status = "reused"
-        if record.get("check_key") == key_digest(ckey) and record.get("gate") is not None:
+        if record.get("check_key") == json_digest(ckey) and record.get("gate") is not None:
             output.note(f"{engine.precision}: reusing {engine.engine_path} (inputs unchanged)")
             return _result_from_record(engine, record, status, tags)
         output.note(f"{engine.precision}: reusing {engine.engine_path}; re-checking it (pairs or thresholds changed)")
         build_seconds = record.get("metrics", {}).get("build_seconds")
         check, latency = _check(seam, engine.engine_path, plan, checking)
         record = _record(engine, bkey, ckey, tags, gpu, trt, build_seconds, check, latency)
-        atomic_write_text(engine.engine_dir / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        write_json(engine.engine_dir / RECORD_FILE, record)
         return _result_from_record(engine, record, status, tags)
 
     output.note(f"{engine.precision}: building {engine.engine_path} from {engine.graph}")
@@ -254,7 +251,7 @@ def _one_engine(
             build_seconds = round(time.perf_counter() - started, 3)
             check, latency = _check(seam, staged_engine, plan, checking)
             record = _record(engine, bkey, ckey, tags, gpu, trt, build_seconds, check, latency, staged_engine)
-            (staged / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            write_json(staged / RECORD_FILE, record)
             script = staged / REPRODUCE_FILE
             script.write_text(reproduce_script(plan, engine, trt, gpu), encoding="utf-8")
             script.chmod(0o755)
@@ -289,9 +286,9 @@ def _record(
     return {
         "schema": CACHE_SCHEMA,
         "precision": engine.precision,
-        "build_key": key_digest(bkey),
+        "build_key": json_digest(bkey),
         "build_inputs": bkey,
-        "check_key": key_digest(ckey),
+        "check_key": json_digest(ckey),
         "engine_sha256": sha256_file(engine_file),
         "tags": tags,
         "metrics": metrics,

@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nimbuild.builder.engines.keys import key_digest, sha256_file
 from nimbuild.builder.engines.plan import EnginePlan
+from nimbuild.export_layout import tokenizer_dir
+from nimbuild.fsutil import json_digest, sha256_file
 
 if TYPE_CHECKING:
     from nimbuild.recipe import Recipe
-
-SYNTHETIC_QUERIES, SYNTHETIC_PASSAGES = 12, 8  # as `nimbuild export` without a pairs file
 
 Feed = dict[str, np.ndarray]
 # per query, its chunks: {"feed": {input: array}, "rows": number of real rows}
@@ -37,14 +36,14 @@ def evaluation_feeds(recipe: Recipe, plan: EnginePlan) -> tuple[list[QueryFeeds]
     """
     from nimbuild.builder import pairs as pairs_mod
 
-    tokenizer = pairs_mod.load_tokenizer(plan.out_dir / "tokenizer", trust_remote_code=recipe.trust_remote_code)
+    tokenizer = pairs_mod.load_tokenizer(tokenizer_dir(plan.out_dir), trust_remote_code=recipe.trust_remote_code)
     if recipe.pairs:
         pairs_path = recipe.resolve(recipe.pairs)
         groups = pairs_mod.load_pairs(pairs_path)
         pairs_sha = sha256_file(pairs_path)
     else:
-        groups = pairs_mod.synthesize_pairs(tokenizer, SYNTHETIC_QUERIES, SYNTHETIC_PASSAGES, seed=0)
-        pairs_sha = key_digest({"synthetic": [[g.query, list(g.passages)] for g in groups]})
+        groups = pairs_mod.default_synthetic_pairs(tokenizer)
+        pairs_sha = json_digest({"synthetic": [[g.query, list(g.passages)] for g in groups]})
     encoded = pairs_mod.encode(tokenizer, groups, plan.sequence[2], list(plan.inputs))
     bmin, _, bmax = plan.batch
     feeds: list[QueryFeeds] = []

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import graph_path, tokenizer_dir
 from nimbuild.skus import Sku
 
 if TYPE_CHECKING:
@@ -146,8 +147,8 @@ def check_host(
 def check_graphs(plan: EnginePlan) -> None:
     """Every planned graph, the FP32 reference and the tokenizer exist (nothing exported -> say so)."""
     needed = [e.graph for e in plan.planned] + [
-        plan.out_dir / "onnx" / "fp32" / "model.onnx",
-        plan.out_dir / "tokenizer",
+        graph_path(plan.out_dir, "fp32"),
+        tokenizer_dir(plan.out_dir),
     ]
     absent = [p for p in needed if not p.exists()]
     if absent:

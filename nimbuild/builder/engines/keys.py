@@ -16,17 +16,10 @@ from typing import Any
 
 from nimbuild.builder.engines.host import BuildGpu
 from nimbuild.builder.engines.plan import RECORD_FILE, EnginePlan, PlannedEngine
+from nimbuild.fsutil import json_digest, sha256_file
 
 # Bump when what a build.json means changes, so that old engines are rebuilt, not trusted.
 CACHE_SCHEMA = 1
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def graph_digest(graph: Path) -> str:
@@ -36,10 +29,6 @@ def graph_digest(graph: Path) -> str:
     if data.is_file():
         digest = hashlib.sha256(f"{digest}:{sha256_file(data)}".encode()).hexdigest()
     return digest
-
-
-def key_digest(payload: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def build_key(
@@ -80,6 +69,6 @@ def read_record(engine: PlannedEngine) -> dict[str, Any] | None:
 
 def reusable(record: Mapping[str, Any] | None, engine: PlannedEngine, key: Mapping[str, Any]) -> bool:
     """The recorded engine was built from the same inputs and its bytes are the ones recorded."""
-    if not record or record.get("build_key") != key_digest(key) or not engine.engine_path.is_file():
+    if not record or record.get("build_key") != json_digest(key) or not engine.engine_path.is_file():
         return False
     return record.get("engine_sha256") == sha256_file(engine.engine_path)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import ENGINES_DIR, INPUT_NAMES, find_export_report, graph_path
 from nimbuild.skus import Sku
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ DEFAULT_OPT_LEVEL = 3  # TensorRT's own default, written out for reproducibility
 # (TensorRT >= 10.9), which is what selection matches them on (docs/design.md).
 HARDWARE_COMPATIBILITY_LEVEL = "same_compute_capability"
 # A cross-encoder's usual inputs, shown in a dry run before `nimbuild export` has said which it has.
-ASSUMED_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ASSUMED_INPUTS = INPUT_NAMES
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class EnginePlan:
 
     @property
     def sku_dir(self) -> Path:
-        return self.out_dir / "engines" / self.sku.slug
+        return self.out_dir / ENGINES_DIR / self.sku.slug
 
     @property
     def fragment_path(self) -> Path:
@@ -214,24 +215,6 @@ class EnginePlan:
         }
 
 
-def read_export_report(out_dir: Path) -> dict[str, Any] | None:
-    """``OUT/export_report.json``, or None before `nimbuild export` has run."""
-    import json
-
-    path = out_dir / "export_report.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise NimbuildError(
-            f"{path}: cannot read the export report ({exc})", hint="run `nimbuild export` again to rewrite it"
-        ) from None
-    if not isinstance(data, dict):
-        raise NimbuildError(f"{path}: expected a JSON object", hint="run `nimbuild export` again to rewrite it")
-    return data
-
-
 def graph_inputs(out_dir: Path, report: Mapping[str, Any] | None) -> tuple[tuple[str, ...], bool]:
     """The graph's input names and whether they are assumed (nothing exported yet).
 
@@ -241,7 +224,7 @@ def graph_inputs(out_dir: Path, report: Mapping[str, Any] | None) -> tuple[tuple
     if report and isinstance(report.get("inputs"), list) and report["inputs"]:
         return tuple(str(name) for name in report["inputs"]), False
     for precision in ("fp32", *ENGINE_PRECISIONS):
-        graph = out_dir / "onnx" / precision / "model.onnx"
+        graph = graph_path(out_dir, precision)
         if graph.is_file():
             import onnx
 
@@ -266,13 +249,13 @@ def plan_engines(
     """
     options = options or BuildOptions()
     out_dir = Path(out_dir)
-    report = read_export_report(out_dir)
+    report = find_export_report(out_dir)
     inputs, assumed = graph_inputs(out_dir, report)
     batch, sequence = _range(recipe, "batch"), _range(recipe, "sequence")
     shapes = tuple(
         InputShape(name, (batch[0], sequence[0]), (batch[1], sequence[1]), (batch[2], sequence[2])) for name in inputs
     )
-    sku_dir = out_dir / "engines" / sku.slug
+    sku_dir = out_dir / ENGINES_DIR / sku.slug
     plan = EnginePlan(
         model=recipe.name,
         recipe_path=Path(recipe.path) if recipe.path is not None else Path(recipe.name),
@@ -295,11 +278,11 @@ def plan_engines(
     recipe_gpus = [str(g) for g in recipe.gpus]
     if recipe_gpus and not _sku_listed(sku, recipe_gpus):
         plan.notes.append(f"{sku.slug} is not among the recipe's gpus ({', '.join(recipe_gpus)})")
-    precisions_report = (report or {}).get("precisions") or {}
+    precisions_report = report["precisions"] if report else {}
     for precision in ENGINE_PRECISIONS:
-        graph = out_dir / "onnx" / precision / "model.onnx"
+        graph = graph_path(out_dir, precision)
         engine = PlannedEngine(precision, "planned", None, graph, sku_dir / precision, shapes)
-        exported = precisions_report.get(precision) if isinstance(precisions_report, dict) else None
+        exported = precisions_report.get(precision)
         if precision not in wanted:
             engine.status = "skipped"
             engine.reason = f"{precision} is not in the recipe's precisions ({', '.join(wanted)})"

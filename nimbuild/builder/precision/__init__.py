@@ -29,14 +29,20 @@ from nimbuild.builder.precision.common import (
     tool_versions,
 )
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import (
+    GRAPH_FILE,
+    canonical_precision,
+    graph_dir,
+    graph_dir_relpath,
+    graph_relpath,
+    tokenizer_dir,
+)
 from nimbuild.fsutil import staging_dir
 
-# recipe precision name -> folder under OUT/onnx/
-DIRS = {"fp16": "fp16", "fp8": "fp8", "int8": "cpu-int8"}
-ALIASES = {"cpu-int8": "int8", "cpu_int8": "int8"}
-PRECISIONS = tuple(DIRS)
+# The precisions built here, beside fp32 (their folders under OUT/onnx/: nimbuild.export_layout.PRECISION_DIRS)
+PRECISIONS = ("fp16", "fp8", "int8")
 
-__all__ = ["DIRS", "PRECISIONS", "build_precisions", "thresholds_for", "build_fp16", "build_fp8", "build_cpu_int8"]
+__all__ = ["PRECISIONS", "build_precisions", "thresholds_for", "build_fp16", "build_fp8", "build_cpu_int8"]
 
 
 def build_fp16(fp32_path, out_path, calibration=None) -> dict:
@@ -75,7 +81,7 @@ def thresholds_for(thresholds: Any, precision: str) -> Any:
     if hasattr(thresholds, "for_precision"):
         return thresholds.for_precision(precision)
     if isinstance(thresholds, dict):
-        merged = {k: v for k, v in thresholds.items() if k not in DIRS}
+        merged = {k: v for k, v in thresholds.items() if k not in PRECISIONS}
         merged.update(thresholds.get(precision) or {})
         return merged
     return thresholds
@@ -184,10 +190,10 @@ def build_precisions(
     wanted: list[str] = []
     report: dict[str, dict] = {}
     for raw in precisions:
-        name = ALIASES.get(raw.lower(), raw.lower())
+        name = canonical_precision(raw)
         if name == "fp32" or name in wanted:
             continue
-        if name not in DIRS:
+        if name not in PRECISIONS:
             report[raw] = {
                 "status": "skipped",
                 "reason": f"unknown precision {raw!r}: nimbuild builds fp32, {', '.join(PRECISIONS)}",
@@ -210,14 +216,14 @@ def build_precisions(
         missing = [n for n in input_names if n not in feeds]
         if missing:
             raise ValueError(f"feeds lack graph inputs {missing}")
-    config_dirs = [d for d in (config_dir, export_dir / "tokenizer", export_dir, fp32_path.parent) if d is not None]
+    config_dirs = [d for d in (config_dir, tokenizer_dir(export_dir), export_dir, fp32_path.parent) if d is not None]
 
     with out.progress() as progress:
         task = progress.add_task("precision graphs", total=len(wanted))
         for name in wanted:
             progress.update(task, description=f"{name}: build + gate")
-            final_dir = export_dir / "onnx" / DIRS[name]
-            rel = f"onnx/{DIRS[name]}/model.onnx"
+            final_dir = graph_dir(export_dir, name)
+            rel = graph_relpath(name)
             entry: dict[str, Any] = {"tool": _tool(name), "path": None}
             start = time.perf_counter()
             try:
@@ -225,7 +231,7 @@ def build_precisions(
                     info = _build_one(
                         name,
                         fp32_path,
-                        stage / "model.onnx",
+                        stage / GRAPH_FILE,
                         architecture=architecture,
                         calibration=calibration,
                         config_dirs=config_dirs,
@@ -235,9 +241,9 @@ def build_precisions(
                     if info.get("warn"):
                         out.warn(f"{name}: {info['warn']}")
                     entry["notes"] = info.get("notes", [])
-                    entry["files"] = [f"onnx/{DIRS[name]}/{f}" for f in info.get("files", ["model.onnx"])]
+                    entry["files"] = [f"{graph_dir_relpath(name)}/{f}" for f in info.get("files", [GRAPH_FILE])]
                     try:
-                        session = cpu_session(stage / "model.onnx", fp8_qdq=(name == "fp8"))
+                        session = cpu_session(stage / GRAPH_FILE, fp8_qdq=(name == "fp8"))
                     except Exception as exc:  # e.g. an ONNX Runtime without FP8 Q/DQ kernels
                         raise RuntimeError(
                             f"ONNX Runtime (CPU) cannot run the {name} graph, so it cannot be gated: "

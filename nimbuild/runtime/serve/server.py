@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import profile_model_file
 from nimbuild.manifest import Manifest, Profile, load_manifest
 from nimbuild.manifest_paths import safe_join
 from nimbuild.manifest_verify import verify_profile
@@ -51,15 +52,6 @@ def _file(profile: Profile, basename: str) -> str | None:
     return matches[0] if matches else None
 
 
-def _model_file(profile: Profile, suffixes: tuple[str, ...]) -> str:
-    matches = sorted(rel for rel in profile.files if rel.endswith(suffixes))
-    if not matches:
-        raise BackendStartError(
-            f"profile {profile.name} lists no model file ({', '.join(suffixes)}) in workspace.files"
-        )
-    return matches[0]
-
-
 def make_backend(manifest: Manifest, profile: Profile, backend: str = "auto") -> Backend:
     """The backend for a profile: ONNX Runtime for ONNX profiles, Triton for TensorRT ones (or when asked)."""
     kind = profile.tags.get("backend")
@@ -70,7 +62,11 @@ def make_backend(manifest: Manifest, profile: Profile, backend: str = "auto") ->
     if kind == "onnx":
         from nimbuild.runtime.serve.backends.onnxruntime import OnnxRuntimeBackend
 
-        path = safe_join(manifest.root, _model_file(profile, (".onnx",)))
+        try:
+            model = profile_model_file(profile)
+        except NimbuildError as exc:
+            raise BackendStartError(exc.message) from None
+        path = safe_join(manifest.root, model)
         return OnnxRuntimeBackend(path, device=profile.tags.get("device", "cpu"))
     raise BackendStartError(f"profile {profile.name}: backend {kind!r} is not servable here (onnx or tensorrt)")
 

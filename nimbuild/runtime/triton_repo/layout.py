@@ -12,6 +12,8 @@ A repository holds three models::
 
 from __future__ import annotations
 
+from nimbuild.export_layout import INPUT_NAMES
+
 MODEL = "reranker"
 TOKENIZER = "tokenizer"
 ENSEMBLE = "ensemble"
@@ -19,8 +21,8 @@ REPOSITORY_INFO = "nimbuild-repository.json"
 INFO_FORMAT = 1  # of REPOSITORY_INFO; a repository of another format is re-rendered, not trusted
 TOKENIZER_PY = "triton_tokenizer_model.py"  # the tokenizer model's 1/model.py, a file of nimbuild/templates
 DEFAULT_QUEUE_DELAY_US = 100
-# Graph inputs the tokenizer model can feed (templates/triton_tokenizer_model.py: FEEDS).
-TOKENIZER_FEEDS = ("input_ids", "attention_mask", "token_type_ids")
+# Graph inputs the tokenizer model can feed (templates/triton_tokenizer_model.py: FEEDS): a cross-encoder's.
+TOKENIZER_FEEDS = INPUT_NAMES
 # ONNX Runtime backend graph levels (onnxruntime_backend README): -1 basic, 1 extended, 2 off, else all.
 ORT_GRAPH_LEVELS = {"basic": -1, "extended": 1, "disabled": 2, "all": 0}
 ENV_MAX_BATCH = "NIM_TRITON_MAX_BATCH_SIZE"

@@ -71,7 +71,7 @@ def apply_serving_overrides(repository: str | os.PathLike[str], env: Mapping[str
     dropped. Returns ``{"max_batch_size", "max_queue_delay_us", "changed"}``.
     Needs no graph and no onnx: the contexts are in the repository's record.
     """
-    from nimbuild.fsutil import atomic_write_text
+    from nimbuild.fsutil import atomic_write_text, write_json
 
     env = os.environ if env is None else env
     repository = Path(repository)
@@ -86,7 +86,7 @@ def apply_serving_overrides(repository: str | os.PathLike[str], env: Mapping[str
         check_configs(texts, new, require_schema=False)
         for name, text in texts.items():
             atomic_write_text(repository / name / "config.pbtxt", text)
-        atomic_write_text(repository / REPOSITORY_INFO, json.dumps(new, indent=2, sort_keys=True) + "\n")
+        write_json(repository / REPOSITORY_INFO, new)
     return {
         "max_batch_size": new["serving"]["max_batch_size"],
         "max_queue_delay_us": new["serving"]["max_queue_delay_us"],

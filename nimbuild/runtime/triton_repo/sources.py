@@ -11,10 +11,8 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import TOKENIZER_DIR, graph_path, profile_model_file, tokenizer_dir
 from nimbuild.manifest import FileEntry, Manifest, Profile
-
-# Precision folder of the ONNX graph a precision's engine is built from (docs/internals.md, export dir).
-GRAPH_DIRS = {"fp32": "fp32", "fp16": "fp16", "fp8": "fp8", "int8": "cpu-int8"}
 
 
 def tag_int(profile: Profile, key: str) -> int:
@@ -41,16 +39,9 @@ def kind_of(profile: Profile) -> str:
 
 
 def model_file(profile: Profile) -> str:
-    """The manifest path of the profile's engine or graph."""
-    suffix = ".plan" if kind_of(profile) == "tensorrt" else ".onnx"
-    found = sorted(rel for rel in profile.files if rel.endswith(suffix))
-    if len(found) != 1:
-        what = "no" if not found else f"{len(found)}"
-        raise NimbuildError(
-            f"profile {profile.name!r}: {what} *{suffix} file in workspace.files (need exactly one)",
-            hint="list the profile's model file in the manifest (nimbuild manifest build)",
-        )
-    return found[0]
+    """The manifest path of the profile's engine or graph (:func:`nimbuild.export_layout.profile_model_file`)."""
+    kind_of(profile)  # a profile Triton cannot serve says so first
+    return profile_model_file(profile)
 
 
 def companion_files(profile: Profile, main: str) -> list[str]:
@@ -87,13 +78,12 @@ def graph_for(manifest: Manifest, profile: Profile) -> Path:
 
         return safe_join(root, model_file(profile))
     precision = profile.tags.get("precision", "")
-    candidates = [root / "onnx" / GRAPH_DIRS.get(precision, precision) / "model.onnx"]
-    for path in candidates:
-        if path.is_file():
-            return path
+    graph = graph_path(root, precision)
+    if graph.is_file():
+        return graph
     raise NimbuildError(
         f"profile {profile.name!r}: the {precision} ONNX graph its engine was built from is not at "
-        f"{candidates[0]} (needed for the Triton config's input names and types)",
+        f"{graph} (needed for the Triton config's input names and types)",
         hint="render in the export folder that `nimbuild export` filled (the manifest's folder)",
     )
 
@@ -109,6 +99,6 @@ def tokenizer_sources(manifest: Manifest, profile: Profile) -> dict[str, tuple[s
     if manifest.root is not None:
         root = Path(manifest.root)
         for name in wanted:
-            if name not in found and (root / "tokenizer" / name).is_file():
-                found[name] = (f"tokenizer/{name}", None)
+            if name not in found and (tokenizer_dir(root) / name).is_file():
+                found[name] = (f"{TOKENIZER_DIR}/{name}", None)
     return found

@@ -7,7 +7,6 @@ not render: a typo in ``--out`` must not wipe data.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,7 +74,7 @@ def write_repository(
     "size"}`` or ``{"template_file": name}``; ``sources`` is the folder those
     relpaths are under, or a function giving each one's path (cache or manifest folder).
     """
-    from nimbuild.fsutil import atomic_write_text, staging_dir
+    from nimbuild.fsutil import atomic_write_text, staging_dir, write_json
     from nimbuild.manifest_paths import safe_join
     from nimbuild.runtime.triton_repo.files import check_mode, place_file
 
@@ -110,7 +109,7 @@ def write_repository(
                 )
             place_file(src, target, mode, spec.get("sha256"), spec.get("size"))
         record = dict(info, mode=mode)
-        atomic_write_text(tmp / REPOSITORY_INFO, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        write_json(tmp / REPOSITORY_INFO, record)
     return RenderedRepository(
         path=dest,
         profile_ids=list(info["profile_ids"]),

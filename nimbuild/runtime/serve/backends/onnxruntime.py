@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from nimbuild.export_layout import INPUT_NAMES
 from nimbuild.runtime.serve.backends import Backend, BackendStartError, logits_column
 
 log = logging.getLogger("nimbuild.serve")
@@ -66,7 +67,7 @@ class OnnxRuntimeBackend(Backend):
                 + " (CUDA execution provider did not start: no GPU, or CUDA/cuDNN libraries missing)"
             )
         names = {i.name: i for i in self.session.get_inputs()}
-        for name in ("input_ids", "attention_mask", "token_type_ids"):
+        for name in INPUT_NAMES:
             if name in names:
                 self._inputs.append((name, _DTYPES.get(names[name].type, np.int64)))
         unknown = set(names) - {n for n, _ in self._inputs}
