@@ -51,6 +51,7 @@ ALLOWED_NIMBUILD = {
     "nimbuild.runtime.hardware",
     "nimbuild.runtime.selection",
     "nimbuild.runtime.overrides",
+    "nimbuild.runtime.settings",
 }
 
 PROBE = textwrap.dedent("""

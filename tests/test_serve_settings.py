@@ -50,7 +50,9 @@ def test_a_busy_port_is_one_error_naming_the_address(tmp_path, busy_port):
 
 def test_a_port_out_of_range_is_one_error(tmp_path):
     err = _one_error_line(_serve(tmp_path, "--host", "127.0.0.1", NIM_HTTP_API_PORT="99999"))
-    assert "127.0.0.1:99999" in err and "out of range" in err and "1 and 65535" in err
+    assert "NIM_HTTP_API_PORT='99999'" in err and "out of range" in err and "1 and 65535" in err
+    err = _one_error_line(_serve(tmp_path, "--host", "127.0.0.1", "--port", "70000"))
+    assert "--port 70000" in err and "out of range" in err and "1 and 65535" in err
 
 
 @pytest.mark.parametrize("value, needle", [("abc", "is not a number"), ("-5", "out of range")])

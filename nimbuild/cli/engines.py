@@ -43,10 +43,10 @@ def engines(
         ),
     ] = False,
     opt_level: Annotated[
-        int, typer.Option("--builder-optimization-level", min=0, max=5, help="TensorRT builder optimization level.")
+        int, typer.Option("--builder-optimization-level", help="TensorRT builder optimization level, 0-5.")
     ] = 3,
     workspace_mib: Annotated[
-        int | None, typer.Option("--workspace-mib", min=1, help="TensorRT workspace memory pool limit.")
+        int | None, typer.Option("--workspace-mib", help="TensorRT workspace memory pool limit, in MiB (>= 1).")
     ] = None,
     timing_cache: Annotated[
         Path | None,
@@ -77,7 +77,11 @@ def engines(
     from nimbuild.builder.engines.plan import BuildOptions, EnginePlan
     from nimbuild.errors import NimbuildError
     from nimbuild.output import Output
+    from nimbuild.runtime.settings import check_range
 
+    check_range(opt_level, "--builder-optimization-level", 0, 5)
+    if workspace_mib is not None:
+        check_range(workspace_mib, "--workspace-mib", 1, 1 << 30)
     out = Output(json_mode=json_mode, quiet=quiet)
     options = BuildOptions(
         builder_optimization_level=opt_level,

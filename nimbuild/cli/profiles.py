@@ -44,15 +44,17 @@ def decide(manifest: Path | None, assume_gpu: list[str] | None, env=os.environ) 
     """
     from nimbuild.errors import NimbuildError
     from nimbuild.manifest import load_manifest
-    from nimbuild.runtime.hardware import assumed_host, cpu_only_requested, detect_host
-    from nimbuild.runtime.selection import default_manifest_path, select
+    from nimbuild.runtime.hardware import assumed_host, detect_host
+    from nimbuild.runtime.selection import select
+    from nimbuild.runtime.settings import OVERRIDE_VARIABLES, read_settings
 
-    path = manifest if manifest is not None else default_manifest_path(env)
+    settings = read_settings(env)
+    path = manifest if manifest is not None else settings.manifest_path
     if not path.exists():
         origin = (
             "--manifest"
             if manifest is not None
-            else ("NIM_MANIFEST_PATH" if env.get("NIM_MANIFEST_PATH") else "the default ./manifest.yaml")
+            else ("NIM_MANIFEST_PATH" if settings.manifest_path_set else "the default ./manifest.yaml")
         )
         raise NimbuildError(
             f"{path}: no such manifest (from {origin})",
@@ -61,17 +63,17 @@ def decide(manifest: Path | None, assume_gpu: list[str] | None, env=os.environ) 
     loaded = load_manifest(path)
     if assume_gpu:
         host = assumed_host(list(assume_gpu))
-        if cpu_only_requested(env):  # the preview honours NIM_CPU_ONLY too, and says so
-            host.cpu_only_reason = f"NIM_CPU_ONLY={env['NIM_CPU_ONLY'].strip()} is set"
+        if settings.cpu_only:  # the preview honours NIM_CPU_ONLY too, and says so
+            host.cpu_only_reason = settings.cpu_only_reason
     else:
         host = detect_host(env)
     try:
         return select(loaded, host, env), None
     except NimbuildError as exc:
-        plain = {k: v for k, v in env.items() if k not in ("NIM_MODEL_PROFILE", "NIM_TAGS_SELECTOR")}
+        plain = {k: v for k, v in env.items() if k not in OVERRIDE_VARIABLES}
         selection = select(loaded, host, plain)
         selection.selected, selection.candidates = None, []
-        selection.overrides = {k: env[k] for k in ("NIM_MODEL_PROFILE", "NIM_TAGS_SELECTOR") if env.get(k)}
+        selection.overrides = settings.overrides
         return selection, exc
 
 

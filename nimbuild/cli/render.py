@@ -11,8 +11,23 @@ import typer
 from nimbuild.cli.options import JsonOpt, QuietOpt
 
 ManifestOpt = Annotated[
-    Path, typer.Option("--manifest", "-m", envvar="NIM_MANIFEST_PATH", help="manifest.yaml (env NIM_MANIFEST_PATH).")
+    Path | None,
+    typer.Option(
+        "--manifest",
+        "-m",
+        show_default=False,
+        help="manifest.yaml [default: $NIM_MANIFEST_PATH, else ./manifest.yaml].",
+    ),
 ]
+
+
+def _manifest(manifest: Path | None) -> Path:
+    """``--manifest``, else NIM_MANIFEST_PATH, else ./manifest.yaml (nimbuild.runtime.settings)."""
+    from nimbuild.runtime.settings import read_settings
+
+    return manifest if manifest is not None else read_settings(os.environ).manifest_path
+
+
 ProfileOpt = Annotated[
     str, typer.Option("--profile", "-p", help="Profile ID, unique ID prefix, or name.", show_default=False)
 ]
@@ -22,7 +37,7 @@ LinkOpt = Annotated[
 
 
 def render(
-    manifest: ManifestOpt = Path("manifest.yaml"),
+    manifest: ManifestOpt = None,
     out_dir: Annotated[
         Path | None,
         typer.Option(
@@ -50,6 +65,7 @@ def render(
     from nimbuild.render.triton import render_all
 
     out = Output(json_mode=json_mode, quiet=quiet)
+    manifest = _manifest(manifest)
     result = render_all(
         manifest,
         out_dir or manifest.parent,
@@ -83,7 +99,7 @@ def create_model_store(
         Path,
         typer.Option("--model-store", "-s", help="Folder to create (Triton's --model-repository).", show_default=False),
     ],
-    manifest: ManifestOpt = Path("manifest.yaml"),
+    manifest: ManifestOpt = None,
     link: Annotated[
         bool, typer.Option("--link/--copy", help="Symlink the files or copy them (checked by sha256).")
     ] = False,
@@ -99,7 +115,7 @@ def create_model_store(
     from nimbuild.runtime.model_store import create_model_store as create
 
     out = Output(json_mode=json_mode)
-    store = create(manifest, profile, model_store, mode="link" if link else "copy", env=os.environ)
+    store = create(_manifest(manifest), profile, model_store, mode="link" if link else "copy", env=os.environ)
     out.emit(
         store.to_dict(),
         f"created {store.store} for profile {store.profile_id} ({store.profile_name}); "
@@ -110,7 +126,7 @@ def create_model_store(
 
 def download_to_cache(
     profile: ProfileOpt,
-    manifest: ManifestOpt = Path("manifest.yaml"),
+    manifest: ManifestOpt = None,
     cache_path: Annotated[
         Path | None, typer.Option("--cache-path", help="Cache folder [default: $NIM_CACHE_PATH, else ~/.cache/nim].")
     ] = None,
@@ -125,8 +141,10 @@ def download_to_cache(
     from nimbuild.runtime.model_store import download_to_cache as download
 
     out = Output(json_mode=json_mode, quiet=quiet)
-    result = download(manifest, profile, cache_path=cache_path, env=os.environ, out=out)
-    if not os.environ.get("NIM_CACHE_PATH") and cache_path is None:
+    from nimbuild.runtime.settings import read_settings
+
+    result = download(_manifest(manifest), profile, cache_path=cache_path, env=os.environ, out=out)
+    if read_settings(os.environ).cache_path is None and cache_path is None:
         out.note(
             f"NIM_CACHE_PATH is not set: cached in {result['cache']}; export NIM_CACHE_PATH={result['cache']} "
             "so that selection and serve find it"

@@ -22,31 +22,8 @@ from typing import Any
 from nimbuild import skus
 from nimbuild.errors import NimbuildError
 
-_TRUE = {"1", "true", "yes", "on", "y", "t"}
-_FALSE = {"", "0", "false", "no", "off", "n", "f"}
 _COUNT_SUFFIX = re.compile(r"^(?P<name>.+?)\s*[x×*]\s*(?P<count>\d+)$", re.IGNORECASE)
 MAX_ASSUMED_GPUS = 64
-
-
-def env_flag(env: Mapping[str, str], name: str) -> bool:
-    """A boolean environment variable; a value that is neither true nor false is an error."""
-    raw = env.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise NimbuildError(
-        f"environment variable {name}={raw!r} is not a boolean",
-        hint=f"set {name}=1 (or true/yes/on) to turn it on, 0 or unset to turn it off",
-    )
-
-
-def cpu_only_requested(env: Mapping[str, str]) -> bool:
-    """Whether ``NIM_CPU_ONLY`` asks for a CPU host whatever the GPUs."""
-    return env_flag(env, "NIM_CPU_ONLY")
 
 
 @dataclass
@@ -248,10 +225,11 @@ def _detect_gpus() -> Host:
 
 def detect_host(env: Mapping[str, str] = os.environ) -> Host:
     """This host's GPUs through NVML; ``NIM_CPU_ONLY`` makes it a CPU host."""
-    cpu_only = cpu_only_requested(env)
+    from nimbuild.runtime.settings import read_settings
+
+    reason = read_settings(env).cpu_only_reason
     host = _detect_gpus()
-    if cpu_only:
-        reason = f"NIM_CPU_ONLY={env.get('NIM_CPU_ONLY', '').strip()} is set"
+    if reason:
         host.cpu_only_reason = reason if host.gpus else f"{host.cpu_only_reason}; {reason}"
     return host
 

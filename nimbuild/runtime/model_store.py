@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nimbuild.errors import NimbuildError
-
-ENV_CACHE = "NIM_CACHE_PATH"
+from nimbuild.runtime.settings import read_settings
 
 
 @dataclass
@@ -86,8 +85,9 @@ def cache_root(env: Mapping[str, str] | None = None, cache_path: str | os.PathLi
     env = os.environ if env is None else env
     if cache_path:
         return Path(cache_path)
-    if env.get(ENV_CACHE):
-        return Path(env[ENV_CACHE])
+    settings = read_settings(env)
+    if settings.cache_path is not None:
+        return settings.cache_path
     return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nim"
 
 
@@ -248,12 +248,11 @@ def materialize_profile(
     """
     from nimbuild.manifest_verify import verify_profile
     from nimbuild.runtime.triton_repo.contexts import ServingOptions
-    from nimbuild.runtime.triton_repo.layout import ENV_MAX_BATCH, ENV_QUEUE_DELAY
     from nimbuild.runtime.triton_repo.record import profile_info
-    from nimbuild.runtime.triton_repo.serving_overrides import env_int, with_overrides
+    from nimbuild.runtime.triton_repo.serving_overrides import requested_overrides, with_overrides
     from nimbuild.runtime.triton_repo.writing import write_repository
 
-    env = os.environ if env is None else env
+    settings = read_settings(os.environ if env is None else env)
     if verify:
         problems = verify_profile(manifest, profile, check_files=True)
         if problems:
@@ -265,11 +264,9 @@ def materialize_profile(
     reused = info is not None
     if info is None:
         info = profile_info(manifest, profile, ServingOptions(), use_onnx=False)
-    limit = int(info["limits"]["max_batch_size"])
-    batch = env_int(env, ENV_MAX_BATCH, 1, limit)
-    delay = env_int(env, ENV_QUEUE_DELAY, 0, None)
+    batch, delay = requested_overrides(settings, int(info["limits"]["max_batch_size"]))
     info = with_overrides(info, max_batch_size=batch, max_queue_delay_us=delay)
-    cache = Path(cache_path) if cache_path else (Path(env[ENV_CACHE]) if env.get(ENV_CACHE) else None)
+    cache = Path(cache_path) if cache_path else settings.cache_path
     used: dict[str, str] = {}
     repo = write_repository(
         info, Path(dest), _locator(manifest, profile, cache, used, mode), mode=mode, require_schema=False

@@ -9,38 +9,17 @@ ID, a name, or an ID prefix of at least ``MIN_PREFIX`` characters, for
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import Profile
+from nimbuild.runtime.settings import Settings
 
 if TYPE_CHECKING:
     from nimbuild.runtime.selection import Classified
 
 MIN_PREFIX = 8
-
-
-def parse_tags_selector(text: str) -> dict[str, str]:
-    """``"precision=fp16,backend=onnx"`` -> {"precision": "fp16", "backend": "onnx"}."""
-    wanted: dict[str, str] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value:
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={text!r}: {part.strip()!r} is not key=value",
-                hint="write it as comma-separated key=value pairs, e.g. NIM_TAGS_SELECTOR=precision=fp16,backend=onnx",
-            )
-        if key in wanted and wanted[key] != value:
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={text!r}: {key} is given twice ({wanted[key]!r} and {value!r})",
-                hint="give each tag once",
-            )
-        wanted[key] = value
-    return wanted
 
 
 def _runnable_list(classified: list[Classified]) -> str:
@@ -70,17 +49,15 @@ def _match_profile(value: str, classified: list[Classified]) -> list[Classified]
     return [c for c in classified if id(c.profile) in ids]
 
 
-def apply_overrides(
-    classified: list[Classified], env: Mapping[str, str], overrides: dict[str, str]
-) -> list[Classified]:
+def apply_overrides(classified: list[Classified], settings: Settings, overrides: dict[str, str]) -> list[Classified]:
     """The runnable profiles the overrides allow, best first; NimbuildError when an override cannot be met."""
     runnable = [c for c in classified if c.status == "runnable"]
-    selector_text = (env.get("NIM_TAGS_SELECTOR") or "").strip()
-    profile_text = (env.get("NIM_MODEL_PROFILE") or "").strip()
+    selector_text = settings.tags_selector_text or ""
+    profile_text = settings.model_profile or ""
     pool = classified
     if selector_text:
         overrides["NIM_TAGS_SELECTOR"] = selector_text
-        wanted = parse_tags_selector(selector_text)
+        wanted = settings.tags_selector
         pool = [c for c in classified if all(c.profile.tags.get(k) == v for k, v in wanted.items())]
         if not pool:
             raise NimbuildError(

@@ -40,12 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nimbuild import skus
+from nimbuild import profiles, skus
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import Manifest, Profile
 from nimbuild.manifest_paths import is_remote_uri, safe_join
-from nimbuild.runtime.hardware import Gpu, Host, cpu_only_requested
+from nimbuild.runtime.hardware import Gpu, Host
 from nimbuild.runtime.overrides import apply_overrides
+from nimbuild.runtime.settings import Settings, read_settings
 
 Status = Literal["runnable", "not_runnable", "incompatible"]
 STATUSES: tuple[Status, ...] = ("runnable", "not_runnable", "incompatible")
@@ -54,7 +55,6 @@ GROUP_TITLES = {
     "not_runnable": "- Compatible with system but not runnable:",
     "incompatible": "- Incompatible with system:",
 }
-DEFAULT_MANIFEST = "manifest.yaml"
 
 _BACKEND_RANK = {"tensorrt": 0, "onnx": 1, "pytorch": 2}
 _DEVICE_RANK = {"gpu": 0, "cpu": 1}
@@ -143,15 +143,6 @@ def _cc(text: str) -> tuple[int, int] | None:
         return None
 
 
-def _gpu_count(tags: Mapping[str, str]) -> int | None:
-    raw = tags.get("gpu_count", "1")
-    try:
-        count = int(raw)
-    except (TypeError, ValueError):
-        return None
-    return count if count >= 1 else None
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -216,6 +207,9 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> 
             "incompatible",
             f"backend {backend!r} is not one this runtime serves (tensorrt, onnx)" if backend else "no backend tag",
         )
+    problem = profiles.tag_problem(tags)
+    if problem is not None:
+        return judged("incompatible", problem)
     if _device(tags) != "gpu":
         return judged("runnable")
     if cpu_only_reason and host.gpus:
@@ -235,9 +229,7 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> 
             have = ", ".join(sorted({g.compute_capability for g in matching}))
             return judged("incompatible", f"FP8 needs compute capability >= 8.9; this host's GPUs have {have}")
         matching = fp8
-    count = _gpu_count(tags)
-    if count is None:
-        return judged("incompatible", f"gpu_count tag {tags.get('gpu_count')!r} is not a positive integer")
+    count = profiles.numeric_tag(tags, "gpu_count")
     if len(matching) < count:  # it can run here, just not on this few GPUs: compatible but not runnable
         if needs is None:
             return judged("not_runnable", f"needs {_plural(count, 'GPU')}; this host has {len(matching)}")
@@ -250,13 +242,9 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> 
     return judged("runnable", gpus=[g.index for g in free[:count]])
 
 
-def cpu_only_reason(host: Host, env: Mapping[str, str]) -> str | None:
-    """Why GPU profiles are out: the host's own reason, or NIM_CPU_ONLY in ``env`` (also for an assumed host)."""
-    if host.cpu_only_reason:
-        return host.cpu_only_reason
-    if cpu_only_requested(env):
-        return f"NIM_CPU_ONLY={env.get('NIM_CPU_ONLY', '').strip()} is set"
-    return None
+def cpu_only_reason(host: Host, settings: Settings) -> str | None:
+    """Why GPU profiles are out: the host's own reason, or NIM_CPU_ONLY (also for an assumed host)."""
+    return host.cpu_only_reason or settings.cpu_only_reason
 
 
 def _stat_problem(root: Path, rel: str, size: int) -> str | None:
@@ -305,9 +293,10 @@ def classify(
     is *not runnable*, with the file in the reason (``cache_path`` defaults to
     ``NIM_CACHE_PATH``; copies there count).
     """
+    settings = read_settings(env)
     if cache_path is None:
-        cache_path = env.get("NIM_CACHE_PATH") or None
-    reason = cpu_only_reason(host, env)
+        cache_path = settings.cache_path
+    reason = cpu_only_reason(host, settings)
     out = []
     for profile in manifest.profiles:
         entry = _classify_one(profile, host, reason)
@@ -330,10 +319,8 @@ def is_cached(profile: Profile, cache_path: str | os.PathLike | None) -> bool:
 
 
 def _batch(tags: Mapping[str, str]) -> int:
-    try:
-        return int(tags.get("max_batch_size", "0"))
-    except ValueError:
-        return 0
+    """max_batch_size for ranking (only runnable profiles are ranked: their tags are valid)."""
+    return profiles.numeric_tag(tags, "max_batch_size") if "max_batch_size" in tags else 0
 
 
 def rank_key(entry: Classified) -> tuple:
@@ -365,7 +352,7 @@ def _ordered(classified: list[Classified]) -> list[Classified]:
 
 def default_manifest_path(env: Mapping[str, str] = os.environ) -> Path:
     """``NIM_MANIFEST_PATH``, else ``manifest.yaml`` in the working directory."""
-    return Path(env.get("NIM_MANIFEST_PATH") or DEFAULT_MANIFEST)
+    return read_settings(env).manifest_path
 
 
 def select(
@@ -376,15 +363,16 @@ def select(
     ``cache_path`` defaults to ``NIM_CACHE_PATH``. A failing override raises
     NimbuildError; no runnable profile is ``selected=None`` (the caller says so).
     """
+    settings = read_settings(env)
     if cache_path is None:
-        cache_path = env.get("NIM_CACHE_PATH") or None
+        cache_path = settings.cache_path
     classified = classify(manifest, host, env, cache_path)
     for entry in classified:
         if entry.status == "runnable":
             entry.cached = is_cached(entry.profile, cache_path)
     classified = _ordered(classified)
     overrides: dict[str, str] = {}
-    candidates = apply_overrides(classified, env, overrides)
+    candidates = apply_overrides(classified, settings, overrides)
     return Selection(
         host=host,
         classified=classified,

@@ -14,26 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.runtime.settings import Settings, read_settings
 from nimbuild.runtime.triton_repo.checks import check_configs
 from nimbuild.runtime.triton_repo.contexts import preferred_sizes, render_configs
-from nimbuild.runtime.triton_repo.layout import ENV_MAX_BATCH, ENV_QUEUE_DELAY, REPOSITORY_INFO
+from nimbuild.runtime.triton_repo.layout import ENV_MAX_BATCH, REPOSITORY_INFO
 from nimbuild.runtime.triton_repo.record import read_repository_info
 
 
-def env_int(env: Mapping[str, str], key: str, low: int, high: int | None) -> int | None:
-    raw = env.get(key)
-    if raw is None or not str(raw).strip():
-        return None
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        value = None
-    if value is None or value < low or (high is not None and value > high):
-        bound = f"{low}..{high}" if high is not None else f">= {low}"
+def requested_overrides(settings: Settings, limit: int) -> tuple[int | None, int | None]:
+    """(max batch size, max queue delay in µs) that the settings ask of a repository whose profile allows ``limit``.
+
+    The batch size may only shrink: an engine or graph was built for at most its
+    profile's max_batch_size (``settings`` have already checked both are integers).
+    """
+    batch = settings.triton_max_batch_size
+    if batch is not None and not 1 <= batch <= limit:
         raise NimbuildError(
-            f"{key}={raw!r}: expected an integer {bound}", hint=f"unset {key} or give a value in {bound}"
+            f"{ENV_MAX_BATCH}='{batch}': expected an integer 1..{limit} (the profile's max_batch_size)",
+            hint=f"unset {ENV_MAX_BATCH} or give a value in 1..{limit}",
         )
-    return value
+    return batch, settings.triton_max_queue_delay_us
 
 
 def with_overrides(
@@ -73,12 +73,10 @@ def apply_serving_overrides(repository: str | os.PathLike[str], env: Mapping[str
     """
     from nimbuild.fsutil import atomic_write_text, write_json
 
-    env = os.environ if env is None else env
+    settings = read_settings(os.environ if env is None else env)
     repository = Path(repository)
     info = read_repository_info(repository)
-    limit = int(info["limits"]["max_batch_size"])
-    batch = env_int(env, ENV_MAX_BATCH, 1, limit)
-    delay = env_int(env, ENV_QUEUE_DELAY, 0, None)
+    batch, delay = requested_overrides(settings, int(info["limits"]["max_batch_size"]))
     new = with_overrides(info, max_batch_size=batch, max_queue_delay_us=delay)
     changed = new["serving"] != info["serving"]
     if changed:

@@ -13,16 +13,20 @@ from pathlib import Path, PurePosixPath
 from nimbuild.errors import NimbuildError
 from nimbuild.export_layout import TOKENIZER_DIR, graph_path, profile_model_file, tokenizer_dir
 from nimbuild.manifest import FileEntry, Manifest, Profile
+from nimbuild.profiles import numeric_tag
 
 
 def tag_int(profile: Profile, key: str) -> int:
-    try:
-        return int(profile.tags[key])
-    except (KeyError, ValueError):
+    """A numeric tag the repository is rendered with (:func:`nimbuild.profiles.numeric_tag`); it must be given."""
+    if key not in profile.tags:
         raise NimbuildError(
-            f"profile {profile.name!r}: tags.{key} is missing or not an integer ({profile.tags.get(key)!r})",
+            f"profile {profile.name!r}: tags.{key} is missing",
             hint="rebuild the manifest with `nimbuild manifest build`",
-        ) from None
+        )
+    try:
+        return numeric_tag(profile.tags, key)
+    except NimbuildError as exc:
+        raise NimbuildError(f"profile {profile.name!r}: {exc.message}", hint=exc.hint) from None
 
 
 def kind_of(profile: Profile) -> str:

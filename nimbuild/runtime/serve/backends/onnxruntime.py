@@ -8,7 +8,6 @@ profile that only got the CPU is a failed start, not a slow server.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,17 @@ _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 class OnnxRuntimeBackend(Backend):
     kind = "onnxruntime"
 
-    def __init__(self, model_path: str | Path, device: str = "cpu", intra_op_threads: int | None = None):
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str = "cpu",
+        intra_op_threads: int | None = None,
+        cpu_arena: bool = True,
+    ):
         self.model_path = Path(model_path)
         self.device = device
-        self.intra_op_threads = intra_op_threads
+        self.intra_op_threads = intra_op_threads  # None: ONNX Runtime's own default (NIM_ORT_INTRA_OP_THREADS)
+        self.cpu_arena = cpu_arena  # NIM_ORT_CPU_ARENA
         self.session = None
         self.providers: list[str] = []
         self._inputs: list[tuple[str, Any]] = []
@@ -42,10 +48,9 @@ class OnnxRuntimeBackend(Backend):
         wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "gpu" else ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        threads = self.intra_op_threads if self.intra_op_threads is not None else _env_int("NIM_ORT_INTRA_OP_THREADS")
-        if threads:
-            opts.intra_op_num_threads = threads
-        if os.environ.get("NIM_ORT_CPU_ARENA", "1") == "0":
+        if self.intra_op_threads:
+            opts.intra_op_num_threads = self.intra_op_threads
+        if not self.cpu_arena:
             opts.enable_cpu_mem_arena = False
         opts.log_severity_level = 3  # the provider check below says what matters, without ORT's warnings
         try:
@@ -88,8 +93,3 @@ class OnnxRuntimeBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "device": self.device, "providers": self.providers, "model": self.model_path.name}
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value.isdigit() else None

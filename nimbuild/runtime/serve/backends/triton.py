@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from nimbuild.runtime.serve.backends import Backend, BackendStartError, logits_column
+from nimbuild.runtime.settings import Settings
 
 log = logging.getLogger("nimbuild.serve")
 
@@ -58,8 +59,9 @@ class TritonBackend(Backend):
     ):
         self.manifest = manifest
         self.profile = profile
-        self.binary = binary or os.environ.get("NIM_TRITONSERVER", "tritonserver")
-        self.start_timeout_s = start_timeout_s or float(os.environ.get("NIM_TRITON_START_TIMEOUT", "600"))
+        defaults = Settings()  # the serve path passes the settings' values (NIM_TRITONSERVER, NIM_TRITON_START_TIMEOUT)
+        self.binary = binary or defaults.tritonserver
+        self.start_timeout_s = start_timeout_s or defaults.triton_start_timeout_s
         self.workdir = Path(workdir) if workdir else None
         self.proc: subprocess.Popen | None = None
         self.client = None
