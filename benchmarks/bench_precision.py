@@ -218,7 +218,7 @@ def gpu_graph_gates(fp32_path, export_dir, model_dir, calibration, feeds, refere
         calibration=calibration,
         evaluation=feeds,
         reference=reference,
-        thresholds=thresholds,
+        thresholds=thresholds.by_precision,
         out=Output(quiet=True),
         config_dir=model_dir,
     )

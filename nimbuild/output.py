@@ -88,6 +88,11 @@ class Output:
     def warn(self, text: str) -> None:
         self.err_console.print(f"warning: {text}", style="yellow", markup=False)
 
+    def error(self, text: str) -> None:
+        """One ``error: ...`` line on stderr (plain text, also in --json mode: stdout stays one document)."""
+        sys.stderr.write(f"error: {text}\n")
+        sys.stderr.flush()
+
     @contextmanager
     def progress(self, transient: bool = True) -> Iterator[Any]:
         """A rich Progress on stderr for long work (hidden when quiet or not a terminal)."""

@@ -27,6 +27,8 @@ from pydantic import (
 
 from nimbuild.errors import NimbuildError
 from nimbuild.fsutil import json_digest
+from nimbuild.thresholds import PRECISIONS as GATED_PRECISIONS
+from nimbuild.thresholds import GateThresholds
 
 PRECISIONS = ("fp32", "fp16", "fp8", "int8")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
@@ -115,7 +117,8 @@ class Thresholds(_Strict):
 
     ``fp16``/``fp8``/``int8`` (optional) override some metrics for that precision's graph and
     engines only, e.g. ``fp8: {top1: 0.75}``; they are left out of ``model_dump()`` (the
-    recipe-wide metrics), see ``for_precision``.
+    recipe-wide metrics). Resolved once, when the recipe is read, into one typed
+    :class:`nimbuild.thresholds.GateThresholds` per precision (``by_precision``).
     """
 
     top1: float | None = Field(default=0.95, ge=0.0, le=1.0)
@@ -127,13 +130,32 @@ class Thresholds(_Strict):
     fp8: PrecisionThresholds | None = Field(default=None, exclude=True)
     int8: PrecisionThresholds | None = Field(default=None, exclude=True)
 
-    def for_precision(self, precision: str) -> dict[str, float | None]:
-        """The metrics that judge ``precision``: recipe-wide, with that precision's overrides."""
-        merged = self.model_dump()
-        own = getattr(self, precision, None) if precision in ("fp16", "fp8", "int8") else None
-        if own is not None:
-            merged.update(own.model_dump(exclude_unset=True))
-        return merged
+    _resolved: dict[str, GateThresholds] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        wide = self.model_dump()
+        resolved = {}
+        for precision in GATED_PRECISIONS:
+            merged = dict(wide)
+            own = getattr(self, precision, None) if precision in ("fp16", "fp8", "int8") else None
+            if own is not None:
+                merged.update(own.model_dump(exclude_unset=True))
+            resolved[precision] = GateThresholds.from_mapping(merged)
+        self._resolved = resolved
+
+    @property
+    def recipe_wide(self) -> GateThresholds:
+        """The recipe-wide bars (what judges fp32, and every precision without overrides of its own)."""
+        return self._resolved["fp32"]
+
+    @property
+    def by_precision(self) -> dict[str, GateThresholds]:
+        """{precision: the bars that judge its graph and engines}: recipe-wide, with that precision's overrides."""
+        return dict(self._resolved)
+
+    def for_precision(self, precision: str) -> GateThresholds:
+        """The bars that judge ``precision`` (an unknown precision: the recipe-wide ones)."""
+        return self._resolved.get(precision, self.recipe_wide)
 
 
 class Serving(_Strict):

@@ -32,6 +32,7 @@ from nimbuild.builder.engines.reproduce import reproduce_script
 from nimbuild.errors import NimbuildError
 from nimbuild.fsutil import sha256_file
 from nimbuild.output import Output
+from nimbuild.thresholds import GateThresholds
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_RECIPE = REPO / "recipes" / "example-tiny.yaml"
@@ -564,10 +565,10 @@ def test_feeds_fit_the_profile_and_chunking_does_not_change_the_verdict(tmp_path
                 assert 2 <= b <= 3 and 8 <= s <= 64 and chunk["feed"][name].dtype == np.int64
     seam = FakeSeam()
     fp32 = export_dir / "onnx" / "fp32" / "model.onnx"
-    chunked = seam.check_engine(export_dir / "onnx" / "fp16" / "model.onnx", fp32, feeds, {"top1": 0.95})
+    chunked = seam.check_engine(export_dir / "onnx" / "fp16" / "model.onnx", fp32, feeds, GateThresholds(top1=0.95))
     big = load_recipe(write_recipe(tmp_path / "r2"))
     whole, _ = evaluation_feeds(big, plan_engines(big, skus.lookup("h100-sxm"), export_dir))
-    unchunked = seam.check_engine(export_dir / "onnx" / "fp16" / "model.onnx", fp32, whole, {"top1": 0.95})
+    unchunked = seam.check_engine(export_dir / "onnx" / "fp16" / "model.onnx", fp32, whole, GateThresholds(top1=0.95))
     assert chunked["gate"]["metrics"] == pytest.approx(unchunked["gate"]["metrics"], abs=1e-6)
     assert chunked["gate"]["passed"] and unchunked["gate"]["passed"]
 

@@ -20,9 +20,10 @@ from nimbuild.builder.precision import build_precisions  # noqa: E402
 from nimbuild.builder.precision.common import cpu_session  # noqa: E402
 from nimbuild.errors import NimbuildError  # noqa: E402
 from nimbuild.output import Output  # noqa: E402
+from nimbuild.thresholds import GateThresholds, uniform  # noqa: E402
 
 # report every metric, judge none: used where a test checks a graph's structure, not the gate
-UNJUDGED = {"top1": None, "spearman": None, "kendall": None, "ndcg10": None, "max_abs_logit": None}
+UNJUDGED = uniform(GateThresholds())  # every metric reported, none judged
 RECIPE_DEFAULTS = {"top1": 0.95, "spearman": 0.95, "ndcg10": 0.98}
 
 
@@ -229,17 +230,14 @@ def test_int8_graph_is_fused_and_quantized(built):
 
 def test_the_example_recipe_judges_fp8_by_its_own_bars_and_the_honest_graph_meets_them(built, example_recipe):
     from nimbuild.builder.gate import judge
-    from nimbuild.builder.precision import thresholds_for
     from nimbuild.recipe import load_recipe
 
     thresholds = load_recipe(example_recipe).thresholds
-    fp8 = thresholds_for(thresholds, "fp8")
-    assert fp8["top1"] < RECIPE_DEFAULTS["top1"] and fp8["ndcg10"] == RECIPE_DEFAULTS["ndcg10"]
-    for other in ("fp16", "int8"):
-        assert thresholds_for(thresholds, other) == thresholds.model_dump()
-    # a mapping works the same way (tests and benchmarks pass dicts)
-    assert thresholds_for({"top1": 0.9, "fp8": {"top1": 0.5}}, "fp8") == {"top1": 0.5}
-    assert thresholds_for({"top1": 0.9, "fp8": {"top1": 0.5}}, "fp16") == {"top1": 0.9}
+    fp8 = thresholds.for_precision("fp8")  # resolved once, when the recipe was read
+    assert fp8.top1 is not None and fp8.top1 < RECIPE_DEFAULTS["top1"] and fp8.ndcg10 == RECIPE_DEFAULTS["ndcg10"]
+    for other in ("fp32", "fp16", "int8"):
+        assert thresholds.for_precision(other).to_dict() == thresholds.model_dump()
+    assert thresholds.by_precision["fp8"] == fp8 and thresholds.recipe_wide == thresholds.for_precision("fp32")
     _, report = built
     verdict = judge(report["fp8"]["gate"]["metrics"], fp8)
     assert verdict.passed, verdict.failures
@@ -276,7 +274,7 @@ def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(
         calibration=example_data["encoded"],
         evaluation=example_data["encoded"],
         reference=example_data["reference"],
-        thresholds=load_recipe(example_recipe).thresholds,
+        thresholds=load_recipe(example_recipe).thresholds.by_precision,
         out=Output(),
         config_dir=exported_copy / "tokenizer",
     )
@@ -314,7 +312,7 @@ def test_too_few_calibration_pairs_is_an_error_that_says_how_many(exported_copy,
             calibration=few,
             evaluation=example_data["encoded"],
             reference=example_data["reference"],
-            thresholds=None,
+            thresholds=UNJUDGED,
             out=Output(quiet=True),
         )
     with pytest.raises(NimbuildError, match="at least 32"):
@@ -327,7 +325,7 @@ def test_too_few_calibration_pairs_is_an_error_that_says_how_many(exported_copy,
             calibration=[],
             evaluation=example_data["encoded"],
             reference=example_data["reference"],
-            thresholds=None,
+            thresholds=UNJUDGED,
             out=Output(quiet=True),
         )
     assert not (exported_copy / "onnx" / "fp16").exists() and not (exported_copy / "onnx" / "fp8").exists()
@@ -386,7 +384,7 @@ def test_fp16_keeps_overflowing_nodes_in_fp32_and_fp8_without_matmul_is_skipped(
         calibration=feeds,
         evaluation=feeds,
         reference=reference,
-        thresholds={"top1": 1.0, "spearman": 0.99, "max_abs_logit": 0.5},
+        thresholds=uniform(GateThresholds(top1=1.0, spearman=0.99, max_abs_logit=0.5)),
         out=out,
     )
     assert report["fp8"]["status"] == "skipped" and "MatMul" in report["fp8"]["reason"]
@@ -448,7 +446,7 @@ def test_int8_on_a_cpu_without_int8_kernels_is_skipped_and_the_rest_builds(tmp_p
         calibration=feeds,
         evaluation=feeds,
         reference=reference,
-        thresholds={"top1": 1.0},
+        thresholds=uniform(GateThresholds(top1=1.0)),
         out=Output(quiet=True),
     )
     assert report["int8"]["status"] == "skipped"

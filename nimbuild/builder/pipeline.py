@@ -27,6 +27,7 @@ from nimbuild.export_layout import (
     write_export_report,
 )
 from nimbuild.output import Output
+from nimbuild.thresholds import GateThresholds
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -111,16 +112,12 @@ def _toolchain() -> dict[str, str]:
     return versions
 
 
-def _fp32_thresholds(recipe_thresholds: Any, reference: Sequence[np.ndarray]) -> dict:
+def _fp32_thresholds(recipe_wide: GateThresholds, reference: Sequence[np.ndarray]) -> GateThresholds:
     """FP32 must match PyTorch: the recipe's ranking thresholds plus max |Δlogit| <= 1e-4 * max(1, |logit|)."""
     from nimbuild.builder.export import FP32_TOLERANCE
-    from nimbuild.builder.gate import thresholds_dict
 
-    th = thresholds_dict(recipe_thresholds)
     scale = max(1.0, max(float(np.max(np.abs(r))) for r in reference))
-    limit = FP32_TOLERANCE * scale
-    th["max_abs_logit"] = limit if th["max_abs_logit"] is None else min(th["max_abs_logit"], limit)
-    return th
+    return recipe_wide.tightened(max_abs_logit=FP32_TOLERANCE * scale)
 
 
 def run_export(
@@ -201,7 +198,7 @@ def run_export(
                 session,
                 encoded,
                 reference,
-                _fp32_thresholds(recipe.thresholds, reference),
+                _fp32_thresholds(recipe.thresholds.for_precision("fp32"), reference),
                 max_batch=recipe.shapes.batch.max,
                 notes=notes,
             )
@@ -240,7 +237,7 @@ def run_export(
                 "pairs": int(sum(len(g.passages) for g in groups)),
                 "synthetic": pairs_path is None,
             },
-            "thresholds": gate_mod.thresholds_dict(recipe.thresholds),
+            "thresholds": recipe.thresholds.recipe_wide.to_dict(),
             "toolchain": _toolchain(),
             "precisions": {
                 "fp32": {
@@ -317,7 +314,7 @@ def _build_precisions(
         calibration=calibration,
         evaluation=evaluation,
         reference=ref,
-        thresholds=recipe.thresholds,
+        thresholds=recipe.thresholds.by_precision,
         out=out,
         config_dir=tokenizer_dir(stage),
     )

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from nimbuild.fsutil import write_json
+from nimbuild.output import Output
 
 # Words of recipes/pairs/example-tiny.jsonl plus common English, one a line: the tiny vocabularies cover them.
 WORDS_FILE = Path(__file__).resolve().parents[1] / "data" / "tiny_words.txt"
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-positions", type=int, default=512)
     args = parser.parse_args(argv)
     path = build_tiny_model(args.out, args.arch, seed=args.seed, max_positions=args.max_positions)
-    print(path)
+    Output().line(str(path))
     return 0
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from nimbuild.builder.engines.build import EnginesResult
+    from nimbuild.builder.engines.plan import EnginePlan
+    from nimbuild.output import Output
 
 from nimbuild.cli.options import JsonOpt, QuietOpt
 
@@ -92,10 +98,10 @@ def engines(
         recipe, gpu, out_dir, out, dry_run=dry_run, options=options, timing_cache=timing_cache, force=rebuild
     )
     if isinstance(result, EnginePlan):
-        out.emit({"dry_run": True, **result.to_dict()}, lambda o: _print_plan(o, result))
+        out.emit({"dry_run": True, **result.to_dict()}, functools.partial(_print_plan, plan=result))
         return
     assert isinstance(result, EnginesResult)
-    out.emit(result.to_dict(), lambda o: _print_results(o, result))
+    out.emit(result.to_dict(), functools.partial(_print_results, result=result))
     if result.fragment is None:
         raise NimbuildError(
             f"no engine for {result.plan.sku.slug} passed: "
@@ -104,7 +110,7 @@ def engines(
         )
 
 
-def _print_plan(o, plan) -> None:
+def _print_plan(o: Output, plan: EnginePlan) -> None:
     sku = plan.sku
     o.line(f"Engine plan for {plan.model} on {sku.canonical} ({sku.slug}, compute capability {sku.compute_capability})")
     opts = plan.options
@@ -135,7 +141,7 @@ def _print_plan(o, plan) -> None:
         o.line(f"note: {note}")
 
 
-def _print_results(o, result) -> None:
+def _print_results(o: Output, result: EnginesResult) -> None:
     plan = result.plan
     o.line(f"Engines for {plan.model} on {result.gpu.name} [{result.gpu.pci_device_id}], TensorRT {result.trt_version}")
     for r in result.results:

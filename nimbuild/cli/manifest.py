@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from nimbuild.manifest import Manifest
+    from nimbuild.output import Output
 
 from nimbuild.cli.options import JsonOpt, QuietOpt
 
@@ -22,7 +27,7 @@ manifest_app = typer.Typer(
 ManifestArg = Annotated[Path, typer.Argument(help="A manifest.yaml.", show_default=False)]
 
 
-def _summary(m) -> list[dict]:
+def _summary(m: Manifest) -> list[dict[str, Any]]:
     return [
         {
             "id": p.id,
@@ -38,7 +43,7 @@ def _summary(m) -> list[dict]:
     ]
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -73,16 +78,15 @@ def build(
     out = Output(json_mode=json_mode, quiet=quiet)
     m, path = build_manifest(export_dir, fragment or [], out_path, discover=not no_discover)
     rows = _summary(m)
-    out.emit(
-        {"manifest": str(path), "profiles": rows},
-        lambda o: (
-            o.table(
-                ["id", "name", "files", "size"],
-                [(r["id"], r["name"], r["files"], _size(r["size_bytes"])) for r in rows],
-            ),
-            o.line(f"wrote {path} ({len(rows)} profiles)"),
-        ),
+    out.emit({"manifest": str(path), "profiles": rows}, functools.partial(_print_built, path=path, rows=rows))
+
+
+def _print_built(o: Output, path: Path, rows: list[dict[str, Any]]) -> None:
+    o.table(
+        ["id", "name", "files", "size"],
+        [(r["id"], r["name"], r["files"], _size(r["size_bytes"])) for r in rows],
     )
+    o.line(f"wrote {path} ({len(rows)} profiles)")
 
 
 @manifest_app.command("merge")

@@ -26,8 +26,6 @@ def check(
 
     Example: nimbuild recipe check recipes/example-tiny.yaml recipes/ms-marco-minilm-l6.yaml
     """
-    import sys
-
     from nimbuild.errors import NimbuildError
     from nimbuild.output import Output
     from nimbuild.recipe import load_recipe
@@ -70,7 +68,7 @@ def check(
     out.emit(data, human)
     if errors:
         for e in errors:
-            sys.stderr.write(f"error: {e['error']}\n")
+            out.error(e["error"])
         raise typer.Exit(1)
 
 

@@ -41,6 +41,7 @@ from nimbuild.errors import NimbuildError
 from nimbuild.export_layout import find_export_report, graph_path
 from nimbuild.fsutil import json_digest, sha256_file, staging_dir, write_json
 from nimbuild.output import Output
+from nimbuild.thresholds import GateThresholds
 
 if TYPE_CHECKING:
     from nimbuild.builder.engines.trt_seam import TensorRTInfo
@@ -55,7 +56,7 @@ class EngineSeam(Protocol):
     def build_engine(self, graph: Path, engine_path: Path, config_args: Mapping[str, Any]) -> None: ...
 
     def check_engine(
-        self, engine_path: Path, reference_onnx: Path, feeds: Sequence[QueryFeeds], thresholds: Mapping[str, Any]
+        self, engine_path: Path, reference_onnx: Path, feeds: Sequence[QueryFeeds], thresholds: GateThresholds
     ) -> dict[str, Any]: ...
 
     def measure_latency(self, engine_path: Path, feed: Mapping[str, Any]) -> dict[str, Any]: ...
@@ -126,21 +127,13 @@ def engine_tags(plan: EnginePlan, trt: TensorRTInfo, model_revision: str, precis
     )
 
 
-def _thresholds_dict(thresholds: Any, precision: str) -> dict[str, Any]:
-    """The thresholds that judge ``precision``'s engine: the same as its ONNX graph's."""
-    from nimbuild.builder.gate import thresholds_dict
-    from nimbuild.builder.precision import thresholds_for
-
-    return thresholds_dict(thresholds_for(thresholds, precision))
-
-
 @dataclass(frozen=True)
 class _CheckInputs:
     """What every engine is checked with: the FP32 reference graph, the pairs' feeds, the thresholds."""
 
     reference: Path
     feeds: list[QueryFeeds]
-    thresholds: dict[str, Any]
+    thresholds: GateThresholds
     key: dict[str, Any]
 
 
@@ -180,9 +173,9 @@ def build_engines(
     feeds, pairs_sha = evaluation_feeds(recipe, plan)
     reference_digest = graph_digest(reference)
 
-    def checking_for(precision: str) -> _CheckInputs:  # per precision: the recipe may judge fp8 by its own thresholds
-        thresholds = _thresholds_dict(recipe.thresholds, precision)
-        return _CheckInputs(reference, feeds, thresholds, check_key(reference_digest, pairs_sha, thresholds))
+    def checking_for(precision: str) -> _CheckInputs:  # its ONNX graph's bars: the recipe may judge fp8 by its own
+        thresholds = recipe.thresholds.for_precision(precision)
+        return _CheckInputs(reference, feeds, thresholds, check_key(reference_digest, pairs_sha, thresholds.to_dict()))
 
     plan.timing_cache.parent.mkdir(parents=True, exist_ok=True)
 

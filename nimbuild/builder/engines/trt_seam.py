@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError, debug_enabled
+from nimbuild.thresholds import GateThresholds
 
 LATENCY_WARMUP = 10
 LATENCY_ITERATIONS = 50
@@ -166,7 +167,7 @@ def compare_on_pairs(
     reference_runner: Any,
     candidate_runner: Any,
     feeds: Sequence[Sequence[Mapping[str, Any]]],
-    thresholds: Mapping[str, Any],
+    thresholds: GateThresholds,
 ) -> dict[str, Any]:
     """Run both runners through Polygraphy's Comparator and judge the candidate's rankings.
 
@@ -225,7 +226,10 @@ def _load_engine(engine_path: Path):
 
 
 def check_engine(
-    engine_path: Path, reference_onnx: Path, feeds: Sequence[Sequence[Mapping[str, Any]]], thresholds: Mapping[str, Any]
+    engine_path: Path,
+    reference_onnx: Path,
+    feeds: Sequence[Sequence[Mapping[str, Any]]],
+    thresholds: GateThresholds,
 ) -> dict[str, Any]:
     """The engine (TrtRunner) against ONNX Runtime on the FP32 graph (CPU), judged by the ranking gate."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx

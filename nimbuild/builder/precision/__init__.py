@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,12 @@ from nimbuild.export_layout import (
     tokenizer_dir,
 )
 from nimbuild.fsutil import staging_dir
+from nimbuild.thresholds import GateThresholds
 
 # The precisions built here, beside fp32 (their folders under OUT/onnx/: nimbuild.export_layout.PRECISION_DIRS)
 PRECISIONS = ("fp16", "fp8", "int8")
 
-__all__ = ["PRECISIONS", "build_precisions", "thresholds_for", "build_fp16", "build_fp8", "build_cpu_int8"]
+__all__ = ["PRECISIONS", "build_precisions", "build_fp16", "build_fp8", "build_cpu_int8"]
 
 
 def build_fp16(fp32_path, out_path, calibration=None) -> dict:
@@ -73,18 +75,6 @@ class _Rejected(Exception):
 
 class _Unsupported(Exception):
     """This precision cannot be had for this model or this machine (skipped with the reason)."""
-
-
-def thresholds_for(thresholds: Any, precision: str) -> Any:
-    """The gate thresholds for one precision: the recipe's ``Thresholds.for_precision``, or a mapping
-    whose ``fp16``/``fp8``/``int8`` entries override its metrics for that precision."""
-    if hasattr(thresholds, "for_precision"):
-        return thresholds.for_precision(precision)
-    if isinstance(thresholds, dict):
-        merged = {k: v for k, v in thresholds.items() if k not in PRECISIONS}
-        merged.update(thresholds.get(precision) or {})
-        return merged
-    return thresholds
 
 
 def _check_pairs(name: str, queries, need: int) -> int:
@@ -171,7 +161,7 @@ def build_precisions(
     calibration: list[dict[str, np.ndarray]],
     evaluation: list[dict[str, np.ndarray]],
     reference: list[np.ndarray],
-    thresholds: Any,
+    thresholds: Mapping[str, GateThresholds],
     out,
     int8_mode: str = "dynamic",
     config_dir: Path | None = None,
@@ -180,7 +170,7 @@ def build_precisions(
 
     ``calibration``/``evaluation``: per query, the encoded feeds for its passages (int64,
     named as the graph inputs); ``reference``: the PyTorch FP32 scores per evaluation query.
-    ``thresholds``: the recipe's (with its per-precision overrides, see ``thresholds_for``).
+    ``thresholds``: {precision: its bars} (the recipe's ``thresholds.by_precision``; ``nimbuild.thresholds.uniform``).
     ``fp32`` in ``precisions`` is ignored (the export writes it). Entries are keyed by the
     recipe's name (``fp16``, ``fp8``, ``int8``); the int8 graph lives in ``onnx/cpu-int8/``.
     """
@@ -249,7 +239,7 @@ def build_precisions(
                             f"ONNX Runtime (CPU) cannot run the {name} graph, so it cannot be gated: "
                             f"{str(exc).splitlines()[0][:300]}"
                         ) from exc
-                    gate = run_gate(session, evaluation, reference, thresholds_for(thresholds, name))
+                    gate = run_gate(session, evaluation, reference, thresholds[name])
                     entry["gate"] = gate.to_dict()
                     if not gate.passed:
                         raise _Rejected(gate)
