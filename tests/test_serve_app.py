@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
-from test_serve_support import MAX_SEQ, MODEL, ort_scores, served_export
+from serve_support import MAX_SEQ, MODEL, ort_scores, served_export
 
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import load_manifest

@@ -11,7 +11,7 @@ import time
 
 import httpx
 import pytest
-from test_serve_support import MODEL, ort_scores, served_export
+from serve_support import MODEL, ort_scores, served_export
 
 from nimbuild.runtime.serve.backends.triton import free_port
 
