@@ -274,7 +274,8 @@ def main(argv=None) -> int:
     print(
         f"server RSS {result['rss_kib']['before'] / 1024:.1f} MiB -> {result['rss_kib']['after'] / 1024:.1f} MiB "
         f"({result['rss_kib']['growth']:+.1%}; MiB after each slice: "
-        f"{', '.join(f'{v / 1024:.1f}' for v in result['rss_kib']['trace'])}); exit code {result['exit_code']}; load: {result['load_after']}"
+        f"{', '.join(f'{v / 1024:.1f}' for v in result['rss_kib']['trace'])}); "
+        f"exit code {result['exit_code']}; load: {result['load_after']}"
     )
     for name, ok in checks.items():
         print(f"  [{'ok' if ok else 'FAIL'}] {name}")

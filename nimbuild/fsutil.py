@@ -27,7 +27,7 @@ def _umask() -> int:
     return mask
 
 
-def _public(path: str | os.PathLike, mode: int) -> None:
+def _public(path: str | os.PathLike[str], mode: int) -> None:
     """mkstemp/mkdtemp make private (0600/0700) entries; give them the usual umask-based mode.
 
     Artifacts are read by other users (a serving image's non-root user, CI jobs):
@@ -36,7 +36,7 @@ def _public(path: str | os.PathLike, mode: int) -> None:
     os.chmod(path, mode & ~_umask())
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, rename it over ``path``."""
     path = Path(path)
     if path.is_dir():  # say so plainly, before os.replace fails naming the temp file
@@ -56,12 +56,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 @contextmanager
-def staging_dir(final: str | os.PathLike) -> Iterator[Path]:
+def staging_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     """A temp folder beside ``final``; on success it replaces ``final``, on failure it is removed.
 
     ``final`` must not exist or be a folder that the caller means to replace.

@@ -39,7 +39,7 @@ class FileEntry:
     sha256: str
     size: int
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"uri": self.uri, "sha256": self.sha256, "size": self.size}
 
 
@@ -51,10 +51,10 @@ class Profile:
     name: str
     tags: dict[str, str]
     files: dict[str, FileEntry] = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)  # keys of other v2 writers, kept as they were
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of other v2 writers, kept as they were
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
@@ -73,11 +73,21 @@ class Manifest:
     """A set of profiles, the folder their paths are relative to, and nimbuild's header."""
 
     profiles: list[Profile]
-    header: dict = field(default_factory=dict)
+    header: dict[str, Any] = field(default_factory=dict)
     root: Path | None = None
     source: Path | None = None  # the file it was read from (for messages)
     selection_criteria: str = SELECTION_CRITERIA
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        """The folder its paths are relative to; a manifest built in memory and never written has none."""
+        if self.root is None:
+            raise NimbuildError(
+                f"{self.source or 'manifest'}: has no folder for its files' paths",
+                hint="read it with nimbuild.manifest.load_manifest, or write it first",
+            )
+        return self.root
 
     def by_id(self, pid: str) -> Profile | None:
         return next((p for p in self.profiles if p.id == pid), None)
@@ -85,7 +95,7 @@ class Manifest:
     def by_name(self, name: str) -> Profile | None:
         return next((p for p in self.profiles if p.name == name), None)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "profile_selection_criteria": self.selection_criteria,
@@ -107,7 +117,7 @@ def sorted_data(obj: Any) -> Any:
     return obj
 
 
-def file_entry(root: str | os.PathLike, relpath: str) -> FileEntry:
+def file_entry(root: str | os.PathLike[str], relpath: str) -> FileEntry:
     """The entry for an artifact under ``root``: its sha256 and size (path-safety checked)."""
     norm = check_relpath(relpath)
     path = safe_join(root, norm)
@@ -124,18 +134,20 @@ def file_entry(root: str | os.PathLike, relpath: str) -> FileEntry:
 class _UniqueKeyLoader:
     """A yaml SafeLoader that rejects a key given twice in one mapping (yaml keeps the last silently)."""
 
-    _cls = None
+    _cls: type | None = None
 
     @classmethod
-    def get(cls):
+    def get(cls) -> type:
         if cls._cls is None:
             import yaml
 
-            class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml: ~5x faster
+            base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~5x faster
+
+            class Loader(base):  # type: ignore[misc]  # a SafeLoader, chosen at run time
                 pass
 
-            def construct_mapping(loader, node, deep=False):
-                seen = set()
+            def construct_mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+                seen: set[object] = set()
                 for key_node, _ in node.value:
                     key = loader.construct_object(key_node, deep=deep)
                     if isinstance(key, (str, int, float, bool)) and key in seen:
@@ -349,7 +361,7 @@ def parse_manifest(
     )
 
 
-def load_manifest(path: str | os.PathLike, *, check_ids: bool = True) -> Manifest:
+def load_manifest(path: str | os.PathLike[str], *, check_ids: bool = True) -> Manifest:
     """Read and check a manifest: safe YAML, its shape, every ID, every path.
 
     Any problem is a NimbuildError naming the file, the profile and the field.
@@ -415,7 +427,7 @@ def _relocate(old_root: Path, rel: str, new_root: Path, p: Profile) -> str:
     return new_rel
 
 
-def write_manifest(manifest: Manifest, path: str | os.PathLike) -> None:
+def write_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
     """Write atomically, with deterministic bytes; paths are made relative to the new file's folder.
 
     Refuses (NimbuildError) a manifest whose IDs do not match its tags, whose

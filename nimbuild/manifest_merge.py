@@ -17,11 +17,11 @@ from nimbuild.errors import NimbuildError
 from nimbuild.manifest import HEADER_KEY, SELECTION_CRITERIA, Manifest, Profile, rebase_profiles, sorted_data
 
 
-def _version_key(v: str) -> tuple:
+def _version_key(v: str) -> tuple[int | str, ...]:
     return tuple(int(x) if x.isdigit() else x for x in re.split(r"[.+-]", str(v)))
 
 
-def _merge_headers(manifests: list[Manifest]) -> dict:
+def _merge_headers(manifests: list[Manifest]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for m in manifests:
@@ -63,7 +63,7 @@ def _metrics_key(p: Profile) -> str:
     return json.dumps(sorted_data(p.metrics), sort_keys=True, default=str)
 
 
-def merge_manifests(manifests: Iterable[Manifest], root: str | os.PathLike | None = None) -> Manifest:
+def merge_manifests(manifests: Iterable[Manifest], root: str | os.PathLike[str] | None = None) -> Manifest:
     """One manifest holding every profile of ``manifests``.
 
     Order-independent and idempotent: profiles are keyed by ID, and the same ID
@@ -114,7 +114,7 @@ def merge_manifests(manifests: Iterable[Manifest], root: str | os.PathLike | Non
             f"manifests disagree on profile_selection_criteria: {sorted(criteria)}",
             hint=f"use {SELECTION_CRITERIA!r} everywhere",
         )
-    extra: dict = {}
+    extra: dict[str, Any] = {}
     for m in manifests:
         for k, v in m.extra.items():
             if k in extra and sorted_data(extra[k]) != sorted_data(v):

@@ -50,7 +50,7 @@ def check_relpath(relpath: object, where: str = "") -> str:
     return norm
 
 
-def safe_join(root: str | os.PathLike, relpath: str, where: str = "") -> Path:
+def safe_join(root: str | os.PathLike[str], relpath: str, where: str = "") -> Path:
     """``root/relpath``, refusing absolute paths, '..' and symlinks that lead out of ``root``."""
     norm = check_relpath(relpath, where)
     root = Path(root)

@@ -14,7 +14,7 @@ from nimbuild.profiles import profile_id
 
 
 def verify_profile(
-    manifest: Manifest, profile: Profile, check_files: bool = True, _hashes: dict | None = None
+    manifest: Manifest, profile: Profile, check_files: bool = True, _hashes: dict[str, str] | None = None
 ) -> list[str]:
     """Problems of one profile: its ID against its tags, and each file's sha256 and size."""
     problems = []

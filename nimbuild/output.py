@@ -10,9 +10,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nimbuild.fsutil import json_text
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class Output:
@@ -21,12 +24,12 @@ class Output:
     def __init__(self, json_mode: bool = False, quiet: bool = False):
         self.json_mode = json_mode
         self.quiet = quiet
-        self._console = None
-        self._err_console = None
+        self._console: Console | None = None
+        self._err_console: Console | None = None
 
     # rich is imported lazily: `list-model-profiles --json` should not pay for it.
     @property
-    def console(self):
+    def console(self) -> Console:
         if self._console is None:
             from rich.console import Console
 
@@ -36,7 +39,7 @@ class Output:
         return self._console
 
     @property
-    def err_console(self):
+    def err_console(self) -> Console:
         if self._err_console is None:
             from rich.console import Console
 

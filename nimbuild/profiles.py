@@ -13,8 +13,12 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nimbuild.errors import NimbuildError
+
+if TYPE_CHECKING:
+    from nimbuild.skus import Sku
 
 BACKENDS = ("tensorrt", "onnx")
 DEVICES = ("gpu", "cpu")
@@ -102,7 +106,9 @@ def profile_name(tags: Mapping[str, str]) -> str:
     return "-".join(p for p in parts if p)
 
 
-def _common(model: str, model_revision: str, precision: str, max_batch_size, max_sequence_length) -> dict[str, str]:
+def _common(
+    model: str, model_revision: str, precision: str, max_batch_size: int, max_sequence_length: int
+) -> dict[str, str]:
     if precision not in PRECISIONS:
         raise NimbuildError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
     if not model:
@@ -133,9 +139,9 @@ def tensorrt_profile_tags(
     model: str,
     model_revision: str,
     precision: str,
-    sku,
+    sku: Sku | str,
     trt_version: str,
-    cuda_major_version,
+    cuda_major_version: str | int,
     max_batch_size: int,
     max_sequence_length: int,
     gpu_count: int = 1,
@@ -150,8 +156,8 @@ def tensorrt_profile_tags(
     """
     from nimbuild import skus
 
-    if not hasattr(sku, "canonical"):
-        sku = skus.lookup(str(sku))
+    if isinstance(sku, str):
+        sku = skus.lookup(sku)
     if precision == "fp8" and not sku.fp8:
         raise NimbuildError(
             f"FP8 needs compute capability >= 8.9; {sku.canonical} has {sku.compute_capability}",

@@ -235,7 +235,8 @@ def test_the_static_import_check_sees_lazy_and_relative_imports(tmp_path):
 
 def test_the_model_store_loads_nothing_heavy(tmp_path):
     modules, proc = _loaded(
-        "import nimbuild.runtime.model_store, nimbuild.runtime.triton_repo.writing, nimbuild.runtime.triton_repo.serving_overrides",
+        "import nimbuild.runtime.model_store, nimbuild.runtime.triton_repo.writing, "
+        "nimbuild.runtime.triton_repo.serving_overrides",
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr

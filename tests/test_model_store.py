@@ -154,7 +154,8 @@ def test_create_model_store_path_imports_no_onnx_and_no_tritonclient(export, tmp
 import sys, json
 from nimbuild.runtime.model_store import create_model_store
 made = create_model_store({str(export)!r}, {CPU!r}, {str(tmp_path / "store")!r}, env={{}})
-heavy = sorted(m for m in ('onnx', 'torch', 'transformers', 'tritonclient', 'polygraphy', 'tensorrt') if m in sys.modules)
+heavy = ('onnx', 'torch', 'transformers', 'tritonclient', 'polygraphy', 'tensorrt')
+heavy = sorted(m for m in heavy if m in sys.modules)
 print(json.dumps({{"heavy": heavy, "model": made.model_name}}))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

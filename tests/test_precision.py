@@ -100,7 +100,7 @@ def test_every_precision_is_written_gated_and_runs(built, example_data):
         assert "onnxruntime" in entry["tool"] and entry["seconds"] >= 0
         # it runs in ONNX Runtime on the CPU and still ranks like the reference (sanity, well below the gate)
         scores = _scores(export_dir / entry["path"], example_data, fp8=(name == "fp8"))
-        rho = np.mean([_spearman(r, s) for r, s in zip(example_data["reference"], scores)])
+        rho = np.mean([_spearman(r, s) for r, s in zip(example_data["reference"], scores, strict=True)])
         assert rho > 0.8, (name, rho)
         assert gate["metrics"]["spearman"] == pytest.approx(rho, abs=0.02)
     # no staging leftovers beside the graphs, and modes like the FP32 export's (not mkdtemp's 0700)
@@ -119,7 +119,6 @@ def test_fp16_graph_keeps_fragile_ops_and_io_in_fp32(built):
     inputs, outputs = _io_types(model)
     assert set(inputs.values()) == {onnx.TensorProto.INT64}
     assert outputs == {"logits": onnx.TensorProto.FLOAT}
-    inits = {t.name: t.data_type for t in model.graph.initializer}
     # the matrices are FP16 ...
     big = [t for t in model.graph.initializer if len(t.dims) == 2 and np.prod(t.dims) >= 32 * 32]
     assert big and all(t.data_type == onnx.TensorProto.FLOAT16 for t in big)
@@ -173,7 +172,8 @@ def test_fp8_graph_is_explicit_qdq_tensorrt_can_build(built):
 
 
 def test_fp8_quantizes_the_bmms_of_an_attention_tensorrt_fuses():
-    """ModelOpt's rule: BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2 gets FP8; anything between Softmax and BMM2 does not."""
+    """ModelOpt's rule: BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2 gets FP8;
+    anything between Softmax and BMM2 does not."""
     from onnx import TensorProto, helper
 
     from nimbuild.builder.precision.fp8 import fused_mha_bmms
@@ -420,12 +420,12 @@ def test_fp16_without_the_overflow_check_would_really_overflow(tmp_path):
     types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
     assert types["x1"] == onnx.TensorProto.FLOAT16  # holds values up to 3e5 > 65504
     scores = _toy_scores(tmp_path / "unchecked.onnx", feeds)
-    worst = max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference))
+    worst = max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference, strict=True))
     assert worst > 0.1  # not the reference any more
 
     build_fp16(fp32, tmp_path / "checked.onnx", calibration=feeds)
     scores = _toy_scores(tmp_path / "checked.onnx", feeds)
-    assert max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference)) < 1e-3
+    assert max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference, strict=True)) < 1e-3
 
 
 def test_int8_on_a_cpu_without_int8_kernels_is_skipped_and_the_rest_builds(tmp_path, monkeypatch):

@@ -719,7 +719,9 @@ def test_an_id_that_does_not_match_its_tags_is_an_error(tmp_path, capsys, monkey
 
 @pytest.fixture
 def on_disk(tmp_path):
-    """CPU INT8 + FP32 and an H100 engine, each with its own model file and a shared tokenizer (a fresh copy per test)."""
+    """CPU INT8 + FP32 and an H100 engine, each with its own model file and a shared tokenizer.
+
+    A fresh copy per test."""
     root = tmp_path / "m"
     tok = _file(root, "tokenizer/tokenizer.json", 200)
     items = {
@@ -737,7 +739,9 @@ def test_a_missing_file_makes_the_profile_not_runnable_and_selection_falls_back(
     sel = select(load_manifest(path), CPU_HOST, NO_OVERRIDES)
     assert sel.selected.id == pids["fp32"]
     assert _status(sel, pids["int8"]) == ("not_runnable", "file onnx/cpu-int8/model.onnx is missing", [])
-    assert "  - %s (cpu-int8-onnxruntime): file onnx/cpu-int8/model.onnx is missing" % pids["int8"] in startup_log(sel)
+    assert "  - {} (cpu-int8-onnxruntime): file onnx/cpu-int8/model.onnx is missing".format(
+        pids["int8"]
+    ) in startup_log(sel)
     # the hardware's verdict comes first: a GPU profile on a CPU host stays incompatible
     (path.parent / "engines/h100/model.plan").unlink()
     assert _status(select(load_manifest(path), CPU_HOST, NO_OVERRIDES), pids["h100"])[0] == "incompatible"

@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from starlette.testclient import TestClient
 from serve_support import MAX_SEQ, MODEL, ort_scores, served_export
+from starlette.testclient import TestClient
 
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import load_manifest

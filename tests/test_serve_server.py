@@ -1,4 +1,5 @@
-"""`nimbuild serve`'s own settings: a bad port or shutdown value is one `error:` line and exit 1, before any backend starts."""
+"""nimbuild.runtime.serve.server: a busy or bad port, a bad shutdown value, uvicorn failing to start:
+one `error:` line and exit 1, before any backend starts."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def test_pairs_match_transformers(tiny_tokenizers):
     arch, hf, ours = tiny_tokenizers
     rows = ours.encode(QUERY, PASSAGES, "NONE")
     assert len(rows) == len(PASSAGES)
-    for passage, row in zip(PASSAGES, rows):
+    for passage, row in zip(PASSAGES, rows, strict=True):
         ref = hf(QUERY, passage)
         assert row.ids.tolist() == ref["input_ids"], (arch, passage)
         if "token_type_ids" in ref:

@@ -1,4 +1,5 @@
-"""`nimbuild build`: every step, then a no-change rebuild that reuses everything; changes rebuild what depends on them."""
+"""nimbuild.builder.steps (`nimbuild build`): every step, then a no-change rebuild that reuses everything;
+changes rebuild what depends on them."""
 
 from __future__ import annotations
 

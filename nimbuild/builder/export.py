@@ -377,7 +377,7 @@ def check_parity(
         args = example_inputs(names, int(model.config.vocab_size), batch=b, seq=s, seed=100 + i)
         with torch.no_grad():
             ref = wrapper(*args).numpy().astype(np.float64)
-        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0].astype(np.float64)
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})[0].astype(np.float64)
         diff = float(np.max(np.abs(ref - got)))
         limit = tolerance * max(1.0, float(np.max(np.abs(ref))))
         cases.append({"batch": b, "sequence": s, "max_abs_logit": diff, "limit": limit, "passed": diff <= limit})

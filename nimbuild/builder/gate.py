@@ -123,7 +123,7 @@ def ranking_metrics(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
     if not reference:
         raise ValueError("no queries to compare")
     top1, sp, kt, nd, worst = [], [], [], [], 0.0
-    for i, (r, c) in enumerate(zip(reference, candidate)):
+    for i, (r, c) in enumerate(zip(reference, candidate, strict=True)):
         r = np.asarray(r, dtype=np.float64).reshape(-1)
         c = np.asarray(c, dtype=np.float64).reshape(-1)
         if r.shape != c.shape:

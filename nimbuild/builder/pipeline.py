@@ -7,6 +7,7 @@ that looks finished (docs/internals.md, "Export directory").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -105,10 +106,8 @@ def _toolchain() -> dict[str, str]:
             versions[pkg] = md.version(dist)
         except md.PackageNotFoundError:
             if pkg == "onnxruntime":
-                try:
+                with contextlib.suppress(md.PackageNotFoundError):
                     versions[pkg] = md.version("onnxruntime")
-                except md.PackageNotFoundError:
-                    pass
     return versions
 
 

@@ -170,8 +170,8 @@ def resolve_hub(
         if offline:
             raise NimbuildError(
                 f"model {where} is not in the Hugging Face cache {cache} and HF_HUB_OFFLINE=1",
-                hint="download it once with network access (unset HF_HUB_OFFLINE), point HF_HOME at a cache that has it, "
-                "or give a local model folder",
+                hint="download it once with network access (unset HF_HUB_OFFLINE), "
+                "point HF_HOME at a cache that has it, or give a local model folder",
             ) from None
         raise NimbuildError(
             f"model {where} could not be downloaded (no network?)",

@@ -43,7 +43,8 @@ def plan(
     if out_file is not None:
         out.emit(
             {**result.to_dict(), "out": str(out_file)},
-            f"wrote {out_file}: {len(result.jobs)} build job(s) ({', '.join(j['slug'] for j in result.jobs)}) + 1 merge",
+            f"wrote {out_file}: {len(result.jobs)} build job(s) "
+            f"({', '.join(j['slug'] for j in result.jobs)}) + 1 merge",
         )
     else:
         out.emit(result.to_dict(), result.text)

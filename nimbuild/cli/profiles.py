@@ -91,10 +91,7 @@ def _print(selection, error: Exception | None, json_mode: bool, command: str, sy
     from nimbuild.output import Output
     from nimbuild.runtime.selection import profile_lines, startup_log
 
-    if error is None:
-        lines = startup_log(selection)
-    else:
-        lines = profile_lines(selection.classified)
+    lines = startup_log(selection) if error is None else profile_lines(selection.classified)
     if system_info:
         lines = selection.host.system_info() + lines
     Output(json_mode=json_mode).emit(_document(selection, error, command), "\n".join(lines))
@@ -105,7 +102,10 @@ def list_model_profiles(
 ) -> None:
     """List the manifest's profiles as this host sees them, and the one it would select.
 
-    Prints SYSTEM INFO (the GPUs seen, or "no GPU" and why), then the profiles in three groups (runnable; compatible but not runnable; incompatible, each with its reason), then the selected profile and its metadata. Works without a GPU, NVML or TensorRT. Honours NIM_MODEL_PROFILE, NIM_TAGS_SELECTOR, NIM_CACHE_PATH and NIM_CPU_ONLY.
+    Prints SYSTEM INFO (the GPUs seen, or "no GPU" and why), then the profiles in three groups
+    (runnable; compatible but not runnable; incompatible, each with its reason), then the selected
+    profile and its metadata. Works without a GPU, NVML or TensorRT. Honours NIM_MODEL_PROFILE,
+    NIM_TAGS_SELECTOR, NIM_CACHE_PATH and NIM_CPU_ONLY.
 
     Example: nimbuild list-model-profiles --manifest out/example-tiny/manifest.yaml --assume-gpu h100-sxm
     """
@@ -118,7 +118,8 @@ def list_model_profiles(
 def select_profile(manifest: ManifestOpt = None, json_mode: JsonOpt = False, assume_gpu: AssumeGpuOpt = None) -> None:
     """Make the decision `nimbuild serve` will make and print it as its startup log.
 
-    Exit 0 with a selected profile; exit 1 with the reason when none can be selected (nothing runnable, or an override that names nothing or a profile this host cannot run).
+    Exit 0 with a selected profile; exit 1 with the reason when none can be selected (nothing
+    runnable, or an override that names nothing or a profile this host cannot run).
 
     Example: NIM_MODEL_PROFILE=onnx-fp16-triton-onnxruntime nimbuild select -m out/example-tiny/manifest.yaml --json
     """

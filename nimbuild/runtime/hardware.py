@@ -13,6 +13,7 @@ still listed, so that SYSTEM INFO shows what is being ignored.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -56,7 +57,8 @@ class Gpu:
             if self.memory_known
             else ", memory unknown"
         )
-        return f"[{self.pci_device_id}] ({self.index}) {self.name}{known}, compute capability {self.compute_capability}{memory}"
+        where = f"[{self.pci_device_id}] ({self.index}) {self.name}{known}"
+        return f"{where}, compute capability {self.compute_capability}{memory}"
 
     def to_dict(self) -> dict[str, Any]:
         sku = self.sku
@@ -213,10 +215,8 @@ def _detect_gpus() -> Host:
             )
         gpus = [gpu for i in range(count) if (gpu := _query_gpu(pynvml, i, notes)) is not None]
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
     if not gpus:
         reason = "NVML found no GPU" if count == 0 else "NVML could not describe any GPU"
         return Host(gpus=[], cpu_only_reason=reason, driver_version=driver, cuda_driver_version=cuda, notes=notes)

@@ -13,12 +13,17 @@ the manifest at ``<relpath>`` is cached at ``$NIM_CACHE_PATH/<relpath>``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from nimbuild.errors import NimbuildError
 from nimbuild.runtime.settings import read_settings
+
+if TYPE_CHECKING:
+    from nimbuild.manifest import FileEntry, Manifest, Profile
+    from nimbuild.output import Output
 
 
 @dataclass
@@ -37,7 +42,7 @@ class MaterializedStore:
     reused_record: bool = False
     schema_checked: bool = False
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "store": str(self.store),
             "profile_id": self.profile_id,
@@ -56,7 +61,7 @@ class MaterializedStore:
 # --------------------------------------------------------------------------- profiles
 
 
-def resolve_profile(manifest, ref: str):
+def resolve_profile(manifest: Manifest, ref: str) -> Profile:
     """The profile named by a full ID, a unique ID prefix, or a name: NIM_MODEL_PROFILE's rule
     (:func:`nimbuild.runtime.overrides.match_profiles`)."""
     from nimbuild.runtime.overrides import MIN_PREFIX, match_profiles
@@ -80,7 +85,7 @@ def resolve_profile(manifest, ref: str):
     return matches[0]
 
 
-def cache_root(env: Mapping[str, str] | None = None, cache_path: str | os.PathLike | None = None) -> Path:
+def cache_root(env: Mapping[str, str] | None = None, cache_path: str | os.PathLike[str] | None = None) -> Path:
     """``cache_path``, else ``$NIM_CACHE_PATH``, else ``~/.cache/nim``."""
     env = os.environ if env is None else env
     if cache_path:
@@ -113,7 +118,7 @@ def _fetch_remote(uri: str, dst: Path, sha256: str, size: int) -> None:
         raise NimbuildError(f"{uri}: download failed: {exc}", hint="check the network and the URL") from None
 
 
-def _cached_ok(path: Path, entry) -> bool:
+def _cached_ok(path: Path, entry: FileEntry) -> bool:
     from nimbuild.fsutil import sha256_file
 
     try:
@@ -123,13 +128,13 @@ def _cached_ok(path: Path, entry) -> bool:
 
 
 def download_to_cache(
-    manifest_path: str | os.PathLike,
+    manifest_path: str | os.PathLike[str],
     ref: str,
     *,
-    cache_path: str | os.PathLike | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
-    out=None,
-) -> dict:
+    out: Output | None = None,
+) -> dict[str, Any]:
     """Copy one profile's files into the cache (``$NIM_CACHE_PATH/<relpath>``), each checked by sha256.
 
     Files already there with the right bytes are kept; a copy whose bytes do not
@@ -155,7 +160,7 @@ def download_to_cache(
                 _fetch_remote(entry.uri, dst, entry.sha256, entry.size)
                 copied.append(rel)
             else:
-                src = safe_join(manifest.root, entry.uri, f"{manifest.source}: profile {profile.name!r}")
+                src = safe_join(manifest.folder, entry.uri, f"{manifest.source}: profile {profile.name!r}")
                 if not src.is_file():
                     raise NimbuildError(
                         f"{src}: missing (profile {profile.name!r} lists {rel})",
@@ -177,7 +182,7 @@ def download_to_cache(
 # --------------------------------------------------------------------------- create-model-store
 
 
-def _prerendered(manifest, profile) -> dict | None:
+def _prerendered(manifest: Manifest, profile: Profile) -> dict[str, Any] | None:
     """The record of ``nimbuild render``'s repository for this profile, if it matches the manifest."""
     from nimbuild.runtime.triton_repo.layout import REPOSITORY_INFO
     from nimbuild.runtime.triton_repo.record import read_repository_info
@@ -203,7 +208,9 @@ def _prerendered(manifest, profile) -> dict | None:
     return info
 
 
-def _locator(manifest, profile, cache: Path | None, used: dict[str, str], mode: str):
+def _locator(
+    manifest: Manifest, profile: Profile, cache: Path | None, used: dict[str, str], mode: str
+) -> Callable[[str], Path]:
     """Where each manifest relpath is read from: the cache when it holds the file, else the manifest folder.
 
     A copy checks every byte it copies, so a cached file needs only the right
@@ -223,19 +230,19 @@ def _locator(manifest, profile, cache: Path | None, used: dict[str, str], mode: 
                 used[rel] = "cache"
                 return candidate
         used[rel] = "manifest"
-        return safe_join(manifest.root, rel, f"profile {profile.name!r}")
+        return safe_join(manifest.folder, rel, f"profile {profile.name!r}")
 
     return locate
 
 
 def materialize_profile(
-    manifest,
-    profile,
-    dest: str | os.PathLike,
+    manifest: Manifest,
+    profile: Profile,
+    dest: str | os.PathLike[str],
     *,
     mode: str = "link",
     env: Mapping[str, str] | None = None,
-    cache_path: str | os.PathLike | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
     verify: bool = False,
 ) -> MaterializedStore:
     """A Triton model store for ``profile`` at ``dest`` (what ``serve`` calls; objects, not paths).
@@ -288,13 +295,13 @@ def materialize_profile(
 
 
 def create_model_store(
-    manifest_path: str | os.PathLike,
+    manifest_path: str | os.PathLike[str],
     ref: str,
-    model_store: str | os.PathLike,
+    model_store: str | os.PathLike[str],
     *,
     mode: str = "copy",
     env: Mapping[str, str] | None = None,
-    cache_path: str | os.PathLike | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
 ) -> MaterializedStore:
     """``nimbuild create-model-store``: the profile ``ref`` as a Triton model store at ``model_store``.
 

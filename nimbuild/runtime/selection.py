@@ -175,7 +175,8 @@ def _tensorrt_match(tags: Mapping[str, str], gpus: list[Gpu]) -> tuple[list[Gpu]
         if want is None:
             return (
                 [],
-                f"hardware-compatible engine without a valid compute_capability tag ({tags.get('compute_capability')!r})",
+                "hardware-compatible engine without a valid compute_capability tag "
+                f"({tags.get('compute_capability')!r})",
             )
         if level in ("ampere+", "ampere_plus"):
             return (
@@ -263,7 +264,7 @@ def _stat_problem(root: Path, rel: str, size: int) -> str | None:
     return None
 
 
-def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike | None = None) -> str | None:
+def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike[str] | None = None) -> str | None:
     """The first local file of ``profile`` that is not there with the manifest's size (stat only), or None.
 
     A file counts as present in the manifest's folder or at ``cache_path/<its path>``;
@@ -285,7 +286,10 @@ def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.Path
 
 
 def classify(
-    manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ, cache_path: str | os.PathLike | None = None
+    manifest: Manifest,
+    host: Host,
+    env: Mapping[str, str] = os.environ,
+    cache_path: str | os.PathLike[str] | None = None,
 ) -> list[Classified]:
     """Every profile of ``manifest`` judged against ``host``, in manifest order.
 
@@ -311,7 +315,7 @@ def classify(
 # --------------------------------------------------------------------------- rank
 
 
-def is_cached(profile: Profile, cache_path: str | os.PathLike | None) -> bool:
+def is_cached(profile: Profile, cache_path: str | os.PathLike[str] | None) -> bool:
     """Every file of the profile is in the cache at its manifest path, with the manifest's size."""
     if not cache_path or not profile.files:
         return False
@@ -323,7 +327,7 @@ def _batch(tags: Mapping[str, str]) -> int:
     return profiles.numeric_tag(tags, "max_batch_size") if "max_batch_size" in tags else 0
 
 
-def rank_key(entry: Classified) -> tuple:
+def rank_key(entry: Classified) -> tuple[int, int, int, int, int, str]:
     """DESIGN.md's order: TensorRT > ONNX > PyTorch; GPU > CPU; FP8 > INT8 > FP16 > FP32;
     cached first; larger max_batch_size; then the ID."""
     tags = entry.profile.tags
@@ -356,7 +360,10 @@ def default_manifest_path(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def select(
-    manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ, cache_path: str | os.PathLike | None = None
+    manifest: Manifest,
+    host: Host,
+    env: Mapping[str, str] = os.environ,
+    cache_path: str | os.PathLike[str] | None = None,
 ) -> Selection:
     """Classify, rank and apply the overrides: the decision ``serve`` acts on.
 

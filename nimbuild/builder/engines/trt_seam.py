@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nimbuild.errors import NimbuildError, debug_enabled
 from nimbuild.thresholds import GateThresholds
 
@@ -98,7 +100,7 @@ def _cuda_major_version() -> str | None:
     import importlib.metadata
 
     for dist in importlib.metadata.distributions():
-        match = re.match(r"^tensorrt[-_]cu(\d+)", (dist.metadata.get("Name") or "").lower())
+        match = re.match(r"^tensorrt[-_]cu(\d+)", (dist.metadata["Name"] or "").lower())
         if match:
             return match.group(1)
     try:
@@ -156,7 +158,7 @@ def build_engine(graph: Path, engine_path: Path, config_args: Mapping[str, Any])
     del engine
 
 
-def scores_of(outputs: Mapping[str, Any], rows: int):
+def scores_of(outputs: Mapping[str, Any], rows: int) -> np.ndarray:
     """A cross-encoder's relevance score per real row: the gate's reading of the first output's logits."""
     from nimbuild.builder.gate import scores_from_logits
 
@@ -217,7 +219,7 @@ def compare_on_pairs(
     }
 
 
-def _load_engine(engine_path: Path):
+def _load_engine(engine_path: Path) -> Any:
     """A loader that deserializes the saved engine (every Polygraphy release has these two)."""
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes

@@ -98,7 +98,10 @@ def _tool(precision: str, info: dict | None = None) -> str:
             f"(onnxruntime {v['onnxruntime']}, onnx {v['onnx']})"
         )
     mode = (info or {}).get("mode", "dynamic")
-    return f"onnxruntime.transformers.optimizer + onnxruntime.quantization.quantize_{mode} (onnxruntime {v['onnxruntime']})"
+    return (
+        f"onnxruntime.transformers.optimizer + onnxruntime.quantization.quantize_{mode} "
+        f"(onnxruntime {v['onnxruntime']})"
+    )
 
 
 def _build_one(

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -179,7 +180,7 @@ def create_app(service: RankingService) -> Starlette:
         return Response(body, media_type=content_type)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal shutting_down
         service.start()
         warm = asyncio.create_task(_warm_up(service))

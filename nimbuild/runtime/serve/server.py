@@ -74,7 +74,7 @@ def make_backend(
             model = profile_model_file(profile)
         except NimbuildError as exc:
             raise BackendStartError(exc.message) from None
-        path = safe_join(manifest.root, model)
+        path = safe_join(manifest.folder, model)
         return OnnxRuntimeBackend(
             path,
             device=profile.tags.get("device", "cpu"),
@@ -84,12 +84,14 @@ def make_backend(
     raise BackendStartError(f"profile {profile.name}: backend {kind!r} is not servable here (onnx or tensorrt)")
 
 
-def files_view(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike | None) -> Manifest:
+def files_view(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike[str] | None) -> Manifest:
     """The manifest as seen from where the profile's files are: ``NIM_CACHE_PATH`` when they are all
     there (selection's own test, where `download-to-cache` puts them), else the manifest's folder."""
     from nimbuild.runtime.selection import is_cached
 
-    return dataclasses.replace(manifest, root=Path(cache_path)) if is_cached(profile, cache_path) else manifest
+    if cache_path is not None and is_cached(profile, cache_path):
+        return dataclasses.replace(manifest, root=Path(cache_path))
+    return manifest
 
 
 def start_profile(
@@ -98,7 +100,7 @@ def start_profile(
     *,
     limits: Limits,
     backend: str = "auto",
-    cache_path: str | os.PathLike | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
     settings: Settings | None = None,
 ) -> RankingService:
     """Verify one profile's files, start its backend, check one warm-up call; BackendStartError if it cannot."""
@@ -116,9 +118,9 @@ def start_profile(
         raise BackendStartError(f"profile {profile.name} lists no tokenizer.json in workspace.files")
     cfg_rel = _file(profile, "tokenizer_config.json")
     tokenizer = PairTokenizer.from_files(
-        safe_join(manifest.root, tok_rel),
+        safe_join(manifest.folder, tok_rel),
         max_len,
-        safe_join(manifest.root, cfg_rel) if cfg_rel else Path("/nonexistent"),
+        safe_join(manifest.folder, cfg_rel) if cfg_rel else Path("/nonexistent"),  # never an unverified file
     )
     engine = make_backend(manifest, profile, backend, settings)
     engine.start()
@@ -144,7 +146,7 @@ def start_profile(
 
 
 def start_service(
-    manifest_path: str | os.PathLike,
+    manifest_path: str | os.PathLike[str],
     *,
     env: Mapping[str, str] = os.environ,
     assume_gpu: Sequence[str] = (),

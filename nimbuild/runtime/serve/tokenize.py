@@ -13,8 +13,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding, Tokenizer
 
 TRUNCATE_MODES = ("NONE", "END")
 
@@ -44,7 +48,7 @@ class EncodedPair:
 class PairTokenizer:
     """A fast (Rust) tokenizer that turns one query and its passages into model rows."""
 
-    def __init__(self, tokenizer, max_length: int, pad_id: int):
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int):
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self.tokenizer = tokenizer
@@ -81,12 +85,12 @@ class PairTokenizer:
             rows.append(EncodedPair(np.asarray(enc.ids, dtype=np.int64), np.asarray(enc.type_ids, dtype=np.int64)))
         return rows
 
-    def _truncate_end(self, query_enc, passage: str):
+    def _truncate_end(self, query_enc: Encoding, passage: str) -> Encoding:
         """Cut the passage first (``only_second``), then the query, so the pair fits."""
         budget = self.max_length - self.pair_specials
         passage_enc = self.tokenizer.encode(passage, add_special_tokens=False)
         # Copies: Encoding.truncate works in place and the query is shared by every passage.
-        q = _copy(self.tokenizer, query_enc)
+        q = _copy(query_enc)
         keep_passage = max(0, budget - len(q.ids))
         if len(passage_enc.ids) > keep_passage:
             passage_enc.truncate(keep_passage)
@@ -95,13 +99,13 @@ class PairTokenizer:
         return self.tokenizer.post_process(q, passage_enc, add_special_tokens=True)
 
 
-def _copy(tokenizer, enc):
+def _copy(enc: Encoding) -> Encoding:
     from tokenizers import Encoding
 
     return Encoding.merge([enc], growing_offsets=False)
 
 
-def _pad_id(tokenizer, config_path: Path) -> int:
+def _pad_id(tokenizer: Tokenizer, config_path: Path) -> int:
     """The pad token's id: tokenizer_config.json's pad_token, else tokenizer.json's padding, else 0."""
     pad_token = None
     if config_path.is_file():

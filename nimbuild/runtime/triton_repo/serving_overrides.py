@@ -51,7 +51,7 @@ def with_overrides(
     delay = int(info["serving"]["max_queue_delay_us"]) if max_queue_delay_us is None else int(max_queue_delay_us)
     options = info["serving"].get("options", {})
     preferred = preferred_sizes(options.get("preferred_batch_sizes", info["serving"]["preferred_batch_sizes"]), batch)
-    new = json.loads(json.dumps(info))
+    new: dict[str, Any] = json.loads(json.dumps(info))
     new["serving"].update(max_batch_size=batch, max_queue_delay_us=delay, preferred_batch_sizes=preferred)
     for spec in new["models"].values():
         ctx = spec["context"]

@@ -35,7 +35,7 @@ class OnnxRuntimeBackend(Backend):
         self.device = device
         self.intra_op_threads = intra_op_threads  # None: ONNX Runtime's own default (NIM_ORT_INTRA_OP_THREADS)
         self.cpu_arena = cpu_arena  # NIM_ORT_CPU_ARENA
-        self.session = None
+        self.session: Any = None  # an onnxruntime.InferenceSession once started and checked
         self.providers: list[str] = []
         self._inputs: list[tuple[str, Any]] = []
         self._output: str | None = None
@@ -54,10 +54,10 @@ class OnnxRuntimeBackend(Backend):
             opts.enable_cpu_mem_arena = False
         opts.log_severity_level = 3  # the provider check below says what matters, without ORT's warnings
         try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=wanted)
+            session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=wanted)
         except Exception as exc:  # ORT raises its own exception types
             raise BackendStartError(f"ONNX Runtime could not load {self.model_path}: {exc}") from exc
-        self.providers = list(self.session.get_providers())
+        self.providers = list(session.get_providers())
         log.info(
             "ONNX Runtime session on %s: providers %s (asked for %s)",
             self.model_path.name,
@@ -65,24 +65,24 @@ class OnnxRuntimeBackend(Backend):
             ", ".join(wanted),
         )
         if self.device == "gpu" and "CUDAExecutionProvider" not in self.providers:
-            self.session = None
             raise BackendStartError(
                 "GPU profile, but ONNX Runtime only got "
                 + ", ".join(self.providers)
                 + " (CUDA execution provider did not start: no GPU, or CUDA/cuDNN libraries missing)"
             )
-        names = {i.name: i for i in self.session.get_inputs()}
-        for name in INPUT_NAMES:
-            if name in names:
-                self._inputs.append((name, _DTYPES.get(names[name].type, np.int64)))
-        unknown = set(names) - {n for n, _ in self._inputs}
+        names = {i.name: i for i in session.get_inputs()}
+        inputs = [(name, _DTYPES.get(names[name].type, np.int64)) for name in INPUT_NAMES if name in names]
+        unknown = set(names) - {n for n, _ in inputs}
         if unknown or "input_ids" not in names:
             raise BackendStartError(
                 f"{self.model_path}: inputs {sorted(names)}; expected input_ids, attention_mask[, token_type_ids]"
             )
-        self._output = self.session.get_outputs()[0].name
+        self._inputs, self._output = inputs, session.get_outputs()[0].name
+        self.session = session  # only a session that passed every check is kept
 
     def infer(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> np.ndarray:
+        if self.session is None or self._output is None:
+            raise BackendStartError("the ONNX Runtime backend is not started (or was stopped)")
         arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         feed = {name: arrays[name].astype(dtype, copy=False) for name, dtype in self._inputs}
         (out,) = self.session.run([self._output], feed)
