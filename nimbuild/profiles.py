@@ -2,7 +2,7 @@
 
 A profile's ID is the sha256 of its tags in canonical JSON, so anyone can
 recompute it from a manifest and the same recipe and toolchain give the same
-IDs on every machine (DESIGN.md, "Profiles, tags and IDs"). Light: stdlib and
+IDs on every machine (docs/design.md, "Profiles, tags and IDs"). Light: stdlib and
 nimbuild.skus only.
 """
 

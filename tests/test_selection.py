@@ -230,7 +230,7 @@ def _status(sel, pid):
 
 
 def test_gpu_count_too_few_gpus_in_the_host_is_compatible_but_not_runnable(edge):
-    # issue 6 / DESIGN "Selection": the right GPU, but too few of them -> compatible but not runnable.
+    # issue 6 / docs/design.md "Selection": the right GPU, but too few of them -> compatible but not runnable.
     manifest, eids = edge
     sel = select(manifest, assumed_host(["h100-sxm"]), NO_OVERRIDES)
     assert _status(sel, eids["tp2"]) == (

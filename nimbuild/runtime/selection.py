@@ -1,6 +1,6 @@
 """Which profile this host runs: classify, rank, apply the overrides, log the choice.
 
-DESIGN.md "Selection" fixes the rules and the words of the log. In short:
+docs/design.md, "Selection", fixes the rules and the words of the log. In short:
 
 - *runnable*: the host has the profile's hardware, enough of it, with enough free memory;
 - *not runnable* ("compatible but not runnable"): at least one GPU of the host
@@ -20,7 +20,7 @@ profile can run on: for a TensorRT engine those of its own kind (the others are
 ignored by it); for an ONNX GPU profile any GPU. The GPUs a runnable profile
 would use are recorded (``Classified.gpus``: NVML indexes) so that ``serve`` can
 pin them. On such a host two engines of equal rank (an H100 FP8 and an L40S FP8)
-are ordered by DESIGN.md's last key, the ID; pin one with ``NIM_TAGS_SELECTOR=gpu=...``.
+are ordered by docs/design.md's last key, the ID; pin one with ``NIM_TAGS_SELECTOR=gpu=...``.
 
 Free memory: a GPU profile needs, on each GPU it uses, ``metrics.gpu_memory_mib``
 when the manifest gives it, else the size of its files (the weights must fit).
@@ -328,7 +328,7 @@ def _batch(tags: Mapping[str, str]) -> int:
 
 
 def rank_key(entry: Classified) -> tuple[int, int, int, int, int, str]:
-    """DESIGN.md's order: TensorRT > ONNX > PyTorch; GPU > CPU; FP8 > INT8 > FP16 > FP32;
+    """docs/design.md's order: TensorRT > ONNX > PyTorch; GPU > CPU; FP8 > INT8 > FP16 > FP32;
     cached first; larger max_batch_size; then the ID."""
     tags = entry.profile.tags
     return (
@@ -429,7 +429,7 @@ def profile_lines(classified: list[Classified]) -> list[str]:
 
 
 def startup_log(selection: Selection) -> list[str]:
-    """DESIGN.md's startup lines, word for word: the groups, the selected profile, its metadata."""
+    """docs/design.md's startup lines, word for word: the groups, the selected profile, its metadata."""
     lines = profile_lines(selection.classified)
     if selection.selected is None:
         lines.append("Selected profile: none (no runnable profile)")

@@ -52,7 +52,7 @@ class TensorRTInfo:
 
     @property
     def tag_version(self) -> str:
-        """major.minor.patch: the `trt_version` tag (DESIGN.md: "10.13.0")."""
+        """major.minor.patch: the `trt_version` tag (docs/design.md: "10.13.0")."""
         return ".".join(self.version.split(".")[:3])
 
     @property

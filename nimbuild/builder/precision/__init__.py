@@ -1,7 +1,7 @@
 """The precision graphs (FP16, FP8 Q/DQ, CPU INT8), each judged by the accuracy gate before it is kept.
 
 TensorRT 10/11 builds strongly typed networks, so a precision is a graph of its own
-(DESIGN.md, "Precision lives in the graph"). Each is built into a staging folder beside
+(docs/design.md, "Precision lives in the graph"). Each is built into a staging folder beside
 ``onnx/<precision>/``, run in ONNX Runtime on the CPU against the PyTorch FP32 reference
 (nimbuild.builder.gate), and renamed into place only if it passes: a rejected or failed
 graph never sits where the manifest would look for it.
