@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +33,13 @@ from nimbuild.thresholds import PRECISIONS as GATED_PRECISIONS
 from nimbuild.thresholds import GateThresholds
 
 PRECISIONS = ("fp32", "fp16", "fp8", "int8")
+PrecisionName = Literal["fp32", "fp16", "fp8", "int8"]
+
+
+def _every_precision() -> list[PrecisionName]:
+    return ["fp32", "fp16", "fp8", "int8"]
+
+
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -176,7 +185,9 @@ class Recipe(_Strict):
     source: Source
     trust_remote_code: bool = False
     shapes: Shapes = Shapes()
-    precisions: list[Literal["fp32", "fp16", "fp8", "int8"]] = Field(default_factory=lambda: list(PRECISIONS))
+    precisions: list[Literal["fp32", "fp16", "fp8", "int8"]] = Field(
+        default_factory=lambda: ["fp32", "fp16", "fp8", "int8"]
+    )
     gpus: list[GpuName] = Field(default_factory=list)
     runners: dict[str, list[str]] = Field(default_factory=dict)
     pairs: str | None = None
@@ -306,7 +317,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _describe(err: dict) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     loc = tuple(err.get("loc", ()))
     kind = err.get("type", "")
     if kind == "extra_forbidden":
@@ -339,7 +350,7 @@ def parse_recipe(data: Any, src: str | Path = "<recipe>") -> Recipe:
         ) from None
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read and check a recipe file (YAML, safe_load only)."""
     import yaml
 

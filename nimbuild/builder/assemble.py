@@ -68,7 +68,7 @@ def onnx_profiles(export_dir: Path, report: Mapping, tokenizer: list[str]) -> li
         )
         graphs = graph_files(export_dir, entry["path"])
         files = {rel: mf.file_entry(export_dir, rel) for rel in [*graphs, *tokenizer]}
-        metrics = {"size_bytes": sum(files[rel].size for rel in graphs)}
+        metrics: dict[str, object] = {"size_bytes": sum(files[rel].size for rel in graphs)}
         if entry.get("gate") is not None:
             metrics["gate"] = entry["gate"]
         if entry.get("seconds") is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,7 +31,8 @@ def check(
     from nimbuild.recipe import load_recipe
 
     out = Output(json_mode=json_mode)
-    results, errors = [], []
+    results: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
     for f in files:
         try:
             r = load_recipe(f)

@@ -50,7 +50,7 @@ def render_all(
     one repository per set of engines spanning several compute capabilities, and
     ``out_dir/Dockerfile`` (+ its dockerignore) for the serving image.
 
-    Refuses a manifest that fails :func:`nimbuild.manifest.verify_manifest`
+    Refuses a manifest that fails :func:`nimbuild.manifest_verify.verify_manifest`
     (wrong IDs, missing or altered files): nothing is rendered from it.
     """
     from nimbuild.manifest import load_manifest
@@ -83,17 +83,14 @@ def render_all(
     out = out or Output(quiet=True)
     for note in skipped:
         out.note(note)
-    jobs = [(p.name, lambda p=p: profile_info(manifest, p, serving)) for p in servable]
-    jobs += [
-        (name, lambda name=name, ps=ps: multi_cc_info(manifest, name, ps, serving))
-        for name, ps in multi_cc_groups(manifest)
-    ]
-    infos = [(name, make()) for name, make in jobs]  # read every graph before writing anything
+    # read every graph before writing anything
+    infos = [(p.name, profile_info(manifest, p, serving)) for p in servable]
+    infos += [(name, multi_cc_info(manifest, name, ps, serving)) for name, ps in multi_cc_groups(manifest)]
     rendered = []
     with out.progress() as progress:
         task = progress.add_task("rendering Triton repositories", total=len(infos))
         for name, info in infos:
-            rendered.append(write_repository(info, triton_dir / name, Path(manifest.root), mode=mode))
+            rendered.append(write_repository(info, triton_dir / name, manifest.folder, mode=mode))
             progress.advance(task)
     container = None
     if dockerfile:
