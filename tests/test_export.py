@@ -74,7 +74,7 @@ def test_logits_match_pytorch_batch_1_to_8_sequence_1_to_max(arch, exported_arch
         args = exp.example_inputs(names, model.config.vocab_size, batch, seq, seed=batch * 1000 + seq)
         with torch.no_grad():
             ref = wrapper(*args).numpy()
-        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})[0]
         assert got.shape == (batch, 1)
         worst = max(worst, float(np.abs(ref - got).max()))
     assert worst <= 1e-4, f"{arch}: max |Δlogit| {worst:.2e}"

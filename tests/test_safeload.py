@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nimbuild import manifest as mf
+from nimbuild import manifest_verify
 from nimbuild.errors import NimbuildError
 from nimbuild.recipe import load_recipe
 from nimbuild.safeload import Limits, load_json, parse_json, parse_yaml, read_regular_file
@@ -245,8 +246,8 @@ def test_a_20000_profile_manifest_verifies_in_seconds(tmp_path):
     path = tmp_path / "manifest.yaml"
     path.write_text("".join(chunks))
     code = (
-        "import resource, sys, time; from nimbuild import manifest as mf\n"
-        "t = time.process_time(); m = mf.load_manifest(sys.argv[1]); p = mf.verify_manifest(m)\n"
+        "import resource, sys, time; from nimbuild import manifest as mf, manifest_verify\n"
+        "t = time.process_time(); m = mf.load_manifest(sys.argv[1]); p = manifest_verify.verify_manifest(m)\n"
         "print(len(m.profiles), len(p), time.process_time() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
@@ -449,7 +450,7 @@ def test_fuzz_manifest_shapes(tmp_path_factory, profiles, own):
 
     def load_and_use():
         m = mf.load_manifest(path)
-        mf.verify_manifest(m, notes=[], absent_remote_ok=True)
+        manifest_verify.verify_manifest(m, notes=[], absent_remote_ok=True)
         from nimbuild.output import dumps
 
         dumps(m.to_dict())

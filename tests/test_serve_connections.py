@@ -16,7 +16,7 @@ import time
 
 import httpx
 import pytest
-from test_serve_support import MODEL, ServeProcess
+from serve_support import MODEL, ServeProcess
 
 from nimbuild.errors import NimbuildError
 from nimbuild.runtime.serve.connections import HttpLimits, OncePer, connection_ceiling

@@ -173,7 +173,7 @@ def render_container(
 
 def repositories_for(manifest, triton_dir: Path) -> list[str]:
     """Folders under ``triton_dir`` rendered from this manifest's profiles (stale ones are left out)."""
-    from nimbuild.runtime.triton_repo.repository import REPOSITORY_INFO
+    from nimbuild.runtime.triton_repo.layout import REPOSITORY_INFO
 
     ids = {p.id for p in manifest.profiles}
     names = []

@@ -32,7 +32,11 @@ serving:
 def _recipe(
     tmp_path,
     monkeypatch,
-    runners="  h100-sxm: [self-hosted, gpu-h100]\n  a100-sxm4-80gb: [self-hosted, gpu-a100]\n  l40s: [self-hosted, gpu-l40s]\n",
+    runners=(
+        "  h100-sxm: [self-hosted, gpu-h100]\n"
+        "  a100-sxm4-80gb: [self-hosted, gpu-a100]\n"
+        "  l40s: [self-hosted, gpu-l40s]\n"
+    ),
 ):
     from nimbuild.recipe import load_recipe
 
@@ -115,13 +119,13 @@ def test_kubernetes_jobs_deserialize_into_v1job_with_gpu_scheduling(tmp_path, mo
     plan = plan_mod.render_plan(_recipe(tmp_path, monkeypatch), "k8s")
     docs, jobs, client = _k8s_jobs(plan.text)
     assert len(jobs) == 4
-    for doc, job in zip(docs, jobs):
+    for doc, job in zip(docs, jobs, strict=True):
         # nothing the model does not know was dropped: the typed object serializes back to the document
         assert client.sanitize_for_serialization(job) == doc
         assert job.api_version == "batch/v1" and job.kind == "Job"
         assert job.spec.template.spec.restart_policy == "Never"
     build, merge = jobs[:3], jobs[3]
-    for job, slug in zip(build, ("h100-sxm", "a100-sxm4-80gb", "l40s")):
+    for job, slug in zip(build, ("h100-sxm", "a100-sxm4-80gb", "l40s"), strict=True):
         pod = job.spec.template.spec
         assert pod.node_selector == {"nvidia.com/gpu.product": skus.lookup(slug).gfd_product}
         assert pod.containers[0].resources.limits == {"nvidia.com/gpu": "1"}
