@@ -53,6 +53,7 @@ ALLOWED_NIMBUILD = {
     "nimbuild.runtime",
     "nimbuild.runtime.hardware",
     "nimbuild.runtime.selection",
+    "nimbuild.runtime.gpu_match",
     "nimbuild.runtime.overrides",
     "nimbuild.runtime.settings",
 }

@@ -289,11 +289,11 @@ def test_hostile_yaml_is_one_line(doc, needle):
 
 
 def test_timestamps_stay_text_so_json_works():
-    from nimbuild.output import dumps
+    from nimbuild.fsutil import json_text
 
     data = parse_yaml("release: 2024-05-01\nat: 2001-12-14t21:59:43.10-05:00\n")
     assert data == {"release": "2024-05-01", "at": "2001-12-14t21:59:43.10-05:00"}
-    dumps(data)
+    json_text(data)
 
 
 def test_binary_metrics_in_a_manifest_are_refused_before_json(tmp_path):
@@ -451,9 +451,9 @@ def test_fuzz_manifest_shapes(tmp_path_factory, profiles, own):
     def load_and_use():
         m = mf.load_manifest(path)
         manifest_verify.verify_manifest(m, notes=[], absent_remote_ok=True)
-        from nimbuild.output import dumps
+        from nimbuild.fsutil import json_text
 
-        dumps(m.to_dict())
+        json_text(m.to_dict())
 
     _bounded(load_and_use)
 

@@ -200,7 +200,7 @@ def test_a_tag_that_cannot_work_makes_the_profile_incompatible(tmp_path, key, va
 
     (tmp_path / "model.onnx").write_bytes(b"graph")
     good = profiles.onnx_profile_tags("m", "r", "fp32", "cpu", 8, 128)
-    bad = dict(profiles.onnx_profile_tags("m", "r", "int8", "cpu", 8, 128), **{key: value})
+    bad = dict(profiles.onnx_profile_tags("m", "r", "int8", "cpu", 8, 128, cpu_isa="avx2"), **{key: value})
     items = [
         Profile(
             id=profiles.profile_id(tags),

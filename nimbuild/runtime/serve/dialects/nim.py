@@ -2,7 +2,7 @@
 ``{"rankings": [{index, logit}]}``, highest logit first, the raw logits unchanged (no sigmoid, no top_n: NVIDIA's
 clients cut client-side).
 
-Reference: DESIGN.md "HTTP API", the NIM for text reranking API reference (``truncate``: ``NONE`` (default)
+Reference: docs/design.md "HTTP API", the NIM for text reranking API reference (``truncate``: ``NONE`` (default)
 refuses an over-long pair with 400, ``END`` cuts the passage first).
 """
 
