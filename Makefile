@@ -59,7 +59,7 @@ example-model: venv
 	$(BIN)/python -m nimbuild.builder.tiny --out recipes/models/example-tiny
 
 # --no-engines: the committed manifest is what a CPU-only build gives; its CPU int8 profiles are those of the
-# classes the machine that ran it has (nimbuild.cpu_isa), which test_build compares class by class.
+# classes the machine that ran it has (nimbuild.cpu_isa), which tests/test_steps.py compares class by class.
 example-manifest: venv
 	$(BIN)/nimbuild build recipes/example-tiny.yaml --out $(OUT) --no-engines
 	cp $(OUT)/manifest.yaml manifests/example-tiny.yaml

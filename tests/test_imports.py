@@ -46,6 +46,7 @@ ALLOWED_NIMBUILD = {
     "nimbuild.profiles",
     "nimbuild.manifest",
     "nimbuild.manifest_paths",
+    "nimbuild.manifest_parse",
     "nimbuild.export_layout",
     "nimbuild.fsutil",
     "nimbuild.safeload",
