@@ -15,11 +15,11 @@ from pathlib import Path
 from nimbuild import __version__, manifest_merge, manifest_paths
 from nimbuild import manifest as mf
 from nimbuild.errors import NimbuildError
-from nimbuild.export_layout import MANIFEST_FILE, REPORT_FILE, TOKENIZER_DIR, read_export_report
+from nimbuild.export_layout import CPU_FRAGMENTS_DIR, MANIFEST_FILE, REPORT_FILE, TOKENIZER_DIR, read_export_report
 from nimbuild.profiles import onnx_profile_tags, profile_id, profile_name
 
 FRAGMENT_GLOB = "engines/*/fragment.yaml"
-CPU_FRAGMENT_GLOB = "cpu/*/fragment.yaml"  # write_cpu_fragment: one CPU class's int8 profile, from its own CI job
+CPU_FRAGMENT_GLOB = f"{CPU_FRAGMENTS_DIR}/*/fragment.yaml"  # write_cpu_fragment: one CPU class's int8 profile (CI)
 FRAGMENT_GLOBS = (FRAGMENT_GLOB, CPU_FRAGMENT_GLOB)
 # report precision key -> (device of the ONNX profile); fp8 Q/DQ graphs are for TensorRT only.
 # CPU int8 entries are one per CPU class (``int8-<class>``, with their ``cpu_isa``): see _onnx_entries.
@@ -179,7 +179,7 @@ def write_cpu_fragment(export_dir: str | Path, cpu_class: str) -> Path:
             hint=f"run `nimbuild export RECIPE --cpu-isa {cls.name}` on {cls.needs}",
         )
     (profile,) = [p for p in onnx_profiles(export_dir, report, []) if p.tags.get("cpu_isa") == cls.name]
-    folder = export_dir / "cpu" / cls.name
+    folder = export_dir / CPU_FRAGMENTS_DIR / cls.name
     with staging_dir(folder) as stage:
         files = {}
         for rel in profile.files:
