@@ -7,27 +7,15 @@ exactly one JSON document (``emit``), and everything meant for a person
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nimbuild.fsutil import json_text
 
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def dumps(data: Any, *, indent: int | None = 2) -> str:
-    """JSON as nimbuild writes it everywhere: UTF-8 text, stable key order."""
-    return json.dumps(data, indent=indent, sort_keys=True, ensure_ascii=False, default=_jsonable)
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class Output:
@@ -36,12 +24,12 @@ class Output:
     def __init__(self, json_mode: bool = False, quiet: bool = False):
         self.json_mode = json_mode
         self.quiet = quiet
-        self._console = None
-        self._err_console = None
+        self._console: Console | None = None
+        self._err_console: Console | None = None
 
     # rich is imported lazily: `list-model-profiles --json` should not pay for it.
     @property
-    def console(self):
+    def console(self) -> Console:
         if self._console is None:
             from rich.console import Console
 
@@ -51,7 +39,7 @@ class Output:
         return self._console
 
     @property
-    def err_console(self):
+    def err_console(self) -> Console:
         if self._err_console is None:
             from rich.console import Console
 
@@ -66,11 +54,11 @@ class Output:
         renders through this sink (tables, lines). Without it, the JSON is shown.
         """
         if self.json_mode:
-            sys.stdout.write(dumps(data) + "\n")
+            sys.stdout.write(json_text(data) + "\n")
             sys.stdout.flush()
             return
         if human is None:
-            sys.stdout.write(dumps(data) + "\n")
+            sys.stdout.write(json_text(data) + "\n")
         elif isinstance(human, str):
             sys.stdout.write(human if human.endswith("\n") else human + "\n")
         else:
@@ -102,6 +90,11 @@ class Output:
 
     def warn(self, text: str) -> None:
         self.err_console.print(f"warning: {text}", style="yellow", markup=False)
+
+    def error(self, text: str) -> None:
+        """One ``error: ...`` line on stderr (plain text, also in --json mode: stdout stays one document)."""
+        sys.stderr.write(f"error: {text}\n")
+        sys.stderr.flush()
 
     @contextmanager
     def progress(self, transient: bool = True) -> Iterator[Any]:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import GRAPH_FILE
 
 # architecture (config.json `architectures[0]`) -> the model_type it comes with
 SUPPORTED_ARCHITECTURES = {
@@ -260,7 +261,7 @@ def export_fp32(
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "model.onnx"
+    path = out_dir / GRAPH_FILE
     order = {"auto": ["legacy", "dynamo"], "legacy": ["legacy"], "dynamo": ["dynamo"]}[exporter]
     errors = []
     start = time.perf_counter()
@@ -376,7 +377,7 @@ def check_parity(
         args = example_inputs(names, int(model.config.vocab_size), batch=b, seq=s, seed=100 + i)
         with torch.no_grad():
             ref = wrapper(*args).numpy().astype(np.float64)
-        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0].astype(np.float64)
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})[0].astype(np.float64)
         diff = float(np.max(np.abs(ref - got)))
         limit = tolerance * max(1.0, float(np.max(np.abs(ref))))
         cases.append({"batch": b, "sequence": s, "max_abs_logit": diff, "limit": limit, "passed": diff <= limit})

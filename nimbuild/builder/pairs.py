@@ -16,6 +16,11 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import INPUT_NAMES
+
+# Without a pairs file: how many synthetic queries and passages each. The export's gate and the engines'
+# check draw the same ones (seed 0), so that an engine is judged on the pairs its graph was.
+SYNTHETIC_QUERIES, SYNTHETIC_PASSAGES = 12, 8
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,11 @@ def synthesize_pairs(tokenizer: Any, n_queries: int = 12, n_passages: int = 8, s
     return groups
 
 
+def default_synthetic_pairs(tokenizer: Any) -> list[QueryGroup]:
+    """The synthetic pairs used wherever a recipe has no pairs file (export and engines alike)."""
+    return synthesize_pairs(tokenizer, SYNTHETIC_QUERIES, SYNTHETIC_PASSAGES, seed=0)
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     """The model's tokenizer through transformers (fast, tokenizer.json-backed where there is one)."""
     from transformers import AutoTokenizer
@@ -121,11 +131,7 @@ def encode(
             max_length=max_length,
             return_tensors="np",
         )
-        feeds = {
-            k: np.ascontiguousarray(v, dtype=np.int64)
-            for k, v in enc.items()
-            if k in ("input_ids", "attention_mask", "token_type_ids")
-        }
+        feeds = {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in enc.items() if k in INPUT_NAMES}
         if input_names is not None:
             if "token_type_ids" in input_names and "token_type_ids" not in feeds:
                 feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])

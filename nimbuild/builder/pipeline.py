@@ -8,7 +8,6 @@ that looks finished (docs/internals.md, "Export directory").
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
@@ -18,9 +17,21 @@ from typing import Any
 
 import numpy as np
 
-from nimbuild.builder.assemble import REPORT_FILE
 from nimbuild.errors import NimbuildError
-from nimbuild.output import Output, dumps
+from nimbuild.export_layout import (
+    GATE_INPUTS_FILE,
+    GRAPH_FILE,
+    REPORT_FILE,
+    graph_dir,
+    graph_dir_relpath,
+    graph_path,
+    graph_relpath,
+    read_export_report,
+    tokenizer_dir,
+    write_export_report,
+)
+from nimbuild.output import Output
+from nimbuild.thresholds import GateThresholds
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -34,7 +45,6 @@ TOKENIZER_FILES = (
     "spm.model",
     "added_tokens.json",
 )
-SYNTH_QUERIES, SYNTH_PASSAGES = 12, 8
 
 
 def as_recipe(recipe_or_model: Any, *, trust_remote_code: bool | None = None, revision: str | None = None):
@@ -104,16 +114,12 @@ def _toolchain() -> dict[str, str]:
     return versions
 
 
-def _fp32_thresholds(recipe_thresholds: Any, reference: Sequence[np.ndarray]) -> dict:
+def _fp32_thresholds(recipe_wide: GateThresholds, reference: Sequence[np.ndarray]) -> GateThresholds:
     """FP32 must match PyTorch: the recipe's ranking thresholds plus max |Δlogit| <= 1e-4 * max(1, |logit|)."""
     from nimbuild.builder.export import FP32_TOLERANCE
-    from nimbuild.builder.gate import thresholds_dict
 
-    th = thresholds_dict(recipe_thresholds)
     scale = max(1.0, max(float(np.max(np.abs(r))) for r in reference))
-    limit = FP32_TOLERANCE * scale
-    th["max_abs_logit"] = limit if th["max_abs_logit"] is None else min(th["max_abs_logit"], limit)
-    return th
+    return recipe_wide.tightened(max_abs_logit=FP32_TOLERANCE * scale)
 
 
 def run_export(
@@ -140,7 +146,7 @@ def run_export(
     from nimbuild.builder import gate as gate_mod
     from nimbuild.builder import pairs as pairs_mod
     from nimbuild.builder.source import resolve_source
-    from nimbuild.fsutil import atomic_write_text, staging_dir
+    from nimbuild.fsutil import staging_dir
 
     out = out or Output(quiet=True)
     started = time.perf_counter()
@@ -164,11 +170,11 @@ def run_export(
     with staging_dir(out_dir) as stage:
         with out.progress() as progress:
             t = progress.add_task("export fp32 (PyTorch -> ONNX)", total=3)
-            tokenizer = save_tokenizer(resolved.path, stage / "tokenizer", trust)
+            tokenizer = save_tokenizer(resolved.path, tokenizer_dir(stage), trust)
             progress.advance(t)
             model = exp.load_model(resolved.path, trust)
             progress.advance(t)
-            fp32_dir = stage / "onnx" / "fp32"
+            fp32_dir = graph_dir(stage, "fp32")
             t0 = time.perf_counter()
             info = exp.export_fp32(
                 resolved.path, fp32_dir, recipe.shapes, trust_remote_code=trust, exporter=exporter, model=model
@@ -179,15 +185,16 @@ def run_export(
         names = info["inputs"]
         notes = []
         if groups is None:
-            groups = pairs_mod.synthesize_pairs(tokenizer, SYNTH_QUERIES, SYNTH_PASSAGES, seed=0)
+            groups = pairs_mod.default_synthetic_pairs(tokenizer)
             notes.append(
-                f"no pairs file: {SYNTH_QUERIES}x{SYNTH_PASSAGES} synthetic pairs from the vocabulary "
+                f"no pairs file: {pairs_mod.SYNTHETIC_QUERIES}x{pairs_mod.SYNTHETIC_PASSAGES} synthetic pairs "
+                "from the vocabulary "
                 "(parity only; give the recipe real pairs for meaningful ranking metrics)"
             )
         max_len = recipe.shapes.sequence.max
         encoded = pairs_mod.encode(tokenizer, groups, max_len, names)
 
-        session = exp.cpu_session(fp32_dir / "model.onnx")
+        session = exp.cpu_session(fp32_dir / GRAPH_FILE)
         with out.progress() as progress:
             cases = exp.parity_cases(recipe.shapes, exp._max_positions(model.config))
             t = progress.add_task("validate fp32 (ONNX Runtime vs PyTorch)", total=len(cases) + 1)
@@ -197,7 +204,7 @@ def run_export(
                 session,
                 encoded,
                 reference,
-                _fp32_thresholds(recipe.thresholds, reference),
+                _fp32_thresholds(recipe.thresholds.for_precision("fp32"), reference),
                 max_batch=recipe.shapes.batch.max,
                 notes=notes,
             )
@@ -236,15 +243,15 @@ def run_export(
                 "pairs": int(sum(len(g.passages) for g in groups)),
                 "synthetic": pairs_path is None,
             },
-            "thresholds": gate_mod.thresholds_dict(recipe.thresholds),
+            "thresholds": recipe.thresholds.recipe_wide.to_dict(),
             "toolchain": _toolchain(),
             # the encoded pairs and the PyTorch reference: what `export --from-export` judges more graphs by
-            "gate_inputs": gate_mod.save_inputs(stage / gate_mod.INPUTS_FILE, encoded, reference),
+            "gate_inputs": gate_mod.save_inputs(stage / GATE_INPUTS_FILE, encoded, reference),
             "precisions": {
                 "fp32": {
                     "status": "passed",
-                    "path": "onnx/fp32/model.onnx",
-                    "files": [f"onnx/fp32/{f}" for f in info["files"]],
+                    "path": graph_relpath("fp32"),
+                    "files": [f"{graph_dir_relpath('fp32')}/{f}" for f in info["files"]],
                     "gate": gate.to_dict(),
                     "parity": parity,
                     "external_data": info["external_data"],
@@ -259,7 +266,7 @@ def run_export(
                 _build_precisions(stage, others, info, encoded, reference, recipe, out, cpu_classes)
             )
         report["seconds"] = round(time.perf_counter() - started, 3)
-        atomic_write_text(stage / REPORT_FILE, dumps(report) + "\n")
+        write_export_report(stage, report)
     print_gate_table(report["precisions"], out)
     return report
 
@@ -267,17 +274,17 @@ def run_export(
 def export_files(export_dir: Path, report: dict) -> list[str]:
     """The files an export made, relative to it: the report, the gate inputs, the tokenizer and each passed graph
     (not engines/ or cpu/: other steps write those)."""
-    from nimbuild import manifest as mf
+    from nimbuild.manifest_paths import check_relpath
 
     rels = [REPORT_FILE]
     if report.get("gate_inputs"):
-        rels.append(mf.check_relpath(report["gate_inputs"]["path"]))
-    folder = export_dir / "tokenizer"
+        rels.append(check_relpath(report["gate_inputs"]["path"]))
+    folder = tokenizer_dir(export_dir)
     if folder.is_dir():
         rels += sorted(p.relative_to(export_dir).as_posix() for p in folder.rglob("*") if p.is_file())
     for entry in report["precisions"].values():
         if entry.get("status") == "passed":
-            rels += [mf.check_relpath(r) for r in entry.get("files") or [entry["path"]]]
+            rels += [check_relpath(r) for r in entry.get("files") or [entry["path"]]]
     return list(dict.fromkeys(rels))
 
 
@@ -300,15 +307,14 @@ def run_from_export(
     the export job's artifact: each class's int8 graph judged on that class's kernels.
     """
     from nimbuild.builder import gate as gate_mod
-    from nimbuild.builder.assemble import read_report
-    from nimbuild.fsutil import atomic_write_text, link_or_copy, staging_dir
-    from nimbuild.manifest import safe_join
+    from nimbuild.fsutil import link_or_copy, staging_dir
+    from nimbuild.manifest_paths import safe_join
 
     out = out or Output(quiet=True)
     started = time.perf_counter()
     recipe = as_recipe(recipe_or_model)
     source_dir = Path(source_dir)
-    report = read_report(source_dir)
+    report = read_export_report(source_dir)
     if report["model"] != recipe.name:
         raise NimbuildError(
             f"{source_dir / REPORT_FILE}: an export of {report['model']!r}, not of {recipe.name!r} ({recipe.path})",
@@ -342,7 +348,7 @@ def run_from_export(
     report.setdefault("additions", []).append(
         {"precisions": list(added), "toolchain": _toolchain(), "seconds": round(time.perf_counter() - started, 3)}
     )
-    atomic_write_text(target / REPORT_FILE, dumps(report) + "\n")
+    write_export_report(target, report)
     print_gate_table(added, out)
     return report
 
@@ -422,7 +428,7 @@ def _build_precisions(
 
     calibration, evaluation, ref = _split(encoded, reference)
     return build_precisions(
-        stage / "onnx" / "fp32" / "model.onnx",
+        graph_path(stage, "fp32"),
         stage,
         precisions,
         architecture=info["architecture"],
@@ -430,19 +436,8 @@ def _build_precisions(
         calibration=calibration,
         evaluation=evaluation,
         reference=ref,
-        thresholds=recipe.thresholds,
+        thresholds=recipe.thresholds.by_precision,
         out=out,
-        config_dir=stage / "tokenizer",
+        config_dir=tokenizer_dir(stage),
         cpu_classes=cpu_classes,
     )
-
-
-def load_report(export_dir: str | Path) -> dict:
-    """export_report.json of an export folder (NimbuildError when it is not one)."""
-    p = Path(export_dir) / REPORT_FILE
-    if not p.is_file():
-        raise NimbuildError(
-            f"{export_dir} is not an export folder (no export_report.json)",
-            hint="run `nimbuild export RECIPE --out DIR` first",
-        )
-    return json.loads(p.read_text(encoding="utf-8"))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.fsutil import file_digest
 
 # What a cross-encoder needs; never subfolders (onnx/, openvino/ exports) or other frameworks' weights.
 _ALLOW = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "merges.txt", "vocab.*"]
@@ -69,9 +70,7 @@ def weights_fingerprint(model_dir: Path) -> str:
         files = sorted(p for p in model_dir.iterdir() if p.is_file())
     for p in files:
         h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        file_digest(p, h)
     return "sha256:" + h.hexdigest()[:16]
 
 
@@ -171,8 +170,8 @@ def resolve_hub(
         if offline:
             raise NimbuildError(
                 f"model {where} is not in the Hugging Face cache {cache} and HF_HUB_OFFLINE=1",
-                hint="download it once with network access (unset HF_HUB_OFFLINE), point HF_HOME at a cache that has it, "
-                "or give a local model folder",
+                hint="download it once with network access (unset HF_HUB_OFFLINE), "
+                "point HF_HOME at a cache that has it, or give a local model folder",
             ) from None
         raise NimbuildError(
             f"model {where} could not be downloaded (no network?)",

@@ -7,26 +7,35 @@ What each step depends on:
 - export: the recipe minus ``gpus``/``runners``/``serving``, the model files'
   bytes (or hub repo + pinned revision), the pairs file, the toolchain versions;
 - engines: the engines module's own build cache (graph sha256, TensorRT, GPU);
-- manifest: the export's outputs and every engine fragment's bytes;
+- manifest: the export's outputs and every engine and CPU-class fragment's bytes;
 - render: the manifest's bytes, the recipe (serving options), the templates.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nimbuild import __version__
-from nimbuild.builder.assemble import REPORT_FILE
-from nimbuild.builder.cache import StepCache, digest, toolchain_versions, tree_digest
-from nimbuild.builder.gate import INPUTS_FILE
+from nimbuild.builder.cache import StepCache, toolchain_versions, tree_digest
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import (
+    GATE_INPUTS_FILE,
+    MANIFEST_FILE,
+    ONNX_DIR,
+    REPORT_FILE,
+    TOKENIZER_DIR,
+    TRITON_DIR,
+    read_export_report,
+    report_path,
+    write_export_report,
+)
+from nimbuild.fsutil import json_digest
 from nimbuild.output import Output
 
-EXPORT_OUTPUTS = (REPORT_FILE, INPUTS_FILE, "tokenizer", "onnx")
+EXPORT_OUTPUTS = (REPORT_FILE, GATE_INPUTS_FILE, TOKENIZER_DIR, ONNX_DIR)
 EXPORT_IRRELEVANT = {"gpus", "runners", "serving"}
 
 
@@ -75,7 +84,7 @@ def export_key(recipe: Any, cache: StepCache, cpu_classes: list[str] | None = No
     else:
         model = {"repo": src.repo, "revision": src.revision}
     pairs = tree_digest(recipe.resolve(recipe.pairs), cache.memo) if recipe.pairs else None
-    return digest(
+    return json_digest(
         {
             "step": "export",
             "recipe": recipe_part,
@@ -89,13 +98,10 @@ def export_key(recipe: Any, cache: StepCache, cpu_classes: list[str] | None = No
 
 def _sync_report_recipe(out_dir: Path, recipe: Any) -> None:
     """A reused export keeps describing the recipe it now serves (gpus/serving edits do not re-export)."""
-    from nimbuild.fsutil import atomic_write_text
-
-    path = out_dir / "export_report.json"
-    report = json.loads(path.read_text())
+    report = read_export_report(out_dir)
     if report.get("recipe_sha256") != recipe.sha256:
         report["recipe_sha256"] = recipe.sha256
-        atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+        write_export_report(out_dir, report)
 
 
 def _export_into(recipe: Any, out_dir: Path, out: Output, cpu_classes: list[str] | None = None) -> None:
@@ -142,7 +148,7 @@ def step_export(
     cache.forget("export")
     _export_into(recipe, out_dir, out, cpu_classes)
     cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
-    report = json.loads((out_dir / "export_report.json").read_text())
+    report = read_export_report(out_dir)
     passed = [p for p, e in report.get("precisions", {}).items() if e.get("status") == "passed"]
     return StepResult("export", "built", time.perf_counter() - t0, f"graphs: {', '.join(passed)}")
 
@@ -151,20 +157,21 @@ def step_engines(recipe: Any, out_dir: Path, out: Output, force: bool) -> StepRe
     """Engines for the visible GPU, through the engines module (it has its own reuse)."""
     t0 = time.perf_counter()
     try:
-        from nimbuild.builder import engines
+        from nimbuild.builder.engines import trt_seam  # the one module that imports tensorrt
+        from nimbuild.builder.engines.build import build_engines
+        from nimbuild.builder.engines.host import resolve_sku, visible_gpu
+        from nimbuild.builder.engines.plan import plan_engines
     except ImportError as exc:
         return StepResult("engines", "skipped", time.perf_counter() - t0, f"engines module unavailable ({exc})")
-    gpu, why = engines.visible_gpu()
+    gpu, why = visible_gpu()
     if gpu is None:
         return StepResult("engines", "skipped", time.perf_counter() - t0, f"no GPU visible ({why})")
-    from nimbuild.builder import trt_seam  # the one module that imports tensorrt
-
     trt, trt_problem = trt_seam.probe_tensorrt()
     if trt is None:  # not installed, or a broken CUDA install
         return StepResult("engines", "skipped", time.perf_counter() - t0, f"TensorRT not importable ({trt_problem})")
-    sku = engines.resolve_sku("auto")
-    plan = engines.plan_engines(recipe, sku, out_dir)
-    result = engines.build_engines(recipe, plan, out, force=force)
+    sku = resolve_sku("auto")
+    plan = plan_engines(recipe, sku, out_dir)
+    result = build_engines(recipe, plan, out, force=force)
     built = [r for r in result.results if getattr(r, "passed", False)]
     return StepResult(
         "engines",
@@ -178,16 +185,16 @@ def step_manifest(out_dir: Path, cache: StepCache, force: bool) -> tuple[StepRes
     from nimbuild.builder.assemble import FRAGMENT_GLOBS, build_manifest
 
     t0 = time.perf_counter()
-    path = out_dir / "manifest.yaml"
+    path = out_dir / MANIFEST_FILE
     fragments = {
         p.relative_to(out_dir).as_posix(): cache.memo.sha256(p)
         for pattern in FRAGMENT_GLOBS
         for p in sorted(out_dir.glob(pattern))
     }
-    key = digest(
+    key = json_digest(
         {
             "step": "manifest",
-            "report": cache.memo.sha256(out_dir / "export_report.json"),
+            "report": cache.memo.sha256(report_path(out_dir)),
             "export_outputs": cache.outputs_of([out_dir / p for p in EXPORT_OUTPUTS]),
             "fragments": fragments,
             "nimbuild": __version__,
@@ -209,8 +216,9 @@ def step_render(
         from nimbuild.render.triton import render_repositories
     except ImportError as exc:
         return StepResult("render", "skipped", time.perf_counter() - t0, f"render module unavailable ({exc})")
-    templates = Path(__file__).resolve().parents[1] / "templates"
-    key = digest(
+    from nimbuild.runtime.triton_repo.templating import TEMPLATES_DIR as templates
+
+    key = json_digest(
         {
             "step": "render",
             "manifest": cache.memo.sha256(manifest_path),
@@ -219,7 +227,7 @@ def step_render(
             "nimbuild": __version__,
         }
     )
-    triton = out_dir / "triton"
+    triton = out_dir / TRITON_DIR
     if not force and triton.is_dir() and cache.lookup("render", key):
         return StepResult("render", "reused", time.perf_counter() - t0, "manifest, recipe and templates unchanged")
     cache.forget("render")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from nimbuild.builder.steps import BuildResult
+    from nimbuild.output import Output
 
 from nimbuild.cli.options import CpuIsaOpt, JsonOpt, QuietOpt, split_cpu_isa
 
@@ -46,16 +51,15 @@ def build(
         render=not no_render,
         cpu_isa=split_cpu_isa(cpu_isa),
     )
-    out.emit(
-        result.to_dict(),
-        lambda o: (
-            o.table(
-                ["step", "status", "seconds", "note"],
-                [(s.step, s.status, f"{s.seconds:.2f}", s.note) for s in result.steps],
-            ),
-            o.line(f"wrote {result.manifest}"),
-        ),
+    out.emit(result.to_dict(), functools.partial(_print_steps, result=result))
+
+
+def _print_steps(o: Output, result: BuildResult) -> None:
+    o.table(
+        ["step", "status", "seconds", "note"],
+        [(s.step, s.status, f"{s.seconds:.2f}", s.note) for s in result.steps],
     )
+    o.line(f"wrote {result.manifest}")
 
 
 def register(app: typer.Typer) -> None:

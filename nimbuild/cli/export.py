@@ -62,6 +62,7 @@ def export(
     """
     from nimbuild.builder.pipeline import as_recipe, run_export, run_from_export
     from nimbuild.errors import NimbuildError
+    from nimbuild.export_layout import report_path
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode, quiet=quiet)
@@ -69,13 +70,14 @@ def export(
         raise NimbuildError(f"--exporter {exporter!r} is not known", hint="use auto, legacy or dynamo")
     precisions = None
     if precision is not None:
-        precisions = [p.strip().lower() for p in precision.split(",") if p.strip()]
-        unknown = [p for p in precisions if p not in ("fp32", "fp16", "fp8", "int8", "cpu-int8")]
+        from nimbuild.export_layout import PRECISION_DIRS, canonical_precision
+
+        precisions = [canonical_precision(p) for p in precision.split(",") if p.strip()]
+        unknown = [p for p in precisions if p not in PRECISION_DIRS]
         if unknown:
             raise NimbuildError(
                 f"--precision: unknown {', '.join(unknown)}", hint="use a comma list of fp16, fp8, int8"
             )
-        precisions = ["int8" if p == "cpu-int8" else p for p in precisions]
     recipe = as_recipe(source, trust_remote_code=trust_remote_code or None, revision=revision)
     if from_export is not None:
         if pairs is not None:
@@ -108,7 +110,7 @@ def export(
         o.line(
             f"exported {report['model']} ({report['architecture']}, revision {report['model_revision']}) to {target}"
         )
-        o.line(f"report: {target / 'export_report.json'}")
+        o.line(f"report: {report_path(target)}")
 
     out.emit({"out": str(target), "report": report}, human)
 

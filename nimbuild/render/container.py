@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import MANIFEST_FILE
 from nimbuild.render.wheelhouse import ImageTarget, cpu_target, gpu_target, write_wheelhouse
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
@@ -233,7 +234,7 @@ def render_container(
             continue
         write_wheelhouse(context, targets[kind], nimbuild_wheel=nimbuild_wheel, out=out)
     images: dict[str, ImageFiles] = {}
-    plans = [("gpu", "Dockerfile", manifest.profiles, base_image, "manifest.yaml", gpu_paths)]
+    plans = [("gpu", "Dockerfile", manifest.profiles, base_image, MANIFEST_FILE, gpu_paths)]
     if cpu:
         cpu_base = f"python:{targets['cpu'].python}-slim-bookworm"
         plans.append(("cpu", "Dockerfile.cpu", cpu, cpu_base, CPU_MANIFEST, local_files(cpu)))
@@ -301,7 +302,7 @@ def render_container(
         context=context,
         base_image=base_image,
         profile_ids=[p.id for p in sorted(manifest.profiles, key=lambda p: p.name)],
-        included=["manifest.yaml", *gpu_paths],
+        included=[MANIFEST_FILE, *gpu_paths],
         notes=notes,
         images=images,
     )
@@ -309,7 +310,7 @@ def render_container(
 
 def repositories_for(manifest, triton_dir: Path) -> list[str]:
     """Folders under ``triton_dir`` rendered from this manifest's profiles (stale ones are left out)."""
-    from nimbuild.runtime.triton_repo.repository import REPOSITORY_INFO
+    from nimbuild.runtime.triton_repo.layout import REPOSITORY_INFO
 
     ids = {p.id for p in manifest.profiles}
     names = []

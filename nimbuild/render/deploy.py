@@ -29,7 +29,7 @@ from pathlib import Path
 from nimbuild.errors import NimbuildError
 
 GFD_PRODUCT = "nvidia.com/gpu.product"  # GPU Feature Discovery's node label
-NIM_API_VERSION = "apps.nvidia.com/v1alpha1"
+OPERATOR_API_VERSION = "apps.nvidia.com/v1alpha1"
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
 CACHE_MOUNT = "/model-store"  # where the operator mounts the NIMCache volume (utils.DefaultModelStorePath)
 DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
@@ -177,7 +177,7 @@ def nim_resources(manifest, model: str, opts: DeployOptions) -> tuple[list[dict]
         repository, tag = _split_image(image)
         caches.append(
             {
-                "apiVersion": NIM_API_VERSION,
+                "apiVersion": OPERATOR_API_VERSION,
                 "kind": "NIMCache",
                 "metadata": {"name": name, "labels": labels},
                 "spec": {
@@ -218,7 +218,7 @@ def nim_resources(manifest, model: str, opts: DeployOptions) -> tuple[list[dict]
             affinity = _affinity(pool)
         services.append(
             {
-                "apiVersion": NIM_API_VERSION,
+                "apiVersion": OPERATOR_API_VERSION,
                 "kind": "NIMService",
                 "metadata": {"name": name, "labels": labels},
                 "spec": {

@@ -1,27 +1,28 @@
 """``nimbuild render``: a Triton model repository for every profile of a manifest, and the serving Dockerfile.
 
-The repository itself (templates, contexts, checks, writing, serve-time
-overrides) is :mod:`nimbuild.runtime.triton_repo.repository`, shared with the
-runtime's ``create-model-store``; this module walks a manifest with it.
+The repository itself (contexts, record, checks, writing, serve-time overrides)
+is :mod:`nimbuild.runtime.triton_repo`, shared with the runtime's
+``create-model-store``; this module walks a manifest with it.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import TRITON_DIR
 from nimbuild.output import Output
-from nimbuild.runtime.triton_repo.repository import (
-    RenderedRepository,
-    ServingOptions,
-    multi_cc_groups,
-    multi_cc_info,
-    profile_info,
-    write_repository,
-)
+from nimbuild.runtime.triton_repo.cc_groups import multi_cc_groups, multi_cc_info
+from nimbuild.runtime.triton_repo.contexts import ServingOptions
+from nimbuild.runtime.triton_repo.record import profile_info
+from nimbuild.runtime.triton_repo.writing import RenderedRepository, write_repository
+
+if TYPE_CHECKING:
+    from nimbuild.manifest import Manifest
 
 # --------------------------------------------------------------------------- the command
 
@@ -58,13 +59,14 @@ def render_all(
     one repository per set of engines spanning several compute capabilities, and
     ``out_dir/Dockerfile`` (+ its dockerignore) for the serving image.
 
-    Refuses a manifest that fails :func:`nimbuild.manifest.verify_manifest`
+    Refuses a manifest that fails :func:`nimbuild.manifest_verify.verify_manifest`
     (wrong IDs, missing or altered files): nothing is rendered from it. ``images``: keyword
     arguments of :func:`nimbuild.render.container.render_container` (``targets``, ``wheelhouses``,
     ``nimbuild_wheel``). ``deploy``: keyword arguments of :func:`nimbuild.render.deploy.render_deploy`
     (``image``, ``cpu_image``, ``namespace``); its Kubernetes resources are written with the Dockerfiles.
     """
-    from nimbuild.manifest import load_manifest, verify_manifest
+    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest_verify import verify_manifest
     from nimbuild.runtime.triton_repo.files import check_mode
 
     check_mode(mode)
@@ -83,7 +85,7 @@ def render_all(
             f"{manifest_path}: the manifest does not verify, nothing rendered: {shown}",
             hint="run `nimbuild manifest verify` and rebuild what it names",
         )
-    triton_dir = Path(out_dir) / "triton"
+    triton_dir = Path(out_dir) / TRITON_DIR
     servable = [p for p in manifest.profiles if p.tags.get("backend") in ("tensorrt", "onnx")]
     skipped = [
         f"{p.name}: backend {p.tags.get('backend')!r} has no Triton model; not rendered"
@@ -93,12 +95,9 @@ def render_all(
     out = out or Output(quiet=True)
     for note in skipped:
         out.note(note)
-    jobs = [(p.name, lambda p=p: profile_info(manifest, p, serving)) for p in servable]
-    jobs += [
-        (name, lambda name=name, ps=ps: multi_cc_info(manifest, name, ps, serving))
-        for name, ps in multi_cc_groups(manifest)
-    ]
-    infos = [(name, make()) for name, make in jobs]  # read every graph before writing anything
+    # read every graph before writing anything
+    infos = [(p.name, profile_info(manifest, p, serving)) for p in servable]
+    infos += [(name, multi_cc_info(manifest, name, ps, serving)) for name, ps in multi_cc_groups(manifest)]
     rendered = []
     with out.progress() as progress:
         task = progress.add_task("rendering Triton repositories", total=len(infos))
@@ -117,13 +116,18 @@ def render_all(
     return RenderResult(repositories=rendered, container=container, skipped=skipped, deploy=resources)
 
 
-def _locator(manifest, info: dict):
+def _locator(manifest: Manifest, info: dict[str, Any]) -> Callable[[str], Path]:
     """Where a repository's source file (a workspace key of its profiles) has its bytes: at the file's uri."""
-    from nimbuild.manifest import safe_join
+    from nimbuild.manifest_paths import safe_join
 
     ids = set(info["profile_ids"])
     paths = {rel: e.bytes_path for p in manifest.profiles if p.id in ids for rel, e in p.files.items()}
-    return lambda rel: safe_join(manifest.root, paths.get(rel, rel), info["profile_name"])
+    folder = manifest.folder
+
+    def locate(rel: str) -> Path:
+        return safe_join(folder, paths.get(rel, rel), info["profile_name"])
+
+    return locate
 
 
 def render_repositories(

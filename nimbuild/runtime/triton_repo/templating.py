@@ -11,8 +11,12 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from nimbuild.errors import NimbuildError
+
+if TYPE_CHECKING:
+    import jinja2
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"  # nimbuild/templates
 
@@ -28,7 +32,7 @@ def yamlstr(value: object) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def environment():
+def environment() -> jinja2.Environment:
     try:
         import jinja2
     except ImportError:  # pragma: no cover - jinja2 is a dependency of build and runtime
@@ -50,12 +54,12 @@ def environment():
     return env
 
 
-def render(template: str, **context) -> str:
+def render(template: str, **context: Any) -> str:
     """Render ``nimbuild/templates/<template>`` with ``context``."""
     import jinja2
 
     try:
-        return environment().get_template(template).render(**context)
+        return str(environment().get_template(template).render(**context))
     except jinja2.TemplateNotFound:
         raise NimbuildError(
             f"{TEMPLATES_DIR / template}: template not found",

@@ -1,4 +1,5 @@
-"""`nimbuild build`: every step, then a no-change rebuild that reuses everything; changes rebuild what depends on them."""
+"""nimbuild.builder.steps (`nimbuild build`): every step, then a no-change rebuild that reuses everything;
+changes rebuild what depends on them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from nimbuild import manifest as mf
+from nimbuild import manifest_verify
 from nimbuild.output import Output
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +82,7 @@ def test_no_change_rebuild_reuses_every_step(recipe_dir, tmp_path, fake_pipeline
     status, res = _build(recipe, out)
     assert status == {"export": "built", "engines": "skipped", "manifest": "built", "render": "skipped"}
     first = (out / "manifest.yaml").read_bytes()
-    assert mf.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
+    assert manifest_verify.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
     status, _ = _build(recipe, out)
     assert status["export"] == "reused" and status["manifest"] == "reused"
     assert len(fake_pipeline) == 1
@@ -135,7 +137,7 @@ def test_tampered_output_is_rebuilt_not_reused(recipe_dir, tmp_path, fake_pipeli
     (out / "onnx/fp32/model.onnx").write_bytes(b"tampered!")
     status, _ = _build(recipe, out)
     assert status["export"] == "built"
-    assert mf.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
+    assert manifest_verify.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
 
 
 def test_new_fragment_rebuilds_only_the_manifest(recipe_dir, tmp_path, fake_pipeline):
@@ -192,7 +194,7 @@ def test_real_build_then_no_change_rebuild(real_build):
     out, first = real_build
     assert first.manifest == out / "manifest.yaml"
     m = mf.load_manifest(out / "manifest.yaml")
-    assert m.profiles and mf.verify_manifest(m) == []
+    assert m.profiles and manifest_verify.verify_manifest(m) == []
     again = run_build(REPO / "recipes/example-tiny.yaml", out, Output(quiet=True), engines=False)
     assert {s.step: s.status for s in again.steps}["export"] == "reused"
     assert {s.step: s.status for s in again.steps}["manifest"] == "reused"
@@ -249,6 +251,6 @@ def test_real_reexport_keeps_the_rest_of_the_build_folder(real_build, tmp_path):
     assert not (out / ".export.partial").exists()
     report = json.loads((out / "export_report.json").read_text())
     assert report["thresholds"]["ndcg10"] == 0.97
-    assert mf.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
+    assert manifest_verify.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
     forced = run_build(recipe, out, Output(quiet=True), engines=False, force=True)
     assert {s.step: s.status for s in forced.steps}["export"] == "built"
