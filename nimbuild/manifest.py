@@ -21,6 +21,7 @@ from typing import Any
 
 from nimbuild.errors import NimbuildError
 from nimbuild.profiles import profile_id
+from nimbuild.safe_text import check_name, path_part_problem
 
 SCHEMA_VERSION = "2.0.0"
 SELECTION_CRITERIA = "default"
@@ -141,6 +142,10 @@ def check_relpath(relpath: object, where: str = "") -> str:
         raise NimbuildError(
             f"{at}path {relpath!r} names the manifest's folder itself, not a file", hint="list files, not folders"
         )
+    for part in pure.parts:  # safe_text's rule for every path part: no control characters, <= 255 bytes
+        problem = path_part_problem(part)
+        if problem is not None:
+            raise NimbuildError(f"{at}path {relpath!r}: part {part!r}: {problem}", hint="rename the file")
     return norm
 
 
@@ -249,6 +254,7 @@ def _parse_profile(raw: object, index: int, src: str) -> Profile:
             f"expected a non-empty string, got {name!r}",
             "give every profile a unique human-readable name",
         )
+    check_name(name, f"{src}: {where}.name")  # it becomes a folder (OUT/triton/<name>/): never a path
     tags = raw.get("tags")
     if not isinstance(tags, dict) or not tags:
         raise _err(

@@ -45,6 +45,7 @@ ALLOWED_NIMBUILD = {
     "nimbuild.profiles",
     "nimbuild.manifest",
     "nimbuild.fsutil",
+    "nimbuild.safe_text",
     "nimbuild.runtime",
     "nimbuild.runtime.hardware",
     "nimbuild.runtime.selection",
@@ -174,6 +175,7 @@ RUNTIME_MAY_IMPORT = (
     "nimbuild.profiles",
     "nimbuild.manifest",
     "nimbuild.fsutil",
+    "nimbuild.safe_text",
     "nimbuild.runtime",
 )
 

@@ -96,6 +96,8 @@ def run(application: typer.Typer, argv: list[str] | None = None, prog_name: str 
     """
     import click
 
+    from nimbuild.safe_text import printable
+
     try:
         try:
             code = application(args=argv, prog_name=prog_name, standalone_mode=False)
@@ -112,14 +114,14 @@ def run(application: typer.Typer, argv: list[str] | None = None, prog_name: str 
     except NimbuildError as exc:
         if debug_enabled():
             raise
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {printable(exc)}\n")  # one line: names from data cannot forge more
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "nimbuild")
-        sys.stderr.write(f"error: {exc.format_message().rstrip('.')}; see `{where} --help`\n")
+        sys.stderr.write(f"error: {printable(exc.format_message().rstrip('.'))}; see `{where} --help`\n")
         sys.exit(2)
     except click.ClickException as exc:
-        sys.stderr.write(f"error: {exc.format_message()}\n")
+        sys.stderr.write(f"error: {printable(exc.format_message())}\n")
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         sys.stderr.write("interrupted\n")

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.safe_text import shell_join, shell_word
 
 FORMATS = ("github", "gitlab", "k8s")
 TEMPLATES = {"github": "plan_github.yaml.j2", "gitlab": "plan_gitlab.yaml.j2", "k8s": "plan_k8s.yaml.j2"}
@@ -70,6 +70,11 @@ def _recipe_path_for_ci(path: Path | None) -> str:
             hint="run `nimbuild plan` from the repository root that holds the recipe",
         )
     return Path(rel).as_posix()
+
+
+def _engines_of(slug: str) -> str:
+    """Where a k8s engines job leaves its SKU's engines on the shared volume."""
+    return f"/workspace/out/{slug}/engines/{slug}"
 
 
 def _k8s_name(*parts: str) -> str:
@@ -125,7 +130,7 @@ def render_plan(
     model = recipe.name
     builder = builder_image or builder_image_for(getattr(recipe.serving, "triton_image", None))
     image = image_name or f"nimbuild/{model}"
-    q = shlex.quote
+    q = shell_word  # every value pasted into a shell line is one quoted word (nimbuild.safe_text)
     commands = {
         "export": f"nimbuild export {q(recipe_path)} --out out",
         "engines_github": f'nimbuild engines {q(recipe_path)} --gpu "${{{{ matrix.slug }}}}" --out out',
@@ -134,7 +139,12 @@ def render_plan(
             "docker build -f out/Dockerfile"
             ' --build-arg "SOURCE_URL=${{ github.server_url }}/${{ github.repository }}"'
             ' --build-arg "SOURCE_REVISION=${{ github.sha }}"'
-            f' -t "{image}:${{{{ github.sha }}}}" out'
+            f" -t {q(image)}:${{{{ github.sha }}}} out"
+        ),
+        "docker_gitlab": (
+            "docker build -f out/Dockerfile"
+            ' --build-arg "SOURCE_URL=$CI_PROJECT_URL" --build-arg "SOURCE_REVISION=$CI_COMMIT_SHA"'
+            f' -t {q(image)}:"$CI_COMMIT_SHA" out'
         ),
     }
     for job in jobs:
@@ -143,19 +153,19 @@ def render_plan(
         job["k8s_script"] = " && ".join(
             [
                 "python3 -m pip install --no-cache-dir '.[build]'",
-                f"nimbuild export {q(recipe_path)} --out {workdir}",
-                f"nimbuild engines {q(recipe_path)} --gpu {q(job['slug'])} --out {workdir}",
+                f"nimbuild export {q(recipe_path)} --out {q(workdir)}",
+                f"nimbuild engines {q(recipe_path)} --gpu {q(job['slug'])} --out {q(workdir)}",
             ]
         )
-    fragments = [f"/workspace/out/{j['slug']}/engines/{j['slug']}/fragment.yaml" for j in jobs]
+    fragments = [f"{_engines_of(j['slug'])}/fragment.yaml" for j in jobs]
     wait_script = (
-        f'for f in {" ".join(fragments)}; do until [ -f "$f" ]; do echo "waiting for $f"; sleep 30; done; done'
+        f'for f in {shell_join(fragments)}; do until [ -f "$f" ]; do echo "waiting for $f"; sleep 30; done; done'
     )
     merge_script = " && ".join(
         [
             "python3 -m pip install --no-cache-dir '.[build]'",
             "mkdir -p /workspace/out/release/engines",
-            *[f"cp -a /workspace/out/{j['slug']}/engines/{j['slug']} /workspace/out/release/engines/" for j in jobs],
+            *[f"cp -a {q(_engines_of(j['slug']))} /workspace/out/release/engines/" for j in jobs],
             f"nimbuild build {q(recipe_path)} --out /workspace/out/release --no-engines",
             "nimbuild manifest verify /workspace/out/release/manifest.yaml",
         ]

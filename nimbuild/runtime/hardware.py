@@ -21,6 +21,7 @@ from typing import Any
 
 from nimbuild import skus
 from nimbuild.errors import NimbuildError
+from nimbuild.safe_text import printable
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"", "0", "false", "no", "off", "n", "f"}
@@ -133,7 +134,7 @@ class Host:
         if self.driver_version or self.cuda_driver_version:
             lines.append(f"- Driver: {self.driver_version or 'unknown'} (CUDA {self.cuda_driver_version or 'unknown'})")
         lines.extend(f"- Note: {note}" for note in self.notes)
-        return lines
+        return [printable(line) for line in lines]  # names and reasons from the driver or the environment
 
     def to_dict(self) -> dict[str, Any]:
         return {

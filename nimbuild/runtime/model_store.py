@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nimbuild.errors import NimbuildError
+from nimbuild.safe_text import child
 
 ENV_CACHE = "NIM_CACHE_PATH"
 
@@ -196,7 +197,7 @@ def _prerendered(manifest, profile) -> dict | None:
 
     if manifest.root is None:
         return None
-    folder = Path(manifest.root) / "triton" / profile.name
+    folder = child(Path(manifest.root) / "triton", profile.name, f"profile {profile.name!r}")
     if not (folder / REPOSITORY_INFO).is_file():
         return None
     try:

@@ -33,11 +33,13 @@ BACKEND_CHOICES = ("auto", "onnxruntime", "triton")
 
 
 def setup_logging(level: str = "info") -> None:
-    """Plain lines on stderr, as a container log reads them."""
+    """Plain lines on stderr, as a container log reads them: one record, one line (safe_text)."""
+    from nimbuild.safe_text import PrintableFormatter
+
     logger = logging.getLogger("nimbuild")
     if not any(getattr(h, "_nimbuild", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(message)s"))
         handler._nimbuild = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(level.upper())
