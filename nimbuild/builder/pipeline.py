@@ -47,14 +47,27 @@ def as_recipe(recipe_or_model: Any, *, trust_remote_code: bool | None = None, re
     return recipe_for_model(text, revision=revision, trust_remote_code=bool(trust_remote_code))
 
 
-def check_out_dir(out_dir: Path, force: bool) -> None:
+def check_out_dir(out_dir: Path, force: bool, *, into_build: bool = False) -> None:
+    """May the export write into ``out_dir``? (NimbuildError naming the folder and the fix when not.)
+
+    ``nimbuild export`` wants an empty or new folder, or ``--force``; inside a build folder
+    (``into_build``) the other entries are the build's. Either way, an export entry
+    (onnx/, tokenizer/, export_report.json) that nimbuild did not write is replaced only
+    under ``force``, and nothing else in the folder is ever touched (nimbuild.outdir).
+    """
+    from nimbuild.builder.steps import EXPORT_OUTPUTS
+    from nimbuild.outdir import OutputFolder
+
     if out_dir.exists() and not out_dir.is_dir():
         raise NimbuildError(f"output {out_dir} exists and is a file", hint="give a folder path with --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+    folder = OutputFolder(out_dir)
+    if not into_build and not force and folder.has_content():
         raise NimbuildError(
             f"output folder {out_dir} already exists and is not empty",
-            hint="choose another --out, or pass --force to replace it",
+            hint="choose another --out, or pass --force to replace its export "
+            "(onnx/, tokenizer/, export_report.json; nothing else in it is touched)",
         )
+    folder.check_replaceable(EXPORT_OUTPUTS, force=force, action="the export")
 
 
 def save_tokenizer(model_dir: Path, dest: Path, trust_remote_code: bool) -> Any:
@@ -127,24 +140,58 @@ def run_export(
     trust_remote_code: bool | None = None,
     revision: str | None = None,
     exporter: str = "auto",
+    into_build: bool = False,
 ) -> dict:
     """Export a model (recipe, folder or hub id) into ``out_dir``; returns the export report.
 
     ``precisions``: None = the recipe's; fp32 is always built. ``pairs``: a JSONL
     overriding the recipe's (none at all: synthetic pairs from the vocabulary).
+    Everything is made in the folder's staging area (nimbuild.outdir) and swapped in
+    only when the FP32 graph has passed its gate: a failed export changes nothing,
+    and a manifest.yaml there is withdrawn during the swap (it listed the old graphs).
+    ``into_build``: ``out_dir`` is a build folder (check_out_dir).
     """
+    from nimbuild.outdir import OutputFolder
+
+    recipe = as_recipe(recipe_or_model, trust_remote_code=trust_remote_code, revision=revision)
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir, force, into_build=into_build)  # before the lock: a refusal creates nothing
+    folder = OutputFolder(out_dir)
+    with folder.locked("nimbuild export"):
+        check_out_dir(out_dir, force, into_build=into_build)  # again, as the previous holder left it
+        return _export_locked(
+            recipe,
+            folder,
+            precisions,
+            pairs,
+            out or Output(quiet=True),
+            trust_remote_code=trust_remote_code,
+            exporter=exporter,
+            into_build=into_build,
+        )
+
+
+def _export_locked(
+    recipe: Any,
+    folder: Any,
+    precisions: Sequence[str] | None,
+    pairs: str | Path | None,
+    out: Output,
+    *,
+    trust_remote_code: bool | None,
+    exporter: str,
+    into_build: bool,
+) -> dict:
+    """run_export's work, with the output folder locked: stage everything, then swap it in."""
     from nimbuild.builder import export as exp
     from nimbuild.builder import gate as gate_mod
     from nimbuild.builder import pairs as pairs_mod
     from nimbuild.builder.source import resolve_source
-    from nimbuild.fsutil import atomic_write_text, staging_dir
+    from nimbuild.builder.steps import EXPORT_OUTPUTS
+    from nimbuild.fsutil import atomic_write_text, crash_point
 
-    out = out or Output(quiet=True)
     started = time.perf_counter()
-    recipe = as_recipe(recipe_or_model, trust_remote_code=trust_remote_code, revision=revision)
     trust = recipe.trust_remote_code if trust_remote_code is None else trust_remote_code
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir, force)
     wanted = list(recipe.precisions if precisions is None else precisions)
     wanted = ["fp32"] + [p for p in dict.fromkeys(x.strip().lower() for x in wanted) if p and p != "fp32"]
     pairs_path = Path(pairs) if pairs is not None else (recipe.resolve(recipe.pairs) if recipe.pairs else None)
@@ -157,7 +204,7 @@ def run_export(
     arch = exp.check_supported(resolved.config, resolved.path, trust)
     out.note(f"model {recipe.name}: {arch} from {resolved.path} (revision {resolved.revision})")
 
-    with staging_dir(out_dir) as stage:
+    with folder.staging("export") as stage:
         with out.progress() as progress:
             t = progress.add_task("export fp32 (PyTorch -> ONNX)", total=3)
             tokenizer = save_tokenizer(resolved.path, stage / "tokenizer", trust)
@@ -252,6 +299,13 @@ def run_export(
             report["precisions"].update(_build_precisions(stage, others, info, encoded, reference, recipe, out))
         report["seconds"] = round(time.perf_counter() - started, 3)
         atomic_write_text(stage / "export_report.json", dumps(report) + "\n")
+        crash_point("export:staged")
+        withdrawn = folder.swap_in(stage, EXPORT_OUTPUTS)
+    if withdrawn and not into_build:
+        out.note(
+            f"{folder.path / withdrawn[0]} listed the previous graphs and was removed; "
+            f"write it again with `nimbuild manifest build --export-dir {folder.path}` (or `nimbuild build`)"
+        )
     print_gate_table(report["precisions"], out)
     return report
 

@@ -22,9 +22,12 @@ from typing import Any
 from nimbuild import __version__
 from nimbuild.builder.cache import StepCache, digest, toolchain_versions, tree_digest
 from nimbuild.errors import NimbuildError
+from nimbuild.outdir import OutputFolder, signature
 from nimbuild.output import Output
 
 EXPORT_OUTPUTS = ("export_report.json", "tokenizer", "onnx")
+# What a build replaces besides the export (the Triton repositories are checked one by one by render).
+BUILD_OUTPUTS = (*EXPORT_OUTPUTS, "manifest.yaml", "Dockerfile", "Dockerfile.dockerignore", ".dockerignore")
 EXPORT_IRRELEVANT = {"gpus", "runners", "serving"}
 
 
@@ -74,42 +77,19 @@ def export_key(recipe: Any, cache: StepCache) -> str:
 
 def _sync_report_recipe(out_dir: Path, recipe: Any) -> None:
     """A reused export keeps describing the recipe it now serves (gpus/serving edits do not re-export)."""
-    from nimbuild.fsutil import atomic_write_text
-
     path = out_dir / "export_report.json"
     report = json.loads(path.read_text())
     if report.get("recipe_sha256") != recipe.sha256:
         report["recipe_sha256"] = recipe.sha256
-        atomic_write_text(path, json.dumps(report, indent=2, sort_keys=True) + "\n")
-
-
-def _export_into(recipe: Any, out_dir: Path, out: Output) -> None:
-    """Export beside the build's other outputs, then swap in only the export's own entries.
-
-    ``run_export`` owns a whole folder (staged, then renamed into place); a build folder
-    also holds engines, fragments, the manifest, the Triton repositories and the step
-    cache, which a re-export must keep. A failed export leaves the previous one in place.
-    """
-    import shutil
-
-    from nimbuild.builder.pipeline import run_export
-
-    fresh = out_dir / ".export.partial"
-    shutil.rmtree(fresh, ignore_errors=True)
-    try:
-        run_export(recipe, fresh, precisions=list(recipe.precisions), pairs=None, out=out)
-        for name in EXPORT_OUTPUTS:
-            old = out_dir / name
-            if old.is_dir():
-                shutil.rmtree(old)
-            elif old.exists():
-                old.unlink()
-            (fresh / name).replace(old)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
+        text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+        OutputFolder(out_dir).write_files({"export_report.json": text.encode("utf-8")})
 
 
 def step_export(recipe: Any, out_dir: Path, cache: StepCache, out: Output, force: bool) -> StepResult:
+    """The export, staged in the build folder and swapped in entry by entry (nimbuild.outdir): the
+    engines, fragments, Triton repositories and step cache stay; a failed export changes nothing."""
+    from nimbuild.builder.pipeline import run_export
+
     t0 = time.perf_counter()
     key = export_key(recipe, cache)
     if not force and cache.lookup("export", key):
@@ -117,11 +97,19 @@ def step_export(recipe: Any, out_dir: Path, cache: StepCache, out: Output, force
         cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
         return StepResult("export", "reused", time.perf_counter() - t0, "recipe, model files and toolchain unchanged")
     cache.forget("export")
-    _export_into(recipe, out_dir, out)
+    run_export(recipe, out_dir, precisions=list(recipe.precisions), pairs=None, out=out, force=force, into_build=True)
     cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
     report = json.loads((out_dir / "export_report.json").read_text())
     passed = [p for p, e in report.get("precisions", {}).items() if e.get("status") == "passed"]
     return StepResult("export", "built", time.perf_counter() - t0, f"graphs: {', '.join(passed)}")
+
+
+def _tree_signatures(root: Path, top: str) -> dict[str, list]:
+    """Every file under ``root/top`` and what it is (nimbuild.outdir.signature)."""
+    folder = root / top
+    if not folder.is_dir():
+        return {}
+    return {p.relative_to(root).as_posix(): signature(p) for p in sorted(folder.rglob("*")) if not p.is_dir()}
 
 
 def step_engines(recipe: Any, out_dir: Path, out: Output, force: bool) -> StepResult:
@@ -141,7 +129,17 @@ def step_engines(recipe: Any, out_dir: Path, out: Output, force: bool) -> StepRe
         return StepResult("engines", "skipped", time.perf_counter() - t0, f"TensorRT not importable ({trt_problem})")
     sku = engines.resolve_sku("auto")
     plan = engines.plan_engines(recipe, sku, out_dir)
+    # The manifest lists these engines: withdrawn while they may change, put back if none did.
+    folder = OutputFolder(out_dir)
+    top = f"engines/{sku.slug}"
+    folder.check_replaceable([top], force=force, action="the engines step")
+    before = _tree_signatures(out_dir, top)
+    aside = folder.withdraw("manifest.yaml")
+    folder.expect_any(top)
     result = engines.build_engines(recipe, plan, out, force=force)
+    folder.record([top])
+    if aside is not None and _tree_signatures(out_dir, top) == before:
+        folder.restore(aside, "manifest.yaml")
     built = [r for r in result.results if getattr(r, "passed", False)]
     return StepResult(
         "engines",
@@ -169,7 +167,10 @@ def step_manifest(out_dir: Path, cache: StepCache, force: bool) -> tuple[StepRes
     if not force and path.exists() and cache.lookup("manifest", key):
         return StepResult("manifest", "reused", time.perf_counter() - t0, "export and fragments unchanged"), path
     cache.forget("manifest")
+    folder = OutputFolder(out_dir)
+    folder.expect_any("manifest.yaml")  # written by manifest.write_manifest, recorded right after
     m, path = build_manifest(out_dir, out=path)
+    folder.record(["manifest.yaml"])
     cache.store("manifest", key, [path])
     return StepResult("manifest", "built", time.perf_counter() - t0, f"{len(m.profiles)} profiles"), path
 
@@ -196,7 +197,7 @@ def step_render(
     if not force and triton.is_dir() and cache.lookup("render", key):
         return StepResult("render", "reused", time.perf_counter() - t0, "manifest, recipe and templates unchanged")
     cache.forget("render")
-    repos = render_repositories(manifest_path, out_dir, recipe_path=recipe.path, out=out)
+    repos = render_repositories(manifest_path, out_dir, recipe_path=recipe.path, out=out, force=force)
     cache.store("render", key, [triton])
     return StepResult("render", "built", time.perf_counter() - t0, f"{len(repos)} Triton repositories")
 
@@ -215,7 +216,14 @@ def run_build(
 
     recipe = load_recipe(recipe_path)
     out_dir = Path(out_dir) if out_dir is not None else recipe.default_out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = OutputFolder(out_dir)
+    folder.check_replaceable(BUILD_OUTPUTS, force=force, action="nimbuild build")  # before the lock: creates nothing
+    with folder.locked("nimbuild build"):
+        folder.check_replaceable(BUILD_OUTPUTS, force=force, action="nimbuild build")
+        return _build_locked(recipe, out_dir, out, force=force, engines=engines, render=render)
+
+
+def _build_locked(recipe: Any, out_dir: Path, out: Output, *, force: bool, engines: bool, render: bool) -> BuildResult:
     cache = StepCache(out_dir)
     result = BuildResult(out_dir=out_dir, manifest=None)
 

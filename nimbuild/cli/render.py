@@ -37,11 +37,16 @@ def render(
     ] = None,
     link: LinkOpt = True,
     no_dockerfile: Annotated[bool, typer.Option("--no-dockerfile", help="Only the Triton repositories.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace a Dockerfile, .dockerignore or repository file nimbuild did not write."),
+    ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Render a Triton model repository per profile (config.pbtxt checked against Triton's schema)
-    and the serving image's Dockerfile. Refuses a manifest that does not verify.
+    and the serving image's Dockerfile. Refuses a manifest that does not verify, and replaces
+    only what nimbuild wrote (a Dockerfile of your own stays, unless --force).
 
     Example: nimbuild render --manifest out/example-tiny/manifest.yaml --recipe recipes/example-tiny.yaml
     """
@@ -57,6 +62,7 @@ def render(
         recipe_path=recipe,
         out=out,
         dockerfile=not no_dockerfile,
+        force=force,
     )
     for repo in result.repositories:
         for note in repo.notes:

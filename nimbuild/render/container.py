@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.safe_text import shell_join
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 MODEL_DIR = "/opt/nim/model"
@@ -58,7 +58,18 @@ class ContainerFiles:
 
 
 def build_command(dockerfile: Path, context: Path, tag: str) -> str:
-    return f"docker build -f {shlex.quote(str(dockerfile))} -t {shlex.quote(tag)} {shlex.quote(str(context))}"
+    return shell_join(["docker", "build", "-f", dockerfile, "-t", tag, context])
+
+
+def container_outputs(manifest_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[str]:
+    """What :func:`render_container` writes in ``out_dir`` (relative paths): checked before anything is."""
+    same = os.path.abspath(out_dir) == os.path.abspath(Path(manifest_path).parent)
+    return ["Dockerfile", "Dockerfile.dockerignore", *([".dockerignore"] if same else [])]
+
+
+def dockerignore_pattern(path: str) -> str:
+    """A path as a literal .dockerignore pattern: its glob characters (``* ? [ \\``) escaped."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", path)
 
 
 def _source(recipe: Any, header: dict) -> tuple[str, str]:
@@ -83,15 +94,19 @@ def render_container(
     *,
     recipe: Any = None,
     triton_dir: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> ContainerFiles:
     """Write ``out_dir/Dockerfile`` (+ its dockerignore) for the manifest's profiles.
 
     ``triton_dir``: the rendered repositories; they go into the image when they
     are inside the manifest's folder (the context), so that ``serve`` reuses them.
+    A Dockerfile or .dockerignore that nimbuild did not write is replaced only
+    under ``force`` (nimbuild.outdir).
     """
     from nimbuild import __version__
     from nimbuild.fsutil import atomic_write_text
     from nimbuild.manifest import load_manifest
+    from nimbuild.outdir import OutputFolder
     from nimbuild.runtime.triton_repo.templating import render
 
     manifest_path = Path(manifest_path)
@@ -150,13 +165,14 @@ def render_container(
             f"{dockerfile}: the rendered Dockerfile breaks its rules: {'; '.join(problems)}",
             hint="fix templates/Dockerfile.j2",
         )
-    ignore = render("dockerignore.j2", nimbuild_version=__version__, paths=paths)
-    atomic_write_text(dockerfile, text)
-    ignores = [out_dir / "Dockerfile.dockerignore"]  # BuildKit reads <Dockerfile>.dockerignore
-    atomic_write_text(ignores[0], ignore)
-    if os.path.abspath(out_dir) == os.path.abspath(context):
-        ignores.append(context / ".dockerignore")  # the classic builder reads only this one
-        atomic_write_text(ignores[1], ignore)
+    ignore = render("dockerignore.j2", nimbuild_version=__version__, paths=[dockerignore_pattern(p) for p in paths])
+    # BuildKit reads <Dockerfile>.dockerignore; the classic builder only .dockerignore in the context
+    outputs = container_outputs(manifest_path, out_dir)
+    folder = OutputFolder(out_dir)
+    with folder.locked("nimbuild render"):
+        folder.check_replaceable(outputs, force=force, action="render")
+        folder.write_files({rel: (text if rel == "Dockerfile" else ignore).encode("utf-8") for rel in outputs})
+    ignores = [out_dir / rel for rel in outputs[1:]]
     wheels = context / "wheels"
     if not (wheels / "README.txt").exists():
         atomic_write_text(wheels / "README.txt", WHEELS_README)
@@ -189,12 +205,12 @@ def repositories_for(manifest, triton_dir: Path) -> list[str]:
 
 _IMAGE_RE = re.compile(
     r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]{1,2}[a-z0-9]+)*)*"
-    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?"
 )
 
 
 def check_image_reference(image: str) -> None:
-    if not _IMAGE_RE.match(image or "") or (":" not in image.rsplit("/", 1)[-1] and "@" not in image):
+    if not _IMAGE_RE.fullmatch(image or "") or (":" not in image.rsplit("/", 1)[-1] and "@" not in image):
         raise NimbuildError(
             f"serving.triton_image {image!r} is not a pinned image reference",
             hint="use e.g. nvcr.io/nvidia/tritonserver:25.10-py3 (a tag or @sha256 digest)",

@@ -17,11 +17,13 @@ from nimbuild.output import Output
 from nimbuild.runtime.triton_repo.repository import (
     RenderedRepository,
     ServingOptions,
+    guard_destination,
     multi_cc_groups,
     multi_cc_info,
     profile_info,
     write_repository,
 )
+from nimbuild.safe_text import child
 
 # --------------------------------------------------------------------------- the command
 
@@ -49,18 +51,41 @@ def render_all(
     recipe_path: str | os.PathLike | None = None,
     out=None,
     dockerfile: bool = True,
+    force: bool = False,
 ) -> RenderResult:
     """``nimbuild render``: ``out_dir/triton/<profile name>/`` for every profile of a verified manifest,
     one repository per set of engines spanning several compute capabilities, and
     ``out_dir/Dockerfile`` (+ its dockerignore) for the serving image.
 
     Refuses a manifest that fails :func:`nimbuild.manifest.verify_manifest`
-    (wrong IDs, missing or altered files): nothing is rendered from it.
+    (wrong IDs, missing or altered files): nothing is rendered from it. Replaces
+    only what nimbuild wrote (nimbuild.outdir: a user's own Dockerfile or files in a
+    repository folder need ``force``), with ``out_dir`` locked against a second writer.
     """
-    from nimbuild.manifest import load_manifest, verify_manifest
+    from nimbuild.outdir import OutputFolder
     from nimbuild.runtime.triton_repo.files import check_mode
 
     check_mode(mode)
+    folder = OutputFolder(out_dir)
+    with folder.locked("nimbuild render"):
+        return _render_locked(
+            folder,
+            manifest_path,
+            mode=mode,
+            serving=serving,
+            recipe_path=recipe_path,
+            out=out,
+            dockerfile=dockerfile,
+            force=force,
+        )
+
+
+def _render_locked(
+    folder, manifest_path, *, mode, serving, recipe_path, out, dockerfile: bool, force: bool
+) -> RenderResult:
+    from nimbuild.manifest import load_manifest, verify_manifest
+
+    out_dir = folder.path
     manifest = load_manifest(manifest_path)
     recipe = None
     if recipe_path is not None:
@@ -91,18 +116,35 @@ def render_all(
         (name, lambda name=name, ps=ps: multi_cc_info(manifest, name, ps, serving))
         for name, ps in multi_cc_groups(manifest)
     ]
-    infos = [(name, make()) for name, make in jobs]  # read every graph before writing anything
+    # every destination checked and every graph read before anything is written; a name from the
+    # manifest (or a tag in a multi-GPU repository's name) is a folder under triton/, never a path
+    infos = [(child(triton_dir, name, f"{manifest_path}: repository {name!r}"), make()) for name, make in jobs]
+    for dest, _ in infos:  # a folder that is no repository at all is never replaced, --force or not
+        guard_destination(dest)
+    tops = [dest.relative_to(out_dir).as_posix() for dest, _ in infos]
+    if dockerfile:
+        from nimbuild.render.container import container_outputs
+
+        tops_checked = [*tops, *container_outputs(manifest_path, out_dir)]
+    else:
+        tops_checked = tops
+    folder.check_replaceable(tops_checked, force=force, action="render")
     rendered = []
-    with out.progress() as progress:
-        task = progress.add_task("rendering Triton repositories", total=len(infos))
-        for name, info in infos:
-            rendered.append(write_repository(info, triton_dir / name, Path(manifest.root), mode=mode))
-            progress.advance(task)
+    for top in tops:
+        folder.expect_any(top)  # write_repository reports no bytes: the ledger takes what it leaves
+    try:
+        with out.progress() as progress:
+            task = progress.add_task("rendering Triton repositories", total=len(infos))
+            for dest, info in infos:
+                rendered.append(write_repository(info, dest, Path(manifest.root), mode=mode))
+                progress.advance(task)
+    finally:
+        folder.record(tops)
     container = None
     if dockerfile:
         from nimbuild.render.container import render_container
 
-        container = render_container(manifest_path, out_dir, recipe=recipe, triton_dir=triton_dir)
+        container = render_container(manifest_path, out_dir, recipe=recipe, triton_dir=triton_dir, force=force)
     return RenderResult(repositories=rendered, container=container, skipped=skipped)
 
 
