@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import os
-import socket
 import stat
 import tempfile
 import time
@@ -57,8 +56,9 @@ LEDGER_FORMAT = 1
 HASHED_UP_TO = 1 << 20  # files up to 1 MiB are recognised by sha256, larger ones by size
 LOCK_WAIT_ENV = "NIMBUILD_LOCK_WAIT"
 DEFAULT_LOCK_WAIT_S = 10.0
-# Folders nimbuild makes whose insides may hold a killed run's temporary entries.
-_NIMBUILD_FOLDERS = ("onnx", "tokenizer", "engines", "triton", ".nimbuild-cache")
+# Folders nimbuild makes whose insides may hold a killed run's temporary entries, written only under the
+# lock. Not engines/: `nimbuild engines` writes there without it, so a staging folder there may be live.
+_NIMBUILD_FOLDERS = ("onnx", "tokenizer", "triton", ".nimbuild-cache")
 _RENDERED_HEADER = b"Rendered by nimbuild"
 _HELD: dict[str, int] = {}  # folders this process holds the lock of (re-entrant: build -> render)
 
@@ -392,7 +392,7 @@ class OutputFolder:
                 continue
             holder = {
                 "pid": os.getpid(),
-                "host": socket.gethostname(),
+                "host": os.uname().nodename,
                 "command": command,
                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
@@ -469,7 +469,13 @@ class OutputFolder:
     def restore(self, aside: Path, rel: str) -> None:
         """Put a withdrawn file back, unchanged (nothing it was derived from changed)."""
         os.replace(aside, self.path / rel)
+        self.discard(aside)
+
+    def discard(self, aside: Path) -> None:
+        """Drop a withdrawn file for good (what it was derived from changed: it is written again)."""
         remove_entry(aside.parent)
+        with contextlib.suppress(OSError):
+            (self.path / STAGING_DIR).rmdir()
 
     def swap_in(self, stage: Path, names: Sequence[str], *, derived: Sequence[str] = ("manifest.yaml",)) -> list[str]:
         """Put ``stage/<name>`` at ``OUT/<name>`` for each name, replacing what was there.
@@ -489,7 +495,7 @@ class OutputFolder:
         for rel in derived:
             aside = self.withdraw(rel)
             if aside is not None:
-                remove_entry(aside.parent)
+                self.discard(aside)
                 withdrawn.append(rel)
         crash_point("swap:withdrawn")
         for name in names:
@@ -510,5 +516,5 @@ def _describe_holder(fd: int) -> str:
         info = {}
     if not isinstance(info, dict) or "pid" not in info:
         return "its pid is not recorded yet"
-    where = "" if info.get("host") in (None, socket.gethostname()) else f" on {info['host']}"
+    where = "" if info.get("host") in (None, os.uname().nodename) else f" on {info['host']}"
     return f"pid {info['pid']}{where}, `{info.get('command', 'nimbuild')}` since {info.get('since', '?')}"

@@ -21,9 +21,8 @@ Light (stdlib only): the runtime imports it.
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
-import shlex
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
@@ -139,6 +138,8 @@ def child(parent: str | os.PathLike, name: object, where: str) -> Path:
 
 def shell_word(value: object) -> str:
     """One POSIX shell word that means exactly ``value`` (quoted only when it needs to be)."""
+    import shlex
+
     return shlex.quote(str(value))
 
 
@@ -150,18 +151,29 @@ def shell_join(words: Iterable[object]) -> str:
 # --------------------------------------------------------------------------- logs
 
 
-class PrintableFormatter(logging.Formatter):
-    """A log formatter whose records are one line each: the message's control characters escaped.
+@functools.cache
+def _formatter_class() -> type:
+    import logging  # not at import time: every command imports this module, few of them log
 
-    A value logged from a manifest or a request (a name with a newline or an ANSI
-    escape) cannot forge a second record or repaint the terminal. A traceback
-    (``exc_info``) keeps its lines: it is appended after the message is escaped.
-    """
+    class PrintableFormatter(logging.Formatter):
+        """A log formatter whose records are one line each: the message's control characters escaped.
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
-        saved = record.message
-        record.message = printable(saved)
-        try:
-            return super().formatMessage(record)
-        finally:
-            record.message = saved
+        A value logged from a manifest or a request (a name with a newline or an ANSI
+        escape) cannot forge a second record or repaint the terminal. A traceback
+        (``exc_info``) keeps its lines: it is appended after the message is escaped.
+        """
+
+        def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+            saved = record.message
+            record.message = printable(saved)
+            try:
+                return super().formatMessage(record)
+            finally:
+                record.message = saved
+
+    return PrintableFormatter
+
+
+def PrintableFormatter(fmt: str | None = None, *args, **kwargs):  # noqa: N802 (used like the class it makes)
+    """A ``logging.Formatter`` whose records are one line each (control characters escaped)."""
+    return _formatter_class()(fmt, *args, **kwargs)

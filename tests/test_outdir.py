@@ -408,3 +408,52 @@ def test_export_on_a_full_disk_is_one_line_naming_the_file(tmp_path, tiny_model_
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "File too large: " in lines[0] and str(out) in lines[0]
     assert not out.exists() or _leftovers(out) == []
+
+
+@pytest.mark.parametrize("changes", [False, True])
+def test_the_manifest_is_withdrawn_while_engines_may_change_and_put_back_when_none_did(
+    changes, scripted_build, tmp_path, monkeypatch
+):
+    """The engines step on a GPU host (engines module and TensorRT faked): the manifest lists the engines."""
+    import types
+
+    from nimbuild import skus
+    from nimbuild.builder.steps import step_engines
+
+    original, recipe_path = scripted_build
+    out = tmp_path / "build"
+    shutil.copytree(original, out, symlinks=True)
+    before = (out / "manifest.yaml").read_bytes()
+    sku = skus.lookup("h100-sxm")
+    seen = {}
+
+    def build_engines(recipe, plan, output, force=False):
+        seen["manifest during the build"] = (out / "manifest.yaml").exists()
+        if changes:
+            (out / "engines" / sku.slug / "fp16").mkdir(parents=True)
+            (out / "engines" / sku.slug / "fp16" / "model.plan").write_bytes(b"engine")
+        return types.SimpleNamespace(results=[], fragment=None)
+
+    fake = types.SimpleNamespace(
+        visible_gpu=lambda: (object(), None),
+        resolve_sku=lambda gpu: sku,
+        plan_engines=lambda recipe, sku, out_dir: object(),
+        build_engines=build_engines,
+    )
+    monkeypatch.setitem(sys.modules, "nimbuild.builder.engines", fake)
+    monkeypatch.setitem(
+        sys.modules, "nimbuild.builder.trt_seam", types.SimpleNamespace(probe_tensorrt=lambda: ("10", None))
+    )
+    import nimbuild.builder as builder_pkg
+
+    monkeypatch.setattr(builder_pkg, "engines", fake, raising=False)
+    monkeypatch.setattr(builder_pkg, "trt_seam", sys.modules["nimbuild.builder.trt_seam"], raising=False)
+    from nimbuild.recipe import load_recipe
+
+    step = step_engines(load_recipe(recipe_path), out, Output(quiet=True), force=False)
+    assert step.status == "built" and seen["manifest during the build"] is False
+    if changes:
+        assert not (out / "manifest.yaml").exists()  # the manifest step writes it again
+    else:
+        assert (out / "manifest.yaml").read_bytes() == before
+    assert _leftovers(out) == []

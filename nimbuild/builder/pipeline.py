@@ -155,10 +155,11 @@ def run_export(
 
     recipe = as_recipe(recipe_or_model, trust_remote_code=trust_remote_code, revision=revision)
     out_dir = Path(out_dir)
-    check_out_dir(out_dir, force, into_build=into_build)  # before the lock: a refusal creates nothing
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NimbuildError(f"output {out_dir} exists and is a file", hint="give a folder path with --out")
     folder = OutputFolder(out_dir)
-    with folder.locked("nimbuild export"):
-        check_out_dir(out_dir, force, into_build=into_build)  # again, as the previous holder left it
+    with folder.locked("nimbuild export"):  # a refusal leaves nothing: a folder the lock made goes again
+        check_out_dir(out_dir, force, into_build=into_build)
         return _export_locked(
             recipe,
             folder,

@@ -88,14 +88,14 @@ def _sync_report_recipe(out_dir: Path, recipe: Any) -> None:
 def step_export(recipe: Any, out_dir: Path, cache: StepCache, out: Output, force: bool) -> StepResult:
     """The export, staged in the build folder and swapped in entry by entry (nimbuild.outdir): the
     engines, fragments, Triton repositories and step cache stay; a failed export changes nothing."""
-    from nimbuild.builder.pipeline import run_export
-
     t0 = time.perf_counter()
     key = export_key(recipe, cache)
     if not force and cache.lookup("export", key):
         _sync_report_recipe(out_dir, recipe)
         cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
         return StepResult("export", "reused", time.perf_counter() - t0, "recipe, model files and toolchain unchanged")
+    from nimbuild.builder.pipeline import run_export  # numpy and more: only when there is work
+
     cache.forget("export")
     run_export(recipe, out_dir, precisions=list(recipe.precisions), pairs=None, out=out, force=force, into_build=True)
     cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
@@ -130,16 +130,18 @@ def step_engines(recipe: Any, out_dir: Path, out: Output, force: bool) -> StepRe
     sku = engines.resolve_sku("auto")
     plan = engines.plan_engines(recipe, sku, out_dir)
     # The manifest lists these engines: withdrawn while they may change, put back if none did.
+    # (What engines/<sku>/ may replace is the engines module's own rule: `nimbuild engines` writes there too.)
     folder = OutputFolder(out_dir)
     top = f"engines/{sku.slug}"
-    folder.check_replaceable([top], force=force, action="the engines step")
     before = _tree_signatures(out_dir, top)
     aside = folder.withdraw("manifest.yaml")
-    folder.expect_any(top)
-    result = engines.build_engines(recipe, plan, out, force=force)
-    folder.record([top])
-    if aside is not None and _tree_signatures(out_dir, top) == before:
-        folder.restore(aside, "manifest.yaml")
+    try:
+        result = engines.build_engines(recipe, plan, out, force=force)
+    finally:
+        if aside is not None and _tree_signatures(out_dir, top) == before:
+            folder.restore(aside, "manifest.yaml")
+        elif aside is not None:
+            folder.discard(aside)  # it listed the old engines; the manifest step writes it again
     built = [r for r in result.results if getattr(r, "passed", False)]
     return StepResult(
         "engines",
@@ -217,8 +219,7 @@ def run_build(
     recipe = load_recipe(recipe_path)
     out_dir = Path(out_dir) if out_dir is not None else recipe.default_out_dir
     folder = OutputFolder(out_dir)
-    folder.check_replaceable(BUILD_OUTPUTS, force=force, action="nimbuild build")  # before the lock: creates nothing
-    with folder.locked("nimbuild build"):
+    with folder.locked("nimbuild build"):  # a refusal leaves nothing: a folder the lock made goes again
         folder.check_replaceable(BUILD_OUTPUTS, force=force, action="nimbuild build")
         return _build_locked(recipe, out_dir, out, force=force, engines=engines, render=render)
 
