@@ -152,15 +152,20 @@ class OutputFolder:
         except (OSError, ValueError) as exc:
             raise NimbuildError(
                 f"{self.ledger_path}: unreadable ({exc})",
-                hint="nimbuild keeps the list of files it wrote there; remove the folder or restore the file",
+                hint="it lists the files nimbuild wrote there: restore it, or delete it and pass --force once",
             ) from None
         if not isinstance(data, dict):
             data = {}
         files, pending = data.get("files"), data.get("pending", [])
-        if data.get("format") != LEDGER_FORMAT or not isinstance(files, dict) or not isinstance(pending, list):
+        well_formed = (
+            isinstance(files, dict)
+            and all(isinstance(v, list) and all(isinstance(sig, list) for sig in v) for v in files.values())
+            and isinstance(pending, list)
+        )
+        if data.get("format") != LEDGER_FORMAT or not well_formed:
             raise NimbuildError(
                 f"{self.ledger_path}: not a ledger this nimbuild reads (format {LEDGER_FORMAT})",
-                hint="remove the output folder, or write into another --out",
+                hint="delete it and pass --force once, or write into another --out",
             )
         return {str(k): [list(s) for s in v] for k, v in files.items()}, {str(p) for p in pending}
 
