@@ -34,7 +34,14 @@ def export(
     exporter: Annotated[
         str, typer.Option("--exporter", help="auto (TorchScript, then dynamo), legacy or dynamo.")
     ] = "auto",
-    force: Annotated[bool, typer.Option("--force", help="Replace an output folder that already has content.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Export into a folder that has content, replacing its onnx/, tokenizer/ and export_report.json "
+            "even where nimbuild did not write them (nothing else in it is touched).",
+        ),
+    ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
