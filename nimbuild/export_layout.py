@@ -44,6 +44,8 @@ GRAPH_FILE = "model.onnx"
 # instruction-set class (nimbuild.cpu_isa) in ``cpu-int8-<class>`` (int8_dir_name).
 PRECISION_DIRS = {"fp32": "fp32", "fp16": "fp16", "fp8": "fp8", "int8": "cpu-int8"}
 CPU_FRAGMENTS_DIR = "cpu"  # OUT/cpu/<class>/fragment.yaml
+# What an export writes at the top of its folder (swapped in together; nimbuild.outdir checks them first).
+EXPORT_OUTPUTS = (REPORT_FILE, GATE_INPUTS_FILE, TOKENIZER_DIR, ONNX_DIR)
 # Other spellings of a precision that users type (`--precision cpu-int8`).
 PRECISION_ALIASES = {"cpu-int8": "int8", "cpu_int8": "int8"}
 # A cross-encoder's graph inputs, in this order, as tokenizers make them (token_type_ids only where the

@@ -1,6 +1,12 @@
 """Files: atomic writes (nothing half-written is ever seen under its final name), their bytes' digests,
 and JSON as nimbuild writes it everywhere (one style: sorted keys, indent 2, UTF-8, a final newline).
 
+Every temporary entry nimbuild makes is named ``.<final name>.nimbuild-<random>.tmp``
+(a file) or ``.<final name>.nimbuild-<random>.partial`` (a folder), beside its final
+name: :func:`is_temporary_name` recognises them, so that a later run can remove
+what a killed one left (nimbuild.outdir) without touching anything else. A
+failed write names the file it was writing (a full disk's OSError names none).
+
 Light (stdlib only): the runtime uses it as much as the build half.
 """
 
@@ -11,7 +17,9 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +28,28 @@ from typing import Any, Protocol
 
 CHUNK = 1 << 20  # bytes read at a time when hashing or copying
 
+TEMP_MARK = ".nimbuild-"
+_TEMPORARY = re.compile(r"^\..+\.nimbuild-[A-Za-z0-9_]+\.(tmp|partial)$", re.DOTALL)
+CRASH_ENV = "NIMBUILD_CRASH_AT"
+
+
+def is_temporary_name(name: str) -> bool:
+    """A name that only nimbuild's own temporary files and staging folders have."""
+    return bool(_TEMPORARY.match(name))
+
+
+def crash_point(name: str) -> None:
+    """A test hook: SIGKILL this process here when ``NIMBUILD_CRASH_AT`` names this point.
+
+    The kill tests (tests/test_outdir.py) stop a real build at each named step of a
+    swap and check that what is left verifies; without the variable this is one dict
+    lookup. Points: ``write:<file name>`` (before an atomic rename), ``swap:*``
+    (nimbuild.outdir), ``stage:<folder name>`` (staging_dir's exchange).
+    """
+    wanted = os.environ.get(CRASH_ENV)
+    if wanted and name in wanted.split(","):
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -27,7 +57,7 @@ def _umask() -> int:
     return mask
 
 
-def _public(path: str | os.PathLike[str], mode: int) -> None:
+def make_public(path: str | os.PathLike[str], mode: int) -> None:
     """mkstemp/mkdtemp make private (0600/0700) entries; give them the usual umask-based mode.
 
     Artifacts are read by other users (a serving image's non-root user, CI jobs):
@@ -36,20 +66,34 @@ def _public(path: str | os.PathLike[str], mode: int) -> None:
     os.chmod(path, mode & ~_umask())
 
 
+def naming(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``exc`` with ``path`` as its file name when it has none (ENOSPC from write() names no file)."""
+    if exc.filename is not None:
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), os.fspath(path))
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, rename it over ``path``."""
     path = Path(path)
     if path.is_dir():  # say so plainly, before os.replace fails naming the temp file
         raise IsADirectoryError(errno.EISDIR, "a folder is where a file should be written", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
     try:
-        _public(tmp, 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            make_public(tmp, 0o666)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            crash_point(f"write:{path.name}")
+            os.replace(tmp, path)
+        except OSError as exc:
+            named = naming(exc, path)
+            if named is exc:
+                raise
+            raise named from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -68,6 +112,59 @@ def _renamable(folder: Path) -> bool:
     return not os.path.ismount(folder) and os.access(folder.parent, os.W_OK | os.X_OK)
 
 
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 RENAME_EXCHANGE).
+
+    False where the system cannot (another OS, an old kernel, a file system without
+    it): the caller falls back to two renames.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
+
+
+def replace_tree(new: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """Put the entry ``new`` (a folder or file) at ``final``, removing what was there.
+
+    Atomic where the system can swap (:func:`exchange`): a kill at any moment
+    leaves ``final`` whole, old or new, and at worst the old one under ``new``'s
+    temporary name (removed by the next run). Elsewhere, two renames.
+    """
+    new, final = Path(new), Path(final)
+    if not os.path.lexists(final):
+        os.replace(new, final)
+        return
+    if exchange(new, final):
+        crash_point(f"stage:{final.name}")
+        remove_entry(new)
+        return
+    old = final.with_name(f".{final.name}{TEMP_MARK}old{os.getpid()}.partial")
+    remove_entry(old)
+    os.replace(final, old)
+    os.replace(new, final)
+    remove_entry(old)
+
+
+def remove_entry(path: Path) -> None:
+    """Remove a file, a symlink (not what it points at) or a folder tree; nothing there is no error."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
 @contextmanager
 def staging_dir(final: str | os.PathLike[str], *, fill_in_place: bool = False) -> Iterator[Path]:
     """A temp folder beside ``final``; on success it replaces ``final``, on failure it is removed.
@@ -77,6 +174,7 @@ def staging_dir(final: str | os.PathLike[str], *, fill_in_place: bool = False) -
     Operator's ``/model-store``, or a folder in a parent this user cannot write), stage inside it instead
     and, on success, swap its entries for the staged ones; ``final/.nimbuild-in-progress`` marks it
     meanwhile (left behind only by a crash in the swap, so that a retry knows the folder is nimbuild's).
+    An OSError that names no file (a full disk) is raised naming ``final``.
     """
     final = Path(final)
     if fill_in_place and final.is_dir() and not final.is_symlink() and not _renamable(final):
@@ -84,20 +182,20 @@ def staging_dir(final: str | os.PathLike[str], *, fill_in_place: bool = False) -
             yield tmp
         return
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    _public(tmp, 0o777)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TEMP_MARK}", suffix=".partial", dir=final.parent))
+    make_public(tmp, 0o777)
     try:
         yield tmp
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        named = naming(exc, final)
+        if named is exc:
+            raise
+        raise named from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old.{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_tree(tmp, final)
 
 
 @contextmanager
@@ -105,8 +203,8 @@ def _staging_inside(final: Path) -> Iterator[Path]:
     marker = final / IN_PROGRESS
     had_marker = marker.exists()
     marker.touch()
-    tmp = Path(tempfile.mkdtemp(prefix=".nimbuild.", suffix=".partial", dir=final))
-    _public(tmp, 0o777)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TEMP_MARK}", suffix=".partial", dir=final))
+    make_public(tmp, 0o777)
     try:
         yield tmp
     except BaseException:
@@ -185,7 +283,7 @@ def write_verified(
     dst.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     written = 0
-    tmp = dst.with_name(f".{dst.name}.partial")
+    tmp = dst.with_name(f".{dst.name}{TEMP_MARK}download.partial")  # is_temporary_name: a killed run's is swept
     try:
         with open(tmp, "wb") as out:
             while block := source.read(CHUNK * 4):

@@ -30,6 +30,7 @@ from nimbuild.manifest import (
 )
 from nimbuild.manifest_paths import REMOTE_SCHEMES, URI_SCHEME, check_relpath, is_remote_uri, safe_join
 from nimbuild.profiles import profile_id
+from nimbuild.safe_text import check_name
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -71,6 +72,7 @@ def _parse_profile(raw: object, index: int, src: str, own: bool) -> Profile:
             f"expected a non-empty string, got {name!r}",
             "give every profile a unique human-readable name",
         )
+    check_name(name, f"{src}: {where}.name")  # it becomes a folder (OUT/triton/<name>/): never a path
     tags = raw.get("tags")
     if not isinstance(tags, dict) or not tags:
         raise _err(

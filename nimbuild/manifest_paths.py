@@ -13,6 +13,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from nimbuild.errors import NimbuildError
+from nimbuild.safe_text import path_part_problem
 
 URI_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 REMOTE_SCHEMES = ("https", "http", "hf", "ngc", "s3", "gs")
@@ -48,6 +49,10 @@ def check_relpath(relpath: object, where: str = "") -> str:
         raise NimbuildError(
             f"{at}path {relpath!r} names the manifest's folder itself, not a file", hint="list files, not folders"
         )
+    for part in pure.parts:  # safe_text's rule for every path part: no control characters, <= 255 bytes
+        problem = path_part_problem(part)
+        if problem is not None:
+            raise NimbuildError(f"{at}path {relpath!r}: part {part!r}: {problem}", hint="rename the file")
     return norm
 
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from nimbuild.fsutil import json_text
+from nimbuild.safe_text import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -60,40 +61,42 @@ class Output:
         if human is None:
             sys.stdout.write(json_text(data) + "\n")
         elif isinstance(human, str):
-            sys.stdout.write(human if human.endswith("\n") else human + "\n")
+            text = printable(human, multiline=True)  # names from data: shown, never interpreted
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
         else:
             human(self)
         sys.stdout.flush()
 
     def line(self, text: str = "") -> None:
-        """A plain line of the human result on stdout (never in --json mode)."""
+        """A plain line of the human result on stdout (never in --json mode); control characters escaped."""
         if not self.json_mode:
-            sys.stdout.write(text + "\n")
+            sys.stdout.write(printable(text) + "\n")
 
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
         """A human table on stdout (never in --json mode)."""
         if self.json_mode:
             return
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=title, show_lines=False, header_style="bold")
         for col in columns:
             table.add_column(col, overflow="fold")
-        for row in rows:
-            table.add_row(*("" if v is None else str(v) for v in row))
+        for row in rows:  # Text, not str: a '[' in a name is text, not rich markup
+            table.add_row(*(Text("" if v is None else printable(v)) for v in row))
         self.console.print(table)
 
     def note(self, text: str) -> None:
         """Information for the person running the command (stderr)."""
         if not self.quiet:
-            self.err_console.print(text, markup=False)
+            self.err_console.print(printable(text), markup=False)
 
     def warn(self, text: str) -> None:
-        self.err_console.print(f"warning: {text}", style="yellow", markup=False)
+        self.err_console.print(f"warning: {printable(text)}", style="yellow", markup=False)
 
     def error(self, text: str) -> None:
         """One ``error: ...`` line on stderr (plain text, also in --json mode: stdout stays one document)."""
-        sys.stderr.write(f"error: {text}\n")
+        sys.stderr.write(f"error: {printable(text)}\n")  # one line: names from data cannot forge more
         sys.stderr.flush()
 
     @contextmanager
@@ -104,7 +107,7 @@ class Output:
         disable = self.quiet or not self.err_console.is_terminal
         with Progress(
             SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
+            TextColumn("{task.description}", style="progress.description", markup=False),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(),

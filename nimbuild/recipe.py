@@ -29,6 +29,7 @@ from pydantic import (
 
 from nimbuild.errors import NimbuildError
 from nimbuild.fsutil import json_digest
+from nimbuild.safe_text import printable
 from nimbuild.thresholds import PRECISIONS as GATED_PRECISIONS
 from nimbuild.thresholds import GateThresholds
 
@@ -340,8 +341,8 @@ def _loc(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
+        else:  # a key from the file: its newline or escape is shown, never a second line of the error
+            out += ("." if out else "") + printable(part)
     return out or "(top level)"
 
 

@@ -437,7 +437,7 @@ def _no_duplicates(src: str, what: str) -> Callable[[list[tuple[str, Any]]], dic
         for key, value in pairs:
             if key in data:
                 raise NimbuildError(
-                    f"{src}: duplicate key {key!r} in one object of the {what}", hint="give each key once"
+                    f"{src}: duplicate key {key!r}: given twice in one object of the {what}", hint="give each key once"
                 )
             data[key] = value
         return data
@@ -452,19 +452,23 @@ def _no_constant(src: str, what: str) -> Callable[[str], Any]:
     return hook
 
 
-def parse_json(text: str | bytes, src: str = "<json>", *, what: str = "file") -> Any:
-    """JSON with duplicate keys and NaN/Infinity refused, one line each; nesting past Python's recursion
-    limit (the C decoder checks it) is a one-line error too, not a traceback."""
+def parse_json(text: str | bytes, src: str = "<json>", *, what: str = "file", hint: str | None = None) -> Any:
+    """JSON with duplicate keys and NaN/Infinity refused, one line each (``src`` names the place: a file, or
+    ``file:line`` for one line of a JSONL); nesting past Python's recursion limit (the C decoder checks it)
+    and integers past Python's digit limit are one-line errors too, not tracebacks. ``hint``: the fix to
+    name for malformed text (default: fix the JSON)."""
     if isinstance(text, bytes):
         text = decode_utf8(text, src, what)
+    fix = hint or "fix the JSON"
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates(src, what), parse_constant=_no_constant(src, what))
     except json.JSONDecodeError as exc:
-        raise NimbuildError(
-            f"{src}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", hint="fix the JSON"
-        ) from None
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise NimbuildError(f"{src}: not valid JSON at {where}: {exc.msg}", hint=fix) from None
     except RecursionError:
-        raise NimbuildError(f"{src}: the {what} nests too deeply", hint="flatten it") from None
+        raise NimbuildError(f"{src}: the {what} nests too deeply", hint=hint or "flatten it") from None
+    except ValueError as exc:  # int conversion past sys.get_int_max_str_digits(): not a JSONDecodeError
+        raise NimbuildError(f"{src}: not JSON nimbuild reads ({str(exc).split(';')[0]})", hint=fix) from None
 
 
 def load_json(

@@ -20,7 +20,8 @@ import pytest
 from nimbuild import cpu_isa
 from nimbuild.builder import gate
 from nimbuild.builder.export import cpu_session
-from nimbuild.builder.pipeline import export_files, run_export, run_from_export
+from nimbuild.builder.from_export import export_files, run_from_export
+from nimbuild.builder.pipeline import run_export
 from nimbuild.errors import NimbuildError
 from nimbuild.export_layout import GATE_INPUTS_FILE
 from nimbuild.fsutil import sha256_file

@@ -51,6 +51,7 @@ ALLOWED_NIMBUILD = {
     "nimbuild.fsutil",
     "nimbuild.safeload",
     "nimbuild.manifest_nim",
+    "nimbuild.safe_text",
     "nimbuild.runtime",
     "nimbuild.runtime.hardware",
     "nimbuild.runtime.selection",
@@ -190,6 +191,7 @@ RUNTIME_MAY_IMPORT = (
     "nimbuild.fsutil",
     "nimbuild.safeload",
     "nimbuild.manifest_nim",
+    "nimbuild.safe_text",
     "nimbuild.runtime",
 )
 

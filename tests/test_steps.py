@@ -14,6 +14,7 @@ import yaml
 
 from nimbuild import manifest as mf
 from nimbuild import manifest_verify
+from nimbuild.errors import NimbuildError
 from nimbuild.output import Output
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +39,19 @@ def recipe_dir(tmp_path, example_recipe, example_model_dir, example_pairs):
 def fake_pipeline(monkeypatch):
     calls = []
 
-    def run_export(recipe, out_dir, precisions, pairs, out, cpu_isa=None):
+    def run_export(recipe, out_dir, precisions, pairs, out, **_options):
+        """The real one's contract: the export's entries staged, then swapped in as nimbuild's own."""
+        from nimbuild.builder.steps import EXPORT_OUTPUTS
+        from nimbuild.outdir import OutputFolder
+
         calls.append(list(precisions))
+        folder = OutputFolder(out_dir)
+        with folder.staging("export") as stage:
+            report = write_export(recipe, stage, precisions)
+            folder.swap_in(stage, EXPORT_OUTPUTS)
+        return report
+
+    def write_export(recipe, out_dir, precisions):
         out_dir = Path(out_dir)
         (out_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
         (out_dir / "tokenizer" / "tokenizer.json").write_text("{}")
@@ -135,7 +147,11 @@ def test_tampered_output_is_rebuilt_not_reused(recipe_dir, tmp_path, fake_pipeli
     out = tmp_path / "out"
     _build(recipe, out)
     (out / "onnx/fp32/model.onnx").write_bytes(b"tampered!")
-    status, _ = _build(recipe, out)
+    # no longer the file nimbuild wrote: not reused, and not overwritten without --force (nimbuild.outdir)
+    with pytest.raises(NimbuildError, match=r"onnx/fp32/model.onnx: not written by nimbuild \(or changed since\)"):
+        _build(recipe, out)
+    assert (out / "onnx/fp32/model.onnx").read_bytes() == b"tampered!"
+    status, _ = _build(recipe, out, force=True)
     assert status["export"] == "built"
     assert manifest_verify.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
 

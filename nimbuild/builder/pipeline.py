@@ -1,8 +1,9 @@
-"""`nimbuild export` end to end: resolve, export, gate, precision graphs, report, rename.
+"""`nimbuild export` end to end: resolve, export, gate, precision graphs, report, swap in.
 
-Everything is written into a staging folder beside OUT and renamed into place
-only when the FP32 graph has passed its gate, so a failed export leaves nothing
-that looks finished (docs/internals.md, "Export directory").
+Everything is written into the output folder's staging area and swapped in entry
+by entry (nimbuild.outdir) only when the FP32 graph has passed its gate, so a
+failed export changes nothing and a killed one leaves no lying manifest
+(docs/internals.md, "Export directory").
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ import numpy as np
 
 from nimbuild.errors import NimbuildError
 from nimbuild.export_layout import (
+    EXPORT_OUTPUTS,
     GATE_INPUTS_FILE,
     GRAPH_FILE,
-    REPORT_FILE,
     graph_dir,
     graph_dir_relpath,
     graph_path,
     graph_relpath,
-    read_export_report,
     tokenizer_dir,
     write_export_report,
 )
@@ -59,14 +59,26 @@ def as_recipe(recipe_or_model: Any, *, trust_remote_code: bool | None = None, re
     return recipe_for_model(text, revision=revision, trust_remote_code=bool(trust_remote_code))
 
 
-def check_out_dir(out_dir: Path, force: bool) -> None:
+def check_out_dir(out_dir: Path, force: bool, *, into_build: bool = False) -> None:
+    """May the export write into ``out_dir``? (NimbuildError naming the folder and the fix when not.)
+
+    ``nimbuild export`` wants an empty or new folder, or ``--force``; inside a build folder
+    (``into_build``) the other entries are the build's. Either way, an export entry
+    (export_layout.EXPORT_OUTPUTS) that nimbuild did not write is replaced only
+    under ``force``, and nothing else in the folder is ever touched (nimbuild.outdir).
+    """
+    from nimbuild.outdir import OutputFolder
+
     if out_dir.exists() and not out_dir.is_dir():
         raise NimbuildError(f"output {out_dir} exists and is a file", hint="give a folder path with --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+    folder = OutputFolder(out_dir)
+    if not into_build and not force and folder.has_content():
         raise NimbuildError(
             f"output folder {out_dir} already exists and is not empty",
-            hint="choose another --out, or pass --force to replace it",
+            hint="choose another --out, or pass --force to replace its export "
+            f"({', '.join(EXPORT_OUTPUTS)}; nothing else in it is touched)",
         )
+    folder.check_replaceable(EXPORT_OUTPUTS, force=force, action="the export")
 
 
 def save_tokenizer(model_dir: Path, dest: Path, trust_remote_code: bool) -> Any:
@@ -134,6 +146,7 @@ def run_export(
     revision: str | None = None,
     exporter: str = "auto",
     cpu_isa: Sequence[str] | None = None,
+    into_build: bool = False,
 ) -> dict:
     """Export a model (recipe, folder or hub id) into ``out_dir``; returns the export report.
 
@@ -141,20 +154,55 @@ def run_export(
     overriding the recipe's (none at all: synthetic pairs from the vocabulary).
     ``cpu_isa``: the CPU classes to make int8 graphs for, each one this CPU must have (an error
     before any work otherwise; ``[]``: none); None = the recipe's, made where this CPU has them.
+    Everything is made in the folder's staging area (nimbuild.outdir) and swapped in
+    only when the FP32 graph has passed its gate: a failed export changes nothing,
+    and a manifest.yaml there is withdrawn during the swap (it listed the old graphs).
+    ``into_build``: ``out_dir`` is a build folder (check_out_dir).
     """
+    from nimbuild.outdir import OutputFolder
+
+    recipe = as_recipe(recipe_or_model, trust_remote_code=trust_remote_code, revision=revision)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NimbuildError(f"output {out_dir} exists and is a file", hint="give a folder path with --out")
+    cpu_classes = cpu_classes_to_make(recipe, cpu_isa)  # a class this CPU lacks fails now, before any work
+    folder = OutputFolder(out_dir)
+    with folder.locked("nimbuild export"):  # a refusal leaves nothing: a folder the lock made goes again
+        check_out_dir(out_dir, force, into_build=into_build)
+        return _export_locked(
+            recipe,
+            folder,
+            precisions,
+            pairs,
+            out or Output(quiet=True),
+            trust_remote_code=trust_remote_code,
+            exporter=exporter,
+            into_build=into_build,
+            cpu_classes=cpu_classes,
+        )
+
+
+def _export_locked(
+    recipe: Any,
+    folder: Any,
+    precisions: Sequence[str] | None,
+    pairs: str | Path | None,
+    out: Output,
+    *,
+    trust_remote_code: bool | None,
+    exporter: str,
+    into_build: bool,
+    cpu_classes: list[str],
+) -> dict:
+    """run_export's work, with the output folder locked: stage everything, then swap it in."""
     from nimbuild.builder import export as exp
     from nimbuild.builder import gate as gate_mod
     from nimbuild.builder import pairs as pairs_mod
     from nimbuild.builder.source import resolve_source
-    from nimbuild.fsutil import staging_dir
+    from nimbuild.fsutil import crash_point
 
-    out = out or Output(quiet=True)
     started = time.perf_counter()
-    recipe = as_recipe(recipe_or_model, trust_remote_code=trust_remote_code, revision=revision)
     trust = recipe.trust_remote_code if trust_remote_code is None else trust_remote_code
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir, force)
-    cpu_classes = cpu_classes_to_make(recipe, cpu_isa)
     wanted = list(recipe.precisions if precisions is None else precisions)
     wanted = ["fp32"] + [p for p in dict.fromkeys(x.strip().lower() for x in wanted) if p and p != "fp32"]
     pairs_path = Path(pairs) if pairs is not None else (recipe.resolve(recipe.pairs) if recipe.pairs else None)
@@ -167,7 +215,7 @@ def run_export(
     arch = exp.check_supported(resolved.config, resolved.path, trust)
     out.note(f"model {recipe.name}: {arch} from {resolved.path} (revision {resolved.revision})")
 
-    with staging_dir(out_dir) as stage:
+    with folder.staging("export") as stage:
         with out.progress() as progress:
             t = progress.add_task("export fp32 (PyTorch -> ONNX)", total=3)
             tokenizer = save_tokenizer(resolved.path, tokenizer_dir(stage), trust)
@@ -267,89 +315,14 @@ def run_export(
             )
         report["seconds"] = round(time.perf_counter() - started, 3)
         write_export_report(stage, report)
+        crash_point("export:staged")
+        withdrawn = folder.swap_in(stage, EXPORT_OUTPUTS)
+    if withdrawn and not into_build:
+        out.note(
+            f"{folder.path / withdrawn[0]} listed the previous graphs and was removed; "
+            f"write it again with `nimbuild manifest build --export-dir {folder.path}` (or `nimbuild build`)"
+        )
     print_gate_table(report["precisions"], out)
-    return report
-
-
-def export_files(export_dir: Path, report: dict) -> list[str]:
-    """The files an export made, relative to it: the report, the gate inputs, the tokenizer and each passed graph
-    (not engines/ or cpu/: other steps write those)."""
-    from nimbuild.manifest_paths import check_relpath
-
-    rels = [REPORT_FILE]
-    if report.get("gate_inputs"):
-        rels.append(check_relpath(report["gate_inputs"]["path"]))
-    folder = tokenizer_dir(export_dir)
-    if folder.is_dir():
-        rels += sorted(p.relative_to(export_dir).as_posix() for p in folder.rglob("*") if p.is_file())
-    for entry in report["precisions"].values():
-        if entry.get("status") == "passed":
-            rels += [check_relpath(r) for r in entry.get("files") or [entry["path"]]]
-    return list(dict.fromkeys(rels))
-
-
-def run_from_export(
-    recipe_or_model: Any,
-    source_dir: str | Path,
-    out_dir: str | Path | None = None,
-    precisions: Sequence[str] | None = None,
-    out: Output | None = None,
-    *,
-    force: bool = False,
-    cpu_isa: Sequence[str] | None = None,
-) -> dict:
-    """Add precision graphs to an export made earlier, from its FP32 graph and saved gate inputs; the new report.
-
-    No PyTorch and no model weights: the graphs are made from ``source_dir``'s ``onnx/fp32`` and judged
-    against the PyTorch reference the export saved (``gate_inputs.npz``), on this machine's CPU, by the
-    recipe's thresholds. ``out_dir`` None or ``source_dir``: in place; another folder gets a copy of the
-    export's own files first (hard links where it can). What `nimbuild plan`'s CPU-class jobs run on
-    the export job's artifact: each class's int8 graph judged on that class's kernels.
-    """
-    from nimbuild.builder import gate as gate_mod
-    from nimbuild.fsutil import link_or_copy, staging_dir
-    from nimbuild.manifest_paths import safe_join
-
-    out = out or Output(quiet=True)
-    started = time.perf_counter()
-    recipe = as_recipe(recipe_or_model)
-    source_dir = Path(source_dir)
-    report = read_export_report(source_dir)
-    if report["model"] != recipe.name:
-        raise NimbuildError(
-            f"{source_dir / REPORT_FILE}: an export of {report['model']!r}, not of {recipe.name!r} ({recipe.path})",
-            hint="pass the recipe that export was made with",
-        )
-    cpu_classes = cpu_classes_to_make(recipe, cpu_isa)  # a class this CPU lacks fails now, before any work
-    wanted = [
-        p for p in dict.fromkeys(x.strip().lower() for x in (precisions or recipe.precisions)) if p and p != "fp32"
-    ]
-    if not wanted:
-        raise NimbuildError("--from-export: no precision to add (fp32 is the export's)", hint="pass --precision int8")
-    saved = report.get("gate_inputs") or {}
-    if not saved.get("path"):
-        raise NimbuildError(
-            f"{source_dir / REPORT_FILE}: no saved gate inputs, so its graphs cannot be judged without PyTorch",
-            hint="re-run `nimbuild export` with this nimbuild (it saves them), or export without --from-export",
-        )
-    encoded, reference = gate_mod.load_inputs(
-        safe_join(source_dir, saved["path"]), report["inputs"], saved.get("sha256")
-    )
-    target = Path(out_dir) if out_dir is not None else source_dir
-    if target.resolve() != source_dir.resolve():
-        check_out_dir(target, force)
-        with staging_dir(target) as stage:
-            for rel in export_files(source_dir, report):
-                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                link_or_copy(safe_join(source_dir, rel), stage / rel)
-    info = {"architecture": report["architecture"], "inputs": report["inputs"]}
-    added = _build_precisions(target, wanted, info, encoded, reference, recipe, out, cpu_classes)
-    report["precisions"].update(added)
-    report.setdefault("additions", []).append(
-        {"precisions": list(added), "toolchain": _toolchain(), "seconds": round(time.perf_counter() - started, 3)}
-    )
-    write_export_report(target, report)
-    print_gate_table(added, out)
     return report
 
 
@@ -423,12 +396,16 @@ def _build_precisions(
     recipe,
     out: Output,
     cpu_classes: list[str] | None = None,
+    *,
+    source: Path | None = None,
 ) -> dict[str, dict]:
+    """The precision graphs into ``stage``, made from the FP32 graph of ``source`` (default: ``stage``)."""
     from nimbuild.builder.precision import build_precisions
 
+    source = stage if source is None else source
     calibration, evaluation, ref = _split(encoded, reference)
     return build_precisions(
-        graph_path(stage, "fp32"),
+        graph_path(source, "fp32"),
         stage,
         precisions,
         architecture=info["architecture"],
@@ -438,6 +415,6 @@ def _build_precisions(
         reference=ref,
         thresholds=recipe.thresholds.by_precision,
         out=out,
-        config_dir=tokenizer_dir(stage),
+        config_dir=tokenizer_dir(source),
         cpu_classes=cpu_classes,
     )

@@ -22,20 +22,21 @@ from nimbuild import __version__
 from nimbuild.builder.cache import StepCache, toolchain_versions, tree_digest
 from nimbuild.errors import NimbuildError
 from nimbuild.export_layout import (
-    GATE_INPUTS_FILE,
+    ENGINES_DIR,
+    EXPORT_OUTPUTS,
     MANIFEST_FILE,
-    ONNX_DIR,
     REPORT_FILE,
-    TOKENIZER_DIR,
     TRITON_DIR,
     read_export_report,
     report_path,
-    write_export_report,
 )
-from nimbuild.fsutil import json_digest
+from nimbuild.fsutil import json_digest, json_text
+from nimbuild.outdir import OutputFolder, signature
 from nimbuild.output import Output
 
-EXPORT_OUTPUTS = (REPORT_FILE, GATE_INPUTS_FILE, TOKENIZER_DIR, ONNX_DIR)
+# What a build replaces besides the export (the Triton repositories are checked one by one by render, and
+# render checks its own image and deploy files).
+BUILD_OUTPUTS = (*EXPORT_OUTPUTS, MANIFEST_FILE)
 EXPORT_IRRELEVANT = {"gpus", "runners", "serving"}
 
 
@@ -101,40 +102,17 @@ def _sync_report_recipe(out_dir: Path, recipe: Any) -> None:
     report = read_export_report(out_dir)
     if report.get("recipe_sha256") != recipe.sha256:
         report["recipe_sha256"] = recipe.sha256
-        write_export_report(out_dir, report)
-
-
-def _export_into(recipe: Any, out_dir: Path, out: Output, cpu_classes: list[str] | None = None) -> None:
-    """Export beside the build's other outputs, then swap in only the export's own entries.
-
-    ``run_export`` owns a whole folder (staged, then renamed into place); a build folder
-    also holds engines, fragments, the manifest, the Triton repositories and the step
-    cache, which a re-export must keep. A failed export leaves the previous one in place.
-    """
-    import shutil
-
-    from nimbuild.builder.pipeline import run_export
-
-    fresh = out_dir / ".export.partial"
-    shutil.rmtree(fresh, ignore_errors=True)
-    try:
-        run_export(recipe, fresh, precisions=list(recipe.precisions), pairs=None, out=out, cpu_isa=cpu_classes)
-        for name in EXPORT_OUTPUTS:
-            old = out_dir / name
-            if old.is_dir():
-                shutil.rmtree(old)
-            elif old.exists():
-                old.unlink()
-            if (fresh / name).exists():  # an earlier export's entry never outlives a new export without it
-                (fresh / name).replace(old)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
+        OutputFolder(out_dir).write_files({REPORT_FILE: (json_text(report) + "\n").encode("utf-8")})
 
 
 def step_export(
     recipe: Any, out_dir: Path, cache: StepCache, out: Output, force: bool, cpu_classes: list[str] | None = None
 ) -> StepResult:
-    """``cpu_classes``: ``--cpu-isa`` (each must be this CPU's; [] = none); None: the recipe's, those this CPU has."""
+    """The export, staged in the build folder and swapped in entry by entry (nimbuild.outdir): the
+    engines, fragments, Triton repositories and step cache stay; a failed export changes nothing.
+
+    ``cpu_classes``: ``--cpu-isa`` (each must be this CPU's; [] = none); None: the recipe's, those this CPU has.
+    """
     t0 = time.perf_counter()
     if cpu_classes is not None:
         from nimbuild.builder.pipeline import cpu_classes_to_make
@@ -145,12 +123,31 @@ def step_export(
         _sync_report_recipe(out_dir, recipe)
         cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
         return StepResult("export", "reused", time.perf_counter() - t0, "recipe, model files and toolchain unchanged")
+    from nimbuild.builder.pipeline import run_export  # numpy and more: only when there is work
+
     cache.forget("export")
-    _export_into(recipe, out_dir, out, cpu_classes)
+    run_export(
+        recipe,
+        out_dir,
+        precisions=list(recipe.precisions),
+        pairs=None,
+        out=out,
+        force=force,
+        cpu_isa=cpu_classes,
+        into_build=True,
+    )
     cache.store("export", key, [out_dir / p for p in EXPORT_OUTPUTS])
     report = read_export_report(out_dir)
     passed = [p for p, e in report.get("precisions", {}).items() if e.get("status") == "passed"]
     return StepResult("export", "built", time.perf_counter() - t0, f"graphs: {', '.join(passed)}")
+
+
+def _tree_signatures(root: Path, top: str) -> dict[str, list]:
+    """Every file under ``root/top`` and what it is (nimbuild.outdir.signature)."""
+    folder = root / top
+    if not folder.is_dir():
+        return {}
+    return {p.relative_to(root).as_posix(): signature(p) for p in sorted(folder.rglob("*")) if not p.is_dir()}
 
 
 def step_engines(recipe: Any, out_dir: Path, out: Output, force: bool) -> StepResult:
@@ -171,7 +168,19 @@ def step_engines(recipe: Any, out_dir: Path, out: Output, force: bool) -> StepRe
         return StepResult("engines", "skipped", time.perf_counter() - t0, f"TensorRT not importable ({trt_problem})")
     sku = resolve_sku("auto")
     plan = plan_engines(recipe, sku, out_dir)
-    result = build_engines(recipe, plan, out, force=force)
+    # The manifest lists these engines: withdrawn while they may change, put back if none did.
+    # (What engines/<sku>/ may replace is the engines module's own rule: `nimbuild engines` writes there too.)
+    folder = OutputFolder(out_dir)
+    top = f"{ENGINES_DIR}/{sku.slug}"
+    before = _tree_signatures(out_dir, top)
+    aside = folder.withdraw(MANIFEST_FILE)
+    try:
+        result = build_engines(recipe, plan, out, force=force)
+    finally:
+        if aside is not None and _tree_signatures(out_dir, top) == before:
+            folder.restore(aside, MANIFEST_FILE)
+        elif aside is not None:
+            folder.discard(aside)  # it listed the old engines; the manifest step writes it again
     built = [r for r in result.results if getattr(r, "passed", False)]
     return StepResult(
         "engines",
@@ -203,7 +212,10 @@ def step_manifest(out_dir: Path, cache: StepCache, force: bool) -> tuple[StepRes
     if not force and path.exists() and cache.lookup("manifest", key):
         return StepResult("manifest", "reused", time.perf_counter() - t0, "export and fragments unchanged"), path
     cache.forget("manifest")
+    folder = OutputFolder(out_dir)
+    folder.expect_any(MANIFEST_FILE)  # written by manifest.write_manifest, recorded right after
     m, path = build_manifest(out_dir, out=path)
+    folder.record([MANIFEST_FILE])
     cache.store("manifest", key, [path])
     return StepResult("manifest", "built", time.perf_counter() - t0, f"{len(m.profiles)} profiles"), path
 
@@ -231,7 +243,7 @@ def step_render(
     if not force and triton.is_dir() and cache.lookup("render", key):
         return StepResult("render", "reused", time.perf_counter() - t0, "manifest, recipe and templates unchanged")
     cache.forget("render")
-    repos = render_repositories(manifest_path, out_dir, recipe_path=recipe.path, out=out)
+    repos = render_repositories(manifest_path, out_dir, recipe_path=recipe.path, out=out, force=force)
     cache.store("render", key, [triton])
     return StepResult("render", "built", time.perf_counter() - t0, f"{len(repos)} Triton repositories")
 
@@ -255,7 +267,35 @@ def run_build(
 
     recipe = load_recipe(recipe_path)
     out_dir = Path(out_dir) if out_dir is not None else recipe.default_out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = OutputFolder(out_dir)
+    with folder.locked("nimbuild build"):  # a refusal leaves nothing: a folder the lock made goes again
+        folder.check_replaceable(build_outputs(render), force=force, action="nimbuild build")
+        return _build_locked(recipe, out_dir, out, force=force, engines=engines, render=render, cpu_isa=cpu_isa)
+
+
+def build_outputs(render: bool) -> list[str]:
+    """What a build may replace at the top of its folder, checked before any step runs: the export's
+    entries and the manifest, and with ``render`` the serving images' files and deploy/ (the Triton
+    repositories are checked one by one by render, which checks all of these again before it writes)."""
+    if not render:
+        return list(BUILD_OUTPUTS)
+    from nimbuild.render.container import CPU_MANIFEST, IMAGES, WHEELS_README_FILE
+    from nimbuild.render.deploy import deploy_outputs
+
+    images = [f for _, name in IMAGES for f in (name, f"{name}.dockerignore")]
+    return [*BUILD_OUTPUTS, *images, ".dockerignore", CPU_MANIFEST, WHEELS_README_FILE, *deploy_outputs()]
+
+
+def _build_locked(
+    recipe: Any,
+    out_dir: Path,
+    out: Output,
+    *,
+    force: bool,
+    engines: bool,
+    render: bool,
+    cpu_isa: list[str] | None,
+) -> BuildResult:
     cache = StepCache(out_dir)
     result = BuildResult(out_dir=out_dir, manifest=None)
 

@@ -21,7 +21,12 @@ def build(
         Path | None,
         typer.Option("--out", "-o", help="Output folder; ends with OUT/manifest.yaml (default: out/<recipe name>)."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild every step, ignoring the cache.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Rebuild every step, ignoring the cache; replace output entries nimbuild did not write."
+        ),
+    ] = False,
     no_engines: Annotated[bool, typer.Option("--no-engines", help="Skip TensorRT engines even on a GPU host.")] = False,
     no_render: Annotated[bool, typer.Option("--no-render", help="Skip the Triton model repositories.")] = False,
     cpu_isa: CpuIsaOpt = None,

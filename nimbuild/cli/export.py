@@ -45,7 +45,14 @@ def export(
             show_default=False,
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an output folder that already has content.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Export into a folder that has content, replacing its onnx/, tokenizer/, export_report.json and "
+            "gate_inputs.npz even where nimbuild did not write them (nothing else in it is touched).",
+        ),
+    ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -60,7 +67,8 @@ def export(
 
     Example: nimbuild export recipes/example-tiny.yaml --from-export out/example-tiny --precision int8 --cpu-isa avx2
     """
-    from nimbuild.builder.pipeline import as_recipe, run_export, run_from_export
+    from nimbuild.builder.from_export import run_from_export
+    from nimbuild.builder.pipeline import as_recipe, run_export
     from nimbuild.errors import NimbuildError
     from nimbuild.export_layout import report_path
     from nimbuild.output import Output

@@ -98,6 +98,14 @@ def render(
     namespace: Annotated[
         str, typer.Option("--namespace", help="Kubernetes namespace of OUT/deploy/inferenceservice.yaml.")
     ] = "default",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a file nimbuild did not write where render writes (a Dockerfile, Dockerfile.cpu, "
+            ".dockerignore, manifest.cpu.yaml, deploy/*.yaml, wheels/<image>/ or a repository file).",
+        ),
+    ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -105,7 +113,8 @@ def render(
     the serving images' Dockerfiles (GPU: Dockerfile, CPU: Dockerfile.cpu) and, with --wheelhouse,
     their wheelhouses: a build context that installs nothing from an index; and OUT/deploy/: the NIM
     Operator's NIMCache and NIMService, KServe InferenceServices per GPU pool. Refuses a manifest
-    that does not verify.
+    that does not verify, and replaces only what nimbuild wrote (a Dockerfile or deploy/ of your
+    own stays, unless --force).
 
     Example: nimbuild render -m out/example-tiny/manifest.yaml --recipe recipes/example-tiny.yaml --wheelhouse cpu
     """
@@ -133,6 +142,7 @@ def render(
             "nimbuild_wheel": nimbuild_wheel,
         },
         deploy={"image": image, "cpu_image": cpu_image, "namespace": namespace},
+        force=force,
     )
     for repo in result.repositories:
         for note in repo.notes:

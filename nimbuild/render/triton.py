@@ -19,10 +19,12 @@ from nimbuild.output import Output
 from nimbuild.runtime.triton_repo.cc_groups import multi_cc_groups, multi_cc_info
 from nimbuild.runtime.triton_repo.contexts import ServingOptions
 from nimbuild.runtime.triton_repo.record import profile_info
-from nimbuild.runtime.triton_repo.writing import RenderedRepository, write_repository
+from nimbuild.runtime.triton_repo.writing import RenderedRepository, guard_destination, write_repository
+from nimbuild.safe_text import child
 
 if TYPE_CHECKING:
     from nimbuild.manifest import Manifest
+    from nimbuild.outdir import OutputFolder
 
 # --------------------------------------------------------------------------- the command
 
@@ -54,6 +56,7 @@ def render_all(
     dockerfile: bool = True,
     images: dict | None = None,
     deploy: dict | None = None,
+    force: bool = False,
 ) -> RenderResult:
     """``nimbuild render``: ``out_dir/triton/<profile name>/`` for every profile of a verified manifest,
     one repository per set of engines spanning several compute capabilities, and
@@ -64,12 +67,47 @@ def render_all(
     arguments of :func:`nimbuild.render.container.render_container` (``targets``, ``wheelhouses``,
     ``nimbuild_wheel``). ``deploy``: keyword arguments of :func:`nimbuild.render.deploy.render_deploy`
     (``image``, ``cpu_image``, ``namespace``); its Kubernetes resources are written with the Dockerfiles.
+    Replaces only what nimbuild wrote (nimbuild.outdir: a user's own Dockerfile, deploy/ file or files
+    in a repository folder need ``force``), with ``out_dir`` locked against a second writer; every
+    destination is checked before anything is written.
     """
-    from nimbuild.manifest import load_manifest
-    from nimbuild.manifest_verify import verify_manifest
+    from nimbuild.outdir import OutputFolder
     from nimbuild.runtime.triton_repo.files import check_mode
 
     check_mode(mode)
+    folder = OutputFolder(out_dir)
+    with folder.locked("nimbuild render"):
+        return _render_locked(
+            folder,
+            manifest_path,
+            mode=mode,
+            serving=serving,
+            recipe_path=recipe_path,
+            out=out,
+            dockerfile=dockerfile,
+            images=images,
+            deploy=deploy,
+            force=force,
+        )
+
+
+def _render_locked(
+    folder: OutputFolder,
+    manifest_path: str | os.PathLike,
+    *,
+    mode: str,
+    serving: ServingOptions | None,
+    recipe_path: str | os.PathLike | None,
+    out: Output | None,
+    dockerfile: bool,
+    images: dict | None,
+    deploy: dict | None,
+    force: bool,
+) -> RenderResult:
+    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest_verify import verify_manifest
+
+    out_dir = folder.path
     manifest = load_manifest(manifest_path)
     recipe = None
     if recipe_path is not None:
@@ -95,24 +133,46 @@ def render_all(
     out = out or Output(quiet=True)
     for note in skipped:
         out.note(note)
-    # read every graph before writing anything
-    infos = [(p.name, profile_info(manifest, p, serving)) for p in servable]
-    infos += [(name, multi_cc_info(manifest, name, ps, serving)) for name, ps in multi_cc_groups(manifest)]
+    jobs = [(p.name, lambda p=p: profile_info(manifest, p, serving)) for p in servable]
+    jobs += [
+        (name, lambda name=name, ps=ps: multi_cc_info(manifest, name, ps, serving))
+        for name, ps in multi_cc_groups(manifest)
+    ]
+    # every destination checked and every graph read before anything is written; a name from the
+    # manifest (or a tag in a multi-GPU repository's name) is a folder under triton/, never a path
+    infos = [(child(triton_dir, name, f"{manifest_path}: repository {name!r}"), make()) for name, make in jobs]
+    for dest, _ in infos:  # a folder that is no repository at all is never replaced, --force or not
+        guard_destination(dest)
+    tops = [dest.relative_to(out_dir).as_posix() for dest, _ in infos]
+    tops_checked = list(tops)
+    if dockerfile:
+        from nimbuild.render.container import check_context_outputs, container_outputs
+        from nimbuild.render.deploy import deploy_outputs
+
+        wheelhouses = (images or {}).get("wheelhouses", ())
+        tops_checked += [*container_outputs(manifest, manifest_path, out_dir), *deploy_outputs()]
+        check_context_outputs(manifest, manifest_path, wheelhouses, force=force)  # the manifest's folder's
+    folder.check_replaceable(tops_checked, force=force, action="render")
     rendered = []
-    with out.progress() as progress:
-        task = progress.add_task("rendering Triton repositories", total=len(infos))
-        for name, info in infos:
-            rendered.append(write_repository(info, triton_dir / name, _locator(manifest, info), mode=mode))
-            progress.advance(task)
+    for top in tops:
+        folder.expect_any(top)  # write_repository reports no bytes: the ledger takes what it leaves
+    try:
+        with out.progress() as progress:
+            task = progress.add_task("rendering Triton repositories", total=len(infos))
+            for dest, info in infos:
+                rendered.append(write_repository(info, dest, _locator(manifest, info), mode=mode))
+                progress.advance(task)
+    finally:
+        folder.record(tops)
     container, resources = None, []
     if dockerfile:
         from nimbuild.render.container import render_container
         from nimbuild.render.deploy import render_deploy
 
         container = render_container(
-            manifest_path, out_dir, recipe=recipe, triton_dir=triton_dir, out=out, **(images or {})
+            manifest_path, out_dir, recipe=recipe, triton_dir=triton_dir, out=out, force=force, **(images or {})
         )
-        resources = render_deploy(manifest_path, out_dir, **(deploy or {}))
+        resources = render_deploy(manifest_path, out_dir, force=force, **(deploy or {}))
     return RenderResult(repositories=rendered, container=container, skipped=skipped, deploy=resources)
 
 

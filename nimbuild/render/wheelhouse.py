@@ -35,6 +35,7 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from nimbuild.errors import NimbuildError
 from nimbuild.fsutil import sha256_file
@@ -319,21 +320,42 @@ class Wheelhouse:
 
 
 def write_wheelhouse(
-    context: Path, target: ImageTarget, *, nimbuild_wheel: str | os.PathLike | None = None, out=None
+    context: Path,
+    target: ImageTarget,
+    *,
+    nimbuild_wheel: str | os.PathLike | None = None,
+    out=None,
+    force: bool = False,
 ) -> Wheelhouse:
     """``context/wheels/<image>/``: nimbuild's wheel, its serving dependencies for ``target``, the pins.
 
-    Reused as it is when nimbuild's wheel and the target are unchanged. A folder there
-    that nimbuild did not write (no wheelhouse.json) is refused, never replaced.
+    Reused as it is when nimbuild's wheel and the target are unchanged. A folder there holding a
+    file nimbuild did not write (the context's ledger, nimbuild.outdir; or no wheelhouse.json) is
+    refused unless ``force``; the context is locked while it is written.
     """
+    from nimbuild.outdir import OutputFolder
+
+    folder = OutputFolder(context)
+    with folder.locked("nimbuild render --wheelhouse"):  # re-entrant: render holds it
+        folder.check_replaceable([target.folder], force=force, action=f"the {target.name} image's wheelhouse")
+        final = context / target.folder
+        if not force and final.exists() and any(final.iterdir()) and not (final / RECORD_FILE).is_file():
+            raise NimbuildError(
+                f"{final}: exists and was not written by nimbuild (no {RECORD_FILE})",
+                hint="move it away, or pass --force to replace it; nimbuild writes the image's wheelhouse there",
+            )
+        folder.expect_any(target.folder)  # pip writes the wheels: the ledger takes what is there afterwards
+        try:
+            return _write_wheelhouse(final, target, nimbuild_wheel, out)
+        finally:
+            folder.record([target.folder])
+
+
+def _write_wheelhouse(
+    final: Path, target: ImageTarget, nimbuild_wheel: str | os.PathLike | None, out: Any
+) -> Wheelhouse:
     from nimbuild.fsutil import atomic_write_text, staging_dir, write_json
 
-    final = context / target.folder
-    if final.exists() and any(final.iterdir()) and not (final / RECORD_FILE).is_file():
-        raise NimbuildError(
-            f"{final}: exists and was not written by nimbuild (no {RECORD_FILE})",
-            hint="move it away; nimbuild writes the image's wheelhouse there",
-        )
     with tempfile.TemporaryDirectory(prefix="nimbuild-own-wheel-") as tmp:
         own = own_wheel(Path(tmp), nimbuild_wheel)
         record = {"target": asdict(target), "nimbuild_wheel": own.name, "nimbuild_sha256": sha256_file(own)}

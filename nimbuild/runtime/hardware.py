@@ -27,6 +27,7 @@ from typing import Any
 
 from nimbuild import cpu_isa, skus
 from nimbuild.errors import NimbuildError
+from nimbuild.safe_text import printable
 
 _COUNT_SUFFIX = re.compile(r"^(?P<name>.+?)\s*[x×*]\s*(?P<count>\d+)$", re.IGNORECASE)
 MAX_ASSUMED_GPUS = 64
@@ -119,7 +120,7 @@ class Host:
             lines.append(f"- Driver: {self.driver_version or 'unknown'} (CUDA {self.cuda_driver_version or 'unknown'})")
         lines.append(f"- CPU: {self.cpu.describe()}")
         lines.extend(f"- Note: {note}" for note in self.notes)
-        return lines
+        return [printable(line) for line in lines]  # names and reasons from the driver or the environment
 
     def to_dict(self) -> dict[str, Any]:
         return {

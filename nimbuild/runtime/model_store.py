@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from nimbuild.errors import NimbuildError
 from nimbuild.runtime.settings import Variable, read_settings
+from nimbuild.safe_text import child
 
 if TYPE_CHECKING:
     from nimbuild.fsutil import Readable
@@ -318,7 +319,7 @@ def _prerendered(manifest: Manifest, profile: Profile) -> dict[str, Any] | None:
 
     if manifest.root is None:
         return None
-    folder = Path(manifest.root) / TRITON_DIR / profile.name
+    folder = child(Path(manifest.root) / TRITON_DIR, profile.name, f"profile {profile.name!r}")
     if not (folder / REPOSITORY_INFO).is_file():
         return None
     try:

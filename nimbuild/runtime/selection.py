@@ -54,6 +54,7 @@ from nimbuild.runtime import gpu_match
 from nimbuild.runtime.hardware import Host
 from nimbuild.runtime.overrides import apply_overrides
 from nimbuild.runtime.settings import Settings, read_settings
+from nimbuild.safe_text import printable
 
 Status = Literal["runnable", "not_runnable", "incompatible"]
 STATUSES: tuple[Status, ...] = ("runnable", "not_runnable", "incompatible")
@@ -420,7 +421,8 @@ def profile_metadata(profile: Profile) -> list[tuple[str, str]]:
 
 def _entry_line(entry: Classified) -> str:
     line = f"  - {entry.profile.id} ({entry.profile.name})"
-    return f"{line}: {entry.reason}" if entry.status != "runnable" and entry.reason else line
+    line = f"{line}: {entry.reason}" if entry.status != "runnable" and entry.reason else line
+    return printable(line)  # a tag value's newline or escape cannot forge a line of the listing
 
 
 def profile_lines(classified: list[Classified]) -> list[str]:
@@ -438,6 +440,6 @@ def startup_log(selection: Selection) -> list[str]:
     if selection.selected is None:
         lines.append("Selected profile: none (no runnable profile)")
         return lines
-    lines.append(f"Selected profile: {selection.selected.id} ({selection.selected.name})")
-    lines.extend(f"Profile metadata: {key}: {value}" for key, value in profile_metadata(selection.selected))
+    lines.append(printable(f"Selected profile: {selection.selected.id} ({selection.selected.name})"))
+    lines.extend(printable(f"Profile metadata: {key}: {value}") for key, value in profile_metadata(selection.selected))
     return lines

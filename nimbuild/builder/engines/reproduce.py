@@ -8,11 +8,11 @@ rebuild it with the exact calls nimbuild made, without nimbuild. The text is
 
 from __future__ import annotations
 
-import shlex
 from typing import TYPE_CHECKING
 
 from nimbuild.builder.engines.host import BuildGpu
 from nimbuild.builder.engines.plan import ENGINE_FILE, EnginePlan, PlannedEngine
+from nimbuild.safe_text import shell_join
 
 if TYPE_CHECKING:
     from nimbuild.builder.engines.trt_seam import TensorRTInfo
@@ -22,14 +22,14 @@ TEMPLATE = "reproduce.sh.j2"
 
 def command_lines(argv: list[str]) -> list[str]:
     """``polygraphy convert MODEL --convert-to trt --strongly-typed`` first, then one flag (and its values) a line."""
-    lines = [shlex.join(argv[:5])]
+    lines = [shell_join(argv[:5])]
     rest = argv[5:]
     i = 0
     while i < len(rest):
         j = i + 1
         while j < len(rest) and not rest[j].startswith("-"):
             j += 1
-        lines.append(shlex.join(rest[i:j]))
+        lines.append(shell_join(rest[i:j]))
         i = j
     return lines
 

@@ -37,12 +37,15 @@ BACKEND_CHOICES = BACKENDS
 
 
 def setup_logging(level: str = "info") -> None:
-    """Plain lines on stderr, as a container log reads them (``level``: one of settings.LOG_LEVELS)."""
+    """Plain lines on stderr, as a container log reads them: one record, one line (safe_text);
+    ``level``: one of settings.LOG_LEVELS."""
+    from nimbuild.safe_text import PrintableFormatter
+
     level = option_text("NIM_LOG_LEVEL", level, "--log-level")
     logger = logging.getLogger("nimbuild")
     if not any(getattr(h, "_nimbuild", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(message)s"))
         handler._nimbuild = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(level.upper())

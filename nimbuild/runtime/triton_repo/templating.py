@@ -3,17 +3,20 @@
 Strict: an undefined variable is an error, not an empty string, so a template
 and its caller cannot drift apart silently. Values go into the formats through
 filters that quote them for that format (``pbstr`` for protobuf text,
-``tojson`` for YAML, where JSON scalars are valid YAML).
+``tojson``/``yamlstr`` for YAML, where JSON scalars are valid YAML, ``oneline`` for
+a value inside a comment line: nimbuild.safe_text.printable).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.safe_text import printable
 
 if TYPE_CHECKING:
     import jinja2
@@ -26,9 +29,13 @@ def pbstr(value: object) -> str:
     return json.dumps(str(value), ensure_ascii=True)
 
 
+# What JSON leaves raw but YAML refuses in a document: DEL, C1 controls, surrogates, U+FFFE/U+FFFF.
+_YAML_UNSAFE = re.compile("[\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
 def yamlstr(value: object) -> str:
-    """A YAML scalar that stays a string (a double-quoted JSON string is valid YAML)."""
-    return json.dumps(str(value), ensure_ascii=False)
+    """A YAML scalar that stays a string (a double-quoted JSON string is valid YAML), whatever it holds."""
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(str(value), ensure_ascii=False))
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,6 +57,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["pbstr"] = pbstr
     env.filters["yamlstr"] = yamlstr
+    env.filters["oneline"] = printable  # a value in a comment line: its newlines cannot start a new line
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
     return env
 
