@@ -247,6 +247,85 @@ def test_render_keeps_a_users_dockerfile_unless_forced(exported_copy, tmp_path, 
     assert code.value.code == 1 and "changed since" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "Dockerfile.cpu",
+        "Dockerfile.cpu.dockerignore",
+        ".dockerignore",
+        "manifest.cpu.yaml",
+        "deploy/nimservice.yaml",
+        "wheels/README.txt",
+    ],
+)
+def test_render_keeps_a_users_image_and_deploy_files_unless_forced(entry, exported_copy, tmp_path):
+    """What the images and deploy/ add to render (deploy's files) obeys the same ledger: a user's own file is
+    refused before anything is written, replaced only with force; other files in deploy/ are never touched."""
+    from nimbuild.builder.assemble import build_manifest
+    from nimbuild.render.triton import render_all
+
+    _, manifest = build_manifest(exported_copy)
+    (exported_copy / entry).parent.mkdir(parents=True, exist_ok=True)
+    (exported_copy / entry).write_text("the user's own\n")
+    (exported_copy / "deploy").mkdir(exist_ok=True)
+    (exported_copy / "deploy" / "my-ingress.yaml").write_text("kind: Ingress\n")
+    before = sorted(p.relative_to(exported_copy).as_posix() for p in exported_copy.rglob("*"))
+    with pytest.raises(NimbuildError) as exc:
+        render_all(manifest, exported_copy)
+    assert f"{exported_copy / entry}: not written by nimbuild" in str(exc.value) and "\n" not in str(exc.value)
+    after = sorted(p.relative_to(exported_copy).as_posix() for p in exported_copy.rglob("*"))
+    assert [p for p in after if p not in before and not p.startswith(".nimbuild")] == []  # nothing rendered
+    assert (exported_copy / entry).read_text() == "the user's own\n"
+    result = render_all(manifest, exported_copy, force=True)
+    assert (exported_copy / entry).read_text() != "the user's own\n"
+    assert (exported_copy / "deploy" / "my-ingress.yaml").read_text() == "kind: Ingress\n"
+    assert len(result.deploy) == 3
+    folder = OutputFolder(exported_copy)
+    assert [
+        e for e in ("Dockerfile", "Dockerfile.cpu", "manifest.cpu.yaml", "deploy/nimcache.yaml") if folder.foreign(e)
+    ] == []
+    render_all(manifest, exported_copy)  # now nimbuild's own: rendered again without force
+
+
+def test_a_users_wheelhouse_folder_is_refused_unless_forced(exported_copy, monkeypatch):
+    from nimbuild.builder.assemble import build_manifest
+    from nimbuild.render import wheelhouse
+    from nimbuild.render.triton import render_all
+
+    _, manifest = build_manifest(exported_copy)
+    mine = exported_copy / "wheels" / "cpu"
+    mine.mkdir(parents=True)
+    (mine / "my.whl").write_bytes(b"not nimbuild's")
+    calls = []
+    monkeypatch.setattr(wheelhouse, "_write_wheelhouse", lambda final, target, wheel, out: calls.append(final))
+    with pytest.raises(NimbuildError, match="wheels/cpu/my.whl: not written by nimbuild"):
+        render_all(manifest, exported_copy, images={"wheelhouses": ["cpu"]})
+    assert calls == [] and (mine / "my.whl").read_bytes() == b"not nimbuild's"
+    render_all(manifest, exported_copy, images={"wheelhouses": ["cpu"]}, force=True)
+    assert calls == [mine]
+
+
+def test_from_export_in_place_refuses_a_graph_folder_nimbuild_did_not_write(exported_example, example_recipe, tmp_path):
+    from nimbuild import cpu_isa
+    from nimbuild.builder.from_export import run_from_export
+
+    here = cpu_isa.detect_cpu()
+    if not here.classes:
+        pytest.skip(f"this CPU has no int8 class ({here.classes_text()})")
+    cls = here.classes[0]
+    source = tmp_path / "export"
+    shutil.copytree(exported_example, source)
+    mine = source / "onnx" / f"cpu-int8-{cls}"
+    mine.mkdir()
+    (mine / "model.onnx").write_bytes(b"my own int8 graph")
+    with pytest.raises(NimbuildError, match=f"cpu-int8-{cls}/model.onnx: not written by nimbuild"):
+        run_from_export(example_recipe, source, None, ["int8"], Output(quiet=True), cpu_isa=[cls])
+    assert (mine / "model.onnx").read_bytes() == b"my own int8 graph"
+    report = run_from_export(example_recipe, source, None, ["int8"], Output(quiet=True), cpu_isa=[cls], force=True)
+    assert report["precisions"][f"int8-{cls}"]["status"] == "passed"
+    assert OutputFolder(source).foreign(f"onnx/cpu-int8-{cls}") is None and _leftovers(source) == []
+
+
 def test_a_users_file_inside_nimbuilds_folder_needs_force(scripted_build, exported_example, tmp_path):
     original, recipe = scripted_build
     out = tmp_path / "build"

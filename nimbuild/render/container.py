@@ -364,7 +364,8 @@ def _render_locked(
         contents[".dockerignore"] = union_text.encode("utf-8")
     assert sorted(contents) == sorted(outputs), (sorted(contents), outputs)  # container_outputs is the one list
     here.write_files(contents)  # the ledger knows each file before it lands
-    if not (context / WHEELS_README_FILE).exists():
+    readme = context / WHEELS_README_FILE  # checked above: absent, nimbuild's own, or replaced under force
+    if not readme.is_file() or readme.read_bytes() != WHEELS_README.encode("utf-8"):
         ctx.write_files({WHEELS_README_FILE: WHEELS_README.encode("utf-8")})
     gpu = images["gpu"]
     return ContainerFiles(
