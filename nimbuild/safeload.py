@@ -464,7 +464,7 @@ def parse_json(text: str | bytes, src: str = "<json>", *, what: str = "file", hi
         return json.loads(text, object_pairs_hook=_no_duplicates(src, what), parse_constant=_no_constant(src, what))
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}"
-        raise NimbuildError(f"{src}: not valid JSON at {where}: {exc.msg}", hint=fix) from None
+        raise NimbuildError(f"{src}: not JSON ({where}: {exc.msg})", hint=fix) from None
     except RecursionError:
         raise NimbuildError(f"{src}: the {what} nests too deeply", hint=hint or "flatten it") from None
     except ValueError as exc:  # int conversion past sys.get_int_max_str_digits(): not a JSONDecodeError
