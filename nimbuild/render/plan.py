@@ -121,11 +121,6 @@ def _recipe_path_for_ci(path: Path | None) -> str:
     return Path(rel).as_posix()
 
 
-def _engines_of(slug: str) -> str:
-    """Where a k8s engines job leaves its SKU's engines on the shared volume."""
-    return f"/workspace/out/{slug}/engines/{slug}"
-
-
 def _k8s_name(*parts: str) -> str:
     """A DNS-1123 label (Job names become pod labels: at most 63 characters)."""
     name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
