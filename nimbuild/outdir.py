@@ -95,7 +95,7 @@ def _walk(root: Path, rel: str) -> Iterator[tuple[str, Path]]:
     path = root / rel if rel else root
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent, or a file stands where a parent folder would
         return
     if not stat.S_ISDIR(st.st_mode):
         yield rel, path
@@ -252,8 +252,18 @@ class OutputFolder:
     def check_replaceable(self, rels: Iterable[str], *, force: bool, action: str) -> list[str]:
         """Refuse (NimbuildError) to replace an entry holding a file nimbuild did not write, unless ``force``.
 
-        Returns the foreign files found (replaced anyway under ``force``).
+        Returns the foreign files found (replaced anyway under ``force``). A file (or a link to one) where an
+        entry needs a parent folder is refused, ``force`` or not: replacing it would take a folder's place.
         """
+        rels = list(rels)
+        for rel in rels:
+            parts = rel.split("/")
+            for parent in ("/".join(parts[:i]) for i in range(1, len(parts))):
+                if os.path.lexists(self.path / parent) and not (self.path / parent).is_dir():
+                    raise NimbuildError(
+                        f"{self.path / parent}: not a folder, and {action} writes {rel} in it",
+                        hint="move it away or choose another --out",
+                    )
         found = [f for rel in rels if (f := self.foreign(rel)) is not None]
         if found and not force:
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""

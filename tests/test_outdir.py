@@ -287,6 +287,24 @@ def test_render_keeps_a_users_image_and_deploy_files_unless_forced(entry, export
     render_all(manifest, exported_copy)  # now nimbuild's own: rendered again without force
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_a_file_where_render_needs_a_folder_is_refused_even_forced(force, exported_copy):
+    """A user's file named deploy (where render writes deploy/*.yaml) is neither written through nor replaced by
+    a folder, --force or not: one line naming it, and nothing rendered."""
+    from nimbuild.builder.assemble import build_manifest
+    from nimbuild.render.triton import render_all
+
+    _, manifest = build_manifest(exported_copy)
+    (exported_copy / "deploy").write_text("the user's own\n")
+    before = sorted(p.relative_to(exported_copy).as_posix() for p in exported_copy.rglob("*"))
+    with pytest.raises(NimbuildError) as exc:
+        render_all(manifest, exported_copy, force=force)
+    assert str(exc.value).startswith(f"{exported_copy / 'deploy'}: not a folder") and "\n" not in str(exc.value)
+    after = sorted(p.relative_to(exported_copy).as_posix() for p in exported_copy.rglob("*"))
+    assert [p for p in after if p not in before and not p.startswith(".nimbuild")] == []
+    assert (exported_copy / "deploy").read_text() == "the user's own\n"
+
+
 def test_a_users_wheelhouse_folder_is_refused_unless_forced(exported_copy, monkeypatch):
     from nimbuild.builder.assemble import build_manifest
     from nimbuild.render import wheelhouse
