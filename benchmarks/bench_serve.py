@@ -158,9 +158,10 @@ def bench_raw_ort(graph: Path, tokenizer_json: Path, groups: list[dict]) -> dict
 
 
 def _rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
     return 0
 
 
@@ -285,7 +286,8 @@ def main(argv=None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     manifest, precision, notes = prepare(work, args.precision)
-    from nimbuild.manifest import load_manifest, safe_join
+    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest_paths import safe_join
 
     m = load_manifest(manifest)
     graph = safe_join(m.root, next(r for r in m.profiles[0].files if r.endswith(".onnx")))

@@ -238,7 +238,9 @@ def _windows_flags() -> set[str] | None:
         return None
 
 
-def detect_cpu(cpuinfo: str | os.PathLike = CPUINFO, machine: str | None = None, system: str | None = None) -> HostCpu:
+def detect_cpu(
+    cpuinfo: str | os.PathLike[str] = CPUINFO, machine: str | None = None, system: str | None = None
+) -> HostCpu:
     """This host's CPU classes, cheaply: /proc/cpuinfo's first flags line, else what the platform tells.
 
     Never raises: a CPU whose flags cannot be read has no class, with the reason

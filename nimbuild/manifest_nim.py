@@ -37,6 +37,14 @@ _NAME_PARTS = ("llm_engine", "backend", "model_type", "gpu", "key", "precision",
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
+def schema_major(version: object) -> str | None:
+    """'2' for 2.0.0, 2.1 or "2"; the NIM Operator picks its v2 parser on any 2.x (nimparser/utils)."""
+    if isinstance(version, bool) or not isinstance(version, (str, int)):
+        return None
+    text = str(version).strip()
+    return text.split(".", 1)[0] if re.match(r"^[0-9]+(\.[0-9]+){0,2}$", text) else None
+
+
 def is_v1(data: object) -> bool:
     """A NIM v1 manifest: a non-empty mapping of ID -> {tags, ...}, without schema_version."""
     return (
@@ -64,7 +72,7 @@ def _file_names(files: object, where: str, src: str) -> list[str]:
     return names
 
 
-def v1_to_v2(data: Mapping[str, Any], src: str) -> dict:
+def v1_to_v2(data: Mapping[str, Any], src: str) -> dict[str, Any]:
     """NIM v1's map keyed by ID as v2 data (the v1-only fields kept beside each profile)."""
     profiles = []
     for pid, raw in data.items():
@@ -73,7 +81,7 @@ def v1_to_v2(data: Mapping[str, Any], src: str) -> dict:
         for key, value in raw.items():
             if key not in ("tags", "workspace"):
                 profile[key] = value
-        files: dict[str, dict] = {}
+        files: dict[str, dict[str, str]] = {}
         workspace = raw.get("workspace") or {}
         if not isinstance(workspace, dict):
             raise NimbuildError(f"{src}: {where}.workspace: expected a mapping", hint="workspace: {components: [...]}")
@@ -141,10 +149,10 @@ def derived_name(tags: Mapping[str, str]) -> str:
     return name or "profile"
 
 
-def name_profiles(profiles: list[dict]) -> None:
+def name_profiles(profiles: list[dict[str, Any]]) -> None:
     """Give each nameless profile (NIM's) a derived name, unique in the manifest (``-<ID prefix>`` when two agree)."""
     taken = {p["name"] for p in profiles if isinstance(p.get("name"), str)}
-    wanted: dict[str, list[dict]] = {}
+    wanted: dict[str, list[dict[str, Any]]] = {}
     for p in profiles:
         if p.get("name") is None and isinstance(p.get("tags"), dict):
             tags = {str(k): tag_text(v) or "" for k, v in p["tags"].items()}

@@ -37,6 +37,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ def _size(n: int) -> str:
     return f"{n / MiB:.0f} MiB" if n >= MiB else f"{n} bytes"
 
 
-def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int, *, hint: str | None = None) -> bytes:
+def read_regular_file(path: str | os.PathLike[str], what: str, max_bytes: int, *, hint: str | None = None) -> bytes:
     """The bytes of ``path`` if it is a regular file of at most ``max_bytes``; NimbuildError otherwise.
 
     Opened non-blocking, so a FIFO is refused instead of waiting for a writer;
@@ -167,7 +168,7 @@ class _Scalars:
     def resolve(self, value: str) -> str:
         for tag, regexp in self.implicit.get(value[:1] if value else "", ()):
             if regexp.match(value):
-                return tag
+                return str(tag)
         return _STR
 
     def construct(self, tag: str, value: str) -> Any:
@@ -199,7 +200,7 @@ class _Frame:
         self.has_key = False
         self.anchor = anchor
         self.size = 1  # nodes in this subtree, aliases expanded
-        self.merges: list[dict] | None = None
+        self.merges: list[dict[Any, Any]] | None = None
 
 
 def parse_yaml(
@@ -295,7 +296,7 @@ def parse_yaml(
     parser = CParser(text)
     try:
         while True:
-            event = parser.get_event()
+            event: Any = parser.get_event()  # told apart by its type below; libyaml's stubs say Event | None
             kind = type(event)
             if kind is ScalarEvent:
                 nodes += 1
@@ -357,7 +358,7 @@ def parse_yaml(
                 frame = stack.pop()
                 data = frame.data
                 if frame.merges:
-                    merged: dict = {}
+                    merged: dict[Any, Any] = {}
                     for m in reversed(frame.merges):
                         merged.update(m)
                     merged.update(data)
@@ -413,7 +414,7 @@ _MERGE_KEY = _MergeKey()
 
 
 def load_yaml(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     what: str = "file",
     limits: Limits = Limits(),
@@ -430,13 +431,13 @@ def load_yaml(
 # --------------------------------------------------------------------------- JSON
 
 
-def _no_duplicates(src: str, what: str):
-    def hook(pairs: list[tuple[str, Any]]) -> dict:
-        data: dict = {}
+def _no_duplicates(src: str, what: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        data: dict[str, Any] = {}
         for key, value in pairs:
             if key in data:
                 raise NimbuildError(
-                    f"{src}: duplicate key {key!r} in one object of the {what}", hint="give each key once"
+                    f"{src}: duplicate key {key!r}: given twice in one object of the {what}", hint="give each key once"
                 )
             data[key] = value
         return data
@@ -444,30 +445,34 @@ def _no_duplicates(src: str, what: str):
     return hook
 
 
-def _no_constant(src: str, what: str):
+def _no_constant(src: str, what: str) -> Callable[[str], Any]:
     def hook(name: str) -> Any:
         raise NimbuildError(f"{src}: the {what} has {name}, which is not JSON", hint="write a number or null")
 
     return hook
 
 
-def parse_json(text: str | bytes, src: str = "<json>", *, what: str = "file") -> Any:
-    """JSON with duplicate keys and NaN/Infinity refused, one line each; nesting past Python's recursion
-    limit (the C decoder checks it) is a one-line error too, not a traceback."""
+def parse_json(text: str | bytes, src: str = "<json>", *, what: str = "file", hint: str | None = None) -> Any:
+    """JSON with duplicate keys and NaN/Infinity refused, one line each (``src`` names the place: a file, or
+    ``file:line`` for one line of a JSONL); nesting past Python's recursion limit (the C decoder checks it)
+    and integers past Python's digit limit are one-line errors too, not tracebacks. ``hint``: the fix to
+    name for malformed text (default: fix the JSON)."""
     if isinstance(text, bytes):
         text = decode_utf8(text, src, what)
+    fix = hint or "fix the JSON"
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates(src, what), parse_constant=_no_constant(src, what))
     except json.JSONDecodeError as exc:
-        raise NimbuildError(
-            f"{src}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", hint="fix the JSON"
-        ) from None
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise NimbuildError(f"{src}: not JSON ({where}: {exc.msg})", hint=fix) from None
     except RecursionError:
-        raise NimbuildError(f"{src}: the {what} nests too deeply", hint="flatten it") from None
+        raise NimbuildError(f"{src}: the {what} nests too deeply", hint=hint or "flatten it") from None
+    except ValueError as exc:  # int conversion past sys.get_int_max_str_digits(): not a JSONDecodeError
+        raise NimbuildError(f"{src}: not JSON nimbuild reads ({str(exc).split(';')[0]})", hint=fix) from None
 
 
 def load_json(
-    path: str | os.PathLike, *, what: str = "file", limits: Limits = JSON_LIMITS, hint: str | None = None
+    path: str | os.PathLike[str], *, what: str = "file", limits: Limits = JSON_LIMITS, hint: str | None = None
 ) -> Any:
     """Read and parse one JSON file with the checks of :func:`read_regular_file` and :func:`parse_json`."""
     raw = read_regular_file(path, what, limits.max_bytes, hint=hint)

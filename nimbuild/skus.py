@@ -12,6 +12,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nimbuild.errors import NimbuildError
 
@@ -56,7 +57,7 @@ class Sku:
     def pci_device_id(self) -> str:
         return self.pci_device_ids[0]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "canonical": self.canonical,
             "slug": self.slug,

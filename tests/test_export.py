@@ -246,7 +246,10 @@ def test_cli_out_dir_with_other_content(tmp_path, capsys, monkeypatch, tiny_mode
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     code, stdout, err = _cli(["export", model, "--out", str(out), "--precision", "fp32", "--force"], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "gate_inputs.npz", "onnx", "tokenizer"]
+    # --force replaces the export's own entries only: the user's file stays, beside nimbuild's ledger
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".nimbuild-owned.json", "export_report.json", "gate_inputs.npz", "keep.txt", "onnx", "tokenizer"]
+    assert (out / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("case", ["missing-dir", "unknown-repo", "remote-code", "bad-recipe", "bad-precision"])

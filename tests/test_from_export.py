@@ -20,10 +20,13 @@ import pytest
 from nimbuild import cpu_isa
 from nimbuild.builder import gate
 from nimbuild.builder.export import cpu_session
-from nimbuild.builder.pipeline import export_files, run_export, run_from_export
+from nimbuild.builder.from_export import export_files, run_from_export
+from nimbuild.builder.pipeline import run_export
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import sha256_file
+from nimbuild.export_layout import GATE_INPUTS_FILE
+from nimbuild.fsutil import sha256_file
 from nimbuild.output import Output
+from nimbuild.thresholds import GateThresholds
 
 QUIET = Output(quiet=True)
 
@@ -43,14 +46,14 @@ def test_the_export_saves_its_gate_inputs_and_they_read_back_the_same(exported_e
     report = _report(exported_example)
     saved = report["gate_inputs"]
     path = exported_example / saved["path"]
-    assert saved["path"] == gate.INPUTS_FILE and sha256_file(path) == saved["sha256"]
+    assert saved["path"] == GATE_INPUTS_FILE and sha256_file(path) == saved["sha256"]
     encoded, reference = gate.load_inputs(path, report["inputs"], saved["sha256"])
     assert len(encoded) == len(reference) == saved["queries"] == report["precisions"]["fp32"]["gate"]["n_queries"]
     assert sum(len(r) for r in reference) == report["precisions"]["fp32"]["gate"]["n_pairs"]
     assert all(set(f) == set(report["inputs"]) and f["input_ids"].dtype == np.int64 for f in encoded)
     # the reference is what the fp32 graph was judged against: the graph reproduces it within the fp32 bar
     session = cpu_session(exported_example / "onnx/fp32/model.onnx")
-    result = gate.run_gate(session, encoded, reference, {"max_abs_logit": 1e-3})
+    result = gate.run_gate(session, encoded, reference, GateThresholds(max_abs_logit=1e-3))
     assert result.passed, result.failures
     # the same inputs give the same bytes (a CI cache or a rebuild sees no change)
     again = gate.save_inputs(tmp_path / "again.npz", encoded, reference)
@@ -59,7 +62,7 @@ def test_the_export_saves_its_gate_inputs_and_they_read_back_the_same(exported_e
 
 def test_altered_or_foreign_gate_inputs_are_one_error_each(exported_example, tmp_path):
     report = _report(exported_example)
-    good = exported_example / gate.INPUTS_FILE
+    good = exported_example / GATE_INPUTS_FILE
     with pytest.raises(NimbuildError, match="sha256"):
         gate.load_inputs(good, report["inputs"], "0" * 64)
     with pytest.raises(NimbuildError, match="lacks pixel_values"):

@@ -45,12 +45,19 @@ ALLOWED_NIMBUILD = {
     "nimbuild.cpu_isa",
     "nimbuild.profiles",
     "nimbuild.manifest",
+    "nimbuild.manifest_paths",
+    "nimbuild.manifest_parse",
+    "nimbuild.export_layout",
     "nimbuild.fsutil",
     "nimbuild.safeload",
     "nimbuild.manifest_nim",
+    "nimbuild.safe_text",
     "nimbuild.runtime",
     "nimbuild.runtime.hardware",
     "nimbuild.runtime.selection",
+    "nimbuild.runtime.gpu_match",
+    "nimbuild.runtime.overrides",
+    "nimbuild.runtime.settings",
 }
 
 PROBE = textwrap.dedent("""
@@ -178,9 +185,13 @@ RUNTIME_MAY_IMPORT = (
     "nimbuild.cpu_isa",
     "nimbuild.profiles",
     "nimbuild.manifest",
+    "nimbuild.manifest_paths",
+    "nimbuild.export_layout",
+    "nimbuild.manifest_verify",
     "nimbuild.fsutil",
     "nimbuild.safeload",
     "nimbuild.manifest_nim",
+    "nimbuild.safe_text",
     "nimbuild.runtime",
 )
 
@@ -234,7 +245,11 @@ def test_the_static_import_check_sees_lazy_and_relative_imports(tmp_path):
 
 
 def test_the_model_store_loads_nothing_heavy(tmp_path):
-    modules, proc = _loaded("import nimbuild.runtime.model_store, nimbuild.runtime.triton_repo.repository", tmp_path)
+    modules, proc = _loaded(
+        "import nimbuild.runtime.model_store, nimbuild.runtime.triton_repo.writing, "
+        "nimbuild.runtime.triton_repo.serving_overrides",
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "nimbuild.runtime.model_store" in modules
     assert _heavy(modules) == []

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from nimbuild import manifest as mf
-from nimbuild import profiles
+from nimbuild import manifest_merge, manifest_paths, manifest_verify, profiles
 from nimbuild.errors import NimbuildError
 
 SCHEMA = mf.json_schema()
@@ -74,7 +74,7 @@ def test_round_trip_and_ids(built):
         import hashlib
 
         assert hashlib.sha256(canon.encode()).hexdigest() == p.id
-    assert mf.verify_manifest(m) == []
+    assert manifest_verify.verify_manifest(m) == []
     assert {p.name for p in m.profiles} == {
         "onnx-fp16-triton-onnxruntime",
         "cpu-fp32-onnxruntime",
@@ -140,7 +140,7 @@ def test_a_plain_nim_v2_manifest_without_header_or_metrics_reads(tmp_path):
     (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(doc))
     m = mf.load_manifest(tmp_path / "manifest.yaml")
     assert m.header == {} and m.profiles[0].metrics == {}
-    assert mf.verify_manifest(m) == []
+    assert manifest_verify.verify_manifest(m) == []
     mf.write_manifest(m, tmp_path / "again.yaml")  # unknown keys kept
     assert yaml.safe_load((tmp_path / "again.yaml").read_text())["profiles"][0]["release"] == "1.0"
     jsonschema.validate(doc, SCHEMA)
@@ -181,7 +181,7 @@ def test_wrong_id_names_file_profile_and_field(built):
     msg = str(exc.value)
     assert str(built) in msg and repr(name) in msg and ".id" in msg and "does not match its tags" in msg
     m = mf.load_manifest(built, check_ids=False)
-    problems = mf.verify_manifest(m)
+    problems = manifest_verify.verify_manifest(m)
     assert len(problems) == 1 and name in problems[0] and "does not match its tags" in problems[0]
 
 
@@ -256,15 +256,15 @@ def test_a_local_uri_other_than_its_key_is_where_the_bytes_are(built):
 
     _edit(built, swap)
     m = mf.load_manifest(built, check_ids=False)
-    assert mf.verify_manifest(m) == []  # verified at the uri, not at the key
+    assert manifest_verify.verify_manifest(m) == []  # verified at the uri, not at the key
     prof = next(p for p in m.profiles if p.tags["precision"] == "int8")
     key = next(k for k in prof.files if k.endswith("model.onnx"))
     assert mf.file_in(root, prof, key) == root / "profiles/int8/model.onnx"
     moved.write_bytes(b"altered")
-    problems = mf.verify_manifest(m)
+    problems = manifest_verify.verify_manifest(m)
     assert len(problems) == 1 and "profiles/int8/model.onnx" in problems[0] and key in problems[0]
     moved.unlink()
-    problems = mf.verify_manifest(m)
+    problems = manifest_verify.verify_manifest(m)
     assert len(problems) == 1 and "missing" in problems[0] and "profiles/int8/model.onnx" in problems[0]
 
 
@@ -295,7 +295,7 @@ def test_symlink_out_of_the_folder_is_rejected(built, tmp_path):
 def test_symlink_inside_the_folder_is_fine(tmp_path):
     (tmp_path / "real.bin").write_bytes(b"x")
     os.symlink(tmp_path / "real.bin", tmp_path / "link.bin")
-    assert mf.safe_join(tmp_path, "link.bin") == tmp_path / "link.bin"
+    assert manifest_paths.safe_join(tmp_path, "link.bin") == tmp_path / "link.bin"
 
 
 @pytest.mark.parametrize(
@@ -346,7 +346,7 @@ def test_verify_names_the_altered_file(built):
     data = bytearray(path.read_bytes())
     data[0] ^= 0x01
     path.write_bytes(bytes(data))
-    problems = mf.verify_manifest(m)
+    problems = manifest_verify.verify_manifest(m)
     assert len(problems) == 1
     assert rel in problems[0] and "sha256" in problems[0] and "onnx-fp16-triton-onnxruntime" in problems[0]
 
@@ -355,10 +355,10 @@ def test_verify_missing_and_resized_files(built):
     m = mf.load_manifest(built)
     (built.parent / "onnx/fp32-cpu/model.onnx").unlink()
     (built.parent / "onnx/int8-cpu/model.onnx").write_bytes(b"longer than before")
-    problems = mf.verify_manifest(m)
+    problems = manifest_verify.verify_manifest(m)
     assert any("onnx/fp32-cpu/model.onnx: missing" in p for p in problems)
     assert any("onnx/int8-cpu/model.onnx: size" in p for p in problems)
-    assert mf.verify_manifest(m, check_files=False) == []
+    assert manifest_verify.verify_manifest(m, check_files=False) == []
 
 
 # ------------------------------------------------------------------ merge
@@ -385,7 +385,7 @@ def test_merge_is_order_independent_and_byte_identical(tmp_path):
     root = tmp_path / "export"
     outputs = set()
     for i, order in enumerate(itertools.permutations(paths[:4])):
-        merged = mf.merge_manifests(
+        merged = manifest_merge.merge_manifests(
             [mf.load_manifest(p) for p in order] + [mf.load_manifest(p) for p in paths[4:]], root=root
         )
         out = root / f"merged{i}.yaml"
@@ -395,16 +395,18 @@ def test_merge_is_order_independent_and_byte_identical(tmp_path):
     merged = mf.load_manifest(root / "merged0.yaml")
     assert len(merged.profiles) == 4
     assert merged.header["version"] == "0.1.2"
-    assert mf.verify_manifest(merged) == []
+    assert manifest_verify.verify_manifest(merged) == []
     assert any(rel.startswith("engines/runner1/") for p in merged.profiles for rel in p.files)
 
 
 def test_merge_is_idempotent(tmp_path):
     paths = _fragments(tmp_path)
     root = tmp_path / "export"
-    once = mf.merge_manifests([mf.load_manifest(p) for p in paths], root=root)
+    once = manifest_merge.merge_manifests([mf.load_manifest(p) for p in paths], root=root)
     mf.write_manifest(once, root / "once.yaml")
-    twice = mf.merge_manifests([mf.load_manifest(root / "once.yaml")] + [mf.load_manifest(p) for p in paths])
+    twice = manifest_merge.merge_manifests(
+        [mf.load_manifest(root / "once.yaml")] + [mf.load_manifest(p) for p in paths]
+    )
     mf.write_manifest(twice, root / "twice.yaml")
     assert (root / "once.yaml").read_bytes() == (root / "twice.yaml").read_bytes()
 
@@ -416,7 +418,7 @@ def test_merge_conflict_same_id_other_bytes(tmp_path):
     b = mf.Manifest(profiles=[_profile(b_dir, "fp16", files={"m.bin": b"two"})], root=b_dir, source=b_dir / "f.yaml")
     for order in ([a, b], [b, a]):
         with pytest.raises(NimbuildError) as exc:
-            mf.merge_manifests(order, root=tmp_path)
+            manifest_merge.merge_manifests(order, root=tmp_path)
         assert "conflict" in str(exc.value) and "m.bin" in str(exc.value)
 
 
@@ -426,14 +428,14 @@ def test_merge_conflict_same_name_other_id(tmp_path):
     b_prof.name = a.profiles[0].name
     b = mf.Manifest(profiles=[b_prof], root=tmp_path)
     with pytest.raises(NimbuildError, match="conflict: name"):
-        mf.merge_manifests([a, b])
+        manifest_merge.merge_manifests([a, b])
 
 
 def test_merge_header_conflict(tmp_path):
     a = mf.Manifest(profiles=[], header={"model": "a"}, root=tmp_path)
     b = mf.Manifest(profiles=[], header={"model": "b"}, root=tmp_path)
     with pytest.raises(NimbuildError, match="nimbuild.model"):
-        mf.merge_manifests([a, b])
+        manifest_merge.merge_manifests([a, b])
 
 
 # ------------------------------------------------------------------ `nimbuild manifest ...` and assembly
@@ -526,7 +528,7 @@ def test_assemble_onnx_profiles_and_fragment(tmp_path):
     trt = names["h100-hbm3-80gb-fp8-triton-tensorrt"]
     assert "engines/h100-sxm/fp8/model.plan" in trt.files and "tokenizer/tokenizer.json" in trt.files
     assert m.header["model_revision"] == "abc123"
-    assert mf.verify_manifest(m) == []
+    assert manifest_verify.verify_manifest(m) == []
     jsonschema.validate(yaml.safe_load((export / "manifest.yaml").read_text()), SCHEMA)
 
 
@@ -617,7 +619,7 @@ def test_cli_merge_any_order_byte_identical(tmp_path):
         outs.add(out.read_bytes())
     assert len(outs) == 1
     merged = mf.load_manifest(export / "merged-0.yaml")
-    assert len(merged.profiles) == 3 and mf.verify_manifest(merged) == []
+    assert len(merged.profiles) == 3 and manifest_verify.verify_manifest(merged) == []
     again = _cli("manifest", "merge", export / "merged-0.yaml", *frags, "--out", export / "merged-0.yaml")
     assert again.exit_code == 0 and (export / "merged-0.yaml").read_bytes() in outs
 
@@ -632,7 +634,7 @@ def test_merge_same_bytes_other_metrics_is_not_a_conflict_and_is_order_independe
     b = mf.Manifest(profiles=[b_prof], root=tmp_path, source=tmp_path / "rerun.yaml")
     kept = set()
     for order in ([a, b], [b, a]):
-        merged = mf.merge_manifests(order, root=tmp_path)
+        merged = manifest_merge.merge_manifests(order, root=tmp_path)
         assert len(merged.profiles) == 1
         kept.add(merged.profiles[0].metrics["latency_ms"])
     assert len(kept) == 1
@@ -662,7 +664,7 @@ def test_a_cpu_class_fragment_merges_into_another_runner_s_manifest(tmp_path):
     int8 = m.by_name("cpu-int8-avx2-onnxruntime")
     assert int8 is not None and int8.tags["cpu_isa"] == "avx2" and int8.metrics["weight_bits"] == 7
     assert {"cpu/avx2/int8/model.onnx", "tokenizer/tokenizer.json"} <= set(int8.files)
-    assert mf.verify_manifest(m) == []
+    assert manifest_verify.verify_manifest(m) == []
     # where the class was also exported (a local build that wrote the fragment too): listed once, from onnx/
     assert _cli("manifest", "build", "--export-dir", class_job).exit_code == 0
     local = mf.load_manifest(class_job / "manifest.yaml").by_name("cpu-int8-avx2-onnxruntime")

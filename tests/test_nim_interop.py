@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from nimbuild import manifest as mf
+from nimbuild import manifest_merge, manifest_paths, manifest_verify
 from nimbuild.errors import NimbuildError
 from nimbuild.runtime.hardware import assumed_host
 from nimbuild.runtime.selection import select
@@ -54,7 +55,7 @@ def test_nvidias_v2_test_manifest_lists_and_classifies(tmp_path):
     assert sel.selected is None
     assert all(c.status == "incompatible" and "llm_engine" in c.reason for c in sel.classified)
     notes: list[str] = []
-    assert mf.verify_manifest(m, notes=notes, absent_remote_ok=True) == []
+    assert manifest_verify.verify_manifest(m, notes=notes, absent_remote_ok=True) == []
     assert any("not recomputed" in n for n in notes) and sum("not downloaded" in n for n in notes) == 4
 
 
@@ -160,18 +161,18 @@ def test_a_hand_written_nim_manifest_lists_selects_and_verifies(tmp_path, exampl
     h100 = next(c for c in select(m, assumed_host(["h100-sxm"]), NO_OVERRIDES).classified if c.profile is trt)
     assert h100.status == "incompatible" and "26b9:10de" in h100.reason
     notes: list[str] = []
-    assert mf.verify_manifest(m, notes=notes, absent_remote_ok=True) == []
+    assert manifest_verify.verify_manifest(m, notes=notes, absent_remote_ok=True) == []
     unverified = [n for n in notes if "unverified" in n]
     assert len(unverified) == (0 if with_sha else len(cpu.files))
     # the bytes are read at the uri, never at the key
     (path.parent / "profiles/cpu-abc/model.onnx").write_bytes(b"x")
-    problems = mf.verify_manifest(m, absent_remote_ok=True)
+    problems = manifest_verify.verify_manifest(m, absent_remote_ok=True)
     if with_sha:
         assert len(problems) == 1 and "profiles/cpu-abc/model.onnx" in problems[0]
     else:  # nothing to compare with: said, not refused
         assert problems == []
     (path.parent / "profiles/cpu-abc/model.onnx").unlink()
-    problems = mf.verify_manifest(m, absent_remote_ok=True)
+    problems = manifest_verify.verify_manifest(m, absent_remote_ok=True)
     assert len(problems) == 1 and "missing" in problems[0] and "profiles/cpu-abc/model.onnx" in problems[0]
 
 
@@ -204,7 +205,7 @@ def test_nim_v1_components_become_files_with_nims_uri_form(tmp_path):
     (p,) = m.profiles
     assert p.extra["model"] == "nvidia/reranker" and p.extra["release"] == "1.0.0"
     assert p.files["onnx/model.onnx"].uri == "ngc://nim/nvidia/reranker:onnx?file=model.onnx"
-    assert mf.remote_cache_relpath(p.files["onnx/model.onnx"].uri).startswith("remote/ngc/nim/nvidia/")
+    assert manifest_paths.remote_cache_relpath(p.files["onnx/model.onnx"].uri).startswith("remote/ngc/nim/nvidia/")
 
 
 @pytest.mark.parametrize(
@@ -212,8 +213,8 @@ def test_nim_v1_components_become_files_with_nims_uri_form(tmp_path):
     ["ngc://../../etc/passwd", "https://h/a/../../../x", "https://h/%2e%2e/x", "ngc://org/.."],
 )
 def test_a_remote_uri_never_names_a_path_outside_the_cache(uri):
-    rel = mf.remote_cache_relpath(uri)
-    mf.check_relpath(rel)  # no '..', not absolute
+    rel = manifest_paths.remote_cache_relpath(uri)
+    manifest_paths.check_relpath(rel)  # no '..', not absolute
     assert rel.startswith("remote/")
 
 
@@ -245,7 +246,7 @@ def test_mixing_nim_and_nimbuild_manifests_in_a_merge_is_refused(tmp_path, examp
     nim = mf.load_manifest(_nim_reranker(tmp_path, example_export, with_sha=True))
     own = mf.load_manifest(example_export / "manifest.yaml")
     with pytest.raises(NimbuildError, match="opaque"):
-        mf.merge_manifests([own, nim])
+        manifest_merge.merge_manifests([own, nim])
 
 
 # ----------------------------------------------------------------------------- the NIM Operator's commands
@@ -271,7 +272,7 @@ def test_download_to_cache_in_the_operators_forms(tmp_path, two_profiles, capsys
     result = json.loads(out)
     assert [p["profile_id"] for p in result["profiles"]] == ids[:1]  # the same profile twice: once
     for entry in m.profiles[0].files.values():
-        assert (cache / entry.bytes_path).read_bytes() == mf.safe_join(m.root, entry.uri).read_bytes()
+        assert (cache / entry.bytes_path).read_bytes() == manifest_paths.safe_join(m.root, entry.uri).read_bytes()
     code, out, err = _run(download_to_cache_main, ["--profiles", ids[1], ids[0], "--json"], capsys)
     assert code == 0, err
     assert [p["profile_id"] for p in json.loads(out)["profiles"]] == [ids[1], ids[0]]
@@ -338,7 +339,7 @@ def test_a_symlinked_manifest_reads_its_files_beside_its_target(tmp_path, exampl
     link.parent.mkdir()
     link.symlink_to(example_export / "manifest.yaml")
     m = mf.load_manifest(link)
-    assert m.root == example_export.resolve() and mf.verify_manifest(m) == []
+    assert m.root == example_export.resolve() and manifest_verify.verify_manifest(m) == []
 
 
 # ----------------------------------------------------------------------------- size-capped downloads
@@ -417,7 +418,7 @@ def test_a_remote_file_without_a_size_has_a_cap(tmp_path, http_server):
         download_to_cache(manifest, "x1", cache_path=tmp_path / "c", env={"NIMBUILD_MAX_DOWNLOAD_BYTES": "4096"})
     result = download_to_cache(manifest, "x1", cache_path=tmp_path / "c", env={})  # under the default cap: fetched
     assert result["profiles"][0]["unverified"] == ["a"]
-    assert (tmp_path / "c" / mf.remote_cache_relpath(url + "/nolength")).stat().st_size == 8 << 20
+    assert (tmp_path / "c" / manifest_paths.remote_cache_relpath(url + "/nolength")).stat().st_size == 8 << 20
 
 
 def test_the_schema_describes_what_nimbuild_writes_and_what_it_reads(tmp_path):

@@ -21,9 +21,10 @@ from nimbuild.builder.precision import build_precisions  # noqa: E402
 from nimbuild.builder.precision.common import cpu_session  # noqa: E402
 from nimbuild.errors import NimbuildError  # noqa: E402
 from nimbuild.output import Output  # noqa: E402
+from nimbuild.thresholds import GateThresholds, uniform  # noqa: E402
 
 # report every metric, judge none: used where a test checks a graph's structure, not the gate
-UNJUDGED = {"top1": None, "spearman": None, "kendall": None, "ndcg10": None, "max_abs_logit": None}
+UNJUDGED = uniform(GateThresholds())  # every metric reported, none judged
 RECIPE_DEFAULTS = {"top1": 0.95, "spearman": 0.95, "ndcg10": 0.98}
 # The build CPU these tests pretend to run on: AVX2 without VNNI. The avx2 graph (7-bit weights) has the
 # same integers on every CPU's kernels (test_the_7_bit_graph_s_integers_are_exact_on_this_cpu), so what
@@ -106,7 +107,7 @@ def test_every_precision_is_written_gated_and_runs(built, example_data):
         assert "onnxruntime" in entry["tool"] and entry["seconds"] >= 0
         # it runs in ONNX Runtime on the CPU and still ranks like the reference (sanity, well below the gate)
         scores = _scores(export_dir / entry["path"], example_data, fp8=(name == "fp8"))
-        rho = np.mean([_spearman(r, s) for r, s in zip(example_data["reference"], scores)])
+        rho = np.mean([_spearman(r, s) for r, s in zip(example_data["reference"], scores, strict=True)])
         assert rho > 0.8, (name, rho)
         assert gate["metrics"]["spearman"] == pytest.approx(rho, abs=0.02)
     # no staging leftovers beside the graphs, and modes like the FP32 export's (not mkdtemp's 0700)
@@ -125,7 +126,6 @@ def test_fp16_graph_keeps_fragile_ops_and_io_in_fp32(built):
     inputs, outputs = _io_types(model)
     assert set(inputs.values()) == {onnx.TensorProto.INT64}
     assert outputs == {"logits": onnx.TensorProto.FLOAT}
-    inits = {t.name: t.data_type for t in model.graph.initializer}
     # the matrices are FP16 ...
     big = [t for t in model.graph.initializer if len(t.dims) == 2 and np.prod(t.dims) >= 32 * 32]
     assert big and all(t.data_type == onnx.TensorProto.FLOAT16 for t in big)
@@ -179,7 +179,8 @@ def test_fp8_graph_is_explicit_qdq_tensorrt_can_build(built):
 
 
 def test_fp8_quantizes_the_bmms_of_an_attention_tensorrt_fuses():
-    """ModelOpt's rule: BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2 gets FP8; anything between Softmax and BMM2 does not."""
+    """ModelOpt's rule: BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2 gets FP8;
+    anything between Softmax and BMM2 does not."""
     from onnx import TensorProto, helper
 
     from nimbuild.builder.precision.fp8 import fused_mha_bmms
@@ -238,18 +239,17 @@ def test_int8_graph_is_fused_and_quantized(built):
 
 def test_the_example_recipe_judges_fp8_by_its_own_bars_and_the_honest_graph_meets_them(built, example_recipe):
     from nimbuild.builder.gate import judge
-    from nimbuild.builder.precision import thresholds_for
     from nimbuild.recipe import load_recipe
 
     thresholds = load_recipe(example_recipe).thresholds
-    fp8 = thresholds_for(thresholds, "fp8")
-    assert fp8["top1"] < RECIPE_DEFAULTS["top1"] and fp8["ndcg10"] == RECIPE_DEFAULTS["ndcg10"]
-    assert thresholds_for(thresholds, "fp16") == thresholds.model_dump()
-    int8 = thresholds_for(thresholds, "int8")  # the example's own int8 top-1 bar: RESULTS-cpu-isa.md
-    assert int8["top1"] < RECIPE_DEFAULTS["top1"] and int8["ndcg10"] == RECIPE_DEFAULTS["ndcg10"]
-    # a mapping works the same way (tests and benchmarks pass dicts)
-    assert thresholds_for({"top1": 0.9, "fp8": {"top1": 0.5}}, "fp8") == {"top1": 0.5}
-    assert thresholds_for({"top1": 0.9, "fp8": {"top1": 0.5}}, "fp16") == {"top1": 0.9}
+    fp8 = thresholds.for_precision("fp8")  # resolved once, when the recipe was read
+    assert fp8.top1 is not None and fp8.top1 < RECIPE_DEFAULTS["top1"] and fp8.ndcg10 == RECIPE_DEFAULTS["ndcg10"]
+    for other in ("fp32", "fp16"):
+        assert thresholds.for_precision(other).to_dict() == thresholds.model_dump()
+    int8 = thresholds.for_precision("int8")  # the example's own int8 top-1 bar: RESULTS-cpu-isa.md
+    assert int8.top1 is not None and int8.top1 < RECIPE_DEFAULTS["top1"]
+    assert int8.ndcg10 == RECIPE_DEFAULTS["ndcg10"]
+    assert thresholds.by_precision["fp8"] == fp8 and thresholds.recipe_wide == thresholds.for_precision("fp32")
     _, report = built
     verdict = judge(report["fp8"]["gate"]["metrics"], fp8)
     assert verdict.passed, verdict.failures
@@ -286,7 +286,7 @@ def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(
         calibration=example_data["encoded"],
         evaluation=example_data["encoded"],
         reference=example_data["reference"],
-        thresholds=load_recipe(example_recipe).thresholds,
+        thresholds=load_recipe(example_recipe).thresholds.by_precision,
         out=Output(),
         config_dir=exported_copy / "tokenizer",
         cpu_classes=["avx2"],
@@ -326,7 +326,7 @@ def test_too_few_calibration_pairs_is_an_error_that_says_how_many(exported_copy,
             calibration=few,
             evaluation=example_data["encoded"],
             reference=example_data["reference"],
-            thresholds=None,
+            thresholds=UNJUDGED,
             out=Output(quiet=True),
         )
     with pytest.raises(NimbuildError, match="at least 32"):
@@ -339,7 +339,7 @@ def test_too_few_calibration_pairs_is_an_error_that_says_how_many(exported_copy,
             calibration=[],
             evaluation=example_data["encoded"],
             reference=example_data["reference"],
-            thresholds=None,
+            thresholds=UNJUDGED,
             out=Output(quiet=True),
         )
     assert not (exported_copy / "onnx" / "fp16").exists() and not (exported_copy / "onnx" / "fp8").exists()
@@ -398,7 +398,7 @@ def test_fp16_keeps_overflowing_nodes_in_fp32_and_fp8_without_matmul_is_skipped(
         calibration=feeds,
         evaluation=feeds,
         reference=reference,
-        thresholds={"top1": 1.0, "spearman": 0.99, "max_abs_logit": 0.5},
+        thresholds=uniform(GateThresholds(top1=1.0, spearman=0.99, max_abs_logit=0.5)),
         out=out,
     )
     assert report["fp8"]["status"] == "skipped" and "MatMul" in report["fp8"]["reason"]
@@ -434,12 +434,12 @@ def test_fp16_without_the_overflow_check_would_really_overflow(tmp_path):
     types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
     assert types["x1"] == onnx.TensorProto.FLOAT16  # holds values up to 3e5 > 65504
     scores = _toy_scores(tmp_path / "unchecked.onnx", feeds)
-    worst = max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference))
+    worst = max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference, strict=True))
     assert worst > 0.1  # not the reference any more
 
     build_fp16(fp32, tmp_path / "checked.onnx", calibration=feeds)
     scores = _toy_scores(tmp_path / "checked.onnx", feeds)
-    assert max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference)) < 1e-3
+    assert max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference, strict=True)) < 1e-3
 
 
 def test_int8_on_a_cpu_without_an_int8_class_is_skipped_and_the_rest_builds(tmp_path):
@@ -456,7 +456,7 @@ def test_int8_on_a_cpu_without_an_int8_class_is_skipped_and_the_rest_builds(tmp_
         calibration=feeds,
         evaluation=feeds,
         reference=reference,
-        thresholds={"top1": 1.0},
+        thresholds=uniform(GateThresholds(top1=1.0)),
         out=Output(quiet=True),
         build_cpu=riscv,
     )

@@ -1,4 +1,4 @@
-"""Tags, canonical JSON, IDs and names exactly as DESIGN.md fixes them."""
+"""Tags, canonical JSON, IDs and names exactly as docs/design.md fixes them."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nimbuild import manifest as mf
+from nimbuild import manifest_verify
 from nimbuild.errors import NimbuildError
 from nimbuild.recipe import load_recipe
 from nimbuild.safeload import Limits, load_json, parse_json, parse_yaml, read_regular_file
@@ -245,8 +246,8 @@ def test_a_20000_profile_manifest_verifies_in_seconds(tmp_path):
     path = tmp_path / "manifest.yaml"
     path.write_text("".join(chunks))
     code = (
-        "import resource, sys, time; from nimbuild import manifest as mf\n"
-        "t = time.process_time(); m = mf.load_manifest(sys.argv[1]); p = mf.verify_manifest(m)\n"
+        "import resource, sys, time; from nimbuild import manifest as mf, manifest_verify\n"
+        "t = time.process_time(); m = mf.load_manifest(sys.argv[1]); p = manifest_verify.verify_manifest(m)\n"
         "print(len(m.profiles), len(p), time.process_time() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
@@ -288,11 +289,11 @@ def test_hostile_yaml_is_one_line(doc, needle):
 
 
 def test_timestamps_stay_text_so_json_works():
-    from nimbuild.output import dumps
+    from nimbuild.fsutil import json_text
 
     data = parse_yaml("release: 2024-05-01\nat: 2001-12-14t21:59:43.10-05:00\n")
     assert data == {"release": "2024-05-01", "at": "2001-12-14t21:59:43.10-05:00"}
-    dumps(data)
+    json_text(data)
 
 
 def test_binary_metrics_in_a_manifest_are_refused_before_json(tmp_path):
@@ -449,10 +450,10 @@ def test_fuzz_manifest_shapes(tmp_path_factory, profiles, own):
 
     def load_and_use():
         m = mf.load_manifest(path)
-        mf.verify_manifest(m, notes=[], absent_remote_ok=True)
-        from nimbuild.output import dumps
+        manifest_verify.verify_manifest(m, notes=[], absent_remote_ok=True)
+        from nimbuild.fsutil import json_text
 
-        dumps(m.to_dict())
+        json_text(m.to_dict())
 
     _bounded(load_and_use)
 

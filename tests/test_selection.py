@@ -253,7 +253,7 @@ def _status(sel, pid):
 
 
 def test_gpu_count_too_few_gpus_in_the_host_is_compatible_but_not_runnable(edge):
-    # issue 6 / DESIGN "Selection": the right GPU, but too few of them -> compatible but not runnable.
+    # issue 6 / docs/design.md "Selection": the right GPU, but too few of them -> compatible but not runnable.
     manifest, eids = edge
     sel = select(manifest, assumed_host(["h100-sxm"]), NO_OVERRIDES)
     assert _status(sel, eids["tp2"]) == (
@@ -744,7 +744,9 @@ def test_a_foreign_manifests_ids_are_opaque(tmp_path, capsys, monkeypatch):
 
 @pytest.fixture
 def on_disk(tmp_path):
-    """CPU INT8 + FP32 and an H100 engine, each with its own model file and a shared tokenizer (a fresh copy per test)."""
+    """CPU INT8 + FP32 and an H100 engine, each with its own model file and a shared tokenizer.
+
+    A fresh copy per test."""
     root = tmp_path / "m"
     tok = _file(root, "tokenizer/tokenizer.json", 200)
     items = {
@@ -762,9 +764,9 @@ def test_a_missing_file_makes_the_profile_not_runnable_and_selection_falls_back(
     sel = select(load_manifest(path), CPU_HOST, NO_OVERRIDES)
     assert sel.selected.id == pids["fp32"]
     assert _status(sel, pids["int8"]) == ("not_runnable", "file onnx/cpu-int8/model.onnx is missing", [])
-    assert "  - %s (cpu-int8-avx2-onnxruntime): file onnx/cpu-int8/model.onnx is missing" % pids["int8"] in startup_log(
-        sel
-    )
+    assert "  - {} (cpu-int8-avx2-onnxruntime): file onnx/cpu-int8/model.onnx is missing".format(
+        pids["int8"]
+    ) in startup_log(sel)
     # the hardware's verdict comes first: a GPU profile on a CPU host stays incompatible
     (path.parent / "engines/h100/model.plan").unlink()
     assert _status(select(load_manifest(path), CPU_HOST, NO_OVERRIDES), pids["h100"])[0] == "incompatible"
@@ -789,7 +791,7 @@ def test_a_file_of_another_size_or_kind_is_not_runnable(on_disk):
 
 def test_same_size_other_bytes_is_left_to_serves_sha256(on_disk):
     # selection only stats; serve's sha256 check (verify_profile) catches this one and falls back.
-    from nimbuild.manifest import verify_profile
+    from nimbuild.manifest_verify import verify_profile
 
     path, pids = on_disk
     model = path.parent / "onnx/cpu-int8/model.onnx"
@@ -815,7 +817,7 @@ def test_a_remote_file_counts_only_once_it_is_in_the_cache(on_disk, tmp_path):
     # compatible but not runnable, with the way out in the reason; in the cache it is runnable again.
     import yaml
 
-    from nimbuild.manifest import remote_cache_relpath
+    from nimbuild.manifest_paths import remote_cache_relpath
 
     path, pids = on_disk
     data = yaml.safe_load(path.read_text())

@@ -7,7 +7,7 @@ import os
 
 import httpx
 import pytest
-from test_serve_support import MODEL, ServeProcess
+from serve_support import MODEL, ServeProcess
 
 QUERY = "what causes the tides"
 DOCS = [

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
+from serve_support import MAX_SEQ, MODEL, served_export
 from starlette.testclient import TestClient
-from test_serve_support import MAX_SEQ, MODEL, served_export
 
 from nimbuild.manifest import load_manifest
 from nimbuild.runtime.serve.app import create_app

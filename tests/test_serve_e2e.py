@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from test_serve_support import MODEL, ServeProcess, ort_scores, served_export
+from serve_support import MODEL, ServeProcess, ort_scores, served_export
 
 QUERY = "why do plants need sunlight"
 PASSAGES = [

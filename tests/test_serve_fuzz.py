@@ -11,8 +11,8 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from serve_support import MODEL, ServeProcess, served_export
 from starlette.testclient import TestClient
-from test_serve_support import MODEL, ServeProcess, served_export
 
 from nimbuild.manifest import load_manifest
 from nimbuild.runtime.serve.app import create_app

@@ -9,46 +9,31 @@ profile gets the tokenizer files too, so that it is servable on its own).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from nimbuild import __version__
+from nimbuild import __version__, manifest_merge, manifest_paths
 from nimbuild import manifest as mf
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import CPU_FRAGMENTS_DIR, MANIFEST_FILE, REPORT_FILE, TOKENIZER_DIR, read_export_report
 from nimbuild.profiles import onnx_profile_tags, profile_id, profile_name
 
-REPORT_FILE = "export_report.json"
 FRAGMENT_GLOB = "engines/*/fragment.yaml"
-CPU_FRAGMENT_GLOB = "cpu/*/fragment.yaml"  # write_cpu_fragment: one CPU class's int8 profile, from its own CI job
+CPU_FRAGMENT_GLOB = f"{CPU_FRAGMENTS_DIR}/*/fragment.yaml"  # write_cpu_fragment: one CPU class's int8 profile (CI)
 FRAGMENT_GLOBS = (FRAGMENT_GLOB, CPU_FRAGMENT_GLOB)
 # report precision key -> (device of the ONNX profile); fp8 Q/DQ graphs are for TensorRT only.
 # CPU int8 entries are one per CPU class (``int8-<class>``, with their ``cpu_isa``): see _onnx_entries.
 ONNX_PROFILES = {"fp16": "gpu", "fp32": "cpu"}
 
 
-def read_report(export_dir: Path) -> dict:
-    path = Path(export_dir) / REPORT_FILE
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NimbuildError(f"{path}: no export report", hint="run `nimbuild export RECIPE --out DIR` first") from None
-    except (OSError, ValueError) as exc:
-        raise NimbuildError(f"{path}: unreadable export report: {exc}", hint="re-run `nimbuild export`") from None
-    for key in ("model", "precisions", "max_batch_size", "max_sequence_length"):
-        if key not in report:
-            raise NimbuildError(f"{path}: field {key!r} is missing", hint="re-run `nimbuild export` with this nimbuild")
-    return report
-
-
 def graph_files(export_dir: Path, graph_rel: str) -> list[str]:
     """The graph and its external-data files (``model.onnx.data``...), as relative paths."""
-    graph = mf.safe_join(export_dir, graph_rel)
+    graph = manifest_paths.safe_join(export_dir, graph_rel)
     if not graph.is_file():
         raise NimbuildError(
             f"{graph}: the export report lists this graph but it is missing", hint="re-run `nimbuild export`"
         )
-    rels = [mf.check_relpath(graph_rel)]
+    rels = [manifest_paths.check_relpath(graph_rel)]
     for sibling in sorted(graph.parent.iterdir()):
         if sibling != graph and sibling.is_file() and sibling.name.startswith(graph.name):
             rels.append(sibling.relative_to(export_dir).as_posix())
@@ -56,7 +41,7 @@ def graph_files(export_dir: Path, graph_rel: str) -> list[str]:
 
 
 def tokenizer_files(export_dir: Path) -> list[str]:
-    folder = Path(export_dir) / "tokenizer"
+    folder = Path(export_dir) / TOKENIZER_DIR
     if not folder.is_dir():
         return []
     return sorted(p.relative_to(export_dir).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -103,7 +88,7 @@ def onnx_profiles(export_dir: Path, report: Mapping, tokenizer: list[str]) -> li
         )
         graphs = graph_files(export_dir, entry["path"])
         files = {rel: mf.file_entry(export_dir, rel) for rel in [*graphs, *tokenizer]}
-        metrics: dict = {"size_bytes": sum(files[rel].size for rel in graphs)}
+        metrics: dict[str, object] = {"size_bytes": sum(files[rel].size or 0 for rel in graphs)}
         if entry.get("gate") is not None:
             metrics["gate"] = entry["gate"]
         if entry.get("seconds") is not None:
@@ -118,7 +103,7 @@ def onnx_profiles(export_dir: Path, report: Mapping, tokenizer: list[str]) -> li
 
 def _with_tokenizer(fragment: mf.Manifest, export_dir: Path, tokenizer: list[str], report: Mapping) -> mf.Manifest:
     """The fragment's profiles rebased into the export dir, each also listing the tokenizer files."""
-    rebased = mf.merge_manifests([fragment], root=export_dir)
+    rebased = manifest_merge.merge_manifests([fragment], root=export_dir)
     revision = str(report.get("model_revision", "unknown"))
     for p in rebased.profiles:
         if p.tags.get("model") != report["model"] or p.tags.get("model_revision", revision) != revision:
@@ -137,10 +122,10 @@ def assemble_manifest(
 ) -> mf.Manifest:
     """The export dir's manifest (not yet written): ONNX profiles + every engine fragment.
 
-    ``discover`` also picks up ``engines/*/fragment.yaml`` under the export dir.
+    ``discover`` also picks up ``engines/*/fragment.yaml`` and ``cpu/*/fragment.yaml`` under the export dir.
     """
     export_dir = Path(export_dir)
-    report = read_report(export_dir)
+    report = read_export_report(export_dir)
     tokenizer = tokenizer_files(export_dir)
     base = mf.Manifest(
         profiles=onnx_profiles(export_dir, report, tokenizer),
@@ -156,10 +141,10 @@ def assemble_manifest(
         part = _with_tokenizer(mf.load_manifest(path), export_dir, tokenizer, report)
         part.profiles = [p for p in part.profiles if not _also_exported(p, base)]
         parts.append(part)
-    return mf.merge_manifests(parts, root=export_dir)
+    return manifest_merge.merge_manifests(parts, root=export_dir)
 
 
-def _graph_digests(profile: mf.Profile) -> set[str]:
+def _graph_digests(profile: mf.Profile) -> set[str | None]:
     return {e.sha256 for rel, e in profile.files.items() if not rel.startswith("tokenizer/")}
 
 
@@ -182,7 +167,7 @@ def write_cpu_fragment(export_dir: str | Path, cpu_class: str) -> Path:
 
     export_dir = Path(export_dir)
     cls = cpu_isa.lookup(cpu_class, "--cpu-isa")
-    report = read_report(export_dir)
+    report = read_export_report(export_dir)
     entry = next((e for _, _, c, e in _onnx_entries(export_dir, report) if c == cls.name), None)
     if entry is None or entry.get("status") != "passed":
         why = (entry or {}).get("reason") or "the export did not make it (not in the recipe's cpu_isa, or no int8)"
@@ -191,7 +176,7 @@ def write_cpu_fragment(export_dir: str | Path, cpu_class: str) -> Path:
             hint=f"run `nimbuild export RECIPE --cpu-isa {cls.name}` on {cls.needs}",
         )
     (profile,) = [p for p in onnx_profiles(export_dir, report, []) if p.tags.get("cpu_isa") == cls.name]
-    folder = export_dir / "cpu" / cls.name
+    folder = export_dir / CPU_FRAGMENTS_DIR / cls.name
     with staging_dir(folder) as stage:
         files = {}
         for rel in profile.files:
@@ -219,7 +204,7 @@ def build_manifest(
 ) -> tuple[mf.Manifest, Path]:
     """Assemble and write atomically (default ``EXPORT_DIR/manifest.yaml``); returns it and its path."""
     export_dir = Path(export_dir)
-    out = Path(out) if out else export_dir / "manifest.yaml"
+    out = Path(out) if out else export_dir / MANIFEST_FILE
     manifest = assemble_manifest(export_dir, fragments, discover=discover)
     if not manifest.profiles:
         raise NimbuildError(

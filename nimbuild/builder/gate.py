@@ -17,8 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from nimbuild.thresholds import METRICS as THRESHOLD_METRICS
+from nimbuild.thresholds import GateThresholds
+
 # metric -> True when higher is better (judged as metric >= threshold), False for max_abs_logit (<=)
-METRICS = {"top1": True, "spearman": True, "kendall": True, "ndcg10": True, "max_abs_logit": False}
+METRICS = THRESHOLD_METRICS
 
 
 @dataclass
@@ -150,32 +153,17 @@ def ranking_metrics(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
 # ----------------------------------------------------------------------------- judging
 
 
-def thresholds_dict(thresholds: Any) -> dict[str, float | None]:
-    """A recipe's Thresholds (pydantic), a mapping, or None -> {metric: threshold or None}."""
-    if thresholds is None:
-        data: Mapping[str, Any] = {}
-    elif hasattr(thresholds, "model_dump"):
-        data = thresholds.model_dump()
-    elif isinstance(thresholds, Mapping):
-        data = thresholds
-    else:
-        raise TypeError(f"thresholds: expected a mapping or Thresholds, got {type(thresholds).__name__}")
-    unknown = set(data) - set(METRICS)
-    if unknown:
-        raise ValueError(f"thresholds: unknown metric(s) {sorted(unknown)}; known: {list(METRICS)}")
-    return {k: (None if data.get(k) is None else float(data[k])) for k in METRICS}
-
-
 def judge(
-    metrics: Mapping[str, float], thresholds: Any, *, n_queries: int = 0, n_pairs: int = 0, notes: Sequence[str] = ()
+    metrics: Mapping[str, float],
+    thresholds: GateThresholds,
+    *,
+    n_queries: int = 0,
+    n_pairs: int = 0,
+    notes: Sequence[str] = (),
 ) -> GateResult:
     """Compare metrics with thresholds; a NaN or missing metric fails any threshold set on it."""
-    th = thresholds_dict(thresholds)
     failures = []
-    for name, higher_better in METRICS.items():
-        limit = th.get(name)
-        if limit is None:
-            continue
+    for name, limit, higher_better in thresholds.bounds():
         value = metrics.get(name)
         if value is None or math.isnan(value):
             failures.append(f"{name} undefined (threshold {limit:g})")
@@ -186,7 +174,7 @@ def judge(
     return GateResult(
         passed=not failures,
         metrics=dict(metrics),
-        thresholds=th,
+        thresholds=thresholds.to_dict(),
         failures=failures,
         n_queries=n_queries,
         n_pairs=n_pairs,
@@ -226,7 +214,7 @@ def run_gate(
     session_or_path: Any,
     encoded_queries: Sequence[Mapping[str, np.ndarray]],
     reference_scores: Sequence[np.ndarray],
-    thresholds: Any,
+    thresholds: GateThresholds,
     *,
     max_batch: int | None = None,
     notes: Sequence[str] = (),
@@ -247,7 +235,6 @@ def run_gate(
 
 # ----------------------------------------------------------------------------- saved inputs
 
-INPUTS_FILE = "gate_inputs.npz"  # in an export dir, beside export_report.json
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same inputs give the same bytes
 
 
@@ -262,8 +249,7 @@ def save_inputs(path: str | Path, encoded: Sequence[Mapping[str, np.ndarray]], r
     import io
     import zipfile
 
-    from nimbuild.fsutil import atomic_write_bytes
-    from nimbuild.manifest import sha256_file
+    from nimbuild.fsutil import atomic_write_bytes, sha256_file
 
     if len(encoded) != len(reference):
         raise ValueError(f"{len(reference)} reference score arrays for {len(encoded)} queries")
@@ -287,7 +273,7 @@ def load_inputs(
     import zipfile
 
     from nimbuild.errors import NimbuildError
-    from nimbuild.manifest import sha256_file
+    from nimbuild.fsutil import sha256_file
 
     path = Path(path)
     hint = "re-run `nimbuild export` (the export job) with this nimbuild"

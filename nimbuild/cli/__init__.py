@@ -13,6 +13,7 @@ import sys
 import typer
 
 from nimbuild.errors import NimbuildError, debug_enabled
+from nimbuild.output import Output
 
 app = typer.Typer(
     name="nimbuild",
@@ -112,17 +113,17 @@ def run(application: typer.Typer, argv: list[str] | None = None, prog_name: str 
     except NimbuildError as exc:
         if debug_enabled():
             raise
-        sys.stderr.write(f"error: {exc}\n")
+        Output().error(str(exc))
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "nimbuild")
-        sys.stderr.write(f"error: {exc.format_message().rstrip('.')}; see `{where} --help`\n")
+        Output().error(f"{exc.format_message().rstrip('.')}; see `{where} --help`")
         sys.exit(2)
     except click.ClickException as exc:
-        sys.stderr.write(f"error: {exc.format_message()}\n")
+        Output().error(exc.format_message())
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        sys.stderr.write("interrupted\n")
+        Output().error("interrupted")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 

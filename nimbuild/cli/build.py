@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from nimbuild.builder.steps import BuildResult
+    from nimbuild.output import Output
 
 from nimbuild.cli.options import CpuIsaOpt, JsonOpt, QuietOpt, split_cpu_isa
 
@@ -16,7 +21,12 @@ def build(
         Path | None,
         typer.Option("--out", "-o", help="Output folder; ends with OUT/manifest.yaml (default: out/<recipe name>)."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild every step, ignoring the cache.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Rebuild every step, ignoring the cache; replace output entries nimbuild did not write."
+        ),
+    ] = False,
     no_engines: Annotated[bool, typer.Option("--no-engines", help="Skip TensorRT engines even on a GPU host.")] = False,
     no_render: Annotated[bool, typer.Option("--no-render", help="Skip the Triton model repositories.")] = False,
     cpu_isa: CpuIsaOpt = None,
@@ -46,16 +56,15 @@ def build(
         render=not no_render,
         cpu_isa=split_cpu_isa(cpu_isa),
     )
-    out.emit(
-        result.to_dict(),
-        lambda o: (
-            o.table(
-                ["step", "status", "seconds", "note"],
-                [(s.step, s.status, f"{s.seconds:.2f}", s.note) for s in result.steps],
-            ),
-            o.line(f"wrote {result.manifest}"),
-        ),
+    out.emit(result.to_dict(), functools.partial(_print_steps, result=result))
+
+
+def _print_steps(o: Output, result: BuildResult) -> None:
+    o.table(
+        ["step", "status", "seconds", "note"],
+        [(s.step, s.status, f"{s.seconds:.2f}", s.note) for s in result.steps],
     )
+    o.line(f"wrote {result.manifest}")
 
 
 def register(app: typer.Typer) -> None:

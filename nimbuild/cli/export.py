@@ -45,7 +45,14 @@ def export(
             show_default=False,
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an output folder that already has content.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Export into a folder that has content, replacing its onnx/, tokenizer/, export_report.json and "
+            "gate_inputs.npz even where nimbuild did not write them (nothing else in it is touched).",
+        ),
+    ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -60,8 +67,10 @@ def export(
 
     Example: nimbuild export recipes/example-tiny.yaml --from-export out/example-tiny --precision int8 --cpu-isa avx2
     """
-    from nimbuild.builder.pipeline import as_recipe, run_export, run_from_export
+    from nimbuild.builder.from_export import run_from_export
+    from nimbuild.builder.pipeline import as_recipe, run_export
     from nimbuild.errors import NimbuildError
+    from nimbuild.export_layout import report_path
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode, quiet=quiet)
@@ -69,13 +78,14 @@ def export(
         raise NimbuildError(f"--exporter {exporter!r} is not known", hint="use auto, legacy or dynamo")
     precisions = None
     if precision is not None:
-        precisions = [p.strip().lower() for p in precision.split(",") if p.strip()]
-        unknown = [p for p in precisions if p not in ("fp32", "fp16", "fp8", "int8", "cpu-int8")]
+        from nimbuild.export_layout import PRECISION_DIRS, canonical_precision
+
+        precisions = [canonical_precision(p) for p in precision.split(",") if p.strip()]
+        unknown = [p for p in precisions if p not in PRECISION_DIRS]
         if unknown:
             raise NimbuildError(
                 f"--precision: unknown {', '.join(unknown)}", hint="use a comma list of fp16, fp8, int8"
             )
-        precisions = ["int8" if p == "cpu-int8" else p for p in precisions]
     recipe = as_recipe(source, trust_remote_code=trust_remote_code or None, revision=revision)
     if from_export is not None:
         if pairs is not None:
@@ -108,7 +118,7 @@ def export(
         o.line(
             f"exported {report['model']} ({report['architecture']}, revision {report['model_revision']}) to {target}"
         )
-        o.line(f"report: {target / 'export_report.json'}")
+        o.line(f"report: {report_path(target)}")
 
     out.emit({"out": str(target), "report": report}, human)
 

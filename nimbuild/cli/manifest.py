@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from nimbuild.manifest import Manifest
+    from nimbuild.output import Output
 
 from nimbuild.cli.options import JsonOpt, QuietOpt
 
@@ -22,7 +27,7 @@ manifest_app = typer.Typer(
 ManifestArg = Annotated[Path, typer.Argument(help="A manifest.yaml.", show_default=False)]
 
 
-def _summary(m) -> list[dict]:
+def _summary(m: Manifest) -> list[dict[str, Any]]:
     return [
         {
             "id": p.id,
@@ -38,7 +43,7 @@ def _summary(m) -> list[dict]:
     ]
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -76,16 +81,15 @@ def build(
     out = Output(json_mode=json_mode, quiet=quiet)
     m, path = build_manifest(export_dir, fragment or [], out_path, discover=not no_discover)
     rows = _summary(m)
-    out.emit(
-        {"manifest": str(path), "profiles": rows},
-        lambda o: (
-            o.table(
-                ["id", "name", "files", "size"],
-                [(r["id"], r["name"], r["files"], _size(r["size_bytes"])) for r in rows],
-            ),
-            o.line(f"wrote {path} ({len(rows)} profiles)"),
-        ),
+    out.emit({"manifest": str(path), "profiles": rows}, functools.partial(_print_built, path=path, rows=rows))
+
+
+def _print_built(o: Output, path: Path, rows: list[dict[str, Any]]) -> None:
+    o.table(
+        ["id", "name", "files", "size"],
+        [(r["id"], r["name"], r["files"], _size(r["size_bytes"])) for r in rows],
     )
+    o.line(f"wrote {path} ({len(rows)} profiles)")
 
 
 @manifest_app.command("fragment")
@@ -128,11 +132,12 @@ def merge(
     Example: nimbuild manifest merge out/engines/*/fragment.yaml out/manifest.yaml --out out/manifest.yaml
     """
     from nimbuild import manifest as mf
+    from nimbuild import manifest_merge
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode)
     loaded = [mf.load_manifest(p) for p in manifests]
-    merged = mf.merge_manifests(loaded, root=out_path.parent)
+    merged = manifest_merge.merge_manifests(loaded, root=out_path.parent)
     mf.write_manifest(merged, out_path)
     rows = _summary(merged)
     out.emit(
@@ -194,11 +199,12 @@ def verify(
     Example: nimbuild manifest verify out/example-tiny/manifest.yaml
     """
     from nimbuild import manifest as mf
+    from nimbuild import manifest_verify
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode)
     m = mf.load_manifest(manifest, check_ids=False)  # wrong IDs are listed below with the rest
-    problems = mf.verify_manifest(m, check_files=not no_files)
+    problems = manifest_verify.verify_manifest(m, check_files=not no_files)
     n_files = len({rel for p in m.profiles for rel in p.files})
     data = {
         "manifest": str(manifest),

@@ -11,18 +11,42 @@ import typer
 from nimbuild.cli.options import JsonOpt, QuietOpt
 
 ManifestOpt = Annotated[
-    Path, typer.Option("--manifest", "-m", envvar="NIM_MANIFEST_PATH", help="manifest.yaml (env NIM_MANIFEST_PATH).")
+    Path | None,
+    typer.Option(
+        "--manifest",
+        "-m",
+        show_default=False,
+        help="manifest.yaml [default: $NIM_MANIFEST_PATH, else ./manifest.yaml].",
+    ),
 ]
-ProfileOpt = Annotated[
-    str, typer.Option("--profile", "-p", help="Profile ID, unique ID prefix, or name.", show_default=False)
+RuntimeManifestOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--manifest",
+        "-m",
+        "--manifest-file",
+        show_default=False,
+        help="The manifest [default: $NIM_MANIFEST_PATH, else ./manifest.yaml, else "
+        "/opt/nim/etc/default/model_manifest.yaml or /etc/nim/config/model_manifest.yaml].",
+    ),
 ]
+
+
+def _manifest(manifest: Path | None) -> Path:
+    """``--manifest``, else NIM_MANIFEST_PATH, ./manifest.yaml or the NIM Operator's paths
+    (:func:`nimbuild.runtime.selection.default_manifest_path`, the one rule)."""
+    from nimbuild.runtime.selection import default_manifest_path
+
+    return manifest if manifest is not None else default_manifest_path(os.environ)
+
+
 LinkOpt = Annotated[
     bool, typer.Option("--link/--copy", help="Symlink the model files (cheap) or copy them (checked by sha256).")
 ]
 
 
 def render(
-    manifest: ManifestOpt = Path("manifest.yaml"),
+    manifest: ManifestOpt = None,
     out_dir: Annotated[
         Path | None,
         typer.Option(
@@ -74,6 +98,14 @@ def render(
     namespace: Annotated[
         str, typer.Option("--namespace", help="Kubernetes namespace of OUT/deploy/inferenceservice.yaml.")
     ] = "default",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace a file nimbuild did not write where render writes (a Dockerfile, Dockerfile.cpu, "
+            ".dockerignore, manifest.cpu.yaml, deploy/*.yaml, wheels/<image>/ or a repository file).",
+        ),
+    ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -81,7 +113,8 @@ def render(
     the serving images' Dockerfiles (GPU: Dockerfile, CPU: Dockerfile.cpu) and, with --wheelhouse,
     their wheelhouses: a build context that installs nothing from an index; and OUT/deploy/: the NIM
     Operator's NIMCache and NIMService, KServe InferenceServices per GPU pool. Refuses a manifest
-    that does not verify.
+    that does not verify, and replaces only what nimbuild wrote (a Dockerfile or deploy/ of your
+    own stays, unless --force).
 
     Example: nimbuild render -m out/example-tiny/manifest.yaml --recipe recipes/example-tiny.yaml --wheelhouse cpu
     """
@@ -91,6 +124,7 @@ def render(
     from nimbuild.render.wheelhouse import check_arch, cpu_target, gpu_target
 
     out = Output(json_mode=json_mode, quiet=quiet)
+    manifest = _manifest(manifest)
     arch = check_arch(image_arch) if image_arch else None
     kinds = {k.strip() for w in wheelhouse or [] for k in w.split(",") if k.strip()}
     if "all" in kinds:
@@ -108,6 +142,7 @@ def render(
             "nimbuild_wheel": nimbuild_wheel,
         },
         deploy={"image": image, "cpu_image": cpu_image, "namespace": namespace},
+        force=force,
     )
     for repo in result.repositories:
         for note in repo.notes:
@@ -132,27 +167,6 @@ def render(
             o.line(f"wrote {path}")
 
     out.emit(result.to_dict(), human)
-
-
-def _manifest_path(manifest: Path | None) -> Path:
-    """--manifest, else NIM_MANIFEST_PATH, ./manifest.yaml or the NIM Operator's paths (selection's one rule)."""
-    from nimbuild.runtime.selection import default_manifest_path
-
-    return manifest if manifest is not None else default_manifest_path(os.environ)
-
-
-RuntimeManifestOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--manifest",
-        "-m",
-        "--manifest-file",
-        envvar="NIM_MANIFEST_PATH",
-        show_default=False,
-        help="The manifest (env NIM_MANIFEST_PATH; default ./manifest.yaml, else "
-        "/opt/nim/etc/default/model_manifest.yaml or /etc/nim/config/model_manifest.yaml).",
-    ),
-]
 
 
 def create_model_store(
@@ -197,9 +211,9 @@ def create_model_store(
     from nimbuild.runtime.model_store import create_model_store as create
     from nimbuild.runtime.model_store import manifest_in_repo
 
-    if model_repo is not None and manifest is not None and os.environ.get("NIM_MANIFEST_PATH") != str(manifest):
+    if model_repo is not None and manifest is not None:
         raise NimbuildError("give --model-repo or --manifest, not both", hint="they name the same thing")
-    path = manifest_in_repo(model_repo) if model_repo is not None else _manifest_path(manifest)
+    path = manifest_in_repo(model_repo) if model_repo is not None else _manifest(manifest)
     out = Output(json_mode=json_mode)
     store = create(path, profile, model_store, mode="link" if link else "copy", env=os.environ)
     out.emit(
@@ -249,6 +263,7 @@ def download_to_cache(
     from nimbuild.errors import NimbuildError
     from nimbuild.output import Output
     from nimbuild.runtime.model_store import download_to_cache as download
+    from nimbuild.runtime.settings import read_settings
 
     if model_uri is not None:
         raise NimbuildError(
@@ -258,9 +273,9 @@ def download_to_cache(
     refs = list(profiles or []) + list(more_profiles or [])
     out = Output(json_mode=json_mode, quiet=quiet)
     result = download(
-        _manifest_path(manifest), refs, cache_path=cache_path, env=os.environ, out=out, all_profiles=all_profiles
+        _manifest(manifest), refs, cache_path=cache_path, env=os.environ, out=out, all_profiles=all_profiles
     )
-    if not os.environ.get("NIM_CACHE_PATH") and cache_path is None:
+    if read_settings(os.environ).cache_path is None and cache_path is None:
         out.note(
             f"NIM_CACHE_PATH is not set: cached in {result['cache']}; export NIM_CACHE_PATH={result['cache']} "
             "so that selection and serve find it"

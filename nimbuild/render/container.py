@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import MANIFEST_FILE
 from nimbuild.render.wheelhouse import ImageTarget, cpu_target, gpu_target, write_wheelhouse
+from nimbuild.safe_text import shell_join
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 MODEL_DIR = "/opt/nim/model"
@@ -96,7 +97,43 @@ class ContainerFiles:
 
 
 def build_command(dockerfile: Path, context: Path, tag: str) -> str:
-    return f"docker build -f {shlex.quote(str(dockerfile))} -t {shlex.quote(tag)} {shlex.quote(str(context))}"
+    return shell_join(["docker", "build", "-f", dockerfile, "-t", tag, context])
+
+
+IMAGES = (("gpu", "Dockerfile"), ("cpu", "Dockerfile.cpu"))  # (image, its Dockerfile): the CPU one when CPU profiles
+WHEELS_DIR = "wheels"
+WHEELS_README_FILE = f"{WHEELS_DIR}/README.txt"
+
+
+def container_outputs(manifest: Any, manifest_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[str]:
+    """What :func:`render_container` writes in ``out_dir`` (relative paths): checked before anything is."""
+    same = os.path.abspath(out_dir) == os.path.abspath(Path(manifest_path).parent)
+    cpu = bool(cpu_profiles(manifest))
+    names = [f for kind, name in IMAGES if kind == "gpu" or cpu for f in (name, f"{name}.dockerignore")]
+    return names + ([".dockerignore"] if same else [])
+
+
+def context_outputs(manifest: Any, wheelhouses: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """What :func:`render_container` writes in the build context (the manifest's folder), relative paths."""
+    cpu = bool(cpu_profiles(manifest))
+    wheels = [f"{WHEELS_DIR}/{kind}" for kind in sorted(set(wheelhouses)) if kind != "cpu" or cpu]
+    return [*([CPU_MANIFEST] if cpu else []), WHEELS_README_FILE, *wheels]
+
+
+def check_context_outputs(
+    manifest: Any, manifest_path: str | os.PathLike, wheelhouses: tuple[str, ...] | list[str], *, force: bool
+) -> None:
+    """Refuse, before anything is written, a file in the context nimbuild did not write (nimbuild.outdir)."""
+    from nimbuild.outdir import OutputFolder
+
+    OutputFolder(Path(manifest_path).parent).check_replaceable(
+        context_outputs(manifest, wheelhouses), force=force, action="render"
+    )
+
+
+def dockerignore_pattern(path: str) -> str:
+    """A path as a literal .dockerignore pattern: its glob characters (``* ? [ \\``) escaped."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", path)
 
 
 def _source(recipe: Any, header: dict) -> tuple[str, str]:
@@ -166,6 +203,7 @@ def render_container(
     wheelhouses: tuple[str, ...] | list[str] = (),
     nimbuild_wheel: str | os.PathLike | None = None,
     out=None,
+    force: bool = False,
 ) -> ContainerFiles:
     """Write ``out_dir/Dockerfile`` and ``out_dir/Dockerfile.cpu`` (+ their dockerignores) for the manifest.
 
@@ -175,17 +213,39 @@ def render_container(
     ``gpu_target``), which its wheelhouse must be made for. ``wheelhouses``: the images ("gpu",
     "cpu") whose ``wheels/<image>/`` to write first (:func:`~nimbuild.render.wheelhouse.write_wheelhouse`:
     nimbuild's wheel, or ``nimbuild_wheel``, and its dependencies downloaded for the image).
+    Every file it writes, in ``out_dir`` and in the context, goes through their ledgers (nimbuild.outdir):
+    one nimbuild did not write is replaced only under ``force``, and both folders are locked meanwhile.
     """
+    from nimbuild.outdir import OutputFolder
+
+    manifest_path = Path(manifest_path)
+    here, context = OutputFolder(out_dir), OutputFolder(manifest_path.parent)
+    with here.locked("nimbuild render"), context.locked("nimbuild render"):  # re-entrant: render_all holds one
+        return _render_locked(
+            here, context, manifest_path, recipe, triton_dir, targets, wheelhouses, nimbuild_wheel, out, force
+        )
+
+
+def _render_locked(
+    here: Any,
+    ctx: Any,
+    manifest_path: Path,
+    recipe: Any,
+    triton_dir: str | os.PathLike | None,
+    targets: dict[str, ImageTarget] | None,
+    wheelhouses: tuple[str, ...] | list[str],
+    nimbuild_wheel: str | os.PathLike | None,
+    out: Any,
+    force: bool,
+) -> ContainerFiles:
     from nimbuild import __version__
-    from nimbuild.fsutil import atomic_write_text
     from nimbuild.manifest import Manifest, load_manifest, write_manifest
     from nimbuild.runtime.triton_repo.templating import render
 
     targets = {"gpu": gpu_target(), "cpu": cpu_target(), **(targets or {})}
-    manifest_path = Path(manifest_path)
     manifest = load_manifest(manifest_path)
     context = manifest_path.parent
-    out_dir = Path(out_dir)
+    out_dir = here.path
     notes: list[str] = []
     if not manifest.profiles:
         raise NimbuildError(
@@ -226,25 +286,35 @@ def render_container(
     unknown = sorted(set(wheelhouses) - set(targets))
     if unknown:
         raise NimbuildError(f"--wheelhouse {', '.join(unknown)}: no such image", hint="use gpu, cpu or all")
+    outputs = container_outputs(manifest, manifest_path, out_dir)
+    here.check_replaceable(outputs, force=force, action="render")
+    ctx.check_replaceable(context_outputs(manifest, wheelhouses), force=force, action="render")
     cpu = cpu_profiles(manifest)
     for kind in sorted(set(wheelhouses)):
         if kind == "cpu" and not cpu:
             notes.append("no profile with device: cpu: the CPU image's wheelhouse was not made")
             continue
-        write_wheelhouse(context, targets[kind], nimbuild_wheel=nimbuild_wheel, out=out)
+        write_wheelhouse(context, targets[kind], nimbuild_wheel=nimbuild_wheel, out=out, force=force)
     images: dict[str, ImageFiles] = {}
-    plans = [("gpu", "Dockerfile", manifest.profiles, base_image, "manifest.yaml", gpu_paths)]
+    plans = [("gpu", "Dockerfile", manifest.profiles, base_image, MANIFEST_FILE, gpu_paths)]
     if cpu:
         cpu_base = f"python:{targets['cpu'].python}-slim-bookworm"
         plans.append(("cpu", "Dockerfile.cpu", cpu, cpu_base, CPU_MANIFEST, local_files(cpu)))
-        write_manifest(
-            Manifest(profiles=cpu, header=header, root=manifest.root, selection_criteria=manifest.selection_criteria),
-            context / CPU_MANIFEST,
-        )
+        ctx.expect_any(CPU_MANIFEST)  # write_manifest reports no bytes: the ledger takes what it leaves
+        try:
+            write_manifest(
+                Manifest(
+                    profiles=cpu, header=header, root=manifest.root, selection_criteria=manifest.selection_criteria
+                ),
+                context / CPU_MANIFEST,
+            )
+        finally:
+            ctx.record([CPU_MANIFEST])
     else:
         notes.append("no profile with device: cpu, so no CPU image (Dockerfile.cpu) was rendered")
     ignores: list[Path] = []
     union: list[str] = []
+    contents: dict[str, bytes] = {}
     for kind, name, profiles, base, manifest_file, paths in plans:
         dockerfile = out_dir / name
         ignore_file = out_dir / f"{name}.dockerignore"  # BuildKit reads <Dockerfile>.dockerignore
@@ -266,10 +336,11 @@ def render_container(
                 f"{dockerfile}: the rendered Dockerfile breaks its rules: {'; '.join(problems)}",
                 hint="fix templates/Dockerfile.j2",
             )
-        allowed = [manifest_file, *paths, f"{target.folder}/"]
+        allowed = [dockerignore_pattern(p) for p in (manifest_file, *paths, f"{target.folder}/")]
         union += allowed
-        atomic_write_text(dockerfile, text)
-        atomic_write_text(ignore_file, render("dockerignore.j2", nimbuild_version=__version__, paths=allowed))
+        contents[name] = text.encode("utf-8")
+        ignore_text = render("dockerignore.j2", nimbuild_version=__version__, paths=allowed)
+        contents[ignore_file.name] = ignore_text.encode("utf-8")
         ignores.append(ignore_file)
         has_wheelhouse = (context / target.folder / "requirements.txt").is_file()
         if not has_wheelhouse:
@@ -290,10 +361,12 @@ def render_container(
     if same_dir:  # the classic builder reads only the context's .dockerignore: what any of the images needs
         ignores.append(context / ".dockerignore")
         union_text = render("dockerignore.j2", nimbuild_version=__version__, paths=sorted(set(union)))
-        atomic_write_text(ignores[-1], union_text)
-    wheels = context / "wheels"
-    if not (wheels / "README.txt").exists():
-        atomic_write_text(wheels / "README.txt", WHEELS_README)
+        contents[".dockerignore"] = union_text.encode("utf-8")
+    assert sorted(contents) == sorted(outputs), (sorted(contents), outputs)  # container_outputs is the one list
+    here.write_files(contents)  # the ledger knows each file before it lands
+    readme = context / WHEELS_README_FILE  # checked above: absent, nimbuild's own, or replaced under force
+    if not readme.is_file() or readme.read_bytes() != WHEELS_README.encode("utf-8"):
+        ctx.write_files({WHEELS_README_FILE: WHEELS_README.encode("utf-8")})
     gpu = images["gpu"]
     return ContainerFiles(
         dockerfile=gpu.dockerfile,
@@ -301,7 +374,7 @@ def render_container(
         context=context,
         base_image=base_image,
         profile_ids=[p.id for p in sorted(manifest.profiles, key=lambda p: p.name)],
-        included=["manifest.yaml", *gpu_paths],
+        included=[MANIFEST_FILE, *gpu_paths],
         notes=notes,
         images=images,
     )
@@ -309,7 +382,7 @@ def render_container(
 
 def repositories_for(manifest, triton_dir: Path) -> list[str]:
     """Folders under ``triton_dir`` rendered from this manifest's profiles (stale ones are left out)."""
-    from nimbuild.runtime.triton_repo.repository import REPOSITORY_INFO
+    from nimbuild.runtime.triton_repo.layout import REPOSITORY_INFO
 
     ids = {p.id for p in manifest.profiles}
     names = []
@@ -325,12 +398,12 @@ def repositories_for(manifest, triton_dir: Path) -> list[str]:
 
 _IMAGE_RE = re.compile(
     r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]{1,2}[a-z0-9]+)*)*"
-    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?"
 )
 
 
 def check_image_reference(image: str) -> None:
-    if not _IMAGE_RE.match(image or "") or (":" not in image.rsplit("/", 1)[-1] and "@" not in image):
+    if not _IMAGE_RE.fullmatch(image or "") or (":" not in image.rsplit("/", 1)[-1] and "@" not in image):
         raise NimbuildError(
             f"serving.triton_image {image!r} is not a pinned image reference",
             hint="use e.g. nvcr.io/nvidia/tritonserver:25.10-py3 (a tag or @sha256 digest)",

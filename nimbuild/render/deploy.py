@@ -29,7 +29,7 @@ from pathlib import Path
 from nimbuild.errors import NimbuildError
 
 GFD_PRODUCT = "nvidia.com/gpu.product"  # GPU Feature Discovery's node label
-NIM_API_VERSION = "apps.nvidia.com/v1alpha1"
+OPERATOR_API_VERSION = "apps.nvidia.com/v1alpha1"
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
 CACHE_MOUNT = "/model-store"  # where the operator mounts the NIMCache volume (utils.DefaultModelStorePath)
 DEFAULT_PROMETHEUS = "http://prometheus-operated.monitoring.svc:9090"
@@ -177,7 +177,7 @@ def nim_resources(manifest, model: str, opts: DeployOptions) -> tuple[list[dict]
         repository, tag = _split_image(image)
         caches.append(
             {
-                "apiVersion": NIM_API_VERSION,
+                "apiVersion": OPERATOR_API_VERSION,
                 "kind": "NIMCache",
                 "metadata": {"name": name, "labels": labels},
                 "spec": {
@@ -218,7 +218,7 @@ def nim_resources(manifest, model: str, opts: DeployOptions) -> tuple[list[dict]
             affinity = _affinity(pool)
         services.append(
             {
-                "apiVersion": NIM_API_VERSION,
+                "apiVersion": OPERATOR_API_VERSION,
                 "kind": "NIMService",
                 "metadata": {"name": name, "labels": labels},
                 "spec": {
@@ -337,20 +337,34 @@ HEADERS = {
 }
 
 
+DEPLOY_DIR = "deploy"
+
+
+def deploy_outputs() -> list[str]:
+    """What :func:`render_deploy` writes under its ``out_dir`` (relative paths): checked before anything is."""
+    return [f"{DEPLOY_DIR}/{name}" for name in HEADERS]
+
+
 def render_deploy(
     manifest_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
     image: str | None = None,
     cpu_image: str | None = None,
+    force: bool = False,
     **options,
 ) -> list[Path]:
-    """``out_dir/deploy/{nimcache,nimservice,inferenceservice}.yaml`` for the manifest's images."""
+    """``out_dir/deploy/{nimcache,nimservice,inferenceservice}.yaml`` for the manifest's images.
+
+    Written through ``out_dir``'s ledger (nimbuild.outdir): a deploy/ file nimbuild did not write
+    (your own edited resources) is replaced only under ``force``; other files in deploy/ are never touched.
+    """
     import yaml
 
     from nimbuild import __version__
-    from nimbuild.fsutil import atomic_write_text
     from nimbuild.manifest import load_manifest
+    from nimbuild.outdir import OutputFolder
+    from nimbuild.safe_text import printable
 
     manifest = load_manifest(manifest_path)
     model = str(
@@ -366,12 +380,15 @@ def render_deploy(
         "nimservice.yaml": services,
         "inferenceservice.yaml": inference_services(manifest, model, opts),
     }
-    written = []
+    contents = {}
     for name, objects in docs.items():
-        head = f"# Rendered by nimbuild {__version__} for model {model}: do not edit, re-run `nimbuild render`.\n"
+        head = f"# Rendered by nimbuild {__version__} for model {printable(model)}: do not edit, "
+        head += "re-run `nimbuild render`.\n"
         head += "".join(f"# {line}\n" for line in HEADERS[name].splitlines())
         body = "".join("---\n" + yaml.safe_dump(o, sort_keys=False, default_flow_style=False) for o in objects)
-        path = Path(out_dir) / "deploy" / name
-        atomic_write_text(path, head + body)
-        written.append(path)
-    return written
+        contents[f"{DEPLOY_DIR}/{name}"] = (head + body).encode("utf-8")
+    folder = OutputFolder(out_dir)
+    with folder.locked("nimbuild render"):  # re-entrant: render_all holds it
+        folder.check_replaceable(contents, force=force, action="render")
+        folder.write_files(contents)
+    return [Path(out_dir) / rel for rel in contents]

@@ -42,7 +42,7 @@ Kubernetes plan declares its ReadWriteMany claim, keeps each run in its own fold
 every wait ends: a job writes ``<name>.ok`` or ``<name>.failed`` as it exits, a waiter fails at the
 first ``.failed`` and at its deadline, never on a stale file of another run.
 
-Every value that reaches a shell line is quoted (``shlex.quote``).
+Every value that reaches a shell line is one quoted word (``nimbuild.safe_text.shell_word``).
 """
 
 from __future__ import annotations
@@ -50,13 +50,13 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.safe_text import shell_join, shell_word
 
 FORMATS = ("github", "gitlab", "k8s")
 TEMPLATES = {"github": "plan_github.yaml.j2", "gitlab": "plan_gitlab.yaml.j2", "k8s": "plan_k8s.yaml.j2"}
@@ -222,7 +222,7 @@ def torch_cpu_requirement(constraints: Path | None = None) -> tuple[str, list[st
 def install_commands(python: str = "python3") -> dict[str, str]:
     """The pip lines of each job kind (the constraints always; CPU torch; no torch where none is needed)."""
     torch, _ = torch_cpu_requirement()
-    q = shlex.quote
+    q = shell_word
     pip = f"{python} -m pip install --progress-bar off -c {CONSTRAINTS}"
     with_torch = f"{pip} --extra-index-url {TORCH_CPU_INDEX} {q('.[build]')} {q(torch)}"
     return {
@@ -240,7 +240,7 @@ def new_run_id() -> str:
 
 def _waiter(markers: list[str], deadline_s: int) -> str:
     """Wait for every ``<m>.ok``; fail at the first ``<m>.failed`` or at the deadline (never hangs)."""
-    names = " ".join(shlex.quote(m) for m in markers)
+    names = shell_join(markers)
     return (
         f"deadline=$(( $(date +%s) + {deadline_s} )); "
         f"for m in {names}; do "
@@ -253,7 +253,7 @@ def _waiter(markers: list[str], deadline_s: int) -> str:
 
 def _marked(marker: str, script: list[str]) -> str:
     """``script`` that leaves ``marker.ok`` on success, ``marker.failed`` (its exit code) otherwise."""
-    m = shlex.quote(marker)
+    m = shell_word(marker)
     trap = f"trap 'rc=$?; if [ $rc -eq 0 ]; then touch {m}.ok; else echo $rc > {m}.failed; fi' EXIT"
     return (
         " && ".join([f"rm -f {m}.ok {m}.failed", 'mkdir -p "$(dirname ' + m + ')"'])
@@ -290,7 +290,7 @@ def render_plan(
     image = image_name or f"nimbuild/{model}"
     _, torch_warnings = torch_cpu_requirement()
     warnings += torch_warnings
-    q = shlex.quote
+    q = shell_word  # every value pasted into a shell line is one quoted word (nimbuild.safe_text)
     install = install_commands()
     rq = q(recipe_path)
     # the export job's runner has an arbitrary CPU: it makes no int8 graph, the CPU jobs do

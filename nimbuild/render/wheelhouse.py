@@ -35,8 +35,10 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.fsutil import sha256_file
 
 WHEELS_DIR = "wheels"  # in the build context (the manifest's folder)
 RECORD_FILE = "wheelhouse.json"
@@ -267,14 +269,6 @@ def own_wheel(dest: Path, wheel: str | os.PathLike | None = None) -> Path:
 # --------------------------------------------------------------------------- the wheelhouse
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _wheel_name_version(filename: str) -> tuple[str, str]:
     name, version = filename.split("-")[:2]
     return re.sub(r"[-_.]+", "-", name).lower(), version
@@ -290,7 +284,7 @@ def requirements_text(folder: Path, target: ImageTarget) -> str:
     for wheel in sorted(folder.glob("*.whl")):
         name, version = _wheel_name_version(wheel.name)
         req = f"nimbuild[{target.extras}]" if name == "nimbuild" else name
-        lines.append(f"{req}=={version} --hash=sha256:{_sha256(wheel)}")
+        lines.append(f"{req}=={version} --hash=sha256:{sha256_file(wheel)}")
     return "\n".join(lines) + "\n"
 
 
@@ -303,7 +297,7 @@ def _reusable(final: Path, record: dict) -> bool:
     except (OSError, ValueError):
         return False
     wheels = sorted(final.glob("*.whl"))
-    return bool(wheels) and all(f"--hash=sha256:{_sha256(w)}" in pins for w in wheels)
+    return bool(wheels) and all(f"--hash=sha256:{sha256_file(w)}" in pins for w in wheels)
 
 
 @dataclass
@@ -326,24 +320,45 @@ class Wheelhouse:
 
 
 def write_wheelhouse(
-    context: Path, target: ImageTarget, *, nimbuild_wheel: str | os.PathLike | None = None, out=None
+    context: Path,
+    target: ImageTarget,
+    *,
+    nimbuild_wheel: str | os.PathLike | None = None,
+    out=None,
+    force: bool = False,
 ) -> Wheelhouse:
     """``context/wheels/<image>/``: nimbuild's wheel, its serving dependencies for ``target``, the pins.
 
-    Reused as it is when nimbuild's wheel and the target are unchanged. A folder there
-    that nimbuild did not write (no wheelhouse.json) is refused, never replaced.
+    Reused as it is when nimbuild's wheel and the target are unchanged. A folder there holding a
+    file nimbuild did not write (the context's ledger, nimbuild.outdir; or no wheelhouse.json) is
+    refused unless ``force``; the context is locked while it is written.
     """
-    from nimbuild.fsutil import atomic_write_text, staging_dir
+    from nimbuild.outdir import OutputFolder
 
-    final = context / target.folder
-    if final.exists() and any(final.iterdir()) and not (final / RECORD_FILE).is_file():
-        raise NimbuildError(
-            f"{final}: exists and was not written by nimbuild (no {RECORD_FILE})",
-            hint="move it away; nimbuild writes the image's wheelhouse there",
-        )
+    folder = OutputFolder(context)
+    with folder.locked("nimbuild render --wheelhouse"):  # re-entrant: render holds it
+        folder.check_replaceable([target.folder], force=force, action=f"the {target.name} image's wheelhouse")
+        final = context / target.folder
+        if not force and final.exists() and any(final.iterdir()) and not (final / RECORD_FILE).is_file():
+            raise NimbuildError(
+                f"{final}: exists and was not written by nimbuild (no {RECORD_FILE})",
+                hint="move it away, or pass --force to replace it; nimbuild writes the image's wheelhouse there",
+            )
+        folder.expect_any(target.folder)  # pip writes the wheels: the ledger takes what is there afterwards
+        try:
+            return _write_wheelhouse(final, target, nimbuild_wheel, out)
+        finally:
+            folder.record([target.folder])
+
+
+def _write_wheelhouse(
+    final: Path, target: ImageTarget, nimbuild_wheel: str | os.PathLike | None, out: Any
+) -> Wheelhouse:
+    from nimbuild.fsutil import atomic_write_text, staging_dir, write_json
+
     with tempfile.TemporaryDirectory(prefix="nimbuild-own-wheel-") as tmp:
         own = own_wheel(Path(tmp), nimbuild_wheel)
-        record = {"target": asdict(target), "nimbuild_wheel": own.name, "nimbuild_sha256": _sha256(own)}
+        record = {"target": asdict(target), "nimbuild_wheel": own.name, "nimbuild_sha256": sha256_file(own)}
         if _reusable(final, record):
             return Wheelhouse(target, final, sorted(w.name for w in final.glob("*.whl")), own.name, True)
         if out is not None:
@@ -374,6 +389,6 @@ def write_wheelhouse(
                     "every dependency must have a binary wheel for that Python and platform",
                 )
             atomic_write_text(staged / REQUIREMENTS, requirements_text(staged, target))
-            atomic_write_text(staged / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+            write_json(staged / RECORD_FILE, record)
             wheels = sorted(w.name for w in staged.glob("*.whl"))
     return Wheelhouse(target, final, wheels, own.name, False)

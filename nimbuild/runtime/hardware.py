@@ -18,6 +18,7 @@ profiles are matched on; ``--assume-cpu`` replaces that detection the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -26,32 +27,10 @@ from typing import Any
 
 from nimbuild import cpu_isa, skus
 from nimbuild.errors import NimbuildError
+from nimbuild.safe_text import printable
 
-_TRUE = {"1", "true", "yes", "on", "y", "t"}
-_FALSE = {"", "0", "false", "no", "off", "n", "f"}
 _COUNT_SUFFIX = re.compile(r"^(?P<name>.+?)\s*[x×*]\s*(?P<count>\d+)$", re.IGNORECASE)
 MAX_ASSUMED_GPUS = 64
-
-
-def env_flag(env: Mapping[str, str], name: str) -> bool:
-    """A boolean environment variable; a value that is neither true nor false is an error."""
-    raw = env.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise NimbuildError(
-        f"environment variable {name}={raw!r} is not a boolean",
-        hint=f"set {name}=1 (or true/yes/on) to turn it on, 0 or unset to turn it off",
-    )
-
-
-def cpu_only_requested(env: Mapping[str, str]) -> bool:
-    """Whether ``NIM_CPU_ONLY`` asks for a CPU host whatever the GPUs."""
-    return env_flag(env, "NIM_CPU_ONLY")
 
 
 @dataclass
@@ -84,7 +63,8 @@ class Gpu:
             if self.memory_known
             else ", memory unknown"
         )
-        return f"[{self.pci_device_id}] ({self.index}) {self.name}{known}, compute capability {self.compute_capability}{memory}"
+        where = f"[{self.pci_device_id}] ({self.index}) {self.name}{known}"
+        return f"{where}, compute capability {self.compute_capability}{memory}"
 
     def to_dict(self) -> dict[str, Any]:
         sku = self.sku
@@ -140,7 +120,7 @@ class Host:
             lines.append(f"- Driver: {self.driver_version or 'unknown'} (CUDA {self.cuda_driver_version or 'unknown'})")
         lines.append(f"- CPU: {self.cpu.describe()}")
         lines.extend(f"- Note: {note}" for note in self.notes)
-        return lines
+        return [printable(line) for line in lines]  # names and reasons from the driver or the environment
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,10 +224,8 @@ def _detect_gpus() -> Host:
             )
         gpus = [gpu for i in range(count) if (gpu := _query_gpu(pynvml, i, notes)) is not None]
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
     if not gpus:
         reason = "NVML found no GPU" if count == 0 else "NVML could not describe any GPU"
         return Host(gpus=[], cpu_only_reason=reason, driver_version=driver, cuda_driver_version=cuda, notes=notes)
@@ -256,11 +234,12 @@ def _detect_gpus() -> Host:
 
 def detect_host(env: Mapping[str, str] = os.environ) -> Host:
     """This host's GPUs through NVML and its CPU's classes; ``NIM_CPU_ONLY`` makes it a CPU host."""
-    cpu_only = cpu_only_requested(env)
+    from nimbuild.runtime.settings import read_settings
+
+    reason = read_settings(env).cpu_only_reason
     host = _detect_gpus()
     host.cpu = cpu_isa.detect_cpu()
-    if cpu_only:
-        reason = f"NIM_CPU_ONLY={env.get('NIM_CPU_ONLY', '').strip()} is set"
+    if reason:
         host.cpu_only_reason = reason if host.gpus else f"{host.cpu_only_reason}; {reason}"
     return host
 
@@ -317,9 +296,12 @@ def host_for(
     what is not assumed is detected. ``NIM_CPU_ONLY`` applies to an assumed host too.
     """
     if assume_gpu:
+        from nimbuild.runtime.settings import read_settings
+
         host = assumed_host(list(assume_gpu))
-        if cpu_only_requested(env):  # the preview honours NIM_CPU_ONLY too, and says so
-            host.cpu_only_reason = f"NIM_CPU_ONLY={env['NIM_CPU_ONLY'].strip()} is set"
+        reason = read_settings(env).cpu_only_reason
+        if reason:  # the preview honours NIM_CPU_ONLY too, and says so
+            host.cpu_only_reason = reason
         host.cpu = cpu_isa.detect_cpu()
     else:
         host = detect_host(env)

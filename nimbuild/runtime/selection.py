@@ -1,6 +1,6 @@
 """Which profile this host runs: classify, rank, apply the overrides, log the choice.
 
-DESIGN.md "Selection" fixes the rules and the words of the log. In short:
+docs/design.md, "Selection", fixes the rules and the words of the log. In short:
 
 - *runnable*: the host has the profile's hardware, enough of it, with enough free memory;
 - *not runnable* ("compatible but not runnable"): at least one GPU of the host
@@ -15,38 +15,46 @@ DESIGN.md "Selection" fixes the rules and the words of the log. In short:
 A TensorRT profile matches on its ``gpu_device`` tag (PCI device:vendor, or any
 id the SKU catalog lists for the same SKU), or, when it was built
 hardware-compatible, on ``compute_capability`` (``same_compute_capability``:
-equal; ``ampere+``: 8.0 or newer). Names are never matched by pattern.
+equal; ``ampere+``: 8.0 or newer). Names are never matched by pattern. A
+manifest NIM wrote names its GPUs by NIM's tags, matched as the NIM Operator
+does (:mod:`nimbuild.runtime.gpu_match` holds both rules).
 
 ``gpu_count`` on a host with GPUs of different kinds counts only the GPUs the
 profile can run on: for a TensorRT engine those of its own kind (the others are
 ignored by it); for an ONNX GPU profile any GPU. The GPUs a runnable profile
 would use are recorded (``Classified.gpus``: NVML indexes) so that ``serve`` can
 pin them. On such a host two engines of equal rank (an H100 FP8 and an L40S FP8)
-are ordered by DESIGN.md's last key, the ID; pin one with ``NIM_TAGS_SELECTOR=gpu=...``.
+are ordered by docs/design.md's last key, the ID; pin one with ``NIM_TAGS_SELECTOR=gpu=...``.
 
 Free memory: a GPU profile needs, on each GPU it uses, ``metrics.gpu_memory_mib``
 when the manifest gives it, else the size of its files (the weights must fit).
 
-Cache (``NIM_CACHE_PATH``): a profile counts as cached when every file of its
-workspace is at ``NIM_CACHE_PATH/<its path in the manifest>`` with the
-manifest's size (the sha256 is checked by ``serve`` before use, not here).
+Cache (``NIM_CACHE_PATH``): a profile counts as cached when the bytes of every
+file of its workspace are at ``NIM_CACHE_PATH/<its uri>`` (a remote one at
+``remote/<scheme>/<host>/<path>``) with the manifest's size (the sha256 is
+checked by ``serve`` before use, not here). A remote file not in the cache makes
+its profile not runnable: ``serve`` downloads nothing.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nimbuild import cpu_isa, skus
+from nimbuild import cpu_isa, profiles, skus
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import FileEntry, Manifest, Profile, safe_join
-from nimbuild.runtime.hardware import Gpu, Host, cpu_only_requested
+from nimbuild.manifest import FileEntry, Manifest, Profile
+from nimbuild.manifest_paths import safe_join
+from nimbuild.runtime import gpu_match
+from nimbuild.runtime.hardware import Host
+from nimbuild.runtime.overrides import apply_overrides
+from nimbuild.runtime.settings import Settings, read_settings
+from nimbuild.safe_text import printable
 
 Status = Literal["runnable", "not_runnable", "incompatible"]
 STATUSES: tuple[Status, ...] = ("runnable", "not_runnable", "incompatible")
@@ -55,15 +63,12 @@ GROUP_TITLES = {
     "not_runnable": "- Compatible with system but not runnable:",
     "incompatible": "- Incompatible with system:",
 }
-DEFAULT_MANIFEST = "manifest.yaml"
-MIN_PREFIX = 8
 
 _BACKEND_RANK = {"tensorrt": 0, "onnx": 1, "pytorch": 2}
 _DEVICE_RANK = {"gpu": 0, "cpu": 1}
 _PRECISION_RANK = {"fp8": 0, "int8": 1, "fp16": 2, "bf16": 3, "fp32": 4}
 _BACKEND_TYPE = {"tensorrt": "TensorRT", "onnx": "ONNX", "pytorch": "PyTorch"}
 _FP8_MIN_CC = skus.FP8_MIN_COMPUTE_CAPABILITY
-_AMPERE_CC = (8, 0)
 
 
 @dataclass
@@ -138,22 +143,6 @@ def _device(tags: Mapping[str, str]) -> str:
     return "cpu"
 
 
-def _cc(text: str) -> tuple[int, int] | None:
-    try:
-        return skus.compute_capability_tuple(text)
-    except (TypeError, ValueError):
-        return None
-
-
-def _gpu_count(tags: Mapping[str, str]) -> int | None:
-    raw = tags.get("gpu_count", "1")
-    try:
-        count = int(raw)
-    except (TypeError, ValueError):
-        return None
-    return count if count >= 1 else None
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -164,96 +153,6 @@ def required_memory_mib(profile: Profile) -> int:
     if isinstance(measured, (int, float)) and not isinstance(measured, bool) and measured > 0:
         return int(math.ceil(measured))
     return int(math.ceil(sum(entry.size or 0 for entry in profile.files.values()) / (1024 * 1024)))
-
-
-def _same_device(wanted: str, gpu: Gpu) -> bool:
-    """PCI ids match, or both belong to one catalog SKU (a product can have several ids)."""
-    want = skus.normalize_pci_device_id(wanted)
-    have = skus.normalize_pci_device_id(gpu.pci_device_id)
-    if want is None or have is None:
-        return False
-    if want == have:
-        return True
-    sku = skus.by_pci_device_id(want)
-    return sku is not None and have in sku.pci_device_ids
-
-
-def _tensorrt_match(tags: Mapping[str, str], gpus: list[Gpu]) -> tuple[list[Gpu], str]:
-    """The GPUs a TensorRT engine runs on, and what it needs (for the reason when none)."""
-    level = tags.get("hardware_compatibility_level")
-    if level:
-        want = _cc(tags.get("compute_capability", ""))
-        if want is None:
-            return (
-                [],
-                f"hardware-compatible engine without a valid compute_capability tag ({tags.get('compute_capability')!r})",
-            )
-        if level in ("ampere+", "ampere_plus"):
-            return (
-                [g for g in gpus if (_cc(g.compute_capability) or (0, 0)) >= _AMPERE_CC],
-                "needs compute capability >= 8.0 (hardware_compatibility_level ampere+)",
-            )
-        return (
-            [g for g in gpus if _cc(g.compute_capability) == want],
-            f"needs compute capability {tags['compute_capability']} (hardware_compatibility_level {level})",
-        )
-    wanted = tags.get("gpu_device")
-    if not wanted and tags.get("gpu"):
-        sku = skus.by_canonical(tags["gpu"])  # a catalog lookup, not a pattern
-        wanted = sku.pci_device_id if sku else None
-    if not wanted:
-        return [], "TensorRT profile without a gpu_device tag, so no GPU can be matched to it"
-    return [g for g in gpus if _same_device(wanted, g)], f"needs gpu_device {wanted}"
-
-
-def _gfd_name(gpu: Gpu) -> str:
-    """The GPU Feature Discovery product label of a GPU (NVML's name, spaces as '-'): what NIM's
-    ``product_name_regex`` and ``gpu`` tags are matched against by the NIM Operator."""
-    sku = skus.by_pci_device_id(gpu.pci_device_id) if gpu.pci_device_id else None
-    return sku.gfd_product if sku is not None else gpu.name.replace(" ", "-")
-
-
-def _nim_match(tags: Mapping[str, str], gpus: list[Gpu]) -> tuple[list[Gpu], str] | None:
-    """The GPUs a NIM-written profile names, by NIM's own tags: ``gpu_device`` (PCI), else
-    ``product_name_regex`` (Python's re: the lookaheads NIM writes, which the Operator's Go RE2 cannot
-    evaluate), else ``gpu``/``key`` as a product name (the Operator's case-insensitive containment).
-    None when the profile names no GPU (a generic profile: any GPU)."""
-    if tags.get("gpu_device"):
-        wanted = tags["gpu_device"]
-        return [g for g in gpus if _same_device(wanted, g)], f"needs gpu_device {wanted}"
-    pattern = tags.get("product_name_regex")
-    if pattern:
-        try:
-            regex = re.compile(pattern)
-        except re.error as exc:
-            return [], f"product_name_regex {pattern!r} is not a valid regular expression ({exc})"
-        return (
-            [g for g in gpus if regex.search(_gfd_name(g)) or regex.search(g.name)],
-            f"needs a GPU whose product name matches {pattern!r}",
-        )
-    for key in ("gpu", "key"):
-        product = (tags.get(key) or "").strip()
-        if not product or (key == "key" and product.lower() == (tags.get("backend") or "").lower()):
-            continue
-        sku = skus.by_canonical(product)
-        if sku is not None:
-            return [g for g in gpus if _same_device(sku.pci_device_id, g)], f"needs gpu {product}"
-        low = product.lower()
-        return (
-            [g for g in gpus if low in _gfd_name(g).lower() or low in g.name.lower()],
-            f"needs a GPU named like {product!r} ({key} tag)",
-        )
-    return None
-
-
-def _nim_gpu_count(tags: Mapping[str, str]) -> str:
-    """NIM's profiles say how many GPUs with ``tp`` (x ``pp``); nimbuild's with ``gpu_count``."""
-    if "gpu_count" in tags:
-        return tags["gpu_count"]
-    try:
-        return str(int(tags.get("tp", "1") or "1") * int(tags.get("pp", "1") or "1"))
-    except ValueError:
-        return tags.get("tp", "1")
 
 
 def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None, nim: bool = False) -> Classified:
@@ -277,6 +176,9 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None, nim
             "incompatible",
             f"backend {backend!r} is not one this runtime serves (tensorrt, onnx)" if backend else "no backend tag",
         )
+    problem = profiles.tag_problem(tags)
+    if problem is not None:
+        return judged("incompatible", problem)
     if _device(tags) != "gpu":
         wanted = tags.get("cpu_isa")
         why = host.cpu.incompatible_reason(wanted) if wanted else None
@@ -286,27 +188,30 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None, nim
     if not host.usable_gpus:
         return judged("incompatible", "needs a GPU; this host has none")
     gpus = host.usable_gpus
-    named = _nim_match(tags, gpus) if nim and not tags.get("hardware_compatibility_level") else None
+    named = gpu_match.nim_match(tags, gpus) if nim and not tags.get("hardware_compatibility_level") else None
     if named is not None:
         matching, needs = named
         if not matching:
             return judged("incompatible", needs)
     elif backend == "tensorrt":
-        matching, needs = _tensorrt_match(tags, gpus)
+        matching, needs = gpu_match.tensorrt_match(tags, gpus)
         if not matching:
             return judged("incompatible", needs)
     else:
         matching, needs = gpus, None
     if tags.get("precision") == "fp8":
-        fp8 = [g for g in matching if (_cc(g.compute_capability) or (0, 0)) >= _FP8_MIN_CC]
+        fp8 = [g for g in matching if (gpu_match.compute_capability(g.compute_capability) or (0, 0)) >= _FP8_MIN_CC]
         if not fp8:
             have = ", ".join(sorted({g.compute_capability for g in matching}))
             return judged("incompatible", f"FP8 needs compute capability >= 8.9; this host's GPUs have {have}")
         matching = fp8
-    count = _gpu_count({"gpu_count": _nim_gpu_count(tags)} if nim else tags)
-    if count is None:
-        what = "gpu_count" if "gpu_count" in tags or not nim else "tp"
-        return judged("incompatible", f"{what} tag {tags.get(what)!r} is not a positive integer")
+    if nim and "gpu_count" not in tags:  # NIM's profiles count GPUs in tp x pp
+        nim_count = {"gpu_count": gpu_match.nim_gpu_count(tags)}
+        if profiles.tag_problem(nim_count) is not None:
+            return judged("incompatible", f"tp tag {tags.get('tp')!r} is not a positive integer")
+        count = profiles.numeric_tag(nim_count, "gpu_count")
+    else:
+        count = profiles.numeric_tag(tags, "gpu_count")
     if len(matching) < count:  # it can run here, just not on this few GPUs: compatible but not runnable
         if needs is None:
             return judged("not_runnable", f"needs {_plural(count, 'GPU')}; this host has {len(matching)}")
@@ -319,13 +224,9 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None, nim
     return judged("runnable", gpus=[g.index for g in free[:count]])
 
 
-def cpu_only_reason(host: Host, env: Mapping[str, str]) -> str | None:
-    """Why GPU profiles are out: the host's own reason, or NIM_CPU_ONLY in ``env`` (also for an assumed host)."""
-    if host.cpu_only_reason:
-        return host.cpu_only_reason
-    if cpu_only_requested(env):
-        return f"NIM_CPU_ONLY={env.get('NIM_CPU_ONLY', '').strip()} is set"
-    return None
+def cpu_only_reason(host: Host, settings: Settings) -> str | None:
+    """Why GPU profiles are out: the host's own reason, or NIM_CPU_ONLY (also for an assumed host)."""
+    return host.cpu_only_reason or settings.cpu_only_reason
 
 
 def _stat_problem(root: Path, rel: str, entry: FileEntry) -> str | None:
@@ -346,7 +247,7 @@ def _stat_problem(root: Path, rel: str, entry: FileEntry) -> str | None:
     return None
 
 
-def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike | None = None) -> str | None:
+def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike[str] | None = None) -> str | None:
     """The first file of ``profile`` whose bytes are not there with the manifest's size (stat only), or None.
 
     A local file counts as present in the manifest's folder or in ``cache_path``
@@ -372,7 +273,10 @@ def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.Path
 
 
 def classify(
-    manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ, cache_path: str | os.PathLike | None = None
+    manifest: Manifest,
+    host: Host,
+    env: Mapping[str, str] = os.environ,
+    cache_path: str | os.PathLike[str] | None = None,
 ) -> list[Classified]:
     """Every profile of ``manifest`` judged against ``host``, in manifest order.
 
@@ -380,9 +284,10 @@ def classify(
     is *not runnable*, with the file in the reason (``cache_path`` defaults to
     ``NIM_CACHE_PATH``; copies there count).
     """
+    settings = read_settings(env)
     if cache_path is None:
-        cache_path = env.get("NIM_CACHE_PATH") or None
-    reason = cpu_only_reason(host, env)
+        cache_path = settings.cache_path
+    reason = cpu_only_reason(host, settings)
     out = []
     for profile in manifest.profiles:
         entry = _classify_one(profile, host, reason, nim=manifest.opaque_ids)
@@ -397,7 +302,7 @@ def classify(
 # --------------------------------------------------------------------------- rank
 
 
-def is_cached(profile: Profile, cache_path: str | os.PathLike | None) -> bool:
+def is_cached(profile: Profile, cache_path: str | os.PathLike[str] | None) -> bool:
     """Every file of the profile is in the cache at its manifest path, with the manifest's size."""
     if not cache_path or not profile.files:
         return False
@@ -405,14 +310,12 @@ def is_cached(profile: Profile, cache_path: str | os.PathLike | None) -> bool:
 
 
 def _batch(tags: Mapping[str, str]) -> int:
-    try:
-        return int(tags.get("max_batch_size", "0"))
-    except ValueError:
-        return 0
+    """max_batch_size for ranking (only runnable profiles are ranked: their tags are valid)."""
+    return profiles.numeric_tag(tags, "max_batch_size") if "max_batch_size" in tags else 0
 
 
-def rank_key(entry: Classified) -> tuple:
-    """DESIGN.md's order: TensorRT > ONNX > PyTorch; GPU > CPU; FP8 > INT8 > FP16 > FP32;
+def rank_key(entry: Classified) -> tuple[int, int, int, int, int, int, str]:
+    """docs/design.md's order: TensorRT > ONNX > PyTorch; GPU > CPU; FP8 > INT8 > FP16 > FP32;
     among CPU profiles of one precision the preferred ``cpu_isa`` class (avx512_vnni before
     avx2: the same VNNI kernel, full-range weights); cached first; larger max_batch_size; then the ID."""
     tags = entry.profile.tags
@@ -437,115 +340,6 @@ def _ordered(classified: list[Classified]) -> list[Classified]:
     return runnable + rest
 
 
-# --------------------------------------------------------------------------- overrides
-
-
-def parse_tags_selector(text: str) -> dict[str, str]:
-    """``"precision=fp16,backend=onnx"`` -> {"precision": "fp16", "backend": "onnx"}."""
-    wanted: dict[str, str] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value:
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={text!r}: {part.strip()!r} is not key=value",
-                hint="write it as comma-separated key=value pairs, e.g. NIM_TAGS_SELECTOR=precision=fp16,backend=onnx",
-            )
-        if key in wanted and wanted[key] != value:
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={text!r}: {key} is given twice ({wanted[key]!r} and {value!r})",
-                hint="give each tag once",
-            )
-        wanted[key] = value
-    return wanted
-
-
-def _runnable_list(classified: list[Classified]) -> str:
-    runnable = [c for c in classified if c.status == "runnable"]
-    if not runnable:
-        return "no profile is runnable on this host"
-    return "runnable here: " + ", ".join(f"{c.profile.id} ({c.profile.name})" for c in runnable)
-
-
-def match_profiles(value: str, profiles: Sequence[Profile]) -> list[Profile]:
-    """The profiles ``value`` names: a full ID, a name, or an ID prefix of at least MIN_PREFIX characters.
-
-    One rule for NIM_MODEL_PROFILE and every ``--profile`` option; more than one
-    match means the prefix is ambiguous (the caller says so).
-    """
-    value = (value or "").strip()
-    exact = [p for p in profiles if p.id == value or p.name == value]
-    if exact or len(value) < MIN_PREFIX:
-        return exact
-    prefix = value.lower()
-    return [p for p in profiles if p.id.startswith(prefix)]
-
-
-def _match_profile(value: str, classified: list[Classified]) -> list[Classified]:
-    """NIM_MODEL_PROFILE, by :func:`match_profiles`."""
-    ids = {id(p) for p in match_profiles(value, [c.profile for c in classified])}
-    return [c for c in classified if id(c.profile) in ids]
-
-
-def _apply_overrides(
-    classified: list[Classified], env: Mapping[str, str], overrides: dict[str, str]
-) -> list[Classified]:
-    """The runnable profiles the overrides allow, best first; NimbuildError when an override cannot be met."""
-    runnable = [c for c in classified if c.status == "runnable"]
-    selector_text = (env.get("NIM_TAGS_SELECTOR") or "").strip()
-    profile_text = (env.get("NIM_MODEL_PROFILE") or "").strip()
-    pool = classified
-    if selector_text:
-        overrides["NIM_TAGS_SELECTOR"] = selector_text
-        wanted = parse_tags_selector(selector_text)
-        pool = [c for c in classified if all(c.profile.tags.get(k) == v for k, v in wanted.items())]
-        if not pool:
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={selector_text!r} matches no profile in the manifest",
-                hint=f"unset it or change it; {_runnable_list(classified)}",
-            )
-        if not any(c.status == "runnable" for c in pool) and not profile_text:
-            why = "; ".join(f"{c.profile.name}: {c.reason}" for c in pool)
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={selector_text!r} matches only profiles this host cannot run ({why})",
-                hint=f"unset it or change it; {_runnable_list(classified)}",
-            )
-    if profile_text:
-        overrides["NIM_MODEL_PROFILE"] = profile_text
-        matches = _match_profile(profile_text, classified)
-        if not matches:
-            short = f" (an ID prefix needs at least {MIN_PREFIX} characters)" if len(profile_text) < MIN_PREFIX else ""
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} matches no profile ID or name in the manifest{short}",
-                hint=f"give a full ID, a unique ID prefix or a name; {_runnable_list(classified)}",
-            )
-        if len(matches) > 1:
-            ids = ", ".join(f"{c.profile.id} ({c.profile.name})" for c in matches)
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} matches {len(matches)} profiles: {ids}",
-                hint=f"give more characters of the ID, or the name; {_runnable_list(classified)}",
-            )
-        match = matches[0]
-        if all(c is not match for c in pool):
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} names {match.profile.id} ({match.profile.name}), "
-                f"which NIM_TAGS_SELECTOR={selector_text!r} excludes",
-                hint=f"unset one of the two; {_runnable_list(classified)}",
-            )
-        if match.status != "runnable":
-            what = "compatible but not runnable" if match.status == "not_runnable" else "incompatible"
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} names {match.profile.id} ({match.profile.name}), "
-                f"which this host cannot run ({what}: {match.reason})",
-                hint=f"unset it or pick another; {_runnable_list(classified)}",
-            )
-        return [match]
-    allowed = {id(c) for c in pool}
-    return [c for c in runnable if id(c) in allowed]
-
-
 # --------------------------------------------------------------------------- select
 
 
@@ -557,33 +351,38 @@ OPERATOR_MANIFEST_PATHS = ("/opt/nim/etc/default/model_manifest.yaml", "/etc/nim
 def default_manifest_path(env: Mapping[str, str] = os.environ) -> Path:
     """``NIM_MANIFEST_PATH``; else ``manifest.yaml`` in the working directory when there is one; else the
     first of the NIM Operator's paths that exists (a NIM image's manifest); else ``manifest.yaml``."""
-    if env.get("NIM_MANIFEST_PATH"):
-        return Path(env["NIM_MANIFEST_PATH"])
-    if Path(DEFAULT_MANIFEST).exists():
-        return Path(DEFAULT_MANIFEST)
+    settings = read_settings(env)
+    if settings.manifest_path_set:
+        return settings.manifest_path
+    if settings.manifest_path.exists():
+        return settings.manifest_path
     for candidate in OPERATOR_MANIFEST_PATHS:
         if Path(candidate).is_file():
             return Path(candidate)
-    return Path(DEFAULT_MANIFEST)
+    return settings.manifest_path
 
 
 def select(
-    manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ, cache_path: str | os.PathLike | None = None
+    manifest: Manifest,
+    host: Host,
+    env: Mapping[str, str] = os.environ,
+    cache_path: str | os.PathLike[str] | None = None,
 ) -> Selection:
     """Classify, rank and apply the overrides: the decision ``serve`` acts on.
 
     ``cache_path`` defaults to ``NIM_CACHE_PATH``. A failing override raises
     NimbuildError; no runnable profile is ``selected=None`` (the caller says so).
     """
+    settings = read_settings(env)
     if cache_path is None:
-        cache_path = env.get("NIM_CACHE_PATH") or None
+        cache_path = settings.cache_path
     classified = classify(manifest, host, env, cache_path)
     for entry in classified:
         if entry.status == "runnable":
             entry.cached = is_cached(entry.profile, cache_path)
     classified = _ordered(classified)
     overrides: dict[str, str] = {}
-    candidates = _apply_overrides(classified, env, overrides)
+    candidates = apply_overrides(classified, settings, overrides)
     return Selection(
         host=host,
         classified=classified,
@@ -622,7 +421,8 @@ def profile_metadata(profile: Profile) -> list[tuple[str, str]]:
 
 def _entry_line(entry: Classified) -> str:
     line = f"  - {entry.profile.id} ({entry.profile.name})"
-    return f"{line}: {entry.reason}" if entry.status != "runnable" and entry.reason else line
+    line = f"{line}: {entry.reason}" if entry.status != "runnable" and entry.reason else line
+    return printable(line)  # a tag value's newline or escape cannot forge a line of the listing
 
 
 def profile_lines(classified: list[Classified]) -> list[str]:
@@ -635,11 +435,11 @@ def profile_lines(classified: list[Classified]) -> list[str]:
 
 
 def startup_log(selection: Selection) -> list[str]:
-    """DESIGN.md's startup lines, word for word: the groups, the selected profile, its metadata."""
+    """docs/design.md's startup lines, word for word: the groups, the selected profile, its metadata."""
     lines = profile_lines(selection.classified)
     if selection.selected is None:
         lines.append("Selected profile: none (no runnable profile)")
         return lines
-    lines.append(f"Selected profile: {selection.selected.id} ({selection.selected.name})")
-    lines.extend(f"Profile metadata: {key}: {value}" for key, value in profile_metadata(selection.selected))
+    lines.append(printable(f"Selected profile: {selection.selected.id} ({selection.selected.name})"))
+    lines.extend(printable(f"Profile metadata: {key}: {value}") for key, value in profile_metadata(selection.selected))
     return lines

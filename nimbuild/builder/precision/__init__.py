@@ -1,7 +1,7 @@
 """The precision graphs (FP16, FP8 Q/DQ, CPU INT8), each judged by the accuracy gate before it is kept.
 
 TensorRT 10/11 builds strongly typed networks, so a precision is a graph of its own
-(DESIGN.md, "Precision lives in the graph"). Each is built into a staging folder beside
+(docs/design.md, "Precision lives in the graph"). Each is built into a staging folder beside
 ``onnx/<precision>/``, run in ONNX Runtime on the CPU against the PyTorch FP32 reference
 (nimbuild.builder.gate), and renamed into place only if it passes: a rejected or failed
 graph never sits where the manifest would look for it.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,34 +35,23 @@ from nimbuild.builder.precision.common import (
     tool_versions,
 )
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import (
+    GRAPH_FILE,
+    canonical_precision,
+    graph_dir,
+    graph_dir_relpath,
+    graph_relpath,
+    int8_key,
+    tokenizer_dir,
+)
 from nimbuild.fsutil import staging_dir
+from nimbuild.thresholds import GateThresholds
 
-# recipe precision name -> folder under OUT/onnx/ (int8: one folder per CPU class, int8_dir())
-DIRS = {"fp16": "fp16", "fp8": "fp8", "int8": "cpu-int8"}
-ALIASES = {"cpu-int8": "int8", "cpu_int8": "int8"}
-PRECISIONS = tuple(DIRS)
+# The precisions built here, beside fp32 (their folders under OUT/onnx/: nimbuild.export_layout.PRECISION_DIRS;
+# int8: one folder per CPU class, export_layout.int8_dir_name)
+PRECISIONS = ("fp16", "fp8", "int8")
 
-__all__ = [
-    "DIRS",
-    "PRECISIONS",
-    "build_precisions",
-    "thresholds_for",
-    "build_fp16",
-    "build_fp8",
-    "build_cpu_int8",
-    "int8_key",
-    "int8_dir",
-]
-
-
-def int8_key(cpu_class: str) -> str:
-    """The report entry of one class's INT8 graph: ``int8-avx2``."""
-    return f"int8-{cpu_class}"
-
-
-def int8_dir(cpu_class: str) -> str:
-    """Its folder under OUT/onnx/: ``cpu-int8-avx2``."""
-    return f"{DIRS['int8']}-{cpu_class}"
+__all__ = ["PRECISIONS", "build_precisions", "build_fp16", "build_fp8", "build_cpu_int8", "cannot_judge_reason"]
 
 
 def cannot_judge_reason(cls: cpu_isa.CpuIsa, build_cpu: cpu_isa.HostCpu) -> str:
@@ -103,18 +93,6 @@ class _Unsupported(Exception):
     """This precision cannot be had for this model or this machine (skipped with the reason)."""
 
 
-def thresholds_for(thresholds: Any, precision: str) -> Any:
-    """The gate thresholds for one precision: the recipe's ``Thresholds.for_precision``, or a mapping
-    whose ``fp16``/``fp8``/``int8`` entries override its metrics for that precision."""
-    if hasattr(thresholds, "for_precision"):
-        return thresholds.for_precision(precision)
-    if isinstance(thresholds, dict):
-        merged = {k: v for k, v in thresholds.items() if k not in DIRS}
-        merged.update(thresholds.get(precision) or {})
-        return merged
-    return thresholds
-
-
 def _check_pairs(name: str, queries, need: int) -> int:
     count = n_pairs(queries or [])
     if count < need:
@@ -136,7 +114,10 @@ def _tool(precision: str, info: dict | None = None) -> str:
             f"(onnxruntime {v['onnxruntime']}, onnx {v['onnx']})"
         )
     mode = (info or {}).get("mode", "dynamic")
-    return f"onnxruntime.transformers.optimizer + onnxruntime.quantization.quantize_{mode} (onnxruntime {v['onnxruntime']})"
+    return (
+        f"onnxruntime.transformers.optimizer + onnxruntime.quantization.quantize_{mode} "
+        f"(onnxruntime {v['onnxruntime']})"
+    )
 
 
 def _build_one(
@@ -218,7 +199,7 @@ def build_precisions(
     calibration: list[dict[str, np.ndarray]],
     evaluation: list[dict[str, np.ndarray]],
     reference: list[np.ndarray],
-    thresholds: Any,
+    thresholds: Mapping[str, GateThresholds],
     out,
     int8_mode: str = "dynamic",
     config_dir: Path | None = None,
@@ -229,7 +210,7 @@ def build_precisions(
 
     ``calibration``/``evaluation``: per query, the encoded feeds for its passages (int64,
     named as the graph inputs); ``reference``: the PyTorch FP32 scores per evaluation query.
-    ``thresholds``: the recipe's (with its per-precision overrides, see ``thresholds_for``).
+    ``thresholds``: {precision: its bars} (the recipe's ``thresholds.by_precision``; ``nimbuild.thresholds.uniform``).
     ``fp32`` in ``precisions`` is ignored (the export writes it). Entries are keyed by the
     recipe's name (``fp16``, ``fp8``); int8 makes one graph per CPU class of ``cpu_classes``
     (None: every class nimbuild knows), keyed ``int8-<class>`` in ``onnx/cpu-int8-<class>/``,
@@ -242,10 +223,10 @@ def build_precisions(
     wanted: list[str] = []
     report: dict[str, dict] = {}
     for raw in precisions:
-        name = ALIASES.get(raw.lower(), raw.lower())
+        name = canonical_precision(raw)
         if name == "fp32" or name in wanted:
             continue
-        if name not in DIRS:
+        if name not in PRECISIONS:
             report[raw] = {
                 "status": "skipped",
                 "reason": f"unknown precision {raw!r}: nimbuild builds fp32, {', '.join(PRECISIONS)}",
@@ -268,7 +249,7 @@ def build_precisions(
         missing = [n for n in input_names if n not in feeds]
         if missing:
             raise ValueError(f"feeds lack graph inputs {missing}")
-    config_dirs = [d for d in (config_dir, export_dir / "tokenizer", export_dir, fp32_path.parent) if d is not None]
+    config_dirs = [d for d in (config_dir, tokenizer_dir(export_dir), export_dir, fp32_path.parent) if d is not None]
     targets = _targets(wanted, cpu_classes)
     if build_cpu is None and any(c is not None for _, _, c in targets):
         build_cpu = cpu_isa.detect_cpu()
@@ -277,9 +258,9 @@ def build_precisions(
         task = progress.add_task("precision graphs", total=len(targets))
         for name, precision, cpu_class in targets:
             progress.update(task, description=f"{name}: build + gate")
-            folder = int8_dir(cpu_class.name) if cpu_class is not None else DIRS[name]
-            final_dir = export_dir / "onnx" / folder
-            rel = f"onnx/{folder}/model.onnx"
+            class_name = cpu_class.name if cpu_class is not None else None
+            final_dir = graph_dir(export_dir, precision, class_name)
+            rel = graph_relpath(precision, class_name)
             entry: dict[str, Any] = {"tool": _tool(precision), "path": None}
             if cpu_class is not None:
                 entry.update(precision="int8", cpu_isa=cpu_class.name, weight_bits=cpu_class.weight_bits)
@@ -296,7 +277,7 @@ def build_precisions(
                     info = _build_one(
                         precision,
                         fp32_path,
-                        stage / "model.onnx",
+                        stage / GRAPH_FILE,
                         architecture=architecture,
                         calibration=calibration,
                         config_dirs=config_dirs,
@@ -310,15 +291,16 @@ def build_precisions(
                     if cpu_class is not None:
                         assert build_cpu is not None
                         entry["judged_on"] = build_cpu.to_dict()  # the CPU whose kernels the gate ran on
-                    entry["files"] = [f"onnx/{folder}/{f}" for f in info.get("files", ["model.onnx"])]
+                    folder = graph_dir_relpath(precision, class_name)
+                    entry["files"] = [f"{folder}/{f}" for f in info.get("files", [GRAPH_FILE])]
                     try:
-                        session = cpu_session(stage / "model.onnx", fp8_qdq=(precision == "fp8"))
+                        session = cpu_session(stage / GRAPH_FILE, fp8_qdq=(precision == "fp8"))
                     except Exception as exc:  # e.g. an ONNX Runtime without FP8 Q/DQ kernels
                         raise RuntimeError(
                             f"ONNX Runtime (CPU) cannot run the {name} graph, so it cannot be gated: "
                             f"{str(exc).splitlines()[0][:300]}"
                         ) from exc
-                    gate = run_gate(session, evaluation, reference, thresholds_for(thresholds, precision))
+                    gate = run_gate(session, evaluation, reference, thresholds[precision])
                     entry["gate"] = gate.to_dict()
                     if not gate.passed:
                         raise _Rejected(gate)

@@ -74,7 +74,10 @@ class _Reader:
 
 
 def calibrate_amax(model, calibration: list[dict[str, np.ndarray]], op_types=QUANTIZED_OPS) -> dict[str, float]:
-    """max |x| of every float input/output of ``op_types`` nodes over the calibration feeds (ORT's MinMax calibrator)."""
+    """max |x| of every float input/output of ``op_types`` nodes over the calibration feeds.
+
+    ONNX Runtime's MinMax calibrator does the measuring.
+    """
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
     input_names = [i.name for i in model.graph.input]
@@ -279,7 +282,8 @@ def build_fp8(
         )
     files = save_model(model, out_path)
     notes = [
-        f"{counts['nodes']} MatMul/Gemm in FP8 ({counts['activations']} activation Q/DQ, {counts['weights']} FP8 weights), "
+        f"{counts['nodes']} MatMul/Gemm in FP8 ({counts['activations']} activation Q/DQ, "
+        f"{counts['weights']} FP8 weights), "
         "per-tensor amax/448 scales (max calibration); gated in ONNX Runtime CPU as simulated FP8",
         f"kept in FP32 as ModelOpt keeps them: the score head (GEMV, {counts['score_head']}) and "
         f"{counts['unfused_bmms']} attention BMMs outside TensorRT's FP8 fused-MHA pattern "

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -92,7 +93,7 @@ def _compare(a, b, feeds) -> tuple[float, float]:
     from nimbuild.builder.precision.common import feeds_for
 
     diff, scale = 0.0, 0.0
-    for fa, fb in zip(feeds_for(a, feeds), feeds_for(b, feeds)):
+    for fa, fb in zip(feeds_for(a, feeds), feeds_for(b, feeds), strict=True):
         ya, yb = a.run(None, fa)[0], b.run(None, fb)[0]
         diff = max(diff, float(np.max(np.abs(ya - yb))))
         scale = max(scale, float(np.max(np.abs(ya))))
@@ -195,10 +196,10 @@ def build_cpu_int8(
         if stats:  # plain ONNX shape inference does not know ORT's contrib ops; the quantizer needs the types
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-            try:
+            with contextlib.suppress(
+                Exception
+            ):  # the dynamic quantizer copes without; the static one says what it lacks
                 fused = SymbolicShapeInference.infer_shapes(fused, auto_merge=True)
-            except Exception:  # the dynamic quantizer copes without; the static one will say what it lacks
-                pass
         save_model(fused, fused_path)
         q_path = Path(tmp) / "int8.onnx"
         large = weight_bytes(fused) > EXTERNAL_DATA_BYTES

@@ -16,14 +16,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
 from nimbuild.runtime.serve.batching import QueueFull, ShuttingDown
@@ -113,7 +113,7 @@ def create_app(service: RankingService, *, max_connections: int | None = None) -
         metrics.requests.labels(route, str(response.status_code)).inc()
         return response
 
-    def rank_endpoint(dialect: Dialect) -> Callable:
+    def rank_endpoint(dialect: Dialect) -> Callable[[Request], Awaitable[Response]]:
         route = dialect.path
 
         async def endpoint(request: Request) -> Response:
@@ -154,7 +154,7 @@ def create_app(service: RankingService, *, max_connections: int | None = None) -
 
         return endpoint
 
-    def health(live: bool) -> Callable:
+    def health(live: bool) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             route = "/v1/health/live" if live else "/v1/health/ready"
             if live or (service.ready and not state["shutting_down"]):
@@ -238,7 +238,7 @@ def create_app(service: RankingService, *, max_connections: int | None = None) -
         return count(path if path in known else UNMATCHED, shapes.response(path, failure))
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.start()
         warm = asyncio.create_task(_warm_up(service))
         try:
@@ -266,7 +266,7 @@ class CancelledAsUnavailable:
         self.app, self.shapes = app, shapes  # shapes: for the connection layer's own errors (connections.py)
 
     @property
-    def routes(self) -> list:
+    def routes(self) -> list[BaseRoute]:
         return self.app.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import resource
 import time
 from collections.abc import Callable, Mapping
@@ -49,6 +48,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from nimbuild.errors import NimbuildError
+from nimbuild.runtime.settings import Settings, read_settings
 
 log = logging.getLogger("nimbuild.serve")
 
@@ -59,56 +59,40 @@ _REFUSED_WAIT_S = 2.0
 
 @dataclass(frozen=True)
 class HttpLimits:
-    """The connection settings, read and checked in one place (``from_env``)."""
+    """The connection settings: the NIM_HTTP_* variables (read and checked by :mod:`nimbuild.runtime.settings`)
+    and the connection ceiling, checked here against this process's open-file limit (``from_settings``)."""
 
     header_timeout_s: float = 10.0  # NIM_HTTP_HEADER_TIMEOUT_SECONDS
     body_timeout_s: float = 60.0  # NIM_HTTP_BODY_TIMEOUT_SECONDS
     keep_alive_s: float = 30.0  # NIM_HTTP_KEEP_ALIVE_SECONDS
     max_connections: int = 2048  # NIM_HTTP_MAX_CONNECTIONS (default: from the open-file limit)
 
-    SECONDS = {
-        "header_timeout_s": "NIM_HTTP_HEADER_TIMEOUT_SECONDS",
-        "body_timeout_s": "NIM_HTTP_BODY_TIMEOUT_SECONDS",
-        "keep_alive_s": "NIM_HTTP_KEEP_ALIVE_SECONDS",
-    }
-    MAX_SECONDS = 3600.0
+    @classmethod
+    def from_settings(cls, settings: Settings, open_files: int | None = None) -> HttpLimits:
+        """The limits of ``settings``; ``open_files``: the soft RLIMIT_NOFILE (read from the process when None).
+
+        More connections than the open-file limit allows is one NimbuildError naming the variable and the fix.
+        """
+        ceiling = connection_ceiling(open_files if open_files is not None else soft_open_files())
+        count = settings.http_max_connections
+        if count is not None and count > ceiling:
+            var = "NIM_HTTP_MAX_CONNECTIONS"
+            raise NimbuildError(
+                f"{var}={str(count)!r} is out of range: this process may open {ceiling} connections "
+                "(its open-file limit, less what the model and the log need)",
+                hint=f"set {var} to 1..{ceiling}, or raise the open-file limit (ulimit -n)",
+            )
+        return cls(
+            header_timeout_s=settings.http_header_timeout_s,
+            body_timeout_s=settings.http_body_timeout_s,
+            keep_alive_s=settings.http_keep_alive_s,
+            max_connections=ceiling if count is None else count,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], open_files: int | None = None) -> HttpLimits:
-        """The settings from ``env``; ``open_files``: the soft RLIMIT_NOFILE (read from the process when None).
-
-        Each bad value is one NimbuildError naming the variable, what was given and the range.
-        """
-        values: dict[str, Any] = {}
-        for attr, var in cls.SECONDS.items():
-            raw = (env.get(var) or "").strip()
-            if not raw:
-                continue
-            try:
-                value = float(raw)
-            except ValueError:
-                raise NimbuildError(f"{var}={raw!r} is not a number", hint=_seconds_hint(var)) from None
-            if not math.isfinite(value) or not 0 < value <= cls.MAX_SECONDS:
-                raise NimbuildError(f"{var}={raw!r} is out of range", hint=_seconds_hint(var))
-            values[attr] = value
-        ceiling = connection_ceiling(open_files if open_files is not None else soft_open_files())
-        var = "NIM_HTTP_MAX_CONNECTIONS"
-        raw = (env.get(var) or "").strip()
-        if raw:
-            try:
-                count = int(raw)
-            except ValueError:
-                raise NimbuildError(f"{var}={raw!r} is not a whole number", hint=f"set {var} to 1..{ceiling}") from None
-            if not 1 <= count <= ceiling:
-                raise NimbuildError(
-                    f"{var}={raw!r} is out of range: this process may open {ceiling} connections "
-                    "(its open-file limit, less what the model and the log need)",
-                    hint=f"set {var} to 1..{ceiling}, or raise the open-file limit (ulimit -n)",
-                )
-            values["max_connections"] = count
-        else:
-            values["max_connections"] = ceiling
-        return cls(**values)
+        """:meth:`from_settings` of ``env``: each bad value is one NimbuildError naming the variable."""
+        return cls.from_settings(read_settings(env), open_files)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,10 +101,6 @@ class HttpLimits:
             "keep_alive_s": self.keep_alive_s,
             "max_connections": self.max_connections,
         }
-
-
-def _seconds_hint(var: str) -> str:
-    return f"set {var} to a number of seconds above 0 and at most {HttpLimits.MAX_SECONDS:.0f}"
 
 
 def soft_open_files() -> int:

@@ -17,7 +17,9 @@ OPENAPI_VERSION = "3.0.3"
 _JSON_OBJECT = {"content": {"application/json": {"schema": {"type": "object"}}}}
 
 
-def _get(summary: str, operation_id: str, description: str, *, tag: str = "NIM", ok: dict | None = None) -> dict:
+def _get(
+    summary: str, operation_id: str, description: str, *, tag: str = "NIM", ok: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "get": {
             "tags": [tag],

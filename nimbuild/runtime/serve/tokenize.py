@@ -21,8 +21,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding, Tokenizer
 
 TRUNCATE_MODES = ("NONE", "END", "START")
 
@@ -60,7 +64,7 @@ class EncodedPair:
 class PairTokenizer:
     """A fast (Rust) tokenizer that turns one query and its passages into model rows."""
 
-    def __init__(self, tokenizer, max_length: int, pad_id: int):
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int):
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self.tokenizer = tokenizer
@@ -136,14 +140,20 @@ class PairTokenizer:
         return text
 
     def _truncate_pair(
-        self, query_enc, passage: str, keep_end: bool, max_passage_tokens: int | None, *, fit: bool = True
-    ):
+        self,
+        query_enc: Encoding,
+        passage: str,
+        keep_end: bool,
+        max_passage_tokens: int | None,
+        *,
+        fit: bool = True,
+    ) -> Encoding:
         """The passage cut to ``max_passage_tokens`` when given; with ``fit``, then cut further (``only_second``:
         its end, or its start with ``keep_end``), then the query, so that the pair fits ``max_length``."""
         budget = self.max_length - self.pair_specials
         passage_enc = self.tokenizer.encode(passage, add_special_tokens=False)
         # Copies: Encoding.truncate works in place and the query is shared by every passage.
-        q = _copy(self.tokenizer, query_enc)
+        q = _copy(query_enc)
         keep_passage = max(0, budget - len(q.ids)) if fit else len(passage_enc.ids)
         if max_passage_tokens is not None:
             keep_passage = min(keep_passage, max_passage_tokens)
@@ -167,13 +177,13 @@ def _piece(text: str, chars: int, keep_end: bool) -> str:
     return text[: chars - space.start() if space else chars]  # ends just before the whitespace
 
 
-def _copy(tokenizer, enc):
+def _copy(enc: Encoding) -> Encoding:
     from tokenizers import Encoding
 
     return Encoding.merge([enc], growing_offsets=False)
 
 
-def _pad_id(tokenizer, config_path: Path) -> int:
+def _pad_id(tokenizer: Tokenizer, config_path: Path) -> int:
     """The pad token's id: tokenizer_config.json's pad_token, else tokenizer.json's padding, else 0."""
     pad_token = None
     if config_path.is_file():

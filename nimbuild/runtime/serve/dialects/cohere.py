@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nimbuild.runtime.serve.dialects import (
     Dialect,
@@ -38,10 +38,13 @@ from nimbuild.runtime.serve.dialects import (
     text,
 )
 
+if TYPE_CHECKING:
+    from nimbuild.runtime.serve.service import Ranked, RankingService
+
 
 def parse_documents_request(
     payload: Any,
-    service,
+    service: RankingService,
     *,
     model_required: bool,
     return_documents_default: bool,
@@ -75,7 +78,7 @@ def parse_documents_request(
     )
 
 
-def envelope(call: RankCall, ranked, version: str) -> dict[str, Any]:
+def envelope(call: RankCall, ranked: Ranked, version: str) -> dict[str, Any]:
     """Cohere's answer: ``{id, results, meta}`` (meta.billed_units.search_units: one per 100 documents)."""
     return {
         "id": str(uuid.uuid4()),
@@ -95,12 +98,12 @@ class CohereV2(Dialect):
     name = "cohere-v2"
     path = "/v2/rerank"
 
-    def parse(self, payload: Any, headers: Mapping[str, str], service) -> RankCall:
+    def parse(self, payload: Any, headers: Mapping[str, str], service: RankingService) -> RankCall:
         return parse_documents_request(
             payload, service, model_required=True, return_documents_default=False, max_tokens_per_doc_default=4096
         )
 
-    def answer(self, call: RankCall, ranked, service) -> Any:
+    def answer(self, call: RankCall, ranked: Ranked, service: RankingService) -> Any:
         return envelope(call, ranked, "2")
 
     def error_body(self, error: RequestError) -> Any:

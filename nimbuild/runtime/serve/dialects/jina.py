@@ -12,14 +12,17 @@ jina-haystack ``JinaRanker`` and LangChain's ``JinaRerank``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nimbuild.runtime.serve.dialects import RankCall, RequestError, scored_results
+
+if TYPE_CHECKING:
+    from nimbuild.runtime.serve.service import Ranked, RankingService
 
 RETURN_DOCUMENTS_DEFAULT = True
 
 
-def envelope(call: RankCall, ranked, service) -> dict[str, Any]:
+def envelope(call: RankCall, ranked: Ranked, service: RankingService) -> dict[str, Any]:
     return {"model": service.model, "usage": {"total_tokens": ranked.tokens}, "results": scored_results(call, ranked)}
 
 

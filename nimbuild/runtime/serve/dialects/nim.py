@@ -2,14 +2,14 @@
 ``{"rankings": [{index, logit}]}``, highest logit first, the raw logits unchanged (no sigmoid, no top_n: NVIDIA's
 clients cut client-side).
 
-Reference: DESIGN.md "HTTP API", the NIM for text reranking API reference (``truncate``: ``NONE`` (default)
+Reference: docs/design.md "HTTP API", the NIM for text reranking API reference (``truncate``: ``NONE`` (default)
 refuses an over-long pair with 400, ``END`` cuts the passage first).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nimbuild.runtime.serve.dialects import (
     Dialect,
@@ -23,10 +23,13 @@ from nimbuild.runtime.serve.dialects import (
     text,
 )
 
+if TYPE_CHECKING:
+    from nimbuild.runtime.serve.service import Ranked, RankingService
+
 TRUNCATE = ("NONE", "END")
 
 
-def _text_object(value: Any, where: str, service, truncate: str) -> str:
+def _text_object(value: Any, where: str, service: RankingService, truncate: str) -> str:
     if not isinstance(value, dict):
         raise RequestError(422, f'{where}: expected an object {{"text": "..."}}, got {type(value).__name__}')
     if not isinstance(value.get("text"), str):
@@ -41,7 +44,7 @@ class Nim(Dialect):
     passages_field = "passages"
     truncate_hint = 'send "truncate": "END"'
 
-    def parse(self, payload: Any, headers: Mapping[str, str], service) -> RankCall:
+    def parse(self, payload: Any, headers: Mapping[str, str], service: RankingService) -> RankCall:
         payload = json_object(payload)
         served_model(payload, service, required=True)
         truncate = payload.get("truncate", "NONE")
@@ -54,7 +57,7 @@ class Nim(Dialect):
         texts = [_text_object(p, f"passages[{i}]", service, truncate) for i, p in enumerate(passages)]
         return RankCall(query=query, passages=texts, truncate=truncate)
 
-    def answer(self, call: RankCall, ranked, service) -> Any:
+    def answer(self, call: RankCall, ranked: Ranked, service: RankingService) -> Any:
         logits = ranked.logits
         return {"rankings": [{"index": int(i), "logit": float(logits[i])} for i in ranked.order()]}
 

@@ -14,7 +14,7 @@ Reference: TEI's docs/openapi.json (1.9.x) and router/src/http/server.rs ``reran
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nimbuild.runtime.serve.dialects import (
     Dialect,
@@ -29,6 +29,9 @@ from nimbuild.runtime.serve.dialects import (
     string,
     text,
 )
+
+if TYPE_CHECKING:
+    from nimbuild.runtime.serve.service import Ranked, RankingService
 
 AUTO_TRUNCATE = True
 _DIRECTIONS = {"Right": "END", "right": "END", "Left": "START", "left": "START"}  # TEI's serde aliases
@@ -49,7 +52,7 @@ class Tei(Dialect):
     passages_field = "texts"
     truncate_hint = 'send "truncate": true'
 
-    def parse(self, payload: Any, headers: Mapping[str, str], service) -> RankCall:
+    def parse(self, payload: Any, headers: Mapping[str, str], service: RankingService) -> RankCall:
         payload = json_object(payload)
         truncate_flag = payload.get("truncate")
         if truncate_flag is not None and not isinstance(truncate_flag, bool):
@@ -68,7 +71,7 @@ class Tei(Dialect):
         }
         return RankCall(query=query, passages=passages, truncate=truncate, options=options)
 
-    def answer(self, call: RankCall, ranked, service) -> Any:
+    def answer(self, call: RankCall, ranked: Ranked, service: RankingService) -> Any:
         scores = ranked.logits if call.options["raw_scores"] else relevance_scores(ranked.logits)
         out = []
         for i in ranked.order():
@@ -204,7 +207,7 @@ class Tei(Dialect):
     }
 
 
-def info(service, max_concurrent_requests: int) -> dict[str, Any]:
+def info(service: RankingService, max_concurrent_requests: int) -> dict[str, Any]:
     """TEI's ``GET /info`` for the served profile (TEI's Info struct: router/src/lib.rs)."""
     from nimbuild import __version__
 

@@ -17,9 +17,12 @@ decided is ``return_documents`` when a request leaves it out (Cohere: false, Jin
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nimbuild.runtime.serve.dialects import Dialect, RankCall, RequestError, cohere, jina, rank_operation, ref
+
+if TYPE_CHECKING:
+    from nimbuild.runtime.serve.service import Ranked, RankingService
 
 COHERE_ONLY_FIELDS = ("rank_fields", "max_chunks_per_doc", "max_tokens_per_doc")
 
@@ -37,7 +40,7 @@ class CohereV1OrJina(Dialect):
     name = "cohere-v1-jina"
     path = "/v1/rerank"
 
-    def parse(self, payload: Any, headers: Mapping[str, str], service) -> RankCall:
+    def parse(self, payload: Any, headers: Mapping[str, str], service: RankingService) -> RankCall:
         who = flavour(payload, headers)
         return cohere.parse_documents_request(
             payload,
@@ -46,7 +49,7 @@ class CohereV1OrJina(Dialect):
             return_documents_default=jina.RETURN_DOCUMENTS_DEFAULT if who == "jina" else False,
         )
 
-    def answer(self, call: RankCall, ranked, service) -> Any:
+    def answer(self, call: RankCall, ranked: Ranked, service: RankingService) -> Any:
         return {**jina.envelope(call, ranked, service), **cohere.envelope(call, ranked, "1")}
 
     def error_body(self, error: RequestError) -> Any:

@@ -1,5 +1,5 @@
-"""`nimbuild serve`'s own settings: a bad port or shutdown value is one `error:` line and exit 1, before any
-backend starts."""
+"""nimbuild.runtime.serve.server: a busy or bad port, a bad shutdown value, uvicorn failing to start:
+one `error:` line and exit 1, before any backend starts."""
 
 from __future__ import annotations
 
@@ -51,7 +51,9 @@ def test_a_busy_port_is_one_error_naming_the_address(tmp_path, busy_port):
 
 def test_a_port_out_of_range_is_one_error(tmp_path):
     err = _one_error_line(_serve(tmp_path, "--host", "127.0.0.1", NIM_HTTP_API_PORT="99999"))
-    assert "127.0.0.1:99999" in err and "out of range" in err and "1 and 65535" in err
+    assert "NIM_HTTP_API_PORT='99999'" in err and "out of range" in err and "1 and 65535" in err
+    err = _one_error_line(_serve(tmp_path, "--host", "127.0.0.1", "--port", "70000"))
+    assert "--port 70000" in err and "out of range" in err and "1 and 65535" in err
 
 
 @pytest.mark.parametrize("value, needle", [("abc", "is not a number"), ("-5", "out of range")])

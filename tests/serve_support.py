@@ -1,6 +1,6 @@
 """Shared by the serve tests: one tiny exported cross-encoder and a manifest over it, built once per session.
 
-(A module, not a conftest: the serve tests own only tests/test_serve*.py. It holds no tests.)
+(A helper module, not a conftest and not named test_*: tests/test_serve_*.py import it. It holds no tests.)
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`nimbuild build`: every step, then a no-change rebuild that reuses everything; changes rebuild what depends on them."""
+"""nimbuild.builder.steps (`nimbuild build`): every step, then a no-change rebuild that reuses everything;
+changes rebuild what depends on them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 import yaml
 
 from nimbuild import manifest as mf
+from nimbuild import manifest_verify
+from nimbuild.errors import NimbuildError
 from nimbuild.output import Output
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +39,19 @@ def recipe_dir(tmp_path, example_recipe, example_model_dir, example_pairs):
 def fake_pipeline(monkeypatch):
     calls = []
 
-    def run_export(recipe, out_dir, precisions, pairs, out, cpu_isa=None):
+    def run_export(recipe, out_dir, precisions, pairs, out, **_options):
+        """The real one's contract: the export's entries staged, then swapped in as nimbuild's own."""
+        from nimbuild.builder.steps import EXPORT_OUTPUTS
+        from nimbuild.outdir import OutputFolder
+
         calls.append(list(precisions))
+        folder = OutputFolder(out_dir)
+        with folder.staging("export") as stage:
+            report = write_export(recipe, stage, precisions)
+            folder.swap_in(stage, EXPORT_OUTPUTS)
+        return report
+
+    def write_export(recipe, out_dir, precisions):
         out_dir = Path(out_dir)
         (out_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
         (out_dir / "tokenizer" / "tokenizer.json").write_text("{}")
@@ -80,7 +94,7 @@ def test_no_change_rebuild_reuses_every_step(recipe_dir, tmp_path, fake_pipeline
     status, res = _build(recipe, out)
     assert status == {"export": "built", "engines": "skipped", "manifest": "built", "render": "skipped"}
     first = (out / "manifest.yaml").read_bytes()
-    assert mf.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
+    assert manifest_verify.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
     status, _ = _build(recipe, out)
     assert status["export"] == "reused" and status["manifest"] == "reused"
     assert len(fake_pipeline) == 1
@@ -133,9 +147,13 @@ def test_tampered_output_is_rebuilt_not_reused(recipe_dir, tmp_path, fake_pipeli
     out = tmp_path / "out"
     _build(recipe, out)
     (out / "onnx/fp32/model.onnx").write_bytes(b"tampered!")
-    status, _ = _build(recipe, out)
+    # no longer the file nimbuild wrote: not reused, and not overwritten without --force (nimbuild.outdir)
+    with pytest.raises(NimbuildError, match=r"onnx/fp32/model.onnx: not written by nimbuild \(or changed since\)"):
+        _build(recipe, out)
+    assert (out / "onnx/fp32/model.onnx").read_bytes() == b"tampered!"
+    status, _ = _build(recipe, out, force=True)
     assert status["export"] == "built"
-    assert mf.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
+    assert manifest_verify.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
 
 
 def test_new_fragment_rebuilds_only_the_manifest(recipe_dir, tmp_path, fake_pipeline):
@@ -192,7 +210,7 @@ def test_real_build_then_no_change_rebuild(real_build):
     out, first = real_build
     assert first.manifest == out / "manifest.yaml"
     m = mf.load_manifest(out / "manifest.yaml")
-    assert m.profiles and mf.verify_manifest(m) == []
+    assert m.profiles and manifest_verify.verify_manifest(m) == []
     again = run_build(REPO / "recipes/example-tiny.yaml", out, Output(quiet=True), engines=False)
     assert {s.step: s.status for s in again.steps}["export"] == "reused"
     assert {s.step: s.status for s in again.steps}["manifest"] == "reused"
@@ -249,6 +267,6 @@ def test_real_reexport_keeps_the_rest_of_the_build_folder(real_build, tmp_path):
     assert not (out / ".export.partial").exists()
     report = json.loads((out / "export_report.json").read_text())
     assert report["thresholds"]["ndcg10"] == 0.97
-    assert mf.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
+    assert manifest_verify.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
     forced = run_build(recipe, out, Output(quiet=True), engines=False, force=True)
     assert {s.step: s.status for s in forced.steps}["export"] == "built"

@@ -446,7 +446,8 @@ def test_the_cpu_job_and_release_lines_run_on_the_export_artifact(exported_examp
     """The GitHub plan's own lines, run in order on the export job's artifact (fp32 + gate inputs, no int8):
     the CPU job makes and judges its class's int8 graph without PyTorch, its fragment merges in the release."""
     from nimbuild import cpu_isa
-    from nimbuild.manifest import load_manifest, verify_manifest
+    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest_verify import verify_manifest
 
     here = cpu_isa.detect_cpu()
     if not here.classes:
