@@ -124,16 +124,44 @@ def test_dynamo_exporter_gives_the_same_graph_contract(tmp_path, example_model_d
     assert parity["passed"], parity
 
 
-def test_tiny_models_are_deterministic(tmp_path, example_model_dir):
+def test_tiny_models_are_deterministic(tmp_path):
+    first = build_tiny_model(tmp_path / "first", "bert")
     rebuilt = build_tiny_model(tmp_path / "again", "bert")
     for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        a, b = (example_model_dir / f).read_bytes(), (rebuilt / f).read_bytes()
-        assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest(), f"{f} differs from the committed example"
+        a, b = (first / f).read_bytes(), (rebuilt / f).read_bytes()
+        assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest(), f"{f} differs between two builds"
     other = build_tiny_model(tmp_path / "seed1", "bert", seed=1)
     assert (other / "model.safetensors").read_bytes() != (rebuilt / "model.safetensors").read_bytes()
 
 
 # ----------------------------------------------------------------------------- the whole export
+
+
+def test_calibration_and_evaluation_never_share_a_query():
+    from nimbuild.builder.pipeline import MIN_SPLIT_QUERIES, _split
+
+    calibration, evaluation = _split(range(9))
+    assert calibration == [0, 2, 4, 6, 8] and evaluation == [1, 3, 5, 7]
+    assert not set(calibration) & set(evaluation)
+    few = list(range(MIN_SPLIT_QUERIES - 1))
+    assert _split(few) == (few, few)  # too few to split: both use all, and the report says so
+
+
+def test_a_label_bound_without_labels_is_an_error_before_any_work(tmp_path, example_recipe, example_model_dir):
+    unlabeled = tmp_path / "pairs.jsonl"
+    unlabeled.write_text(
+        "".join(json.dumps({"query": f"q{i}", "passages": ["a b", "c d"]}) + "\n" for i in range(4))
+    )
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: r\nsource: {{path: {example_model_dir}}}\npairs: {unlabeled}\n"
+        "thresholds: {fp8: {label_ndcg10_drop: 0.01}}\n"
+    )
+    with pytest.raises(NimbuildError) as exc:
+        run_export(recipe, tmp_path / "out", ["fp32"], None, QUIET)
+    assert "thresholds.fp8.label_ndcg10_drop bounds the loss of label NDCG@10" in str(exc.value)
+    assert f"pairs file {unlabeled} has no `labels`" in str(exc.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_exported_example_report(exported_example, example_recipe):
@@ -162,7 +190,16 @@ def test_exported_example_report(exported_example, example_recipe):
     assert (report["max_batch_size"], report["max_sequence_length"]) == (64, 512)
     fp32 = report["precisions"]["fp32"]
     assert fp32["status"] == "passed" and fp32["path"] == "onnx/fp32/model.onnx"
-    assert fp32["gate"]["passed"] and fp32["gate"]["n_queries"] == 12 and fp32["gate"]["n_pairs"] == 96
+    assert fp32["gate"]["passed"] and fp32["gate"]["n_queries"] == 24 and fp32["gate"]["n_pairs"] == 240
+    # labeled pairs: the fp32 graph and the PyTorch reference are both scored against the labels
+    assert report["pairs"]["labeled"] is True
+    assert fp32["gate"]["metrics"]["label_ndcg10"] == pytest.approx(report["pairs"]["reference"]["label_ndcg10"], abs=1e-6)
+    assert report["pairs"]["split"] == {
+        "calibration_queries": 12,
+        "evaluation_queries": 12,
+        "disjoint": True,
+        "rule": "even-numbered lines calibrate, odd-numbered lines judge the precision graphs",
+    }
     assert fp32["gate"]["metrics"]["max_abs_logit"] <= 1e-4 * 10
     assert {(c["batch"], c["sequence"]) for c in fp32["parity"]["cases"]} >= {(1, 1), (8, 128), (1, 512)}
     assert set(report["toolchain"]) >= {"torch", "transformers", "onnx", "onnxruntime"}

@@ -98,7 +98,7 @@ def test_judge_thresholds_and_messages():
     assert not result.passed
     assert result.failures == ["top1 0.8000 < 0.95", "max_abs_logit 0.02 > 0.01"]
     d = result.to_dict()
-    assert set(d) == {"passed", "metrics", "thresholds", "failures", "n_queries", "n_pairs", "notes"}
+    assert set(d) == {"passed", "metrics", "thresholds", "failures", "n_queries", "n_pairs", "notes", "reference"}
     assert d["thresholds"]["kendall"] is None  # not judged
     assert (d["n_queries"], d["n_pairs"]) == (5, 40)
     assert gate.judge(metrics, {"top1": 0.8, "spearman": None}).passed
@@ -157,3 +157,68 @@ def test_run_gate_on_a_real_graph(tmp_path):
     bad = gate.run_gate(path, feeds, [np.array([2.7, 0.9, 0.6])], {"top1": 0.95, "spearman": 0.95})
     assert not bad.passed
     assert bad.metrics["spearman"] == pytest.approx(-1.0)
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def test_label_ndcg_and_mrr_by_hand():
+    labels = np.array([0, 2, 0, 1])
+    # scores put passage 1 (grade 2) first, then 0, 3, 2: DCG = 2/log2(2) + 0 + 1/log2(4) = 2.5
+    scores = np.array([0.5, 0.9, 0.1, 0.3])
+    ideal = 2 / np.log2(2) + 1 / np.log2(3)
+    assert gate.label_ndcg_at_k(labels, scores) == pytest.approx(2.5 / ideal)
+    assert gate.reciprocal_rank_at_k(labels, scores) == 1.0
+    worst = -scores
+    assert gate.reciprocal_rank_at_k(labels, worst) == pytest.approx(1 / 2)  # 2, 3 (grade 1) ...
+    # a relevant passage below the cut-off counts nothing; no relevant passage at all is undefined
+    assert gate.reciprocal_rank_at_k(np.array([0, 0, 1]), np.array([3.0, 2.0, 1.0]), k=2) == 0.0
+    assert np.isnan(gate.label_ndcg_at_k(np.zeros(3), np.arange(3.0)))
+
+
+def test_label_metrics_skip_queries_without_a_relevant_passage():
+    labels = [(1, 0, 0), (0, 0, 0), (0, 0, 1)]
+    scores = [np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])]
+    m = gate.label_metrics(labels, scores)
+    assert m["labeled_queries"] == 2
+    assert m["label_mrr10"] == pytest.approx((1 + 1 / 3) / 2)
+    assert m["label_ndcg10"] == pytest.approx((1 + 1 / np.log2(4)) / 2)
+    with pytest.raises(ValueError, match="query 0"):
+        gate.label_metrics([(1, 0)], [np.array([1.0, 2.0, 3.0])])
+
+
+class _FixedSession:
+    """An ORT-like session that returns given scores per query (in call order)."""
+
+    def __init__(self, scores):
+        self._scores = list(scores)
+
+    def get_inputs(self):
+        class _In:
+            name = "input_ids"
+
+        return [_In()]
+
+    def run(self, _names, feed):
+        return [self._scores.pop(0).reshape(-1, 1)]
+
+
+def test_run_gate_reports_label_quality_beside_agreement_and_bounds_its_loss():
+    feeds = [{"input_ids": np.zeros((3, 4), dtype=np.int64)} for _ in range(2)]
+    reference = [np.array([3.0, 2.0, 1.0]), np.array([1.0, 3.0, 2.0])]
+    labels = [(1, 0, 0), (0, 1, 0)]
+    # the candidate swaps query 1's top two: agreement and label quality both drop
+    candidate = [np.array([3.0, 2.0, 1.0]), np.array([1.0, 2.0, 3.0])]
+    result = gate.run_gate(_FixedSession(candidate), feeds, reference, {"label_ndcg10_drop": 0.1}, labels=labels)
+    m = result.metrics
+    assert result.reference["label_ndcg10"] == 1.0 and result.reference["label_mrr10"] == 1.0
+    assert m["label_ndcg10"] == pytest.approx((1 + 1 / np.log2(3)) / 2)
+    assert m["label_mrr10"] == pytest.approx(0.75)
+    assert m["label_ndcg10_drop"] == pytest.approx(1 - m["label_ndcg10"])
+    assert not result.passed and result.failures[0].startswith("label_ndcg10_drop 0.185 > 0.1")
+    d = result.to_dict()
+    assert d["reference"]["label_ndcg10"] == 1.0 and d["metrics"]["label_ndcg10_drop"] > 0.18
+    # within the bound it passes; without labels there is no label metric and a bound on it fails as undefined
+    assert gate.run_gate(_FixedSession(candidate), feeds, reference, {"label_ndcg10_drop": 0.2}, labels=labels).passed
+    unlabeled = gate.run_gate(_FixedSession(candidate), feeds, reference, {"label_ndcg10_drop": 0.2})
+    assert "label_ndcg10" not in unlabeled.metrics and unlabeled.failures == ["label_ndcg10_drop undefined (threshold 0.2)"]

@@ -5,6 +5,13 @@ top-1 agreement, Spearman and Kendall (tau-b) rank correlation, and NDCG@10 of
 the candidate ordering with the reference scores as gains (min-max scaled per
 query to [0, 1], since logits can be negative). Metrics are means over queries;
 max |Δlogit| is the maximum over all pairs. Thresholds come from the recipe.
+
+When the pairs carry relevance labels, the gate also scores each graph against the truth:
+``label_ndcg10`` (NDCG@10 with the labels as linear gains, as trec_eval and BEIR compute it)
+and ``label_mrr10`` (reciprocal rank of the first relevant passage in the top 10), over the
+queries with at least one relevant passage, and ``label_ndcg10_drop``, the reference's
+label NDCG@10 minus the candidate's: how much absolute quality the precision costs. A
+recipe may bound that drop (``thresholds.label_ndcg10_drop``).
 """
 
 from __future__ import annotations
@@ -17,8 +24,15 @@ from typing import Any
 
 import numpy as np
 
-# metric -> True when higher is better (judged as metric >= threshold), False for max_abs_logit (<=)
-METRICS = {"top1": True, "spearman": True, "kendall": True, "ndcg10": True, "max_abs_logit": False}
+# metric -> True when higher is better (judged as metric >= threshold), False for the bounds of a loss (<=)
+METRICS = {
+    "top1": True,
+    "spearman": True,
+    "kendall": True,
+    "ndcg10": True,
+    "max_abs_logit": False,
+    "label_ndcg10_drop": False,
+}
 
 
 @dataclass
@@ -30,6 +44,8 @@ class GateResult:
     n_queries: int = 0
     n_pairs: int = 0
     notes: list[str] = field(default_factory=list)
+    # the reference's own label metrics (label_ndcg10, label_mrr10) when the pairs carry labels
+    reference: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +59,7 @@ class GateResult:
             "n_queries": self.n_queries,
             "n_pairs": self.n_pairs,
             "notes": list(self.notes),
+            "reference": dict(self.reference),
         }
 
 
@@ -111,6 +128,52 @@ def top1_agrees(reference: np.ndarray, candidate: np.ndarray) -> bool:
     """The candidate's best passage is (one of) the reference's best."""
     best = np.flatnonzero(reference == reference.max())
     return int(np.argmax(candidate)) in set(best.tolist())
+
+
+def label_ndcg_at_k(labels: np.ndarray, scores: np.ndarray, k: int = 10) -> float:
+    """NDCG@k of the ordering by ``scores`` against graded ``labels`` (linear gains; NaN when none is relevant).
+
+    Ties in ``scores`` keep the passages' order (a stable sort), like the gate's other metrics.
+    """
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if not np.any(labels > 0):
+        return float("nan")
+    k = min(k, len(labels))
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="mergesort")[:k]
+    ideal = np.sort(labels)[::-1][:k]
+    return float(np.sum(labels[order] * discounts) / np.sum(ideal * discounts))
+
+
+def reciprocal_rank_at_k(labels: np.ndarray, scores: np.ndarray, k: int = 10) -> float:
+    """1 / rank of the first relevant passage within the top k by ``scores`` (0 if none; NaN when none is relevant)."""
+    labels = np.asarray(labels).reshape(-1)
+    if not np.any(labels > 0):
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="mergesort")[:k]
+    hits = np.flatnonzero(labels[order] > 0)
+    return 1.0 / (int(hits[0]) + 1) if hits.size else 0.0
+
+
+def label_metrics(labels: Sequence[Sequence[int]], scores: Sequence[np.ndarray], k: int = 10) -> dict[str, float]:
+    """Mean label NDCG@k and MRR@k over the queries that have a relevant passage (``labeled_queries`` of them)."""
+    if len(labels) != len(scores):
+        raise ValueError(f"{len(labels)} label lists vs {len(scores)} score arrays")
+    nd, rr = [], []
+    for i, (lab, sc) in enumerate(zip(labels, scores)):
+        if len(lab) != len(np.asarray(sc).reshape(-1)):
+            raise ValueError(f"query {i}: {len(lab)} labels vs {len(np.asarray(sc).reshape(-1))} scores")
+        if not np.all(np.isfinite(sc)):
+            return {f"label_ndcg{k}": 0.0, f"label_mrr{k}": 0.0, "labeled_queries": float(len(labels))}
+        value = label_ndcg_at_k(np.asarray(lab), sc, k)
+        if not math.isnan(value):
+            nd.append(value)
+            rr.append(reciprocal_rank_at_k(np.asarray(lab), sc, k))
+    return {
+        f"label_ndcg{k}": float(np.mean(nd)) if nd else float("nan"),
+        f"label_mrr{k}": float(np.mean(rr)) if rr else float("nan"),
+        "labeled_queries": float(len(nd)),
+    }
 
 
 def ranking_metrics(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> dict[str, float]:
@@ -230,8 +293,13 @@ def run_gate(
     *,
     max_batch: int | None = None,
     notes: Sequence[str] = (),
+    labels: Sequence[Sequence[int]] | None = None,
 ) -> GateResult:
-    """Run a graph (an ORT session, or a path opened on the CPU) on the pairs and judge it."""
+    """Run a graph (an ORT session, or a path opened on the CPU) on the pairs and judge it.
+
+    ``labels`` (per query, one relevance per passage): also score the graph and the
+    reference against them (``label_ndcg10``, ``label_mrr10``, ``label_ndcg10_drop``).
+    """
     session = session_or_path
     if isinstance(session_or_path, (str, Path)):
         import onnxruntime as ort
@@ -241,5 +309,13 @@ def run_gate(
         session = ort.InferenceSession(str(session_or_path), opts, providers=["CPUExecutionProvider"])
     candidate = session_scores(session, encoded_queries, max_batch)
     metrics = ranking_metrics(list(reference_scores), candidate)
+    reference: dict[str, float] = {}
+    if labels is not None:
+        reference = label_metrics(labels, list(reference_scores))
+        own = label_metrics(labels, candidate)
+        metrics.update({k: v for k, v in own.items() if k != "labeled_queries"})
+        metrics["label_ndcg10_drop"] = reference["label_ndcg10"] - own["label_ndcg10"]
     n_pairs = int(sum(len(c) for c in candidate))
-    return judge(metrics, thresholds, n_queries=len(candidate), n_pairs=n_pairs, notes=notes)
+    result = judge(metrics, thresholds, n_queries=len(candidate), n_pairs=n_pairs, notes=notes)
+    result.reference = reference
+    return result

@@ -149,6 +149,7 @@ def run_export(
     wanted = ["fp32"] + [p for p in dict.fromkeys(x.strip().lower() for x in wanted) if p and p != "fp32"]
     pairs_path = Path(pairs) if pairs is not None else (recipe.resolve(recipe.pairs) if recipe.pairs else None)
     groups = pairs_mod.load_pairs(pairs_path) if pairs_path is not None else None  # bad pairs fail before any work
+    _check_label_bounds(recipe, groups, pairs_path)
 
     with out.progress() as progress:
         t = progress.add_task(f"resolve {recipe.source.describe()}", total=1)
@@ -182,6 +183,7 @@ def run_export(
             )
         max_len = recipe.shapes.sequence.max
         encoded = pairs_mod.encode(tokenizer, groups, max_len, names)
+        labels = [g.labels for g in groups] if groups[0].labels is not None else None
 
         session = exp.cpu_session(fp32_dir / "model.onnx")
         with out.progress() as progress:
@@ -196,6 +198,7 @@ def run_export(
                 _fp32_thresholds(recipe.thresholds, reference),
                 max_batch=recipe.shapes.batch.max,
                 notes=notes,
+                labels=labels,
             )
             progress.advance(t)
         if not parity["passed"] or not gate.passed:
@@ -231,6 +234,10 @@ def run_export(
                 "queries": len(groups),
                 "pairs": int(sum(len(g.passages) for g in groups)),
                 "synthetic": pairs_path is None,
+                "labeled": labels is not None,
+                # the PyTorch FP32 reference against the labels (every query): what each graph's label figures compare to
+                "reference": gate.reference,
+                "split": _split_summary(len(encoded)),
             },
             "thresholds": gate_mod.thresholds_dict(recipe.thresholds),
             "toolchain": _toolchain(),
@@ -249,7 +256,9 @@ def run_export(
 
         others = [p for p in wanted if p != "fp32"]
         if others:
-            report["precisions"].update(_build_precisions(stage, others, info, encoded, reference, recipe, out))
+            report["precisions"].update(
+                _build_precisions(stage, others, info, encoded, reference, labels, recipe, out)
+            )
         report["seconds"] = round(time.perf_counter() - started, 3)
         atomic_write_text(stage / "export_report.json", dumps(report) + "\n")
     print_gate_table(report["precisions"], out)
@@ -262,44 +271,101 @@ def print_gate_table(precisions: dict[str, dict], out: Output) -> None:
     def fmt(value, spec=".4f"):
         return "-" if value is None else format(value, spec)
 
+    labeled = any("label_ndcg10" in ((e.get("gate") or {}).get("metrics") or {}) for e in precisions.values())
     rows = []
     for name, entry in precisions.items():
         m = (entry.get("gate") or {}).get("metrics") or {}
-        rows.append(
-            [
-                name,
-                entry.get("status"),
-                entry.get("path") or "-",
-                fmt(m.get("top1"), ".3f"),
-                fmt(m.get("spearman")),
-                fmt(m.get("ndcg10")),
-                fmt(m.get("max_abs_logit"), ".2e"),
-                fmt(entry.get("seconds"), ".2f"),
-            ]
-        )
+        row = [
+            name,
+            entry.get("status"),
+            entry.get("path") or "-",
+            fmt(m.get("top1"), ".3f"),
+            fmt(m.get("spearman")),
+            fmt(m.get("ndcg10")),
+            fmt(m.get("max_abs_logit"), ".2e"),
+        ]
+        if labeled:
+            ref = (entry.get("gate") or {}).get("reference") or {}
+            row += [fmt(m.get("label_ndcg10")), fmt(ref.get("label_ndcg10")), fmt(m.get("label_ndcg10_drop"), "+.4f")]
+        rows.append(row + [fmt(entry.get("seconds"), ".2f")])
+    headers = ["precision", "status", "path", "top1", "spearman", "ndcg@10", "max|Δlogit|"]
+    if labeled:
+        headers += ["label ndcg@10", "(fp32 ref)", "loss"]
     out.table(
-        ["precision", "status", "path", "top1", "spearman", "ndcg@10", "max|Δlogit|", "s"],
+        headers + ["s"],
         rows,
-        title="accuracy gate (ONNX Runtime CPU vs the PyTorch FP32 reference)",
+        title="accuracy gate (ONNX Runtime CPU vs the PyTorch FP32 reference"
+        + ("; label ndcg@10 against the pairs' labels, on the same queries)" if labeled else ")"),
     )
     for name, entry in precisions.items():
         if entry.get("reason"):
             out.line(f"{name}: {entry['status']}: {entry['reason']}")
 
 
-def _split(encoded: list, reference: list) -> tuple[list, list, list]:
-    """Calibration and evaluation sets: all queries for both when few, else calibrate on the even ones."""
-    if len(encoded) >= 8:
-        return encoded[::2], encoded, reference
-    return encoded, encoded, reference
+# With at least this many queries, calibration and evaluation use disjoint queries.
+MIN_SPLIT_QUERIES = 8
+
+
+def _split(items: Sequence[Any]) -> tuple[list, list]:
+    """(calibration, evaluation): the even-numbered and the odd-numbered queries, disjoint.
+
+    A graph calibrated on the queries it is judged on could pass by remembering their
+    ranges; so from MIN_SPLIT_QUERIES queries on the two halves never overlap. Fewer
+    queries serve both (the report's ``pairs.split`` says so).
+    """
+    items = list(items)
+    if len(items) >= MIN_SPLIT_QUERIES:
+        return items[::2], items[1::2]
+    return items, items
+
+
+def _split_summary(n_queries: int) -> dict[str, Any]:
+    calibration, evaluation = _split(range(n_queries))
+    disjoint = n_queries >= MIN_SPLIT_QUERIES
+    return {
+        "calibration_queries": len(calibration),
+        "evaluation_queries": len(evaluation),
+        "disjoint": disjoint,
+        "rule": "even-numbered lines calibrate, odd-numbered lines judge the precision graphs"
+        if disjoint
+        else f"fewer than {MIN_SPLIT_QUERIES} queries: the same queries calibrate and judge (add queries to separate them)",
+    }
+
+
+def _check_label_bounds(recipe: Any, groups: list | None, pairs_path: Path | None) -> None:
+    """A bound on the label NDCG@10 loss needs labeled pairs: say so before any work."""
+    th = recipe.thresholds
+    bounded = [
+        where
+        for where, value in [("thresholds.label_ndcg10_drop", getattr(th, "label_ndcg10_drop", None))]
+        + [
+            (f"thresholds.{p}.label_ndcg10_drop", getattr(getattr(th, p, None), "label_ndcg10_drop", None))
+            for p in ("fp16", "fp8", "int8")
+        ]
+        if value is not None
+    ]
+    if bounded and (groups is None or groups[0].labels is None):
+        what = f"pairs file {pairs_path} has no `labels`" if groups is not None else "no pairs file"
+        raise NimbuildError(
+            f"recipe {recipe.path or recipe.name}: {bounded[0]} bounds the loss of label NDCG@10, but {what}",
+            hint='give each line of the pairs file "labels": [1, 0, ...] (one per passage), or remove the bound',
+        )
 
 
 def _build_precisions(
-    stage: Path, precisions: list[str], info: dict, encoded: list, reference: list, recipe, out: Output
+    stage: Path,
+    precisions: list[str],
+    info: dict,
+    encoded: list,
+    reference: list,
+    labels: list | None,
+    recipe,
+    out: Output,
 ) -> dict[str, dict]:
     from nimbuild.builder.precision import build_precisions
 
-    calibration, evaluation, ref = _split(encoded, reference)
+    calibration, evaluation = _split(encoded)
+    _, ref = _split(reference)
     return build_precisions(
         stage / "onnx" / "fp32" / "model.onnx",
         stage,
@@ -312,6 +378,7 @@ def _build_precisions(
         thresholds=recipe.thresholds,
         out=out,
         config_dir=stage / "tokenizer",
+        labels=_split(labels)[1] if labels is not None else None,
     )
 
 

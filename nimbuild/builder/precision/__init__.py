@@ -169,12 +169,15 @@ def build_precisions(
     out,
     int8_mode: str = "dynamic",
     config_dir: Path | None = None,
+    labels: list | None = None,
 ) -> dict[str, dict]:
     """Build, gate and keep (or refuse) each requested precision graph; the export_report.json entries.
 
     ``calibration``/``evaluation``: per query, the encoded feeds for its passages (int64,
     named as the graph inputs); ``reference``: the PyTorch FP32 scores per evaluation query.
     ``thresholds``: the recipe's (with its per-precision overrides, see ``thresholds_for``).
+    ``labels`` (optional): per evaluation query, the pairs' relevance labels; each gate then
+    also reports label NDCG@10 / MRR@10 and the loss against the reference.
     ``fp32`` in ``precisions`` is ignored (the export writes it). Entries are keyed by the
     recipe's name (``fp16``, ``fp8``, ``int8``); the int8 graph lives in ``onnx/cpu-int8/``.
     """
@@ -243,7 +246,7 @@ def build_precisions(
                             f"ONNX Runtime (CPU) cannot run the {name} graph, so it cannot be gated: "
                             f"{str(exc).splitlines()[0][:300]}"
                         ) from exc
-                    gate = run_gate(session, evaluation, reference, thresholds_for(thresholds, name))
+                    gate = run_gate(session, evaluation, reference, thresholds_for(thresholds, name), labels=labels)
                     entry["gate"] = gate.to_dict()
                     if not gate.passed:
                         raise _Rejected(gate)
