@@ -55,11 +55,9 @@ testbed: venv
 test: venv venv-triton testbed
 	NIMBUILD_REQUIRE_TESTBED=1 $(BIN)/python -m pytest -q
 
-## Retrain the committed example model (a 2-layer reranker, testbed/example.py) and rewrite the labeled
-## held-out pairs of the example and the test bed; then `make example-manifest`.
+## Regenerate the committed example model and its committed manifest.
 example-model: venv
-	$(BIN)/python -m testbed example
-	$(BIN)/python -m testbed pairs
+	$(BIN)/python -m nimbuild.builder.tiny --out recipes/models/example-tiny
 
 # --no-engines: the committed manifest is what a CPU-only build gives on every machine.
 example-manifest: venv

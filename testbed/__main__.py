@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--queries", type=int, default=None, help="only the first N held-out queries")
     q.add_argument("--bi-encoder", action="store_true", help="also the un-fine-tuned bi-encoder (cosine)")
     q.add_argument("--json", type=Path, help="also write the figures here")
-    e = sub.add_parser("example", help="train the bundled example (recipes/models/example-tiny) and its pairs")
+    e = sub.add_parser(
+        "example", help="EXPERIMENTAL (not done): a 2-layer distilled reranker, into .cache/testbed/example"
+    )
     e.add_argument("--out", type=Path, default=None)
-    sub.add_parser("pairs", help="rewrite the committed labeled pairs files from the held-out queries")
+    sub.add_parser("pairs", help="rewrite recipes/pairs/testbed-minilm-l6.jsonl from the held-out queries")
     args = parser.parse_args(argv)
 
     if args.command == "data":
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(build_example(args.out))
     elif args.command == "pairs":
-        from testbed.example import write_pairs_files
+        from testbed.pairs import write_pairs_files
 
         for path in write_pairs_files():
             print(path)
@@ -90,12 +92,13 @@ def _quality(args) -> int:
 
     rows.append(
         (
-            "bundled example: 2-layer reranker (recipes/models/example-tiny)",
+            "bundled example (recipes/models/example-tiny: random weights)",
             quality.metrics(groups, quality.cross_encoder_scores(EXAMPLE_DIR, groups)),
         )
     )
     print(
-        f"{len(groups)} held-out queries x {len(groups[0].passages)} passages (one relevant each), {time.perf_counter() - t:.0f} s"
+        f"{len(groups)} held-out queries x {len(groups[0].passages)} passages (one relevant each), "
+        f"{time.perf_counter() - t:.0f} s"
     )
     print(quality.table(rows))
     if args.json:

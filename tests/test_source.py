@@ -115,22 +115,16 @@ def test_remote_code_in_a_hub_snapshot(hf_offline, tmp_path, example_model_dir, 
 def test_example_pairs(example_pairs):
     groups = pairs_mod.load_pairs(example_pairs)
     assert len(groups) >= 12 and all(len(g.passages) >= 8 for g in groups)
-    # labeled: one relevant passage per query (the package's own description)
-    assert all(g.labels is not None and sorted(g.labels) == [0] * (len(g.labels) - 1) + [1] for g in groups)
+    # graded by hand: 2 answers the query, 1 related, 0 off-topic; every query has an answer
+    assert all(g.labels is not None and len(g.labels) == len(g.passages) and max(g.labels) == 2 for g in groups)
 
 
-def test_example_tokenizer_covers_the_example_pairs(example_pairs, example_model_dir):
-    """The example's own WordPiece vocabulary (learnt on the test bed's training text) rarely needs [UNK]."""
-    tok = pairs_mod.load_tokenizer(example_model_dir)
-    groups = pairs_mod.load_pairs(example_pairs)
-    ids = [i for g in groups for text in (g.query, *g.passages) for i in tok(text, add_special_tokens=False)["input_ids"]]
-    assert ids.count(tok.unk_token_id) / len(ids) < 0.01
-
-
-def test_tiny_vocabulary_reports_uncovered_words():
+def test_tiny_vocabulary_covers_the_example_pairs(example_pairs):
     from nimbuild.builder.tiny import uncovered_words
 
-    assert uncovered_words("the train leaves the station") == []
+    groups = pairs_mod.load_pairs(example_pairs)
+    text = " ".join(g.query + " " + " ".join(g.passages) for g in groups)
+    assert uncovered_words(text) == []
     assert uncovered_words("the zyxwvut") == ["zyxwvut"]
 
 
