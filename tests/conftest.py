@@ -74,7 +74,7 @@ def example_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def example_pairs() -> Path:
-    """recipes/pairs/example-tiny.jsonl: 12 English queries x 8 passages, graded labels (2 answers, 1 related, 0 not)."""
+    """recipes/pairs/example-tiny.jsonl: 12 English queries x 8 passages, graded labels (2 answers, 1 related)."""
     return EXAMPLE_PAIRS
 
 

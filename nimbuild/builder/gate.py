@@ -160,7 +160,7 @@ def label_metrics(labels: Sequence[Sequence[int]], scores: Sequence[np.ndarray],
     if len(labels) != len(scores):
         raise ValueError(f"{len(labels)} label lists vs {len(scores)} score arrays")
     nd, rr = [], []
-    for i, (lab, sc) in enumerate(zip(labels, scores)):
+    for i, (lab, sc) in enumerate(zip(labels, scores, strict=True)):
         if len(lab) != len(np.asarray(sc).reshape(-1)):
             raise ValueError(f"query {i}: {len(lab)} labels vs {len(np.asarray(sc).reshape(-1))} scores")
         if not np.all(np.isfinite(sc)):

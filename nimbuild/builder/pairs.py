@@ -34,9 +34,7 @@ def _labels(where: str, value: Any, n_passages: int) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
         raise NimbuildError(f"{where}: field `labels`: expected a list of integers, got {value!r}"[:200], hint=fix)
     if len(value) != n_passages:
-        raise NimbuildError(
-            f"{where}: field `labels`: {len(value)} labels for {n_passages} passages", hint=fix
-        )
+        raise NimbuildError(f"{where}: field `labels`: {len(value)} labels for {n_passages} passages", hint=fix)
     if any(x < 0 for x in value):
         raise NimbuildError(f"{where}: field `labels`: negative label {min(value)}", hint=fix)
     return tuple(value)

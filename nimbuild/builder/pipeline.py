@@ -235,7 +235,7 @@ def run_export(
                 "pairs": int(sum(len(g.passages) for g in groups)),
                 "synthetic": pairs_path is None,
                 "labeled": labels is not None,
-                # the PyTorch FP32 reference against the labels (every query): what each graph's label figures compare to
+                # the PyTorch FP32 reference against the labels (every query)
                 "reference": gate.reference,
                 "split": _split_summary(len(encoded)),
             },
@@ -256,9 +256,7 @@ def run_export(
 
         others = [p for p in wanted if p != "fp32"]
         if others:
-            report["precisions"].update(
-                _build_precisions(stage, others, info, encoded, reference, labels, recipe, out)
-            )
+            report["precisions"].update(_build_precisions(stage, others, info, encoded, reference, labels, recipe, out))
         report["seconds"] = round(time.perf_counter() - started, 3)
         atomic_write_text(stage / "export_report.json", dumps(report) + "\n")
     print_gate_table(report["precisions"], out)
@@ -328,7 +326,7 @@ def _split_summary(n_queries: int) -> dict[str, Any]:
         "disjoint": disjoint,
         "rule": "even-numbered lines calibrate, odd-numbered lines judge the precision graphs"
         if disjoint
-        else f"fewer than {MIN_SPLIT_QUERIES} queries: the same queries calibrate and judge (add queries to separate them)",
+        else f"fewer than {MIN_SPLIT_QUERIES} queries: the same queries calibrate and judge (add queries to split)",
     }
 
 

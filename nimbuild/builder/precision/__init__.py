@@ -246,7 +246,8 @@ def build_precisions(
                             f"ONNX Runtime (CPU) cannot run the {name} graph, so it cannot be gated: "
                             f"{str(exc).splitlines()[0][:300]}"
                         ) from exc
-                    gate = run_gate(session, evaluation, reference, thresholds_for(thresholds, name), labels=labels)
+                    own = thresholds_for(thresholds, name)
+                    gate = run_gate(session, evaluation, reference, own, labels=labels)
                     entry["gate"] = gate.to_dict()
                     if not gate.passed:
                         raise _Rejected(gate)
