@@ -19,12 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("path", help="print the built model folder (exit 1 when it is not built)")
     q = sub.add_parser("quality", help="NDCG@10 / MRR@10 on the held-out queries, beside BM25")
     q.add_argument("--queries", type=int, default=None, help="only the first N held-out queries")
+    q.add_argument(
+        "--validation",
+        action="store_true",
+        help="the 200 validation queries instead of the held-out ones (for choosing hyper-parameters)",
+    )
     q.add_argument("--bi-encoder", action="store_true", help="also the un-fine-tuned bi-encoder (cosine)")
     q.add_argument("--json", type=Path, help="also write the figures here")
     e = sub.add_parser(
-        "example", help="EXPERIMENTAL (not done): a 2-layer distilled reranker, into .cache/testbed/example"
+        "example", help="train the bundled example (2 x 128 BERT) into recipes/models/example-tiny (make example-model)"
     )
-    e.add_argument("--out", type=Path, default=None)
+    e.add_argument("--out", type=Path, default=None, help="another folder (default recipes/models/example-tiny)")
     sub.add_parser("pairs", help="rewrite recipes/pairs/testbed-minilm-l6.jsonl from the held-out queries")
     args = parser.parse_args(argv)
 
@@ -64,7 +69,7 @@ def _quality(args) -> int:
     from testbed.train import CACHE, cached_model_dir
 
     packages = debian.load_dataset()
-    groups = tasks.evaluation_groups(packages)[: args.queries]
+    groups = tasks.evaluation_groups(packages, validation=args.validation)[: args.queries]
     rows = []
     t = time.perf_counter()
     rows.append(
@@ -92,12 +97,13 @@ def _quality(args) -> int:
 
     rows.append(
         (
-            "bundled example (recipes/models/example-tiny: random weights)",
+            "bundled example (recipes/models/example-tiny, PyTorch FP32)",
             quality.metrics(groups, quality.cross_encoder_scores(EXAMPLE_DIR, groups)),
         )
     )
+    which = "validation" if args.validation else "held-out"
     print(
-        f"{len(groups)} held-out queries x {len(groups[0].passages)} passages (one relevant each), "
+        f"{len(groups)} {which} queries x {len(groups[0].passages)} passages (one relevant each), "
         f"{time.perf_counter() - t:.0f} s"
     )
     print(quality.table(rows))

@@ -26,10 +26,17 @@ def cross_encoder_scores(model_dir: Path, groups: Sequence[Group], max_length: i
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    return model_scores(model, tok, groups, max_length)
+
+
+def model_scores(model, tokenizer, groups: Sequence[Group], max_length: int = EVAL_MAX_LENGTH) -> list:
+    """Scores of a loaded cross-encoder (eval mode) on every group: one array of logits per group."""
+    import torch
+
     out = []
     with torch.inference_mode():
         for g in groups:
-            enc = tok(
+            enc = tokenizer(
                 [g.query] * len(g.passages),
                 list(g.passages),
                 truncation="only_second",

@@ -3,8 +3,11 @@
 - held-out: ``HELDOUT_QUERIES`` packages chosen by a salted sha256 of their names; never
   trained on, neither their summary (query) nor their description (passage). Every quality
   figure, the recipes' gate pairs and the example's pairs come from them.
-- training: the other packages; a query's group is its own description (label 1) and
-  BM25-mined hard negatives among the *training* descriptions (label 0).
+- validation: the first ``VALIDATION_QUERIES`` of the other packages, in the same order; never
+  trained on either. Hyper-parameters are chosen on them (``python -m testbed quality
+  --validation``), so the held-out figures stay an honest test.
+- training: the rest; a query's group is its own description (label 1) and BM25-mined hard
+  negatives among the *training* descriptions (label 0).
 - evaluation groups: per held-out query, BM25's top candidates over the whole corpus (every
   description, held-out or not), with the query's own description put in when BM25 missed
   it (so every group has exactly one relevant passage); every method ranks the same groups.
@@ -23,6 +26,7 @@ from testbed.debian import Package
 
 SALT = "nimbuild-testbed-split-v1"
 HELDOUT_QUERIES = 200
+VALIDATION_QUERIES = 200
 EVAL_CANDIDATES = 10
 NEGATIVE_POOL = 30  # hard negatives are drawn from BM25's top-30 training descriptions
 
@@ -47,9 +51,15 @@ def _rank_key(name: str) -> str:
 
 
 def split(packages: list[Package]) -> tuple[list[Package], list[Package]]:
-    """(training, held-out), each in the salted-hash order (a fixed shuffle)."""
+    """(not held out, held-out), each in the salted-hash order (a fixed shuffle)."""
     ordered = sorted(packages, key=lambda p: _rank_key(p.name))
     return ordered[HELDOUT_QUERIES:], ordered[:HELDOUT_QUERIES]
+
+
+def fit_split(packages: list[Package]) -> tuple[list[Package], list[Package]]:
+    """(training, validation): what is not held out, less the validation queries that choose hyper-parameters."""
+    rest, _ = split(packages)
+    return rest[VALIDATION_QUERIES:], rest[:VALIDATION_QUERIES]
 
 
 def training_groups(train: list[Package], n_queries: int, n_negatives: int, seed: int) -> list[Group]:
@@ -65,9 +75,12 @@ def training_groups(train: list[Package], n_queries: int, n_negatives: int, seed
     return groups
 
 
-def evaluation_groups(packages: list[Package], k: int = EVAL_CANDIDATES) -> list[Group]:
-    """Per held-out query: BM25's top-k over the whole corpus (own description forced in), in BM25 order."""
-    train, heldout = split(packages)
+def evaluation_groups(packages: list[Package], k: int = EVAL_CANDIDATES, validation: bool = False) -> list[Group]:
+    """Per held-out query (or validation query): BM25's top-k over the whole corpus (own description forced in).
+
+    In BM25 order. ``validation=True``: the validation queries' groups, built the same way.
+    """
+    heldout = fit_split(packages)[1] if validation else split(packages)[1]
     corpus = [p.passage for p in packages]
     where = {p.name: i for i, p in enumerate(packages)}
     bm25 = BM25(corpus)
