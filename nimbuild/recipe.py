@@ -138,6 +138,7 @@ class PrecisionThresholds(_Strict):
     kendall: float | None = Field(default=None, ge=-1.0, le=1.0)
     ndcg10: float | None = Field(default=None, ge=0.0, le=1.0)
     max_abs_logit: float | None = Field(default=None, ge=0.0)
+    label_ndcg10_drop: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class Thresholds(_Strict):
@@ -154,6 +155,8 @@ class Thresholds(_Strict):
     kendall: float | None = Field(default=None, ge=-1.0, le=1.0)
     ndcg10: float | None = Field(default=0.98, ge=0.0, le=1.0)
     max_abs_logit: float | None = Field(default=None, ge=0.0)
+    # the most label NDCG@10 a graph may lose against the PyTorch reference (needs labeled pairs)
+    label_ndcg10_drop: float | None = Field(default=None, ge=0.0, le=1.0)
     fp16: PrecisionThresholds | None = Field(default=None, exclude=True)
     fp8: PrecisionThresholds | None = Field(default=None, exclude=True)
     int8: PrecisionThresholds | None = Field(default=None, exclude=True)

@@ -8,6 +8,11 @@ dict or a pydantic model of its own.
 
 A new bound is one field here and one entry in :data:`METRICS` (its direction);
 the recipe schema, the gate and the reports follow from them.
+
+``label_ndcg10_drop`` is the one bound that is not an agreement with the FP32 reference:
+the reference's NDCG@10 against the pairs' relevance labels minus the graph's, judged only
+where the labels are (the export's gates). An engine is judged by its agreement with the
+FP32 graph (:meth:`GateThresholds.agreement_only`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ METRICS: dict[str, bool] = {
     "kendall": True,
     "ndcg10": True,
     "max_abs_logit": False,
+    "label_ndcg10_drop": False,  # the label NDCG@10 the graph loses against the reference (labeled pairs only)
 }
+LABEL_BOUNDS = ("label_ndcg10_drop",)  # bounds judged against the pairs' labels, not against the reference
 PRECISIONS = ("fp32", "fp16", "fp8", "int8")  # every precision a graph is gated at
 
 
@@ -37,6 +44,7 @@ class GateThresholds:
     kendall: float | None = None
     ndcg10: float | None = None
     max_abs_logit: float | None = None
+    label_ndcg10_drop: float | None = None
 
     def __post_init__(self) -> None:
         for name, value in self.items():
@@ -67,6 +75,14 @@ class GateThresholds:
     def to_dict(self) -> dict[str, float | None]:
         """Every metric with its bound or None: what reports, records and cache keys hold."""
         return dict(self.items())
+
+    def label_bounds(self) -> dict[str, float]:
+        """The bounds set on label metrics (they need labeled pairs): {metric: bound}."""
+        return {name: value for name, value in self.items() if name in LABEL_BOUNDS and value is not None}
+
+    def agreement_only(self) -> GateThresholds:
+        """These bars without the label bounds: what judges a graph where no labels are (a TensorRT engine)."""
+        return dataclasses.replace(self, **dict.fromkeys(LABEL_BOUNDS))
 
     def tightened(self, **bounds: float) -> GateThresholds:
         """These bounds, or the stricter of them and the ones already set."""

@@ -1,8 +1,9 @@
 """The last step of `make demo`: start `nimbuild serve` on the built example, ask it for one ranking, stop it.
 
 It shows that the profile the listing selected really serves the reranking NIM's API:
-the startup log, one POST /v1/ranking with the example's first query, the answer, then
-a clean SIGTERM shutdown.
+the startup log, one POST /v1/ranking with the example's first query (a held-out query
+the example never saw in training), the answer with the pairs file's label beside each
+passage, then a clean SIGTERM shutdown.
 """
 
 from __future__ import annotations
@@ -35,11 +36,28 @@ def _get(url: str) -> int:
         return 0
 
 
+def _describe(provenance: Path) -> str:
+    """One line on the model: what its provenance says it is, and its held-out quality beside BM25."""
+    try:
+        record = json.loads(provenance.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "example-tiny: a tiny random BERT (nimbuild.builder.tiny): it shows the toolchain, not a ranking"
+    quality = record.get("heldout_quality") or {}
+    mine, bm25 = (quality.get("example") or {}).get("label_ndcg10"), (quality.get("bm25") or {}).get("label_ndcg10")
+    figures = f"; held-out NDCG@10 {mine:.3f} (BM25 {bm25:.3f})" if mine is not None and bm25 is not None else ""
+    return f"example-tiny: {record.get('what', '?')}{figures}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--pairs", default=str(REPO / "recipes" / "pairs" / "example-tiny.jsonl"))
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--provenance",
+        default=str(REPO / "recipes" / "models" / "example-tiny" / "provenance.json"),
+        help="the model's provenance.json (what it is, how it was trained), to say which model answers",
+    )
     args = parser.parse_args()
 
     first = json.loads(Path(args.pairs).read_text(encoding="utf-8").splitlines()[0])
@@ -70,9 +88,13 @@ def main() -> int:
         )
         with urllib.request.urlopen(req, timeout=30) as resp:
             answer = json.loads(resp.read())
-        print(f"\nPOST {base}/v1/ranking  query: {first['query']!r}")
+        print(f"\nmodel: {_describe(Path(args.provenance))}")
+        print(f"POST {base}/v1/ranking  query: {first['query']!r}")
+        labels = first.get("labels") or [None] * len(first["passages"])
         for rank in answer["rankings"]:
-            print(f"  {rank['logit']:+8.4f}  [{rank['index']}] {first['passages'][rank['index']][:70]}")
+            i = rank["index"]
+            mark = "" if labels[i] is None else ("  <- relevant" if labels[i] > 0 else "")
+            print(f"  {rank['logit']:+8.4f}  [{i}] {first['passages'][i][:70]}{mark}")
         return 0
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,39 @@ def example_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def example_pairs() -> Path:
+    """recipes/pairs/example-tiny.jsonl: 12 English queries x 8 passages, graded labels (2 answers, 1 related)."""
     return EXAMPLE_PAIRS
+
+
+TESTBED_RECIPE = REPO / "recipes" / "testbed-minilm-l6.yaml"
+
+
+@pytest.fixture(scope="session")
+def testbed_model_dir() -> Path:
+    """The real test bed's model folder (all-MiniLM-L6-v2 fine-tuned as a cross-encoder), read-only.
+
+    Built by `make testbed` (python -m testbed build) into .cache/testbed/<key>/; this fixture
+    never trains. Not built: the test skips with the command to run, except under `make test`
+    (NIMBUILD_REQUIRE_TESTBED=1, as CI runs it), where it fails, so that CI cannot skip the
+    real-weights tests silently.
+    """
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from testbed.train import cache_key, cached_model_dir
+
+    found = cached_model_dir()
+    if found is None:
+        why = f"the real test bed is not built for key {cache_key()}: run `make testbed` (trains once, minutes)"
+        if os.environ.get("NIMBUILD_REQUIRE_TESTBED") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    return found
+
+
+@pytest.fixture(scope="session")
+def testbed_recipe(testbed_model_dir) -> Path:
+    """recipes/testbed-minilm-l6.yaml (its source is .cache/testbed/current/model: the built test bed)."""
+    return TESTBED_RECIPE
 
 
 # ----------------------------------------------------------------------------- tiny models

@@ -136,6 +136,31 @@ def test_tiny_models_are_deterministic(tmp_path, example_model_dir):
 # ----------------------------------------------------------------------------- the whole export
 
 
+def test_calibration_and_evaluation_never_share_a_query():
+    from nimbuild.builder.export_precisions import MIN_SPLIT_QUERIES, split_queries
+
+    calibration, evaluation = split_queries(range(9))
+    assert calibration == [0, 2, 4, 6, 8] and evaluation == [1, 3, 5, 7]
+    assert not set(calibration) & set(evaluation)
+    few = list(range(MIN_SPLIT_QUERIES - 1))
+    assert split_queries(few) == (few, few)  # too few to split: both use all, and the report says so
+
+
+def test_a_label_bound_without_labels_is_an_error_before_any_work(tmp_path, example_recipe, example_model_dir):
+    unlabeled = tmp_path / "pairs.jsonl"
+    unlabeled.write_text("".join(json.dumps({"query": f"q{i}", "passages": ["a b", "c d"]}) + "\n" for i in range(4)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"name: r\nsource: {{path: {example_model_dir}}}\npairs: {unlabeled}\n"
+        "thresholds: {fp8: {label_ndcg10_drop: 0.01}}\n"
+    )
+    with pytest.raises(NimbuildError) as exc:
+        run_export(recipe, tmp_path / "out", ["fp32"], None, QUIET)
+    assert "thresholds.fp8.label_ndcg10_drop bounds the loss of label NDCG@10" in str(exc.value)
+    assert f"pairs file {unlabeled} has no `labels`" in str(exc.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_exported_example_report(exported_example, example_recipe):
     report = json.loads((exported_example / "export_report.json").read_text())
     for key in (
@@ -163,6 +188,16 @@ def test_exported_example_report(exported_example, example_recipe):
     fp32 = report["precisions"]["fp32"]
     assert fp32["status"] == "passed" and fp32["path"] == "onnx/fp32/model.onnx"
     assert fp32["gate"]["passed"] and fp32["gate"]["n_queries"] == 12 and fp32["gate"]["n_pairs"] == 96
+    # labeled pairs: the fp32 graph and the PyTorch reference are both scored against the labels
+    assert report["pairs"]["labeled"] is True
+    reference_ndcg = report["pairs"]["reference"]["label_ndcg10"]
+    assert fp32["gate"]["metrics"]["label_ndcg10"] == pytest.approx(reference_ndcg, abs=1e-6)
+    assert report["pairs"]["split"] == {
+        "calibration_queries": 6,
+        "evaluation_queries": 6,
+        "disjoint": True,
+        "rule": "even-numbered lines calibrate, odd-numbered lines judge the precision graphs",
+    }
     assert fp32["gate"]["metrics"]["max_abs_logit"] <= 1e-4 * 10
     assert {(c["batch"], c["sequence"]) for c in fp32["parity"]["cases"]} >= {(1, 1), (8, 128), (1, 512)}
     assert set(report["toolchain"]) >= {"torch", "transformers", "onnx", "onnxruntime"}

@@ -21,6 +21,7 @@ from nimbuild import cpu_isa
 from nimbuild.builder import gate
 from nimbuild.builder.export import cpu_session
 from nimbuild.builder.from_export import export_files, run_from_export
+from nimbuild.builder.pairs import load_pairs
 from nimbuild.builder.pipeline import run_export
 from nimbuild.errors import NimbuildError
 from nimbuild.export_layout import GATE_INPUTS_FILE
@@ -47,7 +48,7 @@ def test_the_export_saves_its_gate_inputs_and_they_read_back_the_same(exported_e
     saved = report["gate_inputs"]
     path = exported_example / saved["path"]
     assert saved["path"] == GATE_INPUTS_FILE and sha256_file(path) == saved["sha256"]
-    encoded, reference = gate.load_inputs(path, report["inputs"], saved["sha256"])
+    encoded, reference, labels = gate.load_inputs(path, report["inputs"], saved["sha256"])
     assert len(encoded) == len(reference) == saved["queries"] == report["precisions"]["fp32"]["gate"]["n_queries"]
     assert sum(len(r) for r in reference) == report["precisions"]["fp32"]["gate"]["n_pairs"]
     assert all(set(f) == set(report["inputs"]) and f["input_ids"].dtype == np.int64 for f in encoded)
@@ -55,8 +56,10 @@ def test_the_export_saves_its_gate_inputs_and_they_read_back_the_same(exported_e
     session = cpu_session(exported_example / "onnx/fp32/model.onnx")
     result = gate.run_gate(session, encoded, reference, GateThresholds(max_abs_logit=1e-3))
     assert result.passed, result.failures
+    # the pairs' labels travel with them (so --from-export judges with the same label figures)
+    assert saved["labeled"] is True and labels == [g.labels for g in load_pairs(report["pairs"]["file"])]
     # the same inputs give the same bytes (a CI cache or a rebuild sees no change)
-    again = gate.save_inputs(tmp_path / "again.npz", encoded, reference)
+    again = gate.save_inputs(tmp_path / "again.npz", encoded, reference, labels)
     assert again["sha256"] == saved["sha256"]
 
 
@@ -101,6 +104,11 @@ def test_int8_from_the_export_into_another_folder_leaves_the_source_as_it_was(
     assert after == before  # the export (an artifact other jobs read) is untouched
     entry = report["precisions"][f"int8-{cls}"]
     assert entry["status"] == "passed" and entry["cpu_isa"] == cls, entry
+    # judged against the saved labels too, beside the reference's own figure on the same (evaluation) queries
+    labeled = entry["gate"]["metrics"]
+    assert 0.0 <= labeled["label_ndcg10"] <= 1.0 and 0.0 <= labeled["label_mrr10"] <= 1.0
+    reference_ndcg = entry["gate"]["reference"]["label_ndcg10"]
+    assert labeled["label_ndcg10_drop"] == pytest.approx(reference_ndcg - labeled["label_ndcg10"])
     assert entry["judged_on"]["cpu_isa"] == list(cpu_isa.detect_cpu().classes)
     assert (out / entry["path"]).is_file() and not (out / "engines").exists()
     assert _report(out) == report and report["additions"][-1]["precisions"] == [f"int8-{cls}"]
@@ -147,6 +155,27 @@ def test_what_cannot_be_done_from_an_export_fails_before_any_work(exported_examp
     (source / "export_report.json").write_text(json.dumps(report))
     with pytest.raises(NimbuildError, match="no saved gate inputs"):
         run_from_export(example_recipe, source, None, ["int8"], QUIET)
+    assert not [p for p in source.rglob("*") if "int8" in p.name]
+
+
+def test_a_label_bound_needs_labeled_gate_inputs(exported_example, example_recipe, tmp_path):
+    """An export whose saved gate inputs have no labels (unlabeled pairs) cannot judge a label bound: one error,
+    before any graph is made."""
+    source = tmp_path / "export"
+    shutil.copytree(exported_example, source)
+    report = _report(source)
+    encoded, reference, _ = gate.load_inputs(source / GATE_INPUTS_FILE, report["inputs"])
+    report["gate_inputs"] = gate.save_inputs(source / GATE_INPUTS_FILE, encoded, reference)  # no labels
+    (source / "export_report.json").write_text(json.dumps(report))
+    bounded = tmp_path / "bounded.yaml"
+    text = example_recipe.read_text().replace("  int8: {top1: 0.9}", "  int8: {top1: 0.9, label_ndcg10_drop: 0.05}")
+    bounded.write_text(
+        text.replace("pairs: pairs/", f"pairs: {example_recipe.parent}/pairs/").replace(
+            "path: models/", f"path: {example_recipe.parent}/models/"
+        )
+    )
+    with pytest.raises(NimbuildError, match=r"thresholds.int8.label_ndcg10_drop bounds .* gate inputs .* no labels"):
+        run_from_export(bounded, source, None, ["int8"], QUIET, force=True)  # force: the test rewrote the report
     assert not [p for p in source.rglob("*") if "int8" in p.name]
 
 

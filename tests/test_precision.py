@@ -304,7 +304,7 @@ def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(
         assert report[good]["status"] == "passed" and report[good]["gate"]["passed"], report[good]
         assert (exported_copy / report[good]["path"]).is_file()
     assert report["bf16"]["status"] == "skipped" and "unknown precision" in report["bf16"]["reason"]
-    from nimbuild.builder.pipeline import print_gate_table
+    from nimbuild.builder.export_precisions import print_gate_table
 
     capsys.readouterr()
     print_gate_table(report, Output())

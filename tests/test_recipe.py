@@ -44,13 +44,15 @@ def _error(tmp_path: Path, text: str) -> str:
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_recipes_load(path):
+def test_shipped_recipes_load(path, request):
     r = load_recipe(path)
     assert r.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert r.precisions[0] == "fp32"
     if r.source.repo:
         assert len(r.source.revision) == 40
     else:
+        if ".cache" in Path(r.source.path).parts:  # the test bed's model: built by `make testbed`, not committed
+            request.getfixturevalue("testbed_model_dir")  # skips until built (fails under make test)
         assert (r.resolve(r.source.path) / "config.json").is_file()
     assert r.pairs and r.resolve(r.pairs).is_file()
 

@@ -115,6 +115,8 @@ def test_remote_code_in_a_hub_snapshot(hf_offline, tmp_path, example_model_dir, 
 def test_example_pairs(example_pairs):
     groups = pairs_mod.load_pairs(example_pairs)
     assert len(groups) >= 12 and all(len(g.passages) >= 8 for g in groups)
+    # graded by hand: 2 answers the query, 1 related, 0 off-topic; every query has an answer
+    assert all(g.labels is not None and len(g.labels) == len(g.passages) and max(g.labels) == 2 for g in groups)
 
 
 def test_tiny_vocabulary_covers_the_example_pairs(example_pairs):
@@ -134,6 +136,11 @@ def test_tiny_vocabulary_covers_the_example_pairs(example_pairs):
         ('{"query": "", "passages": ["a"]}', "field `query`"),
         ('{"query": "q", "passages": []}', "field `passages`"),
         ('{"query": "q", "passages": ["a"], "score": 1}', "unknown field(s) ['score']"),
+        ('{"query": "q", "passages": ["a", "b"], "labels": [1]}', "field `labels`: 1 labels for 2 passages"),
+        ('{"query": "q", "passages": ["a"], "labels": [-1]}', "field `labels`: negative label -1"),
+        ('{"query": "q", "passages": ["a"], "labels": [0.5]}', "field `labels`: expected a list of integers"),
+        ('{"query": "q", "passages": ["a"], "labels": [true]}', "field `labels`: expected a list of integers"),
+        ('{"query": "q", "passages": ["a"], "labels": 1}', "field `labels`: expected a list of integers"),
     ],
 )
 def test_bad_pairs_name_the_line(tmp_path, line, expected):
@@ -142,6 +149,19 @@ def test_bad_pairs_name_the_line(tmp_path, line, expected):
     with pytest.raises(NimbuildError) as exc:
         pairs_mod.load_pairs(p)
     assert str(p) in str(exc.value) and expected in str(exc.value)
+
+
+def test_labels_are_graded_and_on_every_line_or_none(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"query": "q", "passages": ["a", "b", "c"], "labels": [0, 3, 1]}\n')
+    assert pairs_mod.load_pairs(p)[0].labels == (0, 3, 1)
+    p.write_text('{"query": "q", "passages": ["a"], "labels": [1]}\n{"query": "r", "passages": ["b"]}\n')
+    with pytest.raises(NimbuildError) as exc:
+        pairs_mod.load_pairs(p)
+    assert f"{p}:2: no field `labels`, but the first line has `labels`" in str(exc.value)
+    p.write_text('{"query": "q", "passages": ["a"]}\n\n{"query": "r", "passages": ["b"], "labels": [0]}\n')
+    with pytest.raises(NimbuildError, match=r"p.jsonl:3: a field `labels`, but the first line has no `labels`"):
+        pairs_mod.load_pairs(p)
 
 
 def test_encode_and_synthesize(tiny_model_dir, example_model_dir):

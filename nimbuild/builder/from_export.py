@@ -1,7 +1,8 @@
 """`nimbuild export --from-export`: more precision graphs for an export made earlier, without PyTorch.
 
 The graphs are made from the export's ``onnx/fp32`` graph and judged against the
-PyTorch reference the export saved (``gate_inputs.npz``), on this machine's CPU,
+PyTorch reference the export saved (``gate_inputs.npz``, with the pairs' labels when
+they carry them: the same label figures as the export's own gates), on this machine's CPU,
 by the recipe's thresholds: what `nimbuild plan`'s CPU-class jobs run on the
 export job's artifact (each class's int8 graph judged on that class's kernels).
 Like the export itself, the output folder is locked, everything is made in its
@@ -17,14 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nimbuild.builder.pipeline import (
-    _build_precisions,
-    _toolchain,
-    as_recipe,
-    check_out_dir,
-    cpu_classes_to_make,
-    print_gate_table,
-)
+from nimbuild.builder.export_precisions import build_export_precisions, check_label_bounds, print_gate_table
+from nimbuild.builder.pipeline import _toolchain, as_recipe, check_out_dir, cpu_classes_to_make
 from nimbuild.errors import NimbuildError
 from nimbuild.export_layout import (
     EXPORT_OUTPUTS,
@@ -146,16 +141,18 @@ def _add_locked(
     from nimbuild.fsutil import link_or_copy
     from nimbuild.manifest_paths import safe_join
 
-    encoded, reference = gate_mod.load_inputs(
-        safe_join(source_dir, saved["path"]), report["inputs"], saved.get("sha256")
-    )
+    inputs_path = safe_join(source_dir, saved["path"])
+    encoded, reference, labels = gate_mod.load_inputs(inputs_path, report["inputs"], saved.get("sha256"))
+    check_label_bounds(recipe, labels is not None, f"the export's gate inputs {inputs_path} have no labels")
     with folder.staging("from-export") as stage:
         if not in_place:
             for rel in export_files(source_dir, report):
                 (stage / rel).parent.mkdir(parents=True, exist_ok=True)
                 link_or_copy(safe_join(source_dir, rel), stage / rel)
         info = {"architecture": report["architecture"], "inputs": report["inputs"]}
-        added = _build_precisions(stage, wanted, info, encoded, reference, recipe, out, cpu_classes, source=source_dir)
+        added = build_export_precisions(
+            stage, wanted, info, encoded, reference, labels, recipe, out, cpu_classes, source=source_dir
+        )
         report["precisions"].update(added)
         report.setdefault("additions", []).append(
             {"precisions": list(added), "toolchain": _toolchain(), "seconds": round(time.perf_counter() - started, 3)}

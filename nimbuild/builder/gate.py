@@ -5,6 +5,13 @@ top-1 agreement, Spearman and Kendall (tau-b) rank correlation, and NDCG@10 of
 the candidate ordering with the reference scores as gains (min-max scaled per
 query to [0, 1], since logits can be negative). Metrics are means over queries;
 max |Δlogit| is the maximum over all pairs. Thresholds come from the recipe.
+
+When the pairs carry relevance labels, the gate also scores each graph against the truth:
+``label_ndcg10`` (NDCG@10 with the labels as linear gains, as trec_eval and BEIR compute it)
+and ``label_mrr10`` (reciprocal rank of the first relevant passage in the top 10), over the
+queries with at least one relevant passage, and ``label_ndcg10_drop``, the reference's
+label NDCG@10 minus the candidate's: how much absolute quality the precision costs. A
+recipe may bound that drop (``thresholds.label_ndcg10_drop``).
 """
 
 from __future__ import annotations
@@ -13,14 +20,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from nimbuild.thresholds import METRICS as THRESHOLD_METRICS
 from nimbuild.thresholds import GateThresholds
 
-# metric -> True when higher is better (judged as metric >= threshold), False for max_abs_logit (<=)
+# metric -> True when higher is better (judged as metric >= threshold), False for the bounds of a loss (<=)
 METRICS = THRESHOLD_METRICS
 
 
@@ -33,6 +40,8 @@ class GateResult:
     n_queries: int = 0
     n_pairs: int = 0
     notes: list[str] = field(default_factory=list)
+    # the reference's own label metrics (label_ndcg10, label_mrr10) when the pairs carry labels
+    reference: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +55,7 @@ class GateResult:
             "n_queries": self.n_queries,
             "n_pairs": self.n_pairs,
             "notes": list(self.notes),
+            "reference": dict(self.reference),
         }
 
 
@@ -114,6 +124,52 @@ def top1_agrees(reference: np.ndarray, candidate: np.ndarray) -> bool:
     """The candidate's best passage is (one of) the reference's best."""
     best = np.flatnonzero(reference == reference.max())
     return int(np.argmax(candidate)) in set(best.tolist())
+
+
+def label_ndcg_at_k(labels: np.ndarray, scores: np.ndarray, k: int = 10) -> float:
+    """NDCG@k of the ordering by ``scores`` against graded ``labels`` (linear gains; NaN when none is relevant).
+
+    Ties in ``scores`` keep the passages' order (a stable sort), like the gate's other metrics.
+    """
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if not np.any(labels > 0):
+        return float("nan")
+    k = min(k, len(labels))
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="mergesort")[:k]
+    ideal = np.sort(labels)[::-1][:k]
+    return float(np.sum(labels[order] * discounts) / np.sum(ideal * discounts))
+
+
+def reciprocal_rank_at_k(labels: np.ndarray, scores: np.ndarray, k: int = 10) -> float:
+    """1 / rank of the first relevant passage within the top k by ``scores`` (0 if none; NaN when none is relevant)."""
+    labels = np.asarray(labels).reshape(-1)
+    if not np.any(labels > 0):
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64).reshape(-1), kind="mergesort")[:k]
+    hits = np.flatnonzero(labels[order] > 0)
+    return 1.0 / (int(hits[0]) + 1) if hits.size else 0.0
+
+
+def label_metrics(labels: Sequence[Sequence[int]], scores: Sequence[np.ndarray], k: int = 10) -> dict[str, float]:
+    """Mean label NDCG@k and MRR@k over the queries that have a relevant passage (``labeled_queries`` of them)."""
+    if len(labels) != len(scores):
+        raise ValueError(f"{len(labels)} label lists vs {len(scores)} score arrays")
+    nd, rr = [], []
+    for i, (lab, sc) in enumerate(zip(labels, scores, strict=True)):
+        if len(lab) != len(np.asarray(sc).reshape(-1)):
+            raise ValueError(f"query {i}: {len(lab)} labels vs {len(np.asarray(sc).reshape(-1))} scores")
+        if not np.all(np.isfinite(sc)):
+            return {f"label_ndcg{k}": 0.0, f"label_mrr{k}": 0.0, "labeled_queries": float(len(labels))}
+        value = label_ndcg_at_k(np.asarray(lab), sc, k)
+        if not math.isnan(value):
+            nd.append(value)
+            rr.append(reciprocal_rank_at_k(np.asarray(lab), sc, k))
+    return {
+        f"label_ndcg{k}": float(np.mean(nd)) if nd else float("nan"),
+        f"label_mrr{k}": float(np.mean(rr)) if rr else float("nan"),
+        "labeled_queries": float(len(nd)),
+    }
 
 
 def ranking_metrics(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> dict[str, float]:
@@ -218,8 +274,13 @@ def run_gate(
     *,
     max_batch: int | None = None,
     notes: Sequence[str] = (),
+    labels: Sequence[Sequence[int]] | None = None,
 ) -> GateResult:
-    """Run a graph (an ORT session, or a path opened on the CPU) on the pairs and judge it."""
+    """Run a graph (an ORT session, or a path opened on the CPU) on the pairs and judge it.
+
+    ``labels`` (per query, one relevance per passage): also score the graph and the
+    reference against them (``label_ndcg10``, ``label_mrr10``, ``label_ndcg10_drop``).
+    """
     session = session_or_path
     if isinstance(session_or_path, (str, Path)):
         import onnxruntime as ort
@@ -229,8 +290,16 @@ def run_gate(
         session = ort.InferenceSession(str(session_or_path), opts, providers=["CPUExecutionProvider"])
     candidate = session_scores(session, encoded_queries, max_batch)
     metrics = ranking_metrics(list(reference_scores), candidate)
+    reference: dict[str, float] = {}
+    if labels is not None:
+        reference = label_metrics(labels, list(reference_scores))
+        own = label_metrics(labels, candidate)
+        metrics.update({k: v for k, v in own.items() if k != "labeled_queries"})
+        metrics["label_ndcg10_drop"] = reference["label_ndcg10"] - own["label_ndcg10"]
     n_pairs = int(sum(len(c) for c in candidate))
-    return judge(metrics, thresholds, n_queries=len(candidate), n_pairs=n_pairs, notes=notes)
+    result = judge(metrics, thresholds, n_queries=len(candidate), n_pairs=n_pairs, notes=notes)
+    result.reference = reference
+    return result
 
 
 # ----------------------------------------------------------------------------- saved inputs
@@ -238,13 +307,31 @@ def run_gate(
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same inputs give the same bytes
 
 
-def save_inputs(path: str | Path, encoded: Sequence[Mapping[str, np.ndarray]], reference: Sequence[np.ndarray]) -> dict:
-    """Write the gate's inputs (each query's encoded feeds and its PyTorch FP32 reference scores) as one .npz.
+_RESERVED_MEMBERS = ("reference", "labels")  # member names beside the graph inputs in a saved gate inputs file
+
+
+class GateInputs(NamedTuple):
+    """What :func:`load_inputs` reads back: per query, its feeds, its reference scores and (labeled pairs) labels."""
+
+    encoded: list[dict[str, np.ndarray]]
+    reference: list[np.ndarray]
+    labels: list[tuple[int, ...]] | None
+
+
+def save_inputs(
+    path: str | Path,
+    encoded: Sequence[Mapping[str, np.ndarray]],
+    reference: Sequence[np.ndarray],
+    labels: Sequence[Sequence[int]] | None = None,
+) -> dict:
+    """Write the gate's inputs (each query's encoded feeds, its PyTorch FP32 reference scores and, for labeled
+    pairs, its relevance labels) as one .npz.
 
     What a later step needs to make and judge more precision graphs of the same export without PyTorch or
     the model's weights (``nimbuild export --from-export``: a CI job per CPU class on the export's
-    artifact). Members ``q<i>/<input name>`` (int64) and ``q<i>/reference`` (float), deflated, with fixed
-    times. Returns the report's ``gate_inputs`` entry: path, sha256, queries.
+    artifact), with the same label figures as the export's own gates. Members ``q<i>/<input name>`` (int64),
+    ``q<i>/reference`` (float) and ``q<i>/labels`` (int64, labeled pairs only), deflated, with fixed times.
+    Returns the report's ``gate_inputs`` entry: path, sha256, queries, labeled.
     """
     import io
     import zipfile
@@ -253,23 +340,32 @@ def save_inputs(path: str | Path, encoded: Sequence[Mapping[str, np.ndarray]], r
 
     if len(encoded) != len(reference):
         raise ValueError(f"{len(reference)} reference score arrays for {len(encoded)} queries")
+    if labels is not None and len(labels) != len(reference):
+        raise ValueError(f"{len(labels)} label lists for {len(reference)} queries")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for i, (feeds, ref) in enumerate(zip(encoded, reference, strict=True)):
-            for name, array in [*feeds.items(), ("reference", ref)]:
+            clash = sorted(set(feeds) & set(_RESERVED_MEMBERS))
+            if clash:
+                raise ValueError(f"query {i}: a graph input is named {clash[0]!r}, a name the saved inputs reserve")
+            members = [*feeds.items(), ("reference", ref)]
+            if labels is not None:
+                if len(labels[i]) != len(ref):
+                    raise ValueError(f"query {i}: {len(labels[i])} labels for {len(ref)} reference scores")
+                members.append(("labels", np.asarray(labels[i], dtype=np.int64)))
+            for name, array in members:
                 member = io.BytesIO()
                 np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
                 zf.writestr(zipfile.ZipInfo(f"q{i:06d}/{name}.npy", _ZIP_TIME), member.getvalue(), zipfile.ZIP_DEFLATED)
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
-    return {"path": path.name, "sha256": sha256_file(path), "queries": len(encoded)}
+    return {"path": path.name, "sha256": sha256_file(path), "queries": len(encoded), "labeled": labels is not None}
 
 
-def load_inputs(
-    path: str | Path, input_names: Sequence[str], sha256: str | None = None
-) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
-    """(encoded, reference) as :func:`save_inputs` wrote them: checked against ``sha256`` (the report's), the
-    graph's ``input_names`` and each query's shape; no pickled object is ever loaded."""
+def load_inputs(path: str | Path, input_names: Sequence[str], sha256: str | None = None) -> GateInputs:
+    """(encoded, reference, labels) as :func:`save_inputs` wrote them: checked against ``sha256`` (the report's),
+    the graph's ``input_names`` and each query's shape; labels on every query or on none (then None); no pickled
+    object is ever loaded."""
     import zipfile
 
     from nimbuild.errors import NimbuildError
@@ -287,17 +383,31 @@ def load_inputs(
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise NimbuildError(f"{path}: unreadable gate inputs: {exc}", hint=hint) from None
     queries = sorted({key.split("/", 1)[0] for key in arrays})
-    encoded, reference = [], []
+    labeled = bool(queries) and f"{queries[0]}/labels" in arrays
+    encoded, reference, labels = [], [], []
     for q in queries:
         feeds, ref = {n: arrays.get(f"{q}/{n}") for n in input_names}, arrays.get(f"{q}/reference")
         missing = [n for n, a in feeds.items() if a is None] + (["reference"] if ref is None else [])
+        lab = arrays.get(f"{q}/labels")
+        if labeled and lab is None:
+            missing.append("labels")
         if missing:
             raise NimbuildError(f"{path}: query {q} lacks {', '.join(missing)}", hint=hint)
         shapes = {a.shape for a in feeds.values()}
         if len(shapes) != 1 or len(next(iter(shapes))) != 2 or ref.shape != (next(iter(shapes))[0],):
             raise NimbuildError(f"{path}: query {q}: feeds {sorted(shapes)} do not match {ref.shape} scores", hint=hint)
+        if not labeled and lab is not None:
+            raise NimbuildError(f"{path}: query {q} has labels, the first query has none", hint=hint)
+        if lab is not None:
+            if lab.shape != ref.shape or lab.dtype.kind not in "iu" or (lab.size and int(lab.min()) < 0):
+                raise NimbuildError(
+                    f"{path}: query {q}: labels {lab.dtype}{list(lab.shape)} are not one non-negative integer "
+                    f"per score {list(ref.shape)}",
+                    hint=hint,
+                )
+            labels.append(tuple(int(x) for x in lab))
         encoded.append({n: a.astype(np.int64, copy=False) for n, a in feeds.items()})
         reference.append(ref)
     if not encoded:
         raise NimbuildError(f"{path}: no query in the gate inputs", hint=hint)
-    return encoded, reference
+    return GateInputs(encoded, reference, labels if labeled else None)

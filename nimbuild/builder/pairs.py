@@ -1,8 +1,11 @@
 """Query/passage pairs for calibration and the accuracy gate.
 
-A pairs file is JSONL, one ``{"query": str, "passages": [str, ...]}`` per line.
-Without one, ``synthesize_pairs`` draws word salad from the tokenizer's own
-vocabulary (good for parity, meaningless for ranking quality: say so in reports).
+A pairs file is JSONL, one ``{"query": str, "passages": [str, ...]}`` per line, optionally
+with ``"labels": [int, ...]``: one graded relevance per passage (0 = not relevant, higher =
+more relevant; binary 0/1 is the common case, TREC-style grades 0-3 work too). Labels let
+the gate report each graph's NDCG@10 against the truth beside its agreement with FP32.
+A file is labeled on every line or on none. Without one, ``synthesize_pairs`` draws word salad from
+the tokenizer's own vocabulary (good for parity, meaningless for ranking quality: say so in reports).
 """
 
 from __future__ import annotations
@@ -28,6 +31,24 @@ SYNTHETIC_QUERIES, SYNTHETIC_PASSAGES = 12, 8
 class QueryGroup:
     query: str
     passages: tuple[str, ...]
+    labels: tuple[int, ...] | None = None  # graded relevance per passage, when the pairs file has it
+
+
+MAX_LABEL = 2**31 - 1  # a relevance grade; larger is a mistake (and would not fit the saved gate inputs' int64)
+
+
+def _labels(where: str, value: Any, n_passages: int) -> tuple[int, ...]:
+    """A line's ``labels``: one non-negative integer per passage."""
+    fix = "give `labels` one non-negative integer per passage (e.g. [1, 0, 0]), in the order of `passages`"
+    if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        raise NimbuildError(f"{where}: field `labels`: expected a list of integers, got {shown(value)}", hint=fix)
+    if len(value) != n_passages:
+        raise NimbuildError(f"{where}: field `labels`: {len(value)} labels for {n_passages} passages", hint=fix)
+    if any(x < 0 for x in value):
+        raise NimbuildError(f"{where}: field `labels`: negative label {min(value)}", hint=fix)
+    if any(x > MAX_LABEL for x in value):
+        raise NimbuildError(f"{where}: field `labels`: label {shown(max(value), 40)} above {MAX_LABEL}", hint=fix)
+    return tuple(value)
 
 
 MAX_LINE_BYTES = 64 << 20  # one query with its passages; a longer "line" is not a pairs file
@@ -84,10 +105,11 @@ def load_pairs(path: str | Path) -> list[QueryGroup]:
         obj = parse_json(line, where, what="pairs line", hint=_LINE_HINT)
         if not isinstance(obj, dict):
             raise NimbuildError(f"{where}: expected an object, got {type(obj).__name__}", hint=_LINE_HINT)
-        extra = set(obj) - {"query", "passages"}
+        extra = set(obj) - {"query", "passages", "labels"}
         if extra:
             raise NimbuildError(
-                f"{where}: unknown field(s) {sorted(extra)!r:.200}", hint="only `query` and `passages` are read"
+                f"{where}: unknown field(s) {sorted(extra)!r:.200}",
+                hint="only `query`, `passages` and (optional) `labels` are read",
             )
         q, ps = obj.get("query"), obj.get("passages")
         if not isinstance(q, str) or not q.strip():
@@ -100,7 +122,14 @@ def load_pairs(path: str | Path) -> list[QueryGroup]:
                 f"{where}: field `passages`: expected a non-empty list of non-empty strings",
                 hint="give each query its passages",
             )
-        groups.append(QueryGroup(q, tuple(ps)))
+        labels = _labels(where, obj["labels"], len(ps)) if "labels" in obj else None
+        if groups and (labels is None) != (groups[0].labels is None):
+            first = "has" if groups[0].labels is not None else "has no"
+            raise NimbuildError(
+                f"{where}: {'no' if labels is None else 'a'} field `labels`, but the first line {first} `labels`",
+                hint="label every line of the file, or none",
+            )
+        groups.append(QueryGroup(q, tuple(ps), labels))
     if not groups:
         raise NimbuildError(f"pairs file {p} has no lines", hint='add lines of {"query": ..., "passages": [...]}')
     return groups

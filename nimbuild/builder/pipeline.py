@@ -18,6 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from nimbuild.builder.export_precisions import (
+    build_export_precisions,
+    check_label_bounds,
+    print_gate_table,
+    split_summary,
+)
 from nimbuild.errors import NimbuildError
 from nimbuild.export_layout import (
     EXPORT_OUTPUTS,
@@ -25,7 +31,6 @@ from nimbuild.export_layout import (
     GRAPH_FILE,
     graph_dir,
     graph_dir_relpath,
-    graph_path,
     graph_relpath,
     tokenizer_dir,
     write_export_report,
@@ -207,6 +212,10 @@ def _export_locked(
     wanted = ["fp32"] + [p for p in dict.fromkeys(x.strip().lower() for x in wanted) if p and p != "fp32"]
     pairs_path = Path(pairs) if pairs is not None else (recipe.resolve(recipe.pairs) if recipe.pairs else None)
     groups = pairs_mod.load_pairs(pairs_path) if pairs_path is not None else None  # bad pairs fail before any work
+    if groups is None:
+        check_label_bounds(recipe, False, "no pairs file")
+    else:
+        check_label_bounds(recipe, groups[0].labels is not None, f"pairs file {pairs_path} has no `labels`")
 
     with out.progress() as progress:
         t = progress.add_task(f"resolve {recipe.source.describe()}", total=1)
@@ -241,6 +250,7 @@ def _export_locked(
             )
         max_len = recipe.shapes.sequence.max
         encoded = pairs_mod.encode(tokenizer, groups, max_len, names)
+        labels = [g.labels for g in groups] if groups[0].labels is not None else None
 
         session = exp.cpu_session(fp32_dir / GRAPH_FILE)
         with out.progress() as progress:
@@ -255,6 +265,7 @@ def _export_locked(
                 _fp32_thresholds(recipe.thresholds.for_precision("fp32"), reference),
                 max_batch=recipe.shapes.batch.max,
                 notes=notes,
+                labels=labels,
             )
             progress.advance(t)
         if not parity["passed"] or not gate.passed:
@@ -290,11 +301,15 @@ def _export_locked(
                 "queries": len(groups),
                 "pairs": int(sum(len(g.passages) for g in groups)),
                 "synthetic": pairs_path is None,
+                "labeled": labels is not None,
+                # the PyTorch FP32 reference against the labels (every query)
+                "reference": gate.reference,
+                "split": split_summary(len(encoded)),
             },
             "thresholds": recipe.thresholds.recipe_wide.to_dict(),
             "toolchain": _toolchain(),
-            # the encoded pairs and the PyTorch reference: what `export --from-export` judges more graphs by
-            "gate_inputs": gate_mod.save_inputs(stage / GATE_INPUTS_FILE, encoded, reference),
+            # the encoded pairs, the PyTorch reference and the labels: what `export --from-export` judges more graphs by
+            "gate_inputs": gate_mod.save_inputs(stage / GATE_INPUTS_FILE, encoded, reference, labels),
             "precisions": {
                 "fp32": {
                     "status": "passed",
@@ -311,7 +326,7 @@ def _export_locked(
         others = [p for p in wanted if p != "fp32"]
         if others:
             report["precisions"].update(
-                _build_precisions(stage, others, info, encoded, reference, recipe, out, cpu_classes)
+                build_export_precisions(stage, others, info, encoded, reference, labels, recipe, out, cpu_classes)
             )
         report["seconds"] = round(time.perf_counter() - started, 3)
         write_export_report(stage, report)
@@ -324,44 +339,6 @@ def _export_locked(
         )
     print_gate_table(report["precisions"], out)
     return report
-
-
-def print_gate_table(precisions: dict[str, dict], out: Output) -> None:
-    """Every graph's gate figures in one table, then where each graph is or why it is not there."""
-
-    def fmt(value, spec=".4f"):
-        return "-" if value is None else format(value, spec)
-
-    rows = []
-    for name, entry in precisions.items():
-        m = (entry.get("gate") or {}).get("metrics") or {}
-        rows.append(
-            [
-                name,
-                entry.get("status"),
-                entry.get("path") or "-",
-                fmt(m.get("top1"), ".3f"),
-                fmt(m.get("spearman")),
-                fmt(m.get("ndcg10")),
-                fmt(m.get("max_abs_logit"), ".2e"),
-                fmt(entry.get("seconds"), ".2f"),
-            ]
-        )
-    out.table(
-        ["precision", "status", "path", "top1", "spearman", "ndcg@10", "max|Δlogit|", "s"],
-        rows,
-        title="accuracy gate (ONNX Runtime CPU vs the PyTorch FP32 reference)",
-    )
-    for name, entry in precisions.items():
-        if entry.get("reason"):
-            out.line(f"{name}: {entry['status']}: {entry['reason']}")
-
-
-def _split(encoded: list, reference: list) -> tuple[list, list, list]:
-    """Calibration and evaluation sets: all queries for both when few, else calibrate on the even ones."""
-    if len(encoded) >= 8:
-        return encoded[::2], encoded, reference
-    return encoded, encoded, reference
 
 
 def cpu_classes_to_make(recipe: Any, explicit: Sequence[str] | None) -> list[str]:
@@ -385,36 +362,3 @@ def cpu_classes_to_make(recipe: Any, explicit: Sequence[str] | None) -> list[str
         if not here.has(cls.name):
             raise NimbuildError(f"--cpu-isa {cls.name}: {cannot_judge_reason(cls, here)}", hint="run it there")
     return [c.name for c in isa.CLASSES if c in classes]
-
-
-def _build_precisions(
-    stage: Path,
-    precisions: list[str],
-    info: dict,
-    encoded: list,
-    reference: list,
-    recipe,
-    out: Output,
-    cpu_classes: list[str] | None = None,
-    *,
-    source: Path | None = None,
-) -> dict[str, dict]:
-    """The precision graphs into ``stage``, made from the FP32 graph of ``source`` (default: ``stage``)."""
-    from nimbuild.builder.precision import build_precisions
-
-    source = stage if source is None else source
-    calibration, evaluation, ref = _split(encoded, reference)
-    return build_precisions(
-        graph_path(source, "fp32"),
-        stage,
-        precisions,
-        architecture=info["architecture"],
-        input_names=info["inputs"],
-        calibration=calibration,
-        evaluation=evaluation,
-        reference=ref,
-        thresholds=recipe.thresholds.by_precision,
-        out=out,
-        config_dir=tokenizer_dir(source),
-        cpu_classes=cpu_classes,
-    )

@@ -274,3 +274,18 @@ def test_each_engine_is_judged_by_its_own_precisions_thresholds(tmp_path, export
     assert by_precision["fp8"].gate["thresholds"]["top1"] == 0.0
     assert by_precision["fp8"].gate["metrics"]["top1"] < 0.5
     assert by_precision["fp16"].status == "built" and by_precision["fp16"].gate["thresholds"]["top1"] == 0.95
+
+
+def test_a_label_bound_judges_the_onnx_graphs_not_the_engines(tmp_path, export_dir):
+    """`thresholds.label_ndcg10_drop` needs the pairs' labels, which judged the ONNX graph at export: an engine is
+    judged by its agreement with the FP32 graph, so the bound is off there (not an "undefined metric" failure)."""
+    from nimbuild.recipe import load_recipe
+
+    bounded = "{top1: 0.95, spearman: 0.95, ndcg10: 0.98, label_ndcg10_drop: 0.01, fp16: {label_ndcg10_drop: 0.005}}"
+    recipe = load_recipe(write_recipe(tmp_path / "recipe", precisions=("fp32", "fp16"), thresholds=bounded))
+    plan = plan_engines(recipe, skus.lookup("h100-sxm"), export_dir)
+    result = build_engines(recipe, plan, quiet(), seam=FakeSeam(), gpu_probe=probe(H100))
+    fp16 = next(r for r in result.results if r.precision == "fp16")
+    assert fp16.status == "built", fp16.reason
+    assert fp16.gate["thresholds"]["label_ndcg10_drop"] is None and fp16.gate["thresholds"]["top1"] == 0.95
+    assert "label_ndcg10" not in fp16.gate["metrics"]

@@ -174,7 +174,8 @@ def build_engines(
     reference_digest = graph_digest(reference)
 
     def checking_for(precision: str) -> _CheckInputs:  # its ONNX graph's bars: the recipe may judge fp8 by its own
-        thresholds = recipe.thresholds.for_precision(precision)
+        # agreement with the FP32 graph only: a label bound judged the ONNX graph at export, where the labels are
+        thresholds = recipe.thresholds.for_precision(precision).agreement_only()
         return _CheckInputs(reference, feeds, thresholds, check_key(reference_digest, pairs_sha, thresholds.to_dict()))
 
     plan.timing_cache.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,12 +205,15 @@ def build_precisions(
     config_dir: Path | None = None,
     cpu_classes: list[str] | None = None,
     build_cpu: cpu_isa.HostCpu | None = None,
+    labels: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, dict]:
     """Build, gate and keep (or refuse) each requested precision graph; the export_report.json entries.
 
     ``calibration``/``evaluation``: per query, the encoded feeds for its passages (int64,
     named as the graph inputs); ``reference``: the PyTorch FP32 scores per evaluation query.
     ``thresholds``: {precision: its bars} (the recipe's ``thresholds.by_precision``; ``nimbuild.thresholds.uniform``).
+    ``labels`` (optional): per evaluation query, the pairs' relevance labels; each gate then
+    also reports label NDCG@10 / MRR@10 and the loss against the reference.
     ``fp32`` in ``precisions`` is ignored (the export writes it). Entries are keyed by the
     recipe's name (``fp16``, ``fp8``); int8 makes one graph per CPU class of ``cpu_classes``
     (None: every class nimbuild knows), keyed ``int8-<class>`` in ``onnx/cpu-int8-<class>/``,
@@ -245,6 +248,8 @@ def build_precisions(
         )
     if len(reference) != len(evaluation):
         raise ValueError(f"{len(reference)} reference score arrays for {len(evaluation)} evaluation queries")
+    if labels is not None and len(labels) != len(evaluation):
+        raise ValueError(f"{len(labels)} label lists for {len(evaluation)} evaluation queries")
     for feeds in calibration[:1] + evaluation[:1]:
         missing = [n for n in input_names if n not in feeds]
         if missing:
@@ -300,7 +305,7 @@ def build_precisions(
                             f"ONNX Runtime (CPU) cannot run the {name} graph, so it cannot be gated: "
                             f"{str(exc).splitlines()[0][:300]}"
                         ) from exc
-                    gate = run_gate(session, evaluation, reference, thresholds[precision])
+                    gate = run_gate(session, evaluation, reference, thresholds[precision], labels=labels)
                     entry["gate"] = gate.to_dict()
                     if not gate.passed:
                         raise _Rejected(gate)
