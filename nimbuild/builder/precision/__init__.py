@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ def build_fp8(fp32_path, out_path, calibration) -> dict:
 
 
 def build_cpu_int8(fp32_path, out_path, architecture, **options) -> dict:
+    """See int8.build_cpu_int8 (``scheme=Int8Scheme(...)``: the quantization, explicit)."""
     from nimbuild.builder.precision.int8 import build_cpu_int8 as build
 
     return build(fp32_path, out_path, architecture, **options)
@@ -102,7 +104,10 @@ def _tool(precision: str, info: dict | None = None) -> str:
             f"(onnxruntime {v['onnxruntime']}, onnx {v['onnx']})"
         )
     mode = (info or {}).get("mode", "dynamic")
-    return f"onnxruntime.transformers.optimizer + onnxruntime.quantization.quantize_{mode} (onnxruntime {v['onnxruntime']})"
+    return (
+        f"onnxruntime.transformers.optimizer + nimbuild SmoothQuant + onnxruntime.quantization.quantize_{mode} "
+        f"(onnxruntime {v['onnxruntime']})"
+    )
 
 
 def _build_one(
@@ -123,14 +128,23 @@ def _build_one(
             f"int8 is not available on this CPU ({cpu['machine']}): ONNX Runtime has no INT8 "
             "kernels for it; build cpu-int8 on an x86-64 (AVX2, ideally AVX-512 VNNI) or arm64 host"
         )
-    from nimbuild.builder.precision.int8 import attention_shape
+    from nimbuild.builder.precision.int8 import DEFAULT_SCHEME, attention_shape
 
+    # The one place the build host still decides the numerics: full 8-bit weights only where
+    # its CPU has VNNI (issue 12 makes this the profile's target CPU class instead).
+    scheme = replace(DEFAULT_SCHEME, mode=int8_mode, reduce_range=not cpu["vnni"])
     heads, hidden = attention_shape(config_dirs)
     info = build_cpu_int8(
-        fp32_path, out_path, architecture, calibration=calibration, mode=int8_mode, num_heads=heads, hidden_size=hidden
+        fp32_path, out_path, architecture, calibration=calibration, scheme=scheme, num_heads=heads, hidden_size=hidden
     )
-    if info.get("cpu_note"):
-        info["warn"] = info["cpu_note"]  # said out loud, not only in the report
+    if not cpu["vnni"]:
+        info["notes"].append(
+            f"this CPU ({cpu['machine']}, {', '.join(cpu['flags']) or 'no AVX-512/VNNI flags'}) lacks VNNI: "
+            "weights use 7-bit range (reduce_range)"
+        )
+    unfused = [n for n in info["notes"] if n.startswith("attention fused in")]
+    if unfused:
+        info["warn"] = unfused[0]  # a missed fusion costs speed: said out loud, not only in the report
     return info
 
 

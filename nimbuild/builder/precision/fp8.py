@@ -39,16 +39,20 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nimbuild.builder.precision.common import (
     EXTERNAL_DATA_BYTES,
+    layer_index,
     load_model,
+    matmul_class,
     node_output_is_graph_output,
     opset,
     save_model,
+    select_nodes,
     weight_bytes,
 )
 
@@ -57,6 +61,31 @@ QUANTIZED_OPS = ("MatMul", "Gemm")
 MIN_OPSET = 19  # QuantizeLinear/DequantizeLinear with float8 types
 # ops ModelOpt's FP8 MHA matcher looks through (match_fp8_mha_pattern's wild cards)
 _MHA_PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Cast")
+
+
+@dataclass(frozen=True)
+class Fp8Scheme:
+    """Where FP8 Q/DQ goes; the default is ModelOpt's placement (see the module docstring).
+
+    ``attention_bmms``: Q.K^T and P.V in FP8 where they form TensorRT's fused FP8 MHA
+    pattern (False: every attention BMM stays high precision). ``keep``: projections left
+    high precision, by node name, class or ``class:layer`` (common.select_nodes).
+    """
+
+    attention_bmms: bool = True
+    keep: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = ["attention BMMs " + ("FP8 where TensorRT fuses them" if self.attention_bmms else "high precision")]
+        if self.keep:
+            parts.append("high precision: " + ", ".join(self.keep))
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"attention_bmms": self.attention_bmms, "keep": list(self.keep)}
+
+
+DEFAULT_FP8_SCHEME = Fp8Scheme()
 
 
 class NothingToQuantize(ValueError):
@@ -150,7 +179,7 @@ def _scale(amax: float) -> float:
     return max(float(amax), 1e-12) / E4M3_MAX
 
 
-def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
+def insert_fp8_qdq(model, amax: dict[str, float], scheme: Fp8Scheme = DEFAULT_FP8_SCHEME) -> dict:
     """Rewrite ``model`` in place with FP8 Q/DQ on MatMul/Gemm inputs; returns counts for the report."""
     import ml_dtypes
     import onnx
@@ -159,11 +188,23 @@ def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     head = node_output_is_graph_output(model)
-    fused_bmms = fused_mha_bmms(model)
+    fused_bmms = fused_mha_bmms(model) if scheme.attention_bmms else set()
+    kept = select_nodes(
+        ((n.name, matmul_class(n.name), layer_index(n.name)) for n in graph.node if n.op_type in QUANTIZED_OPS),
+        scheme.keep,
+    )
     done: dict[str, str] = {}  # original tensor -> its dequantized name (one Q/DQ per tensor, shared)
     new_inits: list = []
     new_nodes: dict[int, list] = {}  # insert before node index
-    counts = {"activations": 0, "weights": 0, "nodes": 0, "skipped": [], "score_head": 0, "unfused_bmms": 0}
+    counts = {
+        "activations": 0,
+        "weights": 0,
+        "nodes": 0,
+        "skipped": [],
+        "score_head": 0,
+        "unfused_bmms": 0,
+        "kept": 0,
+    }
     zp_name = "nimbuild_fp8_zero_point"
     new_inits.append(helper.make_tensor(zp_name, TensorProto.FLOAT8E4M3FN, [], [0.0]))
 
@@ -172,6 +213,9 @@ def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
             continue
         if node.name in head:  # GEMV (N = labels): no tensor-core gain, all of the error
             counts["score_head"] += 1
+            continue
+        if node.name in kept:
+            counts["kept"] += 1
             continue
         # Gemm: only A and B (alpha, beta, transA/B and the bias C act outside the quantized product)
         operands = list(node.input[:2])
@@ -263,7 +307,10 @@ def _ensure_opset(model):
 
 
 def build_fp8(
-    fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: list[dict[str, np.ndarray]]
+    fp32_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    calibration: list[dict[str, np.ndarray]],
+    scheme: Fp8Scheme = DEFAULT_FP8_SCHEME,
 ) -> dict:
     """Write the FP8 Q/DQ graph of ``fp32_path`` to ``out_path``; returns facts for the report."""
     model = _ensure_opset(load_model(fp32_path))
@@ -271,7 +318,7 @@ def build_fp8(
         if not node.name:
             node.name = f"{node.op_type}_{i}"
     amax = calibrate_amax(model, calibration)
-    counts = insert_fp8_qdq(model, amax)
+    counts = insert_fp8_qdq(model, amax, scheme)
     if counts["nodes"] == 0:
         raise NothingToQuantize(
             "no MatMul/Gemm node could be quantized"
@@ -285,6 +332,13 @@ def build_fp8(
         f"{counts['unfused_bmms']} attention BMMs outside TensorRT's FP8 fused-MHA pattern "
         "(BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2)",
     ]
+    if counts["kept"]:
+        notes.append(f"{counts['kept']} projections kept high precision by the scheme: {', '.join(scheme.keep)}")
     if counts["skipped"]:
         notes.append(f"{len(counts['skipped'])} left unquantized: " + "; ".join(counts["skipped"][:3]))
-    return {"files": files, "notes": notes, "counts": {k: v for k, v in counts.items() if k != "skipped"}}
+    return {
+        "files": files,
+        "notes": notes,
+        "scheme": scheme.to_dict(),
+        "counts": {k: v for k, v in counts.items() if k != "skipped"},
+    }

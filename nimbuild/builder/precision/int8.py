@@ -1,16 +1,32 @@
-"""The CPU INT8 graph: ONNX Runtime's transformer fusions, then INT8 for CPUs with VNNI.
+"""The CPU INT8 graph: ONNX Runtime's transformer fusions, then INT8 that survives real BERT weights.
 
 1. ``onnxruntime.transformers.optimizer.optimize_model`` with the architecture's model type
-   fuses embeddings+LayerNorm, attention, bias+GELU and skip+LayerNorm into ORT's contrib ops
-   (attention fuses only when the head count and hidden size are known: from the model's
-   config.json beside the export, else the graph).
-2. ``quantize_dynamic`` (INT8 weights per tensor, activations quantized on the fly per
-   batch: MatMulInteger / DynamicQuantizeMatMul / QAttention, which use VNNI's 8-bit dot
-   products) is the default. ``quantize_static`` (QDQ, UINT8 activations from MinMax
-   calibration, INT8 weights) is the alternative. Measured on the MiniLM-L6-sized model
-   (benchmarks/bench_precision.py, RESULTS-precision.md): dynamic ranks better (higher top-1
-   against the FP32 reference) at similar or better speed, so it is the default.
-   ``reduce_range`` (7-bit weights) only where the CPU lacks VNNI, as ORT's docs advise.
+   fuses embeddings+LayerNorm, attention, bias+GELU and skip+LayerNorm into ORT's contrib ops.
+   Attention fuses only when the head count and hidden size are known: ORT cannot read them
+   from our exports (their Reshape is ``[batch, seq, -1, head_size]``) and then skips the
+   fusion with a warning, so they come from the model's config.json, else from the graph
+   itself (:func:`attention_shape_of_graph`), and the report counts the fused layers.
+2. The quantization scheme (:class:`Int8Scheme`) is explicit: nothing in it is read from the
+   build host (the caller chooses ``reduce_range`` for the CPU class the graph is made for).
+   Real BERT-class weights have outlier channels that random weights lack (a few hidden
+   dimensions of the LayerNorm outputs and of the FFN are 10-50x the others). Measured on
+   real weights (benchmarks/RESULTS-precision.md), the default scheme is:
+
+   * ``per_channel``: one weight scale per output column (MatMulInteger / QAttention take
+     per-column scales), so the outlier-producing columns do not flatten the others;
+   * ``smooth_alpha`` (SmoothQuant, Xiao et al. 2023): per input channel j of a quantized
+     MatMul, ``s_j = max|X_j|^a / max|W_j|^(1-a)`` from calibration; the activation is divided
+     by s (an explicit Mul: in a post-LayerNorm BERT the LayerNorm output is also the
+     residual, so it cannot be folded into gamma) and W's row j multiplied by it. The
+     per-tensor activation scale then no longer serves a few outlier channels only;
+   * ``keep_fp32``: MatMuls that stay FP32 (by measured sensitivity);
+   * embeddings are not quantized (``EmbedLayerNormalization``/``Gather`` stay FP32: a
+     per-tensor UINT8 embedding table is the cheapest accuracy to lose and buys no speed).
+
+   ``quantize_dynamic`` (activations quantized per batch on the fly: DynamicQuantizeMatMul,
+   QAttention) is the default mode; ``quantize_static`` (QDQ, MinMax) is the alternative.
+   ``reduce_range`` (7-bit weights): the u8s8 kernels of AVX2 (``vpmaddubsw``) saturate int16
+   with full 8-bit weights; with 7-bit weights they cannot, on any x86-64 CPU.
 """
 
 from __future__ import annotations
@@ -18,16 +34,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from nimbuild.builder.precision.common import (
     EXTERNAL_DATA_BYTES,
-    cpu_int8_support,
+    cpu_session,
+    feeds_for,
+    layer_index,
+    library_chatter,
     load_model,
-    quiet_ort_quantization,
+    matmul_class,
     save_model,
+    select_nodes,
     weight_bytes,
 )
 
@@ -44,6 +65,55 @@ _MODEL_TYPES = {
 }
 MODES = ("dynamic", "static")
 DEFAULT_MODE = "dynamic"
+# ops whose weights INT8 quantizes: the projections (MatMul) and ORT's fused Attention (its QKV projection)
+QUANTIZED_OPS = ("MatMul", "Attention")
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How the fused FP32 graph becomes INT8; every choice explicit (none read from the build host).
+
+    ``reduce_range``: 7-bit weights (exact on every x86-64 CPU: AVX2's u8s8 pair sums cannot
+    saturate int16); False = full 8-bit weights, for CPUs with VNNI (or arm64 dot products) only.
+    ``keep_fp32``: names of fused-graph MatMul/Attention nodes left in FP32, or layer classes
+    (see :func:`matmul_classes`): ``"ffn_down"``, ``"ffn_up"``, ``"attention_out"``,
+    ``"attention_qkv"``, ``"pooler"``, optionally with a layer index: ``"ffn_down:5"``.
+    """
+
+    mode: str = DEFAULT_MODE
+    reduce_range: bool = True
+    per_channel: bool = True
+    smooth_alpha: float | None = 0.5
+    keep_fp32: tuple[str, ...] = ()
+    quantize_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"int8 mode {self.mode!r}: expected one of {MODES}")
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ValueError(f"smooth_alpha {self.smooth_alpha}: expected 0..1 or None")
+
+    def describe(self) -> str:
+        parts = [
+            f"{self.mode} INT8",
+            f"weights int8 per {'channel' if self.per_channel else 'tensor'}"
+            + (" (7-bit range)" if self.reduce_range else " (full 8-bit range)"),
+        ]
+        if self.smooth_alpha is not None:
+            parts.append(f"SmoothQuant alpha {self.smooth_alpha:g}")
+        if self.keep_fp32:
+            parts.append("FP32: " + ", ".join(self.keep_fp32))
+        if not self.quantize_embeddings:
+            parts.append("embeddings FP32")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["keep_fp32"] = list(self.keep_fp32)
+        return d
+
+
+DEFAULT_SCHEME = Int8Scheme()
 
 
 def ort_model_type(architecture: str) -> str | None:
@@ -53,7 +123,7 @@ def ort_model_type(architecture: str) -> str | None:
 
 
 def attention_shape(config_dirs: list[Path]) -> tuple[int, int]:
-    """(num_heads, hidden_size) from the first config.json found, (0, 0) (= let ORT guess) otherwise."""
+    """(num_heads, hidden_size) from the first config.json found, (0, 0) (= not known) otherwise."""
     for d in config_dirs:
         p = Path(d) / "config.json"
         if p.is_file():
@@ -67,6 +137,55 @@ def attention_shape(config_dirs: list[Path]) -> tuple[int, int]:
     return 0, 0
 
 
+def _constant(model, name: str, producers: dict, inits: dict):
+    from onnx import numpy_helper
+
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+        return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def attention_shape_of_graph(model) -> tuple[int, int]:
+    """(num_heads, hidden_size) read from an exported graph's attention Reshapes; (0, 0) if none found.
+
+    The projections' outputs are reshaped to ``[batch, seq, heads or -1, head_size]`` by a
+    Reshape whose shape is a Concat ending in two constants; the Add before it holds the
+    bias of width hidden_size. ORT's own detection stops at the ``-1``.
+    """
+    from collections import Counter
+
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    seen: Counter = Counter()
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        concat, source = producers.get(node.input[1]), producers.get(node.input[0])
+        if concat is None or concat.op_type != "Concat" or len(concat.input) != 4 or source is None:
+            continue
+        values = [_constant(model, t, producers, inits) for t in concat.input[2:]]
+        if any(v is None or v.size != 1 for v in values):
+            continue
+        heads, head_size = (int(v.reshape(-1)[0]) for v in values)
+        if head_size <= 0:
+            continue
+        if source.op_type != "Add":
+            continue
+        bias = next((inits[t] for t in source.input if t in inits and len(inits[t].dims) == 1), None)
+        if bias is None:
+            continue
+        hidden = int(bias.dims[0])
+        n_heads = heads if heads > 0 else hidden // head_size
+        if n_heads * head_size == hidden:
+            seen[(n_heads, hidden)] += 1
+    return seen.most_common(1)[0][0] if seen else (0, 0)
+
+
+# ----------------------------------------------------------------------------- fusion
+
 # Fusion levels tried in turn: ORT's fusions match subgraph patterns, and a pattern that
 # matches an export it was not written for can drop the attention mask (seen with
 # transformers 5's mask: fused Attention with a dummy mask index). Each level is checked
@@ -79,22 +198,23 @@ FUSION_TOLERANCE = 1e-3  # max |delta logit| relative to the logits' range
 
 
 def _max_abs_diff(a_path, b_model, feeds) -> tuple[float, float]:
-    from nimbuild.builder.precision.common import cpu_session
-
     with tempfile.TemporaryDirectory(prefix="nimbuild-fuse-") as tmp:
         save_model(b_model, Path(tmp) / "fused.onnx")
         return _compare(cpu_session(a_path), cpu_session(Path(tmp) / "fused.onnx"), feeds)
 
 
 def _compare(a, b, feeds) -> tuple[float, float]:
-    from nimbuild.builder.precision.common import feeds_for
-
     diff, scale = 0.0, 0.0
     for fa, fb in zip(feeds_for(a, feeds), feeds_for(b, feeds)):
         ya, yb = a.run(None, fa)[0], b.run(None, fb)[0]
         diff = max(diff, float(np.max(np.abs(ya - yb))))
         scale = max(scale, float(np.max(np.abs(ya))))
     return diff, scale
+
+
+def _attention_layers(model) -> int:
+    """Attention layers of an unfused graph: one Softmax each."""
+    return sum(1 for n in model.graph.node if n.op_type == "Softmax")
 
 
 def fuse(
@@ -106,49 +226,61 @@ def fuse(
 ):
     """The FP32 graph with ORT's transformer fusions (a ModelProto), the fused-op counts, and notes.
 
+    ``num_heads``/``hidden_size`` 0: read from the graph (:func:`attention_shape_of_graph`).
     With ``check_feeds``, a fusion level that changes the FP32 scores is refused (see _FUSION_LEVELS).
+    The notes say how many attention layers fused, and what ORT's optimizer logged.
     """
-    import logging
-
     import onnx
 
     model_type = ort_model_type(architecture)
+    original = load_model(fp32_path)
     if model_type is None:
-        return load_model(fp32_path), {}, [f"no ONNX Runtime transformer fusions known for {architecture}"]
+        return original, {}, [f"no ONNX Runtime transformer fusions known for {architecture}"]
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    # the fusion logger is chatty about what it did not find; the counts below say what it did
-    for name in ("onnxruntime.transformers", "fusion", "onnx_model", "onnx_model_bert"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     notes: list[str] = []
+    if not (num_heads > 0 and hidden_size > 0):
+        num_heads, hidden_size = attention_shape_of_graph(original)
+        if num_heads:
+            notes.append(f"attention shape read from the graph: {num_heads} heads, hidden size {hidden_size}")
+    layers = _attention_layers(original)
+    del original
     for level, switches in _FUSION_LEVELS:
         options = FusionOptions(model_type)
         for key, value in switches.items():
             setattr(options, key, value)
-        optimized = optimize_model(
-            os.fspath(fp32_path),
-            model_type=model_type,
-            num_heads=num_heads,
-            hidden_size=hidden_size,
-            optimization_options=options,
-            opt_level=0,
-        )
+        with library_chatter() as chatter:
+            optimized = optimize_model(
+                os.fspath(fp32_path),
+                model_type=model_type,
+                num_heads=num_heads,
+                hidden_size=hidden_size,
+                optimization_options=options,
+                opt_level=0,
+            )
         model = optimized.model
         domains = {n.domain for n in model.graph.node if n.domain not in ("", "ai.onnx")}
         have = {op.domain for op in model.opset_import}
         for domain in sorted(domains - have):  # the fused contrib ops need their opset declared
             model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
         stats = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
-        if not check_feeds:
-            return model, stats, notes
-        diff, scale = _max_abs_diff(fp32_path, model, check_feeds)
-        if diff <= FUSION_TOLERANCE * max(scale, 1.0):
-            return model, stats, notes
-        notes.append(
-            f"fusion level '{level}' refused: it changed the FP32 logits by up to {diff:.3g} "
-            "(ORT's pattern did not fit this export)"
-        )
+        level_notes = [f"onnxruntime optimizer: {m}" for m in chatter.messages()]
+        fused_attention = stats.get("Attention", 0) + stats.get("MultiHeadAttention", 0)
+        if switches.get("enable_attention", True) and layers and fused_attention < layers:
+            level_notes.append(
+                f"attention fused in {fused_attention} of {layers} layers"
+                + ("" if num_heads else " (head count and hidden size unknown: no config.json, not in the graph)")
+            )
+        if check_feeds:
+            diff, scale = _max_abs_diff(fp32_path, model, check_feeds)
+            if diff > FUSION_TOLERANCE * max(scale, 1.0):
+                notes.append(
+                    f"fusion level '{level}' refused: it changed the FP32 logits by up to {diff:.3g} "
+                    "(ORT's pattern did not fit this export)"
+                )
+                continue
+        return model, stats, notes + level_notes
     return load_model(fp32_path), {}, notes + ["no fusions kept"]
 
 
@@ -160,38 +292,178 @@ def _padded(calibration, limit: int = 8):
     return ranked[:limit]
 
 
+# ----------------------------------------------------------------------------- what gets quantized
+
+
+@dataclass
+class QuantizedMatMul:
+    """One weighted MatMul (or fused Attention) of the fused graph, with the class it belongs to."""
+
+    node: str
+    op_type: str
+    activation: str
+    weight: str
+    cls: str  # attention_qkv, attention_out, ffn_up, ffn_down, pooler, other
+    layer: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def matmul_classes(model) -> list[QuantizedMatMul]:
+    """The fused graph's weighted MatMul/Attention nodes (not the score head), with their class.
+
+    Classes (common.matmul_class) come from the node names, which keep PyTorch's module paths;
+    a fused Attention (named ``Attention_<n>``, one per layer in graph order) is ``attention_qkv``.
+    """
+    inits = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    found = []
+    attention_layers = 0
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZED_OPS or len(node.input) < 2:
+            continue
+        if node.input[1] not in inits or set(node.output) & outputs:
+            continue
+        if node.op_type == "Attention":
+            cls, layer = "attention_qkv", attention_layers
+            attention_layers += 1
+        else:
+            cls, layer = matmul_class(node.name + " " + node.input[1]), layer_index(node.name)
+        found.append(QuantizedMatMul(node.name, node.op_type, node.input[0], node.input[1], cls, layer))
+    return found
+
+
+def _selected(items: list[QuantizedMatMul], patterns: tuple[str, ...]) -> set[str]:
+    return select_nodes(((i.node, i.cls, i.layer) for i in items), patterns)
+
+
+# ----------------------------------------------------------------------------- calibration statistics
+
+
+def channel_amax(model, calibration: list[dict[str, np.ndarray]], tensors: list[str]) -> dict[str, np.ndarray]:
+    """Per last-axis channel, max |x| of each of ``tensors`` over the calibration feeds (FP32 run)."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for name in tensors:
+        if name not in existing:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    amax: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryDirectory(prefix="nimbuild-int8-stats-") as tmp:
+        path = Path(tmp) / "probe.onnx"
+        save_model(probe, path)
+        del probe
+        sess = cpu_session(path)
+        names = [o.name for o in sess.get_outputs()]
+        wanted = [i for i, n in enumerate(names) if n in set(tensors)]
+        for feeds in feeds_for(sess, calibration):
+            values = sess.run([names[i] for i in wanted], feeds)
+            for i, value in zip(wanted, values):
+                v = np.abs(np.asarray(value, dtype=np.float32))
+                m = v.reshape(-1, v.shape[-1]).max(axis=0)
+                amax[names[i]] = m if names[i] not in amax else np.maximum(amax[names[i]], m)
+        del sess
+    return amax
+
+
+def smooth(model, calibration, items: list[QuantizedMatMul], alpha: float) -> dict:
+    """SmoothQuant in place: X/s before each quantized MatMul, s into the weight's rows (see module doc).
+
+    MatMuls that read the same activation share one Mul and one s (the max of their weight
+    rows). Returns facts for the report: how many activations were smoothed and the largest
+    outlier ratio (max channel amax / median channel amax) before and after.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    by_activation: dict[str, list[QuantizedMatMul]] = {}
+    for item in items:  # a weight behind a Transpose is left alone
+        if item.weight in inits:
+            by_activation.setdefault(item.activation, []).append(item)
+    if not by_activation:
+        return {"smoothed": 0}
+    amax = channel_amax(model, calibration, list(by_activation))
+    nodes = {n.name: n for n in model.graph.node}
+    positions = {n.name: i for i, n in enumerate(model.graph.node)}
+    inserts: list[tuple[int, object]] = []
+    before, after = [], []
+    for activation, group in by_activation.items():
+        a = amax.get(activation)
+        if a is None or a.ndim != 1:
+            continue
+        weights = [numpy_helper.to_array(inits[item.weight]).astype(np.float32) for item in group]
+        if any(w.ndim != 2 or w.shape[0] != a.shape[0] for w in weights):
+            continue
+        w_row = np.max(np.stack([np.abs(w).max(axis=1) for w in weights]), axis=0)
+        a_safe, w_safe = np.maximum(a, 1e-5), np.maximum(w_row, 1e-5)
+        s = np.clip(a_safe**alpha / w_safe ** (1.0 - alpha), 1e-4, 1e4).astype(np.float32)
+        before.append(float(a_safe.max() / np.median(a_safe)))
+        after.append(float((a_safe / s).max() / np.median(a_safe / s)))
+        for item, w in zip(group, weights):
+            inits[item.weight].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), item.weight))
+        inv_name, out_name = f"{activation}_smooth_inv", f"{activation}_smoothed"
+        model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv_name))
+        mul = helper.make_node("Mul", [activation, inv_name], [out_name], name=f"{activation}_SmoothQuant")
+        first = min(positions[item.node] for item in group)
+        inserts.append((first, mul))
+        for item in group:
+            node = nodes[item.node]
+            node.input[0] = out_name
+            item.activation = out_name
+    # each Mul right before its first consumer keeps the node list topologically sorted
+    ordered = list(model.graph.node)
+    for index, mul in sorted(inserts, key=lambda p: -p[0]):
+        ordered.insert(index, mul)
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+    return {
+        "smoothed": len(inserts),
+        "outlier_ratio_before": round(max(before), 1) if before else None,
+        "outlier_ratio_after": round(max(after), 1) if after else None,
+    }
+
+
+# ----------------------------------------------------------------------------- the graph
+
+
 def build_cpu_int8(
     fp32_path: str | os.PathLike,
     out_path: str | os.PathLike,
     architecture: str,
     *,
     calibration: list[dict[str, np.ndarray]] | None = None,
-    mode: str = DEFAULT_MODE,
+    scheme: Int8Scheme = DEFAULT_SCHEME,
     num_heads: int = 0,
     hidden_size: int = 0,
 ) -> dict:
-    """Write the fused INT8 CPU graph of ``fp32_path`` to ``out_path``; returns facts for the report."""
+    """Write the fused INT8 CPU graph of ``fp32_path`` to ``out_path``; returns facts for the report.
+
+    ``scheme`` says how (explicitly: the caller picks ``reduce_range`` for the target CPU
+    class). SmoothQuant and static mode need ``calibration`` (per-query feeds).
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    if mode not in MODES:
-        raise ValueError(f"int8 mode {mode!r}: expected one of {MODES}")
-    cpu = cpu_int8_support()
-    notes = []
-    cpu_note = None
-    if not cpu["vnni"]:
-        cpu_note = (
-            f"this CPU ({cpu['machine']}, {', '.join(cpu['flags']) or 'no AVX-512/VNNI flags'}) lacks VNNI: "
-            "weights use 7-bit range (reduce_range) and INT8 may be little faster than FP32 here"
-        )
-        notes.append(cpu_note)
-    fused, stats, fuse_notes = fuse(fp32_path, architecture, num_heads, hidden_size, check_feeds=_padded(calibration))
-    notes += fuse_notes
+    if (scheme.smooth_alpha is not None or scheme.mode == "static") and not calibration:
+        raise ValueError(f"{scheme.describe()}: needs calibration pairs")
+    if not (num_heads > 0 and hidden_size > 0):
+        num_heads, hidden_size = attention_shape([Path(fp32_path).parent, Path(fp32_path).parent.parent / "tokenizer"])
+    fused, stats, notes = fuse(fp32_path, architecture, num_heads, hidden_size, check_feeds=_padded(calibration))
     if stats:
         notes.append("fused: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
     else:
         notes.append(f"no ONNX Runtime transformer fusions kept for {architecture}: quantized unfused")
-    notes = [n for i, n in enumerate(notes) if n not in notes[:i]]
+    for i, node in enumerate(fused.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    items = matmul_classes(fused)
+    kept = _selected(items, scheme.keep_fp32)
+    quantized = [i for i in items if i.node not in kept]
+    facts: dict = {"quantized_matmuls": len(quantized), "fp32_matmuls": sorted(kept)}
+    if scheme.smooth_alpha is not None and quantized:
+        facts["smoothquant"] = smooth(fused, calibration, quantized, scheme.smooth_alpha)
+    op_types = list(QUANTIZED_OPS) + (["Gather", "EmbedLayerNormalization"] if scheme.quantize_embeddings else [])
     with tempfile.TemporaryDirectory(prefix="nimbuild-int8-") as tmp:
         fused_path = Path(tmp) / "fused.onnx"
         if stats:  # plain ONNX shape inference does not know ORT's contrib ops; the quantizer needs the types
@@ -204,24 +476,24 @@ def build_cpu_int8(
         save_model(fused, fused_path)
         q_path = Path(tmp) / "int8.onnx"
         large = weight_bytes(fused) > EXTERNAL_DATA_BYTES
-        if mode == "dynamic":
-            with quiet_ort_quantization():
+        extra = {"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT}
+        with library_chatter() as chatter:
+            if scheme.mode == "dynamic":
                 quantize_dynamic(
                     fused_path,
                     q_path,
+                    op_types_to_quantize=op_types,
                     weight_type=QuantType.QInt8,
-                    per_channel=False,
+                    per_channel=scheme.per_channel,
                     use_external_data_format=large,
-                    reduce_range=not cpu["vnni"],
-                    extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+                    reduce_range=scheme.reduce_range,
+                    nodes_to_exclude=sorted(kept),
+                    extra_options=extra,
                 )
-        else:
-            if not calibration:
-                raise ValueError("static INT8 needs calibration pairs")
-            from nimbuild.builder.precision.fp8 import _Reader
+            else:
+                from nimbuild.builder.precision.fp8 import _Reader
 
-            names = [i.name for i in fused.graph.input]
-            with quiet_ort_quantization():
+                names = [i.name for i in fused.graph.input]
                 quantize_static(
                     fused_path,
                     q_path,
@@ -229,15 +501,31 @@ def build_cpu_int8(
                     quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
-                    per_channel=False,
-                    reduce_range=not cpu["vnni"],
+                    per_channel=scheme.per_channel,
+                    reduce_range=scheme.reduce_range,
                     calibrate_method=CalibrationMethod.MinMax,
                     use_external_data_format=large,
-                    # MatMul/Gemm only: quantizing every op also quantizes the attention mask's
+                    # MatMul only: quantizing every op also quantizes the attention mask's
                     # float32.min fill, whose range then wipes out the scores (measured: top-1 0)
                     op_types_to_quantize=["MatMul", "Gemm"],
-                    extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+                    nodes_to_exclude=sorted(kept),
+                    extra_options=extra,
                 )
+        notes += [f"onnxruntime quantizer: {m}" for m in chatter.messages()]
         files = save_model(load_model(q_path), out_path)
-    notes.insert(0, f"{mode} INT8 (weights int8 per tensor{', 7-bit' if not cpu['vnni'] else ''}) on the fused graph")
-    return {"files": files, "notes": notes, "mode": mode, "fusions": stats, "cpu": cpu, "cpu_note": cpu_note}
+    notes.insert(0, scheme.describe() + " on the fused graph")
+    if facts.get("smoothquant", {}).get("smoothed"):
+        sq = facts["smoothquant"]
+        notes.append(
+            f"SmoothQuant on {sq['smoothed']} activations: worst channel outlier ratio (max/median amax) "
+            f"{sq['outlier_ratio_before']} -> {sq['outlier_ratio_after']}"
+        )
+    notes = [n for i, n in enumerate(notes) if n not in notes[:i]]
+    return {
+        "files": files,
+        "notes": notes,
+        "mode": scheme.mode,
+        "scheme": scheme.to_dict(),
+        "fusions": stats,
+        **facts,
+    }
