@@ -500,7 +500,11 @@ def check_gpus() -> dict:
         sku = gpu.sku
         checks: dict[str, dict] = {}
         if sku is None:
-            checks["catalog"] = {"passed": False, "got": f"{gpu.name} [{gpu.pci_device_id}]", "expected": "a skus.yaml entry"}
+            checks["catalog"] = {
+                "passed": False,
+                "got": f"{gpu.name} [{gpu.pci_device_id}]",
+                "expected": "a skus.yaml entry",
+            }
         else:
             memory_gib = gpu.memory_total_mib / 1024
             checks = {
@@ -647,7 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queries", type=int, default=48)
     r = sub.add_parser("run", help="(GPU machine) NVML vs skus.yaml, and the fp8 graph as real FP8 GEMMs")
     r.add_argument("--bundle", type=Path, required=True)
-    r.add_argument("--cpu", action="store_true", help="run on the CPU (checks the code; no FP8 hardware, no NVML verdict)")
+    r.add_argument(
+        "--cpu", action="store_true", help="run on the CPU (checks the code; no FP8 hardware, no NVML verdict)"
+    )
     r.add_argument("--max-queries", type=int, default=None)
     r.add_argument("--json", type=Path, default=None, help="write the full result here")
     args = ap.parse_args(argv)

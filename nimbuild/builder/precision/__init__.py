@@ -37,7 +37,16 @@ DIRS = {"fp16": "fp16", "fp8": "fp8", "int8": "cpu-int8"}
 ALIASES = {"cpu-int8": "int8", "cpu_int8": "int8"}
 PRECISIONS = tuple(DIRS)
 
-__all__ = ["DIRS", "PRECISIONS", "build_precisions", "thresholds_for", "build_fp16", "build_fp8", "build_cpu_int8"]
+__all__ = [
+    "DIRS",
+    "PRECISIONS",
+    "build_precisions",
+    "thresholds_for",
+    "build_fp16",
+    "build_fp8",
+    "build_cpu_int8",
+    "int8_scheme_for",
+]
 
 
 def build_fp16(fp32_path, out_path, calibration=None) -> dict:
@@ -57,6 +66,18 @@ def build_cpu_int8(fp32_path, out_path, architecture, **options) -> dict:
     from nimbuild.builder.precision.int8 import build_cpu_int8 as build
 
     return build(fp32_path, out_path, architecture, **options)
+
+
+def int8_scheme_for(cpu: dict | None = None):
+    """The shipped INT8 scheme for a CPU (``common.cpu_int8_support()``'s answer; default: this host's).
+
+    The one place where a CPU decides the numerics: full 8-bit weights only where it has VNNI
+    (issue 12 makes this the profile's target CPU class instead of the build host).
+    """
+    from nimbuild.builder.precision.int8 import DEFAULT_SCHEME
+
+    cpu = cpu if cpu is not None else cpu_int8_support()
+    return replace(DEFAULT_SCHEME, reduce_range=not cpu["vnni"])
 
 
 class _Rejected(Exception):
@@ -128,11 +149,9 @@ def _build_one(
             f"int8 is not available on this CPU ({cpu['machine']}): ONNX Runtime has no INT8 "
             "kernels for it; build cpu-int8 on an x86-64 (AVX2, ideally AVX-512 VNNI) or arm64 host"
         )
-    from nimbuild.builder.precision.int8 import DEFAULT_SCHEME, attention_shape
+    from nimbuild.builder.precision.int8 import attention_shape
 
-    # The one place the build host still decides the numerics: full 8-bit weights only where
-    # its CPU has VNNI (issue 12 makes this the profile's target CPU class instead).
-    scheme = replace(DEFAULT_SCHEME, mode=int8_mode, reduce_range=not cpu["vnni"])
+    scheme = replace(int8_scheme_for(cpu), mode=int8_mode)
     heads, hidden = attention_shape(config_dirs)
     info = build_cpu_int8(
         fp32_path, out_path, architecture, calibration=calibration, scheme=scheme, num_heads=heads, hidden_size=hidden
