@@ -49,22 +49,39 @@ from nimbuild.builder.precision.int8 import DEFAULT_SCHEME, Int8Scheme  # noqa: 
 SEQ, BATCH = 128, 32
 DEFAULT_GATE = {"top1": 0.95, "spearman": 0.95, "ndcg10": 0.98}  # recipe.Thresholds' defaults, no loosening
 
-# every INT8 variant measured (RESULTS-precision.md); "shipped" is what build_cpu_int8 uses by default
+# every INT8 variant measured (RESULTS-precision.md); "shipped" is what build_cpu_int8 uses by default.
+# Full 8-bit weights (reduce_range False: the avx512_vnni class) are judged twice: as this CPU's kernel runs
+# them and through exact.exact_twin (the VNNI class's integer arithmetic, emulated exactly here).
+_PER_BATCH = {"per_token": (), "keep_fp32": ()}  # every activation with one scale per batch, as ORT alone does
 INT8_VARIANTS: dict[str, Int8Scheme] = {
-    "per-tensor, embeddings int8 (before)": Int8Scheme(per_channel=False, smooth_alpha=None, quantize_embeddings=True),
-    "per-channel, embeddings int8": Int8Scheme(smooth_alpha=None, quantize_embeddings=True),
-    "per-channel": Int8Scheme(smooth_alpha=None),
-    "per-tensor + SmoothQuant 0.5": Int8Scheme(per_channel=False),
+    "per-tensor, embeddings int8 (main before)": Int8Scheme(
+        per_channel=False, smooth_alpha=None, quantize_embeddings=True, **_PER_BATCH
+    ),
+    "per-channel": Int8Scheme(smooth_alpha=None, **_PER_BATCH),
+    "per-channel + SmoothQuant 0.5": Int8Scheme(**_PER_BATCH),
+    "per-channel + SmoothQuant 0.7": Int8Scheme(smooth_alpha=0.7, **_PER_BATCH),
+    "per-channel + SQ 0.5, FFN-down FP32": Int8Scheme(keep_fp32=("ffn_down",), per_token=()),
     "shipped": DEFAULT_SCHEME,
-    "per-channel + SmoothQuant 0.3": Int8Scheme(smooth_alpha=0.3),
-    "per-channel + SmoothQuant 0.7": Int8Scheme(smooth_alpha=0.7),
-    "shipped, FFN-down FP32": Int8Scheme(keep_fp32=("ffn_down",)),
-    "shipped, static QDQ": Int8Scheme(mode="static"),
-    "shipped, full 8-bit weights (VNNI scheme)": Int8Scheme(reduce_range=False),
+    "shipped, SmoothQuant 0.7": Int8Scheme(smooth_alpha=0.7),
+    "shipped, no SmoothQuant": Int8Scheme(smooth_alpha=None),
+    "shipped, per-tensor weights": Int8Scheme(per_channel=False),
+    "shipped + per-token attention-out": Int8Scheme(per_token=("ffn_down", "attention_out")),
+    "per-token FFN-down + FFN-up + attention-out": Int8Scheme(per_token=("ffn_down", "ffn_up", "attention_out")),
+    "shipped, static QDQ (per-batch)": Int8Scheme(mode="static", per_token=()),
+    "vnni: shipped, full 8-bit weights": Int8Scheme(reduce_range=False),
+    "vnni: per-channel + SQ 0.5, full 8-bit weights": Int8Scheme(reduce_range=False, **_PER_BATCH),
 }
 FP8_VARIANTS: dict[str, Fp8Scheme] = {
-    "projections + fused-MHA BMMs (before)": Fp8Scheme(),
+    "projections + fused-MHA BMMs (ModelOpt placement)": Fp8Scheme(),
     "projections only": Fp8Scheme(attention_bmms=False),
+    "per-channel weights": Fp8Scheme(per_channel_weights=True),
+    "per-channel weights, projections only": Fp8Scheme(attention_bmms=False, per_channel_weights=True),
+    "per-channel weights, pooler high precision": Fp8Scheme(per_channel_weights=True, keep=("pooler",)),
+    "per-channel weights, FFN-down high precision": Fp8Scheme(per_channel_weights=True, keep=("ffn_down", "pooler")),
+    "per-channel weights + SmoothQuant 0.5": Fp8Scheme(per_channel_weights=True, smooth_alpha=0.5, keep=("pooler",)),
+    "per-channel weights, activations at the 99.99th percentile": Fp8Scheme(
+        per_channel_weights=True, activation_percentile=99.99, keep=("pooler",)
+    ),
 }
 CLASSES = ("attention_qkv", "attention_out", "ffn_up", "ffn_down")
 
@@ -151,8 +168,9 @@ def sensitivity(fp32, work, calibration, feeds, reference, labels, heads, hidden
 
     rows: dict[str, dict] = {}
     others = lambda keep: tuple(c for c in CLASSES if c not in keep) + ("pooler", "other")  # noqa: E731
+    per_batch = {**DEFAULT_SCHEME.to_dict(), "per_token": ()}  # each class's cost with one scale per batch
     for cls in CLASSES:
-        scheme = Int8Scheme(**{**DEFAULT_SCHEME.to_dict(), "keep_fp32": others((cls,))})
+        scheme = Int8Scheme(**{**per_batch, "keep_fp32": others((cls,))})
         b = build_int8(fp32, work / "sens", f"int8 only {cls}", scheme, calibration, heads, hidden)
         rows[f"int8 only {cls}"] = figures(reference, session_scores(cpu_session(b["path"]), feeds), labels)
         f = build_fp8(
@@ -168,7 +186,7 @@ def sensitivity(fp32, work, calibration, feeds, reference, labels, heads, hidden
             fp32,
             work / "sens",
             f"int8 only layer {layer}",
-            Int8Scheme(**{**DEFAULT_SCHEME.to_dict(), "keep_fp32": keep}),
+            Int8Scheme(**{**per_batch, "keep_fp32": keep}),
             calibration,
             heads,
             hidden,
@@ -251,9 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     int8_names = [n for n in INT8_VARIANTS if wanted is None and args.variants == "all" or n in (wanted or {"shipped"})]
     fp8_names = [n for n in FP8_VARIANTS if wanted is None and args.variants == "all" or n in (wanted or set())]
     graphs: dict[str, dict] = {"onnx fp32": {"path": fp32}}
+    twins: dict[str, dict] = {}  # full-range graphs as a VNNI CPU computes them (emulated exactly; not timed)
     for name in int8_names:
         graphs[f"int8 {name}"] = build_int8(fp32, work, name, INT8_VARIANTS[name], calibration, heads, hidden)
         print(f"built int8 {name} ({graphs[f'int8 {name}']['build_s']}s)", flush=True)
+        if not INT8_VARIANTS[name].reduce_range:
+            from nimbuild.builder.precision.exact import exact_twin
+
+            twin = graphs[f"int8 {name}"]["path"].with_name("exact-twin.onnx")
+            exact_twin(graphs[f"int8 {name}"]["path"], twin)
+            twins[f"int8 {name} [exact twin: VNNI-class emulation]"] = {"path": twin}
+            graphs[f"int8 {name} [this AVX2 CPU's kernel]"] = graphs.pop(f"int8 {name}")
 
     results: dict = {
         "machine_before": machine(),
@@ -268,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     sessions = {name: cpu_session(g["path"]) for name, g in graphs.items()}
     scores = {name: session_scores(s, feeds) for name, s in sessions.items()}
+    scores.update({name: session_scores(cpu_session(g["path"]), feeds) for name, g in twins.items()})
     ce = CrossEncoder(str(model_dir), max_length=SEQ, device="cpu")
     st = ce.predict(
         [(g["query"], p) for g in gate_groups for p in g["passages"]],

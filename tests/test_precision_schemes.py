@@ -140,8 +140,10 @@ def test_per_channel_weights_have_one_scale_per_output_column(example, tmp_path)
     inits = {t.name: t for t in model.graph.initializer}
     checked = 0
     for node in model.graph.node:
-        if node.op_type == "MatMulInteger":  # A, B, a_zero_point, b_zero_point (one per column of B)
+        if node.op_type == "MatMulInteger" and len(node.input) > 3:  # A, B, a_zero_point, b_zero_point per column
             weight, per_column = inits[node.input[1]], inits[node.input[3]]
+        elif node.op_type == "MatMulInteger":  # per-token: symmetric weights, the scales in the epilogue's Mul
+            weight, per_column = inits[node.input[1]], inits[node.name.rsplit("_", 1)[0] + "_weight_scale"]
         elif node.op_type == "QAttention":  # input, weight, bias, input_scale, weight_scale, ...
             weight, per_column = inits[node.input[1]], inits[node.input[4]]
         else:
@@ -197,4 +199,143 @@ def test_fp8_scheme_keeps_the_named_projections_and_the_bmms_out_of_fp8(example,
     bmms = [n for n in matmuls if "/attention/self/MatMul" in n.name]
     assert bmms and not any(reads_dq(n) for n in bmms)
     assert any(reads_dq(n) for n in matmuls if "intermediate" in n.name)
-    assert info["counts"]["kept"] == layers and info["scheme"] == {"attention_bmms": False, "keep": ["ffn_down"]}
+    assert info["counts"]["kept"] == layers
+    assert info["scheme"] == {**Fp8Scheme().to_dict(), "attention_bmms": False, "keep": ["ffn_down"]}
+
+
+# ----------------------------------------------------------------------------- per-token activations
+
+
+def _one_matmul(k: int, n: int, seed: int = 0):
+    """A graph Y = X @ W (X [batch, seq, k]), opset 18, and its weight."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).normal(size=(k, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="layer.0/output/dense/MatMul")],
+        "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), w
+
+
+def _run(model, x):
+    return cpu_session(model.SerializeToString()).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_per_token_matmul_computes_the_integer_arithmetic_it_describes(opset):
+    """Each row's own asymmetric uint8 grid, int8 weights per column, exact integer GEMM, float epilogue:
+    the graph equals that arithmetic done in numpy (to float rounding), whatever the opset's Reduce form."""
+    from nimbuild.builder.precision.per_token import quantize_per_token, weight_int8
+
+    model, w = _one_matmul(48, 24)
+    model.opset_import[0].version = opset
+    x = (np.random.default_rng(1).normal(size=(2, 5, 48)) * np.linspace(0.1, 3, 5)[None, :, None]).astype(np.float32)
+    x[0, 0] = np.abs(x[0, 0])  # an all-positive row: its grid starts at 0
+    x[1, 1] = 0.0  # an all-zero row gives exactly 0
+    assert quantize_per_token(model, ["layer.0/output/dense/MatMul"], reduce_range=True) == 1
+    assert [n.op_type for n in model.graph.node].count("MatMulInteger") == 1
+    got = _run(model, x)
+    wq, ws = weight_int8(w, reduce_range=True, per_channel=True)
+    assert int(np.abs(wq).max()) == 63
+    lo, hi = np.minimum(x.min(-1, keepdims=True), 0), np.maximum(x.max(-1, keepdims=True), 0)
+    scale = np.maximum(hi - lo, 1e-8) / 255
+    neg_zp = np.round(lo / scale)
+    q = np.clip(np.round(x / scale) - neg_zp, 0, 255)
+    want = scale * ws * (q @ wq.astype(np.float64) + neg_zp * wq.astype(np.float64).sum(0))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+    assert np.all(got[1, 1] == 0.0)
+    exact = x @ w
+    assert float(np.abs(got - exact).max()) < 0.05 * float(np.abs(exact).max())
+
+
+def test_one_outlier_token_does_not_coarsen_the_other_tokens():
+    """The point of per-token scales: a token 100x the others leaves their error as it was; one scale
+    per batch (ORT's DynamicQuantizeMatMul) loses them."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from nimbuild.builder.precision.per_token import quantize_per_token
+
+    model, w = _one_matmul(64, 32, seed=2)
+    x = np.random.default_rng(3).normal(size=(1, 8, 64)).astype(np.float32)
+    spiked = x.copy()
+    spiked[0, 0] *= 100.0
+    tokenwise = onnx.ModelProto()
+    tokenwise.CopyFrom(model)
+    quantize_per_token(tokenwise, ["layer.0/output/dense/MatMul"], reduce_range=True)
+    err = lambda y, xx: float(np.abs(y[0, 1:] - (xx @ w)[0, 1:]).max())  # noqa: E731
+    calm, spiky = err(_run(tokenwise, x), x), err(_run(tokenwise, spiked), spiked)
+    assert spiky == pytest.approx(calm, rel=1e-5)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
+        onnx.save(model, src)
+        with library_chatter():
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+        batch = onnx.load(dst)
+    assert err(_run(batch, spiked), spiked) > 10 * spiky
+
+
+def test_default_scheme_quantizes_ffn_down_per_token_and_the_twin_agrees_with_7_bit_weights(example, tmp_path):
+    """The shipped scheme: FFN-down per token (one MatMulInteger per layer, no per-batch quantizer on it),
+    the rest per batch; with 7-bit weights nothing saturates, so the exact twin (the
+    non-saturating kernel) gives the same logits: the graph computes the same on every x86-64 CPU."""
+    from nimbuild.builder.precision.exact import exact_twin
+
+    out = tmp_path / "shipped" / "model.onnx"
+    info = build_cpu_int8(example["fp32"], out, ARCH, calibration=example["feeds"], scheme=DEFAULT_SCHEME)
+    layers = example["config"]["num_hidden_layers"]
+    assert info["per_token_matmuls"] == layers
+    assert info["scheme"]["per_token"] == ["ffn_down"] and any("per-token" in n for n in info["notes"])
+    assert info["fp32_matmuls"] == []
+    model = onnx.load(out)
+    tokenwise = [
+        n for n in model.graph.node if n.op_type == "MatMulInteger" and n.name.startswith("nimbuild_per_token")
+    ]
+    assert len(tokenwise) == layers
+    assert not any("output/dense" in n.name and n.op_type == "DynamicQuantizeMatMul" for n in model.graph.node)
+    twin = tmp_path / "twin.onnx"
+    assert exact_twin(out, twin) > 0
+    for a, b in zip(_logits(out, example["feeds"]), _logits(twin, example["feeds"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="per_token"):
+        Int8Scheme(mode="static")
+
+
+def test_fp8_per_channel_weights_and_percentile_calibration(example, tmp_path):
+    """Per-channel FP8 weights: one scale per output column on the DequantizeLinear's axis (what TensorRT
+    takes for weights); activations stay per tensor, and a percentile amax is below the max one."""
+    from nimbuild.builder.precision.fp8 import Fp8Scheme, build_fp8
+
+    base = build_fp8(example["fp32"], tmp_path / "max" / "model.onnx", example["feeds"], Fp8Scheme())
+    info = build_fp8(
+        example["fp32"],
+        tmp_path / "pc" / "model.onnx",
+        example["feeds"],
+        Fp8Scheme(per_channel_weights=True, activation_percentile=99.0),
+    )
+    assert info["counts"]["weights"] == base["counts"]["weights"] > 0
+    model = onnx.load(tmp_path / "pc" / "model.onnx")
+    inits = {t.name: t for t in model.graph.initializer}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    for dq in weight_dq:
+        (axis,) = [a.i for a in dq.attribute if a.name == "axis"]
+        assert list(inits[dq.input[1]].dims) == [inits[dq.input[0]].dims[axis]]
+    act_scales = lambda m: {  # noqa: E731
+        n.input[1]: float(onnx.numpy_helper.to_array({t.name: t for t in m.graph.initializer}[n.input[1]]))
+        for n in m.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
+    pct, mx = act_scales(model), act_scales(onnx.load(tmp_path / "max" / "model.onnx"))
+    assert pct.keys() == mx.keys() and all(pct[k] <= mx[k] for k in pct) and any(pct[k] < mx[k] for k in pct)
+    assert all(len(inits[n.input[1]].dims) == 0 for n in model.graph.node if n.op_type == "QuantizeLinear")
+    sess = cpu_session(tmp_path / "pc" / "model.onnx", fp8_qdq=True)
+    names = [i.name for i in sess.get_inputs()]
+    ref = _logits(example["fp32"], example["feeds"])
+    got = [sess.run(None, {n: f[n] for n in names})[0].ravel() for f in example["feeds"]]
+    worst = max(float(np.abs(g - r).max()) for g, r in zip(got, ref, strict=True))
+    assert 0.0 < worst < 0.25 * max(float(np.abs(r).max()) for r in ref)  # simulated FP8: close, not equal

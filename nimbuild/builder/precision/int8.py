@@ -19,7 +19,14 @@
      by s (an explicit Mul: in a post-LayerNorm BERT the LayerNorm output is also the
      residual, so it cannot be folded into gamma) and W's row j multiplied by it. The
      per-tensor activation scale then no longer serves a few outlier channels only;
-   * ``keep_fp32``: MatMuls that stay FP32 (by measured sensitivity);
+   * ``per_token``: MatMul classes whose activations are quantized per token, asymmetric,
+     on the fly (:mod:`nimbuild.builder.precision.per_token`). The FFN-down input (the GELU
+     output) has *token* outliers that SmoothQuant's channel migration cannot remove and one
+     scale per batch cannot serve; per-token scales keep its INT8 speed where keeping it
+     FP32 would spend it;
+   * ``keep_fp32``: MatMuls that stay FP32 (by measured sensitivity); none by default
+     (per-token FFN-down passes without; the pooler and the score head are Gemms, which
+     ``quantize_dynamic`` here leaves FP32 anyway);
    * embeddings are not quantized (``EmbedLayerNormalization``/``Gather`` stay FP32: a
      per-tensor UINT8 embedding table is the cheapest accuracy to lose and buys no speed).
 
@@ -78,6 +85,10 @@ class Int8Scheme:
     ``keep_fp32``: names of fused-graph MatMul/Attention nodes left in FP32, or layer classes
     (see :func:`matmul_classes`): ``"ffn_down"``, ``"ffn_up"``, ``"attention_out"``,
     ``"attention_qkv"``, ``"pooler"``, optionally with a layer index: ``"ffn_down:5"``.
+    ``per_token``: the same kind of names, for MatMuls whose activations are quantized per
+    token (dynamic mode only; a fused Attention is not a MatMul and stays per batch).
+    ``smooth_alpha`` applies to the per-batch quantized MatMuls (per-token ones need no
+    channel migration: measured, RESULTS-precision.md).
     """
 
     mode: str = DEFAULT_MODE
@@ -85,6 +96,7 @@ class Int8Scheme:
     per_channel: bool = True
     smooth_alpha: float | None = 0.5
     keep_fp32: tuple[str, ...] = ()
+    per_token: tuple[str, ...] = ("ffn_down",)
     quantize_embeddings: bool = False
 
     def __post_init__(self) -> None:
@@ -92,6 +104,10 @@ class Int8Scheme:
             raise ValueError(f"int8 mode {self.mode!r}: expected one of {MODES}")
         if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
             raise ValueError(f"smooth_alpha {self.smooth_alpha}: expected 0..1 or None")
+        if self.per_token and self.mode != "dynamic":
+            raise ValueError(
+                f"per_token {list(self.per_token)}: per-token activations are dynamic INT8 only (static: per_token=())"
+            )
 
     def describe(self) -> str:
         parts = [
@@ -101,6 +117,8 @@ class Int8Scheme:
         ]
         if self.smooth_alpha is not None:
             parts.append(f"SmoothQuant alpha {self.smooth_alpha:g}")
+        if self.per_token:
+            parts.append("per-token activations: " + ", ".join(self.per_token))
         if self.keep_fp32:
             parts.append("FP32: " + ", ".join(self.keep_fp32))
         if not self.quantize_embeddings:
@@ -110,6 +128,7 @@ class Int8Scheme:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["keep_fp32"] = list(self.keep_fp32)
+        d["per_token"] = list(self.per_token)
         return d
 
 
@@ -459,10 +478,19 @@ def build_cpu_int8(
             node.name = f"{node.op_type}_{i}"
     items = matmul_classes(fused)
     kept = _selected(items, scheme.keep_fp32)
-    quantized = [i for i in items if i.node not in kept]
-    facts: dict = {"quantized_matmuls": len(quantized), "fp32_matmuls": sorted(kept)}
-    if scheme.smooth_alpha is not None and quantized:
-        facts["smoothquant"] = smooth(fused, calibration, quantized, scheme.smooth_alpha)
+    tokenwise = {i.node for i in items if i.op_type == "MatMul"} & (_selected(items, scheme.per_token) - kept)
+    per_batch = [i for i in items if i.node not in kept and i.node not in tokenwise]
+    facts: dict = {
+        "quantized_matmuls": len(items) - len(kept),
+        "per_token_matmuls": len(tokenwise),
+        "fp32_matmuls": sorted(kept),
+    }
+    if scheme.smooth_alpha is not None and per_batch:
+        facts["smoothquant"] = smooth(fused, calibration, per_batch, scheme.smooth_alpha)
+    if tokenwise:
+        from nimbuild.builder.precision.per_token import quantize_per_token
+
+        quantize_per_token(fused, tokenwise, reduce_range=scheme.reduce_range, per_channel=scheme.per_channel)
     op_types = list(QUANTIZED_OPS) + (["Gather", "EmbedLayerNormalization"] if scheme.quantize_embeddings else [])
     with tempfile.TemporaryDirectory(prefix="nimbuild-int8-") as tmp:
         fused_path = Path(tmp) / "fused.onnx"
@@ -487,7 +515,7 @@ def build_cpu_int8(
                     per_channel=scheme.per_channel,
                     use_external_data_format=large,
                     reduce_range=scheme.reduce_range,
-                    nodes_to_exclude=sorted(kept),
+                    nodes_to_exclude=sorted(kept | tokenwise),
                     extra_options=extra,
                 )
             else:
