@@ -13,7 +13,7 @@ In one run, on the CPU, sequence <= 128, batch 32 (one query's passages per call
   the rest FP32, and one layer at a time, for INT8 and FP8: which layers cost the ranking.
 
     .venv/bin/python benchmarks/bench_precision.py --model DIR --pairs GATE.jsonl --calibration CAL.jsonl \\
-        [--queries 16] [--repeats 3] [--variants all|NAME,...] [--sensitivity] [--work DIR]
+        [--queries 16] [--repeats 3] [--variants all|shipped|int8|fp8|NAME;NAME...] [--sensitivity] [--work DIR]
 
 ``--model`` is a Hugging Face cross-encoder folder (the real test bed, or benchmarks/minilm_standin.py's);
 without it, a MiniLM-L6-shaped *random* model and synthetic pairs (speed only: random weights lack the
@@ -24,6 +24,7 @@ Writes WORK/precision.json and prints the tables; the machine's CPU flags and ``
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -50,7 +51,7 @@ SEQ, BATCH = 128, 32
 DEFAULT_GATE = {"top1": 0.95, "spearman": 0.95, "ndcg10": 0.98}  # recipe.Thresholds' defaults, no loosening
 
 # every INT8 variant measured (RESULTS-precision.md); "shipped" is what build_cpu_int8 uses by default.
-# Full 8-bit weights (reduce_range False: the avx512_vnni class) are judged twice: as this CPU's kernel runs
+# Names starting "vnni:" get full 8-bit weights (reduce_range False: the avx512_vnni class), judged twice: as this CPU's kernel runs
 # them and through exact.exact_twin (the VNNI class's integer arithmetic, emulated exactly here).
 _PER_BATCH = {"per_token": (), "keep_fp32": ()}  # every activation with one scale per batch, as ORT alone does
 INT8_VARIANTS: dict[str, Int8Scheme] = {
@@ -68,8 +69,8 @@ INT8_VARIANTS: dict[str, Int8Scheme] = {
     "shipped + per-token attention-out": Int8Scheme(per_token=("ffn_down", "attention_out")),
     "per-token FFN-down + FFN-up + attention-out": Int8Scheme(per_token=("ffn_down", "ffn_up", "attention_out")),
     "shipped, static QDQ (per-batch)": Int8Scheme(mode="static", per_token=()),
-    "vnni: shipped, full 8-bit weights": Int8Scheme(reduce_range=False),
-    "vnni: per-channel + SQ 0.5, full 8-bit weights": Int8Scheme(reduce_range=False, **_PER_BATCH),
+    "vnni: shipped, full 8-bit weights": DEFAULT_SCHEME,
+    "vnni: per-channel + SQ 0.5, full 8-bit weights": Int8Scheme(**_PER_BATCH),
 }
 FP8_VARIANTS: dict[str, Fp8Scheme] = {
     "projections + fused-MHA BMMs (ModelOpt placement)": Fp8Scheme(),
@@ -142,6 +143,7 @@ def build_int8(fp32: Path, work: Path, name: str, scheme: Int8Scheme, calibratio
         path,
         "BertForSequenceClassification",
         calibration=calibration,
+        reduce_range=not name.startswith("vnni:"),  # 7-bit: the avx2 class; full range: avx512_vnni
         scheme=scheme,
         num_heads=heads,
         hidden_size=hidden,
@@ -205,6 +207,19 @@ def sensitivity(fp32, work, calibration, feeds, reference, labels, heads, hidden
     return rows
 
 
+def variant_names(spec: str) -> tuple[list[str], list[str]]:
+    """(INT8, FP8) variant names: ``all``, ``shipped``, ``int8``, ``fp8``, or names separated by ``;``."""
+    if spec in ("all", "int8", "fp8"):
+        return (list(INT8_VARIANTS) if spec != "fp8" else []), (list(FP8_VARIANTS) if spec != "int8" else [])
+    wanted = {"shipped"} if spec == "shipped" else {n.strip() for n in spec.split(";")}
+    unknown = wanted - set(INT8_VARIANTS) - set(FP8_VARIANTS)
+    if unknown:
+        raise SystemExit(
+            f"error: unknown variants {sorted(unknown)}; known: {list(INT8_VARIANTS) + list(FP8_VARIANTS)}"
+        )
+    return [n for n in INT8_VARIANTS if n in wanted], [n for n in FP8_VARIANTS if n in wanted]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="cross-encoder folder (default: a random MiniLM-L6 shape)")
@@ -213,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gate-queries", type=int, default=96, help="at most this many gate queries")
     ap.add_argument("--queries", type=int, default=16, help="queries timed per engine")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variants", default="all", help="INT8/FP8 variant names, comma-separated, or all / shipped")
+    ap.add_argument("--variants", default="all", help="all, shipped, int8, fp8, or variant names separated by ';'")
     ap.add_argument("--sensitivity", action="store_true", help="also one class / one layer at a time")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument(
@@ -240,8 +255,6 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = args.model
         gate_groups = load_groups(args.pairs)[: args.gate_queries]
         calib_groups = load_groups(args.calibration)
-    import hashlib
-
     key = hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:8]
     work = work / f"{_slug(model_dir.resolve().name)}-{key}"
     work.mkdir(parents=True, exist_ok=True)
@@ -259,21 +272,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {model_dir}: {len(gate_groups)} gate queries ({n_pairs} pairs), {len(calib_groups)} calibration")
 
     t = time.perf_counter()
-    ref_model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    with torch.inference_mode():
-        reference = [ref_model(**{k: torch.from_numpy(v) for k, v in f.items()}).logits.numpy()[:, -1] for f in feeds]
+    # the PyTorch reference, once per model, pairs and sequence length (minutes for 2000 pairs on 2 cores)
+    pairs_key = hashlib.sha256(json.dumps([gate_groups, SEQ]).encode()).hexdigest()[:12]
+    cached = work / f"reference-{pairs_key}.npz"
+    if cached.is_file():
+        with np.load(cached) as z:
+            reference = [z[f"q{i}"] for i in range(len(feeds))]
+    else:
+        ref_model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        with torch.inference_mode():
+            reference = [
+                ref_model(**{k: torch.from_numpy(v) for k, v in f.items()}).logits.numpy()[:, -1] for f in feeds
+            ]
+        np.savez(cached, **{f"q{i}": r for i, r in enumerate(reference)})
     print(f"reference: {time.perf_counter() - t:.1f}s")
 
     fp32 = export_fp32(model_dir, work / "export")
-    wanted = set(args.variants.split(",")) if args.variants not in ("all", "shipped") else None
-    int8_names = [n for n in INT8_VARIANTS if wanted is None and args.variants == "all" or n in (wanted or {"shipped"})]
-    fp8_names = [n for n in FP8_VARIANTS if wanted is None and args.variants == "all" or n in (wanted or set())]
+    int8_names, fp8_names = variant_names(args.variants)
     graphs: dict[str, dict] = {"onnx fp32": {"path": fp32}}
     twins: dict[str, dict] = {}  # full-range graphs as a VNNI CPU computes them (emulated exactly; not timed)
     for name in int8_names:
         graphs[f"int8 {name}"] = build_int8(fp32, work, name, INT8_VARIANTS[name], calibration, heads, hidden)
         print(f"built int8 {name} ({graphs[f'int8 {name}']['build_s']}s)", flush=True)
-        if not INT8_VARIANTS[name].reduce_range:
+        if name.startswith("vnni:"):
             from nimbuild.builder.precision.exact import exact_twin
 
             twin = graphs[f"int8 {name}"]["path"].with_name("exact-twin.onnx")
@@ -296,12 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     scores = {name: session_scores(s, feeds) for name, s in sessions.items()}
     scores.update({name: session_scores(cpu_session(g["path"]), feeds) for name, g in twins.items()})
     ce = CrossEncoder(str(model_dir), max_length=SEQ, device="cpu")
-    st = ce.predict(
-        [(g["query"], p) for g in gate_groups for p in g["passages"]],
-        batch_size=BATCH,
-        show_progress_bar=False,
-        activation_fn=torch.nn.Identity(),
-    )
+    st_cached = work / f"sentence-transformers-{pairs_key}.npy"
+    if st_cached.is_file():
+        st = np.load(st_cached)
+    else:
+        st = ce.predict(
+            [(g["query"], p) for g in gate_groups for p in g["passages"]],
+            batch_size=BATCH,
+            show_progress_bar=False,
+            activation_fn=torch.nn.Identity(),
+        )
+        np.save(st_cached, np.asarray(st))
     bounds = np.cumsum([0] + [len(g["passages"]) for g in gate_groups])
     scores = {"sentence-transformers": [np.asarray(st[a:b]).ravel() for a, b in zip(bounds, bounds[1:])], **scores}
     scores["pytorch fp32 (reference)"] = reference

@@ -15,7 +15,7 @@ Prints and writes a JSON with passages/s, the ratios, and per-request p50/p99 la
     .venv/bin/python benchmarks/bench_serve.py [--model DIR --pairs GATE.jsonl --calibration CAL.jsonl]
         [--requests 16] [--clients 8] [--json out.json]
 
-The cpu-int8 graph is built with nimbuild's shipped scheme for this CPU (``precision.int8_scheme_for``).
+The cpu-int8 graph is built with nimbuild's shipped scheme for this CPU (``precision.int8_reduce_range_for``).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def prepare(work: Path, precision: str, model: Path | None, calibration: Path | 
             if int8.is_file():
                 notes.append(f"cpu-int8 graph reused from {int8}")
             else:
-                from nimbuild.builder.precision import build_cpu_int8, int8_scheme_for
+                from nimbuild.builder.precision import build_cpu_int8, int8_reduce_range_for
                 from nimbuild.builder.precision.int8 import attention_shape
 
                 heads, hidden = attention_shape([hf])
@@ -92,7 +92,7 @@ def prepare(work: Path, precision: str, model: Path | None, calibration: Path | 
                     int8,
                     "BertForSequenceClassification",
                     calibration=calibration_feeds(hf, calibration),
-                    scheme=int8_scheme_for(),
+                    reduce_range=int8_reduce_range_for(),
                     num_heads=heads,
                     hidden_size=hidden,
                 )

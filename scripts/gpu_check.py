@@ -274,8 +274,16 @@ class Interpreter:
         return (x.to(torch.float32) / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
 
     def _scaled_mm(self, a8, sa, b8, sb):
-        """a8 [.., M, K] @ b8 [.., K, N] in FP8 with per-tensor scales, FP32 accumulation and output."""
+        """a8 [.., M, K] @ b8 [.., K, N] in FP8, FP32 accumulation and output.
+
+        ``sa`` per tensor; ``sb`` per tensor or one per output column N (per-channel FP8 weights):
+        then the GEMM runs with scale 1 for B and its FP32 output columns are multiplied by sb,
+        the same arithmetic (sa * sb[n] * the exact FP8 dot product) up to one FP32 rounding.
+        """
         torch = self.torch
+        per_column = sb.numel() > 1 if hasattr(sb, "numel") else False
+        column_scale = sb.reshape(-1).to(torch.float32) if per_column else None
+        sb = 1.0 if per_column else sb
         batch = torch.broadcast_shapes(a8.shape[:-2], b8.shape[:-2])
         a = a8.expand(*batch, *a8.shape[-2:]).reshape(-1, *a8.shape[-2:])
         b = b8.expand(*batch, *b8.shape[-2:]).reshape(-1, *b8.shape[-2:])
@@ -293,7 +301,8 @@ class Interpreter:
             )
             out[i] = r[:m, :n]
             self.scaled_mm_calls += 1
-        return out.reshape(*batch, m, n)
+        out = out.reshape(*batch, m, n)
+        return out * column_scale if column_scale is not None else out
 
     # -- run
     def run(self, feeds: dict[str, np.ndarray]):
@@ -321,8 +330,13 @@ class Interpreter:
             return [torch.tensor(np.asarray(t["tensor"], dtype=dtype).reshape(t["dims"]), device=self.device)]
         if op == "QuantizeLinear":
             return [self._fp8(x[0], x[1])]
-        if op == "DequantizeLinear":
-            return [x[0].to(torch.float32) * x[1]]
+        if op == "DequantizeLinear":  # per tensor, or per channel along ``axis`` (FP8 weights per output channel)
+            scale = x[1]
+            if scale.dim() == 1 and scale.numel() > 1:
+                shape = [1] * x[0].dim()
+                shape[a.get("axis", 1)] = -1
+                scale = scale.reshape(shape)
+            return [x[0].to(torch.float32) * scale]
         if op in ("MatMul", "Gemm"):
             left, right = node["inputs"][0], node["inputs"][1]
             if op == "Gemm":

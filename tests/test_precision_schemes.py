@@ -66,7 +66,7 @@ def test_every_attention_layer_fuses_without_a_config_and_nothing_reaches_the_te
     lone.parent.mkdir()
     shutil.copy(example["fp32"], lone)
     capfd.readouterr()
-    info = build_cpu_int8(lone, tmp_path / "int8" / "model.onnx", ARCH, calibration=example["feeds"])
+    info = build_cpu_int8(lone, tmp_path / "int8" / "model.onnx", ARCH, calibration=example["feeds"], reduce_range=True)
     captured = capfd.readouterr()
     layers = example["config"]["num_hidden_layers"]
     assert info["fusions"].get("Attention") == layers
@@ -122,9 +122,11 @@ def test_the_scheme_is_explicit_and_never_read_from_the_build_host(example, tmp_
     widths = {}
     for reduce_range in (True, False):
         out = tmp_path / f"rr{reduce_range}" / "model.onnx"
-        scheme = Int8Scheme(reduce_range=reduce_range, smooth_alpha=None)
-        info = build_cpu_int8(example["fp32"], out, ARCH, calibration=example["feeds"], scheme=scheme)
-        assert info["scheme"]["reduce_range"] is reduce_range
+        scheme = Int8Scheme(smooth_alpha=None)
+        info = build_cpu_int8(
+            example["fp32"], out, ARCH, calibration=example["feeds"], reduce_range=reduce_range, scheme=scheme
+        )
+        assert info["reduce_range"] is reduce_range
         model = onnx.load(out)
         ints = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
         widths[reduce_range] = max(int(np.abs(a.astype(np.int32)).max()) for a in ints if a.size > 16)
@@ -135,7 +137,7 @@ def test_the_scheme_is_explicit_and_never_read_from_the_build_host(example, tmp_
 
 def test_per_channel_weights_have_one_scale_per_output_column(example, tmp_path):
     out = tmp_path / "pc" / "model.onnx"
-    build_cpu_int8(example["fp32"], out, ARCH, calibration=example["feeds"], scheme=DEFAULT_SCHEME)
+    build_cpu_int8(example["fp32"], out, ARCH, calibration=example["feeds"], reduce_range=True, scheme=DEFAULT_SCHEME)
     model = onnx.load(out)
     inits = {t.name: t for t in model.graph.initializer}
     checked = 0
@@ -173,7 +175,12 @@ def test_smoothquant_keeps_the_fp32_function_and_tames_the_outlier_channels(exam
 def test_keep_fp32_leaves_those_matmuls_in_float(example, tmp_path):
     out = tmp_path / "keep" / "model.onnx"
     info = build_cpu_int8(
-        example["fp32"], out, ARCH, calibration=example["feeds"], scheme=Int8Scheme(keep_fp32=("ffn_down", "ffn_up:0"))
+        example["fp32"],
+        out,
+        ARCH,
+        calibration=example["feeds"],
+        reduce_range=True,
+        scheme=Int8Scheme(keep_fp32=("ffn_down", "ffn_up:0"), per_token=()),
     )
     layers = example["config"]["num_hidden_layers"]
     assert len(info["fp32_matmuls"]) == layers + 1
@@ -287,7 +294,9 @@ def test_default_scheme_quantizes_ffn_down_per_token_and_the_twin_agrees_with_7_
     from nimbuild.builder.precision.exact import exact_twin
 
     out = tmp_path / "shipped" / "model.onnx"
-    info = build_cpu_int8(example["fp32"], out, ARCH, calibration=example["feeds"], scheme=DEFAULT_SCHEME)
+    info = build_cpu_int8(
+        example["fp32"], out, ARCH, calibration=example["feeds"], reduce_range=True, scheme=DEFAULT_SCHEME
+    )
     layers = example["config"]["num_hidden_layers"]
     assert info["per_token_matmuls"] == layers
     assert info["scheme"]["per_token"] == ["ffn_down"] and any("per-token" in n for n in info["notes"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ __all__ = [
     "build_fp16",
     "build_fp8",
     "build_cpu_int8",
-    "int8_scheme_for",
+    "int8_reduce_range_for",
 ]
 
 
@@ -68,16 +67,14 @@ def build_cpu_int8(fp32_path, out_path, architecture, **options) -> dict:
     return build(fp32_path, out_path, architecture, **options)
 
 
-def int8_scheme_for(cpu: dict | None = None):
-    """The shipped INT8 scheme for a CPU (``common.cpu_int8_support()``'s answer; default: this host's).
+def int8_reduce_range_for(cpu: dict | None = None) -> bool:
+    """7-bit INT8 weights for a CPU (``common.cpu_int8_support()``'s answer; default: this host's).
 
     The one place where a CPU decides the numerics: full 8-bit weights only where it has VNNI
-    (issue 12 makes this the profile's target CPU class instead of the build host).
+    (main's cpu_isa classes make this the profile's target CPU class instead of the build host).
     """
-    from nimbuild.builder.precision.int8 import DEFAULT_SCHEME
-
     cpu = cpu if cpu is not None else cpu_int8_support()
-    return replace(DEFAULT_SCHEME, reduce_range=not cpu["vnni"])
+    return not cpu["vnni"]
 
 
 class _Rejected(Exception):
@@ -149,12 +146,18 @@ def _build_one(
             f"int8 is not available on this CPU ({cpu['machine']}): ONNX Runtime has no INT8 "
             "kernels for it; build cpu-int8 on an x86-64 (AVX2, ideally AVX-512 VNNI) or arm64 host"
         )
-    from nimbuild.builder.precision.int8 import attention_shape
+    from nimbuild.builder.precision.int8 import attention_shape, scheme_for_mode
 
-    scheme = replace(int8_scheme_for(cpu), mode=int8_mode)
     heads, hidden = attention_shape(config_dirs)
     info = build_cpu_int8(
-        fp32_path, out_path, architecture, calibration=calibration, scheme=scheme, num_heads=heads, hidden_size=hidden
+        fp32_path,
+        out_path,
+        architecture,
+        calibration=calibration,
+        reduce_range=int8_reduce_range_for(cpu),
+        scheme=scheme_for_mode(int8_mode),
+        num_heads=heads,
+        hidden_size=hidden,
     )
     if not cpu["vnni"]:
         info["notes"].append(

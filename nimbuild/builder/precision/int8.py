@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +80,8 @@ QUANTIZED_OPS = ("MatMul", "Attention")
 class Int8Scheme:
     """How the fused FP32 graph becomes INT8; every choice explicit (none read from the build host).
 
-    ``reduce_range``: 7-bit weights (exact on every x86-64 CPU: AVX2's u8s8 pair sums cannot
-    saturate int16); False = full 8-bit weights, for CPUs with VNNI (or arm64 dot products) only.
+    The weight range is not here: it belongs to the CPU class the graph is made for
+    (``build_cpu_int8(reduce_range=...)``), so one scheme serves every class.
     ``keep_fp32``: names of fused-graph MatMul/Attention nodes left in FP32, or layer classes
     (see :func:`matmul_classes`): ``"ffn_down"``, ``"ffn_up"``, ``"attention_out"``,
     ``"attention_qkv"``, ``"pooler"``, optionally with a layer index: ``"ffn_down:5"``.
@@ -92,7 +92,6 @@ class Int8Scheme:
     """
 
     mode: str = DEFAULT_MODE
-    reduce_range: bool = True
     per_channel: bool = True
     smooth_alpha: float | None = 0.5
     keep_fp32: tuple[str, ...] = ()
@@ -109,11 +108,11 @@ class Int8Scheme:
                 f"per_token {list(self.per_token)}: per-token activations are dynamic INT8 only (static: per_token=())"
             )
 
-    def describe(self) -> str:
+    def describe(self, reduce_range: bool | None = None) -> str:
         parts = [
             f"{self.mode} INT8",
             f"weights int8 per {'channel' if self.per_channel else 'tensor'}"
-            + (" (7-bit range)" if self.reduce_range else " (full 8-bit range)"),
+            + {True: " (7-bit range)", False: " (full 8-bit range)", None: ""}[reduce_range],
         ]
         if self.smooth_alpha is not None:
             parts.append(f"SmoothQuant alpha {self.smooth_alpha:g}")
@@ -133,6 +132,11 @@ class Int8Scheme:
 
 
 DEFAULT_SCHEME = Int8Scheme()
+
+
+def scheme_for_mode(mode: str) -> Int8Scheme:
+    """The shipped scheme in ``mode``: static QDQ has no per-token activations (they are dynamic by nature)."""
+    return DEFAULT_SCHEME if mode == DEFAULT_MODE else replace(DEFAULT_SCHEME, mode=mode, per_token=())
 
 
 def ort_model_type(architecture: str) -> str | None:
@@ -452,20 +456,23 @@ def build_cpu_int8(
     architecture: str,
     *,
     calibration: list[dict[str, np.ndarray]] | None = None,
+    reduce_range: bool,
     scheme: Int8Scheme = DEFAULT_SCHEME,
     num_heads: int = 0,
     hidden_size: int = 0,
 ) -> dict:
     """Write the fused INT8 CPU graph of ``fp32_path`` to ``out_path``; returns facts for the report.
 
-    ``scheme`` says how (explicitly: the caller picks ``reduce_range`` for the target CPU
-    class). SmoothQuant and static mode need ``calibration`` (per-query feeds).
+    ``reduce_range``: 7-bit weights (exact on every x86-64 CPU: AVX2's u8s8 pair sums cannot
+    saturate int16); False = full 8-bit weights, for CPUs whose integer dot products cannot
+    saturate (VNNI, arm64): the CPU class's, never the build host's. ``scheme``: the rest.
+    SmoothQuant and static mode need ``calibration`` (per-query feeds).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if (scheme.smooth_alpha is not None or scheme.mode == "static") and not calibration:
-        raise ValueError(f"{scheme.describe()}: needs calibration pairs")
+        raise ValueError(f"{scheme.describe(reduce_range)}: needs calibration pairs")
     if not (num_heads > 0 and hidden_size > 0):
         num_heads, hidden_size = attention_shape([Path(fp32_path).parent, Path(fp32_path).parent.parent / "tokenizer"])
     fused, stats, notes = fuse(fp32_path, architecture, num_heads, hidden_size, check_feeds=_padded(calibration))
@@ -490,7 +497,7 @@ def build_cpu_int8(
     if tokenwise:
         from nimbuild.builder.precision.per_token import quantize_per_token
 
-        quantize_per_token(fused, tokenwise, reduce_range=scheme.reduce_range, per_channel=scheme.per_channel)
+        quantize_per_token(fused, tokenwise, reduce_range=reduce_range, per_channel=scheme.per_channel)
     op_types = list(QUANTIZED_OPS) + (["Gather", "EmbedLayerNormalization"] if scheme.quantize_embeddings else [])
     with tempfile.TemporaryDirectory(prefix="nimbuild-int8-") as tmp:
         fused_path = Path(tmp) / "fused.onnx"
@@ -514,7 +521,7 @@ def build_cpu_int8(
                     weight_type=QuantType.QInt8,
                     per_channel=scheme.per_channel,
                     use_external_data_format=large,
-                    reduce_range=scheme.reduce_range,
+                    reduce_range=reduce_range,
                     nodes_to_exclude=sorted(kept | tokenwise),
                     extra_options=extra,
                 )
@@ -530,7 +537,7 @@ def build_cpu_int8(
                     activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8,
                     per_channel=scheme.per_channel,
-                    reduce_range=scheme.reduce_range,
+                    reduce_range=reduce_range,
                     calibrate_method=CalibrationMethod.MinMax,
                     use_external_data_format=large,
                     # MatMul only: quantizing every op also quantizes the attention mask's
@@ -541,7 +548,7 @@ def build_cpu_int8(
                 )
         notes += [f"onnxruntime quantizer: {m}" for m in chatter.messages()]
         files = save_model(load_model(q_path), out_path)
-    notes.insert(0, scheme.describe() + " on the fused graph")
+    notes.insert(0, scheme.describe(reduce_range) + " on the fused graph")
     if facts.get("smoothquant", {}).get("smoothed"):
         sq = facts["smoothquant"]
         notes.append(
@@ -554,6 +561,7 @@ def build_cpu_int8(
         "notes": notes,
         "mode": scheme.mode,
         "scheme": scheme.to_dict(),
+        "reduce_range": reduce_range,
         "fusions": stats,
         **facts,
     }
