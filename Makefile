@@ -11,7 +11,7 @@ PORT   ?= 8000
 # is provided on the machine, pip looks there first.
 PIP_FIND := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: venv venv-triton demo test test-fast serve example-model example-manifest bench clean
+.PHONY: venv venv-triton demo test lint test-fast serve example-model example-manifest bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,16 +43,23 @@ $(TRITON_VENV)/.installed-stamp:
 
 venv-triton: $(TRITON_VENV)/.installed-stamp
 
-## All tests (GPU tests skip themselves here, with the reason). The second venv holds the
-## real `tritonserver` (python backend) that nvidia-pytriton bundles; it wants numpy<2.
-test: venv venv-triton
+## Lint and types first (ruff and mypy as configured in pyproject.toml), then all tests (GPU tests
+## skip themselves here, with the reason). The second venv holds the real `tritonserver` (python
+## backend) that nvidia-pytriton bundles; it wants numpy<2.
+test: venv venv-triton lint
 	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ## Regenerate the committed example model and its committed manifest.
 example-model: venv
 	$(BIN)/python -m nimbuild.builder.tiny --out recipes/models/example-tiny
 
-# --no-engines: the committed manifest is what a CPU-only build gives on every machine.
+# --no-engines: the committed manifest is what a CPU-only build gives; its CPU int8 profiles are those of the
+# classes the machine that ran it has (nimbuild.cpu_isa), which tests/test_steps.py compares class by class.
 example-manifest: venv
 	$(BIN)/nimbuild build recipes/example-tiny.yaml --out $(OUT) --no-engines
 	cp $(OUT)/manifest.yaml manifests/example-tiny.yaml
@@ -61,6 +68,7 @@ example-manifest: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_listing.py
 	$(BIN)/python benchmarks/bench_precision.py
+	$(BIN)/python benchmarks/bench_cpu_isa.py
 	$(BIN)/python benchmarks/bench_serve.py
 	$(BIN)/python benchmarks/bench_render.py --mib 256 --runs 5
 

@@ -75,21 +75,22 @@ def build_manifest(root: Path, count: int = 50) -> Path:
 
 
 def parse_times(manifest: Path, runs: int = 7) -> dict[str, float]:
-    """In-process YAML parse of the manifest: pure-Python SafeLoader vs the loader load_manifest uses."""
+    """In-process YAML parse of the manifest: PyYAML's loaders vs nimbuild.safeload (what load_manifest uses)."""
     import yaml
 
-    from nimbuild.manifest import _UniqueKeyLoader
+    from nimbuild.safeload import MANIFEST_LIMITS, parse_yaml
 
     text = manifest.read_text()
     result = {}
-    for name, loader in (
-        ("yaml.SafeLoader (pure Python)", yaml.SafeLoader),
-        (f"load_manifest's loader ({_UniqueKeyLoader.get().__mro__[1].__name__} base)", _UniqueKeyLoader.get()),
+    for name, load in (
+        ("yaml.SafeLoader (pure Python)", lambda t: yaml.load(t, Loader=yaml.SafeLoader)),
+        ("yaml.CSafeLoader (libyaml parser, Python constructor)", lambda t: yaml.load(t, Loader=yaml.CSafeLoader)),
+        ("nimbuild.safeload.parse_yaml (libyaml events, checked)", lambda t: parse_yaml(t, limits=MANIFEST_LIMITS)),
     ):
         samples = []
         for _ in range(runs):
             start = time.perf_counter()
-            yaml.load(text, Loader=loader)
+            load(text)
             samples.append(time.perf_counter() - start)
         result[name] = statistics.median(samples)
     return result

@@ -46,13 +46,15 @@ from benchmarks.common import (  # noqa: E402
 )
 from nimbuild.builder.precision.fp8 import Fp8Scheme  # noqa: E402
 from nimbuild.builder.precision.int8 import DEFAULT_SCHEME, Int8Scheme  # noqa: E402
+from nimbuild.thresholds import GateThresholds  # noqa: E402
 
 SEQ, BATCH = 128, 32
-DEFAULT_GATE = {"top1": 0.95, "spearman": 0.95, "ndcg10": 0.98}  # recipe.Thresholds' defaults, no loosening
+# recipe.Thresholds' defaults, no loosening
+DEFAULT_GATE = GateThresholds(top1=0.95, spearman=0.95, ndcg10=0.98)
 
 # every INT8 variant measured (RESULTS-precision.md); "shipped" is what build_cpu_int8 uses by default.
-# Names starting "vnni:" get full 8-bit weights (reduce_range False: the avx512_vnni class), judged twice: as this CPU's kernel runs
-# them and through exact.exact_twin (the VNNI class's integer arithmetic, emulated exactly here).
+# Names starting "vnni:" get full 8-bit weights (reduce_range False: the avx512_vnni class), judged twice: as
+# this CPU's kernel runs them and through exact.exact_twin (the VNNI class's integer arithmetic, emulated here).
 _PER_BATCH = {"per_token": (), "keep_fp32": ()}  # every activation with one scale per batch, as ORT alone does
 INT8_VARIANTS: dict[str, Int8Scheme] = {
     "per-tensor, embeddings int8 (main before)": Int8Scheme(
@@ -122,8 +124,12 @@ def figures(reference, scores, labels) -> dict:
     out = {k: round(m[k], 4) for k in ("top1", "spearman", "ndcg10", "max_abs_logit")}
     out["default_gate"] = "pass" if judge(m, DEFAULT_GATE).passed else "FAIL"
     if labels is not None:
-        out["label_ndcg10"] = round(float(np.mean([ndcg_at_k(lab, s) for lab, s in zip(labels, scores)])), 4)
-        out["label_mrr10"] = round(float(np.mean([mrr_at_10(lab, s) for lab, s in zip(labels, scores)])), 4)
+        out["label_ndcg10"] = round(
+            float(np.mean([ndcg_at_k(lab, s) for lab, s in zip(labels, scores, strict=True)])), 4
+        )
+        out["label_mrr10"] = round(
+            float(np.mean([mrr_at_10(lab, s) for lab, s in zip(labels, scores, strict=True)])), 4
+        )
     return out
 
 
@@ -329,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         np.save(st_cached, np.asarray(st))
     bounds = np.cumsum([0] + [len(g["passages"]) for g in gate_groups])
-    scores = {"sentence-transformers": [np.asarray(st[a:b]).ravel() for a, b in zip(bounds, bounds[1:])], **scores}
+    scores = {
+        "sentence-transformers": [np.asarray(st[a:b]).ravel() for a, b in zip(bounds, bounds[1:], strict=False)],
+        **scores,
+    }
     scores["pytorch fp32 (reference)"] = reference
     for name, s in scores.items():
         results["engines"][name] = figures(reference, s, labels)

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", type=Path, help="write the results as Markdown here")
     args = ap.parse_args(argv)
 
-    from nimbuild.manifest import sha256_file
+    from nimbuild.fsutil import sha256_file
     from nimbuild.runtime.triton_repo.files import copy_verified
     from nimbuild.runtime.triton_repo.onnx_io import read_graph_io
 

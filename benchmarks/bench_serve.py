@@ -15,7 +15,7 @@ Prints and writes a JSON with passages/s, the ratios, and per-request p50/p99 la
     .venv/bin/python benchmarks/bench_serve.py [--model DIR --pairs GATE.jsonl --calibration CAL.jsonl]
         [--requests 16] [--clients 8] [--json out.json]
 
-The cpu-int8 graph is built with nimbuild's shipped scheme for this CPU (``precision.int8_reduce_range_for``).
+The cpu-int8 graph is built with nimbuild's shipped scheme for this CPU's best class (``nimbuild.cpu_isa``).
 """
 
 from __future__ import annotations
@@ -77,13 +77,20 @@ def prepare(work: Path, precision: str, model: Path | None, calibration: Path | 
     if not fp32.is_file():
         export_fp32(hf, fp32)
     graph = fp32
+    from nimbuild import cpu_isa
+
+    host = cpu_isa.detect_cpu()
+    best_class = host.classes[0] if host.classes else None  # the class this host serves INT8 profiles of
+    if precision in ("auto", "int8") and best_class is None:
+        notes.append(f"no CPU INT8 class on this host ({host.describe()}); serving fp32")
+        precision = "fp32"
     if precision in ("auto", "int8"):
-        int8 = work / "onnx" / "cpu-int8" / "model.onnx"
+        int8 = work / "onnx" / f"cpu-int8-{best_class}" / "model.onnx"
         try:
             if int8.is_file():
                 notes.append(f"cpu-int8 graph reused from {int8}")
             else:
-                from nimbuild.builder.precision import build_cpu_int8, int8_reduce_range_for
+                from nimbuild.builder.precision import build_cpu_int8
                 from nimbuild.builder.precision.int8 import attention_shape
 
                 heads, hidden = attention_shape([hf])
@@ -92,7 +99,7 @@ def prepare(work: Path, precision: str, model: Path | None, calibration: Path | 
                     int8,
                     "BertForSequenceClassification",
                     calibration=calibration_feeds(hf, calibration),
-                    reduce_range=int8_reduce_range_for(),
+                    reduce_range=cpu_isa.lookup(best_class).reduce_range,
                     num_heads=heads,
                     hidden_size=hidden,
                 )
@@ -111,7 +118,15 @@ def prepare(work: Path, precision: str, model: Path | None, calibration: Path | 
         shutil.copy(hf / name, tok_dir / name)
     rels = [str(graph.relative_to(work)), "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"]
     rels += [str(p.relative_to(work)) for p in graph.parent.glob("*.data")]
-    tags = onnx_profile_tags(MODEL, "random0" if model is None else "local", precision, "cpu", MAX_BATCH, MAX_SEQ)
+    tags = onnx_profile_tags(
+        MODEL,
+        "random0" if model is None else "local",
+        precision,
+        "cpu",
+        MAX_BATCH,
+        MAX_SEQ,
+        cpu_isa=best_class if precision == "int8" else None,
+    )
     profile = Profile(
         id=profile_id(tags), name=profile_name(tags), tags=tags, files={rel: file_entry(work, rel) for rel in rels}
     )
@@ -198,9 +213,10 @@ def bench_raw_ort(graph: Path, tokenizer_json: Path, groups: list[dict]) -> dict
 
 
 def _rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
+    with open(f"/proc/{pid}/status", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
     return 0
 
 
@@ -334,7 +350,8 @@ def main(argv=None) -> int:
         )
     work.mkdir(parents=True, exist_ok=True)
     manifest, precision, notes = prepare(work, args.precision, args.model, args.calibration)
-    from nimbuild.manifest import load_manifest, safe_join
+    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest_paths import safe_join
 
     m = load_manifest(manifest)
     graph = safe_join(m.root, next(r for r in m.profiles[0].files if r.endswith(".onnx")))

@@ -7,7 +7,7 @@ tokenizer is nimbuild's tiny WordPiece (its vocabulary is small; shapes are what
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import platform
 import statistics
@@ -164,12 +164,8 @@ def time_round_robin(runners: dict[str, Callable[[], object]], repeats: int = 3,
 def machine() -> dict:
     """Where the figures come from: CPU, cores, load (others share this machine)."""
     info = {"platform": platform.platform(), "cpus": os.cpu_count()}
-    try:
-        info["cpu"] = next(
-            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), ""
-        )
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
+        info["cpu"] = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
     try:
         info["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
     except Exception:
@@ -178,6 +174,7 @@ def machine() -> dict:
 
 
 def write_json(path: str | os.PathLike, data: dict) -> None:
-    from nimbuild.fsutil import atomic_write_text
+    """The benchmark's result file, in nimbuild's one JSON style (nimbuild.fsutil.write_json)."""
+    from nimbuild.fsutil import write_json as write
 
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write(path, data)

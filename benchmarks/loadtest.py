@@ -1,10 +1,12 @@
-"""A bounded loopback load test of `nimbuild serve`: many clients, valid and malformed requests mixed.
+"""A bounded loopback load test of `nimbuild serve`: many clients, valid and malformed requests mixed, over
+every rerank dialect (NIM /v1/ranking, TEI /rerank, Cohere/Jina /v1/rerank, Cohere /v2/rerank) on one batcher.
 
 Checks, and exits 1 unless all hold: zero 5xx; zero lost requests (every one answered);
 zero mismatched answers (each valid answer equals the one the idle server gave for the same
-request, so no row was scattered to the wrong request or index); every malformed request got
-its 4xx; the server's RSS flat (read after each slice of the load, once warm: no growth
-trend); a clean exit 0 on SIGTERM.
+request, so no row was scattered to the wrong request or index, and every dialect's idle answer
+orders the passages as /v1/ranking does); every malformed request got its 4xx with a JSON body;
+the server's RSS flat (read after each slice of the load, once warm: no growth trend); a clean
+exit 0 on SIGTERM.
 
     .venv/bin/python benchmarks/loadtest.py [--requests 2000] [--clients 32] [--model tiny|minilm]
 """
@@ -63,62 +65,116 @@ def prepare(work: Path, which: str) -> Path:
     return path
 
 
-def valid_pool(n: int, rng: random.Random) -> list[bytes]:
+ROUTES = ("/v1/ranking", "/rerank", "/v1/rerank", "/v2/rerank")
+
+
+def dialect_body(route: str, query: str, passages: list[str], rng: random.Random) -> dict:
+    """The same ranking question in one dialect's words (truncating: some passages are over 128 tokens)."""
+    if route == "/v1/ranking":
+        return {
+            "model": MODEL,
+            "query": {"text": query},
+            "passages": [{"text": p} for p in passages],
+            "truncate": "END",
+        }
+    if route == "/rerank":
+        return {"query": query, "texts": passages, "raw_scores": rng.random() < 0.5, "return_text": rng.random() < 0.3}
+    body = {"model": MODEL, "query": query, "documents": passages}
+    if rng.random() < 0.5:
+        body["top_n"] = rng.randint(1, len(passages))
+    if rng.random() < 0.3:
+        body["return_documents"] = True
+    return body
+
+
+def valid_pool(n: int, rng: random.Random) -> list[tuple[str, bytes, list[int] | None]]:
+    """(route, body, None); the expected order is filled in from /v1/ranking's idle answer (``references``)."""
     from nimbuild.builder.tiny import vocabulary_words
 
     words = vocabulary_words()
     pool = []
-    for _ in range(n):
+    for k in range(n):
         passages = [" ".join(rng.choices(words, k=rng.randint(3, 60))) for _ in range(rng.randint(1, 20))]
         if rng.random() < 0.2:
             passages.append(" ".join(rng.choices(words, k=300)))  # over 128 tokens: cut by END
-        body = {
-            "model": MODEL,
-            "query": {"text": " ".join(rng.choices(words, k=rng.randint(2, 10)))},
-            "passages": [{"text": p} for p in passages],
-            "truncate": "END",
-        }
-        pool.append(json.dumps(body).encode())
+        query = " ".join(rng.choices(words, k=rng.randint(2, 10)))
+        route = ROUTES[k % len(ROUTES)]
+        pool.append((route, json.dumps(dialect_body(route, query, passages, rng)).encode(), query, passages))
     return pool
 
 
-def malformed() -> list[tuple[str, str, bytes, int]]:
-    """(name, method, body, expected status)."""
-    ok = {"model": MODEL, "query": {"text": "q"}, "passages": [{"text": "a passage"}]}
-    long = {**ok, "passages": [{"text": " ".join(["word"] * 400)}], "truncate": "NONE"}
-    return [
-        ("invalid json", "POST", b'{"model": "x", "query": ', 400),
-        ("not an object", "POST", b"[1, 2, 3]", 422),
-        ("missing query", "POST", json.dumps({"model": MODEL, "passages": [{"text": "a"}]}).encode(), 422),
-        ("passages not a list", "POST", json.dumps({**ok, "passages": "a"}).encode(), 422),
-        ("empty passages", "POST", json.dumps({**ok, "passages": []}).encode(), 422),
-        (
-            "too many passages",
-            "POST",
-            json.dumps({**ok, "passages": [{"text": "a"}] * (MAX_PASSAGES + 1)}).encode(),
-            422,
-        ),
-        ("oversized body", "POST", json.dumps({**ok, "passages": [{"text": "x" * 1200}] * 60}).encode(), 413),
-        ("wrong model", "POST", json.dumps({**ok, "model": "nope"}).encode(), 404),
-        ("bad truncate", "POST", json.dumps({**ok, "truncate": "MIDDLE"}).encode(), 422),
-        ("too long with NONE", "POST", json.dumps(long).encode(), 400),
-        ("wrong method", "GET", b"", 405),
-    ]
+def ranked(route: str, answer) -> list[tuple[int, float]]:
+    """(index, score) best first, from any dialect's answer."""
+    if route == "/v1/ranking":
+        return [(x["index"], x["logit"]) for x in answer["rankings"]]
+    if route == "/rerank":
+        return [(x["index"], x["score"]) for x in answer]
+    return [(x["index"], x["relevance_score"]) for x in answer["results"]]
 
 
-def same(a: dict, b: dict) -> bool:
-    ra, rb = a["rankings"], b["rankings"]
+def same(route: str, a, b) -> bool:
+    ra, rb = ranked(route, a), ranked(route, b)
     if len(ra) != len(rb):
         return False
-    la = {x["index"]: x["logit"] for x in ra}
-    lb = {x["index"]: x["logit"] for x in rb}
+    la, lb = dict(ra), dict(rb)
     return la.keys() == lb.keys() and all(abs(la[i] - lb[i]) <= 1e-3 for i in la)
 
 
-async def run(port: int, pool: list[bytes], refs: list[dict], n: int, clients: int, seed: int) -> dict:
+def malformed() -> list[tuple[str, str, str, bytes, int]]:
+    """(name, method, route, body, expected status)."""
+    ok = {"model": MODEL, "query": {"text": "q"}, "passages": [{"text": "a passage"}]}
+    long = {**ok, "passages": [{"text": " ".join(["word"] * 400)}], "truncate": "NONE"}
+    nim = "/v1/ranking"
+    return [
+        ("invalid json", "POST", nim, b'{"model": "x", "query": ', 400),
+        ("not an object", "POST", nim, b"[1, 2, 3]", 422),
+        ("missing query", "POST", nim, json.dumps({"model": MODEL, "passages": [{"text": "a"}]}).encode(), 422),
+        ("passages not a list", "POST", nim, json.dumps({**ok, "passages": "a"}).encode(), 422),
+        ("empty passages", "POST", nim, json.dumps({**ok, "passages": []}).encode(), 422),
+        (
+            "too many passages",
+            "POST",
+            nim,
+            json.dumps({**ok, "passages": [{"text": "a"}] * (MAX_PASSAGES + 1)}).encode(),
+            422,
+        ),
+        ("oversized body", "POST", nim, json.dumps({**ok, "passages": [{"text": "x" * 1200}] * 60}).encode(), 413),
+        ("wrong model", "POST", nim, json.dumps({**ok, "model": "nope"}).encode(), 404),
+        ("bad truncate", "POST", nim, json.dumps({**ok, "truncate": "MIDDLE"}).encode(), 422),
+        ("too long with NONE", "POST", nim, json.dumps(long).encode(), 400),
+        ("wrong method", "GET", nim, b"", 405),
+        ("TEI empty texts", "POST", "/rerank", json.dumps({"query": "q", "texts": []}).encode(), 400),
+        (
+            "TEI too long, truncate false",
+            "POST",
+            "/rerank",
+            json.dumps({"query": "q", "texts": [" ".join(["word"] * 400)], "truncate": False}).encode(),
+            422,
+        ),
+        ("Cohere v2 without model", "POST", "/v2/rerank", json.dumps({"query": "q", "documents": ["a"]}).encode(), 422),
+        (
+            "Cohere top_n 0",
+            "POST",
+            "/v1/rerank",
+            json.dumps({"query": "q", "documents": ["a"], "top_n": 0}).encode(),
+            422,
+        ),
+        (
+            "Jina image document",
+            "POST",
+            "/v1/rerank",
+            json.dumps({"query": "q", "documents": [{"image": "x.png"}]}).encode(),
+            422,
+        ),
+        ("unknown route", "POST", "/v3/rerank", b"{}", 404),
+        ("wrong method, TEI", "GET", "/rerank", b"", 405),
+    ]
+
+
+async def run(port: int, pool: list, refs: list, n: int, clients: int, seed: int) -> dict:
     import httpx
 
-    url = f"http://127.0.0.1:{port}/v1/ranking"
+    base = f"http://127.0.0.1:{port}"
     bad = malformed()
     rng = random.Random(seed)
     plan = [
@@ -139,11 +195,12 @@ async def run(port: int, pool: list[bytes], refs: list[dict], n: int, clients: i
                 return
             try:
                 if kind == "valid":
-                    r = await client.post(url, content=pool[i], headers={"content-type": "application/json"})
+                    route, body = pool[i][0], pool[i][1]
+                    r = await client.post(base + route, content=body, headers={"content-type": "application/json"})
                 else:
-                    name, method, body, status = bad[i]
+                    name, method, route, body, status = bad[i]
                     r = await client.request(
-                        method, url, content=body or None, headers={"content-type": "application/json"}
+                        method, base + route, content=body or None, headers={"content-type": "application/json"}
                     )
             except httpx.HTTPError as exc:
                 stats["lost"] += 1
@@ -151,12 +208,13 @@ async def run(port: int, pool: list[bytes], refs: list[dict], n: int, clients: i
                 continue
             stats[f"{r.status_code // 100}xx"] += 1
             if kind == "valid":
-                if r.status_code != 200 or not same(r.json(), refs[i]):
+                stats[f"valid {route}"] += 1
+                if r.status_code != 200 or not same(route, r.json(), refs[i]):
                     stats["mismatched"] += 1
-                    problems.append(f"valid #{i}: {r.status_code} {r.text[:200]}")
-            elif r.status_code != status:
+                    problems.append(f"valid #{i} {route}: {r.status_code} {r.text[:200]}")
+            elif r.status_code != status or not _json_message(r):
                 stats["wrong_status"] += 1
-                problems.append(f"{name}: expected {status}, got {r.status_code} {r.text[:200]}")
+                problems.append(f"{name}: expected {status} with JSON, got {r.status_code} {r.text[:200]}")
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
@@ -171,6 +229,31 @@ async def run(port: int, pool: list[bytes], refs: list[dict], n: int, clients: i
         "statuses": dict(stats),
         "problems": problems[:20],
     }
+
+
+def _json_message(r) -> bool:
+    try:
+        body = r.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and any(isinstance(v, str) and v for v in body.values())
+
+
+def references(c, port: int, pool: list) -> tuple[list, int]:
+    """The idle server's answer to each pool request, and how many of them order the passages differently
+    from /v1/ranking's answer to the same question (each must order them the same)."""
+    base = f"http://127.0.0.1:{port}"
+    refs, disordered = [], 0
+    for route, body, query, passages in pool:
+        answer = c.post(base + route, content=body, headers={"content-type": "application/json"})
+        answer.raise_for_status()
+        refs.append(answer.json())
+        nim = c.post(base + "/v1/ranking", json=dialect_body("/v1/ranking", query, passages, random.Random(0)))
+        nim_order = [i for i, _ in ranked("/v1/ranking", nim.json())]
+        got = [i for i, _ in ranked(route, answer.json())]
+        if got != nim_order[: len(got)]:
+            disordered += 1
+    return refs, disordered
 
 
 def _merge(slices: list[dict]) -> dict:
@@ -216,12 +299,8 @@ def main(argv=None) -> int:
     result = {"machine": machine(), "model": args.model}
     try:
         with httpx.Client(timeout=120) as c:  # the idle server's answers: what every later answer must equal
-            refs = [
-                c.post(
-                    f"http://127.0.0.1:{port}/v1/ranking", content=b, headers={"content-type": "application/json"}
-                ).json()
-                for b in pool
-            ]
+            refs, disordered = references(c, port, pool)
+            result["dialects_ordered_unlike_v1_ranking"] = disordered
             # Warm-up also reaches the largest call (max_batch_size rows x max_sequence_length tokens),
             # so that ONNX Runtime's arena has grown to its ceiling before the "before" reading.
             widest = {
@@ -259,6 +338,7 @@ def main(argv=None) -> int:
         "no 5xx": s.get("5xx", 0) == 0,
         "none lost": s.get("lost", 0) == 0,
         "none mismatched": s.get("mismatched", 0) == 0,
+        "every dialect orders like /v1/ranking": disordered == 0,
         "every malformed request got its 4xx": s.get("wrong_status", 0) == 0,
         # A leak grows with every slice; a one-time step while allocators reach their high-water mark does not.
         "RSS flat (second half of the load < 2% growth, all of it < 15%)": result["rss_kib"]["second_half_growth"]
@@ -274,7 +354,8 @@ def main(argv=None) -> int:
     print(
         f"server RSS {result['rss_kib']['before'] / 1024:.1f} MiB -> {result['rss_kib']['after'] / 1024:.1f} MiB "
         f"({result['rss_kib']['growth']:+.1%}; MiB after each slice: "
-        f"{', '.join(f'{v / 1024:.1f}' for v in result['rss_kib']['trace'])}); exit code {result['exit_code']}; load: {result['load_after']}"
+        f"{', '.join(f'{v / 1024:.1f}' for v in result['rss_kib']['trace'])}); "
+        f"exit code {result['exit_code']}; load: {result['load_after']}"
     )
     for name, ok in checks.items():
         print(f"  [{'ok' if ok else 'FAIL'}] {name}")

@@ -138,7 +138,7 @@ def groups_for(entries, indices, bm25, n_passages: int, rng, pool: int = 0) -> l
     for start in range(0, len(indices), 256):
         chunk = indices[start : start + 256]
         s = bm25.scores([entries[i][1] for i in chunk])
-        for row, i in zip(s, chunk):
+        for row, i in zip(s, chunk, strict=True):
             row[i] = -np.inf
             negatives = np.argsort(-row, kind="stable")[: max(pool, n_passages - 1)]
             if pool:

@@ -7,27 +7,16 @@ exactly one JSON document (``emit``), and everything meant for a person
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nimbuild.fsutil import json_text
+from nimbuild.safe_text import printable
 
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def dumps(data: Any, *, indent: int | None = 2) -> str:
-    """JSON as nimbuild writes it everywhere: UTF-8 text, stable key order."""
-    return json.dumps(data, indent=indent, sort_keys=True, ensure_ascii=False, default=_jsonable)
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class Output:
@@ -36,12 +25,12 @@ class Output:
     def __init__(self, json_mode: bool = False, quiet: bool = False):
         self.json_mode = json_mode
         self.quiet = quiet
-        self._console = None
-        self._err_console = None
+        self._console: Console | None = None
+        self._err_console: Console | None = None
 
     # rich is imported lazily: `list-model-profiles --json` should not pay for it.
     @property
-    def console(self):
+    def console(self) -> Console:
         if self._console is None:
             from rich.console import Console
 
@@ -51,7 +40,7 @@ class Output:
         return self._console
 
     @property
-    def err_console(self):
+    def err_console(self) -> Console:
         if self._err_console is None:
             from rich.console import Console
 
@@ -66,42 +55,49 @@ class Output:
         renders through this sink (tables, lines). Without it, the JSON is shown.
         """
         if self.json_mode:
-            sys.stdout.write(dumps(data) + "\n")
+            sys.stdout.write(json_text(data) + "\n")
             sys.stdout.flush()
             return
         if human is None:
-            sys.stdout.write(dumps(data) + "\n")
+            sys.stdout.write(json_text(data) + "\n")
         elif isinstance(human, str):
-            sys.stdout.write(human if human.endswith("\n") else human + "\n")
+            text = printable(human, multiline=True)  # names from data: shown, never interpreted
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
         else:
             human(self)
         sys.stdout.flush()
 
     def line(self, text: str = "") -> None:
-        """A plain line of the human result on stdout (never in --json mode)."""
+        """A plain line of the human result on stdout (never in --json mode); control characters escaped."""
         if not self.json_mode:
-            sys.stdout.write(text + "\n")
+            sys.stdout.write(printable(text) + "\n")
 
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
         """A human table on stdout (never in --json mode)."""
         if self.json_mode:
             return
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=title, show_lines=False, header_style="bold")
         for col in columns:
             table.add_column(col, overflow="fold")
-        for row in rows:
-            table.add_row(*("" if v is None else str(v) for v in row))
+        for row in rows:  # Text, not str: a '[' in a name is text, not rich markup
+            table.add_row(*(Text("" if v is None else printable(v)) for v in row))
         self.console.print(table)
 
     def note(self, text: str) -> None:
         """Information for the person running the command (stderr)."""
         if not self.quiet:
-            self.err_console.print(text, markup=False)
+            self.err_console.print(printable(text), markup=False)
 
     def warn(self, text: str) -> None:
-        self.err_console.print(f"warning: {text}", style="yellow", markup=False)
+        self.err_console.print(f"warning: {printable(text)}", style="yellow", markup=False)
+
+    def error(self, text: str) -> None:
+        """One ``error: ...`` line on stderr (plain text, also in --json mode: stdout stays one document)."""
+        sys.stderr.write(f"error: {printable(text)}\n")  # one line: names from data cannot forge more
+        sys.stderr.flush()
 
     @contextmanager
     def progress(self, transient: bool = True) -> Iterator[Any]:
@@ -111,7 +107,7 @@ class Output:
         disable = self.quiet or not self.err_console.is_terminal
         with Progress(
             SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
+            TextColumn("{task.description}", style="progress.description", markup=False),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(),

@@ -2,7 +2,7 @@
 
 A profile's ID is the sha256 of its tags in canonical JSON, so anyone can
 recompute it from a manifest and the same recipe and toolchain give the same
-IDs on every machine (DESIGN.md, "Profiles, tags and IDs"). Light: stdlib and
+IDs on every machine (docs/design.md, "Profiles, tags and IDs"). Light: stdlib and
 nimbuild.skus only.
 """
 
@@ -12,13 +12,24 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nimbuild.errors import NimbuildError
+
+if TYPE_CHECKING:
+    from nimbuild.skus import Sku
 
 BACKENDS = ("tensorrt", "onnx")
 DEVICES = ("gpu", "cpu")
 PRECISIONS = ("fp8", "int8", "fp16", "fp32")
 HARDWARE_COMPATIBILITY_LEVELS = ("ampere+", "same_compute_capability")
+# Tags the runtime reads as numbers, and the values that can work (inclusive). A profile with another
+# value is incompatible, with the reason, never "runnable, then crash" (manifests come from anywhere).
+NUMERIC_TAGS = {"max_batch_size": (1, 1 << 20), "max_sequence_length": (1, 1 << 20), "gpu_count": (1, 1024)}
+# What the runtime assumes when a manifest of another writer leaves a numeric tag out.
+NUMERIC_TAG_DEFAULTS = {"max_batch_size": 64, "max_sequence_length": 512, "gpu_count": 1}
+_DIGITS = re.compile(r"^[0-9]{1,9}$")
 
 
 def _check_tags(tags: Mapping[str, object]) -> None:
@@ -67,7 +78,8 @@ def profile_name(tags: Mapping[str, str]) -> str:
     """The reranking NIM's style of name for a profile.
 
     ``h100-hbm3-80gb-fp8-triton-tensorrt``, ``onnx-fp16-triton-onnxruntime``
-    (GPU ONNX, served by Triton's ONNX Runtime backend), ``cpu-int8-onnxruntime``.
+    (GPU ONNX, served by Triton's ONNX Runtime backend), ``cpu-fp32-onnxruntime``,
+    ``cpu-int8-avx512-vnni-onnxruntime`` (a CPU profile names its ``cpu_isa`` class).
     A hardware-compatible engine says so (``...-fp16-ampere-plus-triton-tensorrt``)
     and a multi-GPU one its count (``...-fp16-tp2-...``).
     """
@@ -84,7 +96,7 @@ def profile_name(tags: Mapping[str, str]) -> str:
             parts.append(f"tp{tags['gpu_count']}")
         parts += ["triton", "tensorrt"]
     elif backend == "onnx" and device == "cpu":
-        parts = ["cpu", precision, "onnxruntime"]
+        parts = ["cpu", precision, _slugify(tags.get("cpu_isa", "")), "onnxruntime"]
     elif backend == "onnx":
         parts = ["onnx", precision]
         if tags.get("gpu_count", "1") != "1":
@@ -95,7 +107,9 @@ def profile_name(tags: Mapping[str, str]) -> str:
     return "-".join(p for p in parts if p)
 
 
-def _common(model: str, model_revision: str, precision: str, max_batch_size, max_sequence_length) -> dict[str, str]:
+def _common(
+    model: str, model_revision: str, precision: str, max_batch_size: int, max_sequence_length: int
+) -> dict[str, str]:
     if precision not in PRECISIONS:
         raise NimbuildError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
     if not model:
@@ -110,15 +124,37 @@ def _common(model: str, model_revision: str, precision: str, max_batch_size, max
 
 
 def onnx_profile_tags(
-    model: str, model_revision: str, precision: str, device: str, max_batch_size: int, max_sequence_length: int
+    model: str,
+    model_revision: str,
+    precision: str,
+    device: str,
+    max_batch_size: int,
+    max_sequence_length: int,
+    cpu_isa: str | None = None,
 ) -> dict[str, str]:
-    """Tags of an ONNX Runtime profile: GPU (Triton's onnxruntime backend) or CPU."""
+    """Tags of an ONNX Runtime profile: GPU (Triton's onnxruntime backend) or CPU.
+
+    A CPU INT8 profile names the instruction-set class its graph was made and judged for
+    (``cpu_isa``: nimbuild.cpu_isa), since its numerics depend on it; other profiles run on any
+    CPU and carry none.
+    """
+    from nimbuild import cpu_isa as isa
+
     if device not in DEVICES:
         raise NimbuildError(f"unknown device {device!r}", hint="use 'gpu' or 'cpu'")
     tags = _common(model, model_revision, precision, max_batch_size, max_sequence_length)
     tags.update(backend="onnx", device=device)
     if device == "gpu":
         tags["gpu_count"] = "1"
+    if device == "cpu" and precision == "int8":
+        if not cpu_isa:
+            raise NimbuildError("a CPU int8 profile needs its cpu_isa class", hint=f"pass one of: {isa.known_names()}")
+        tags["cpu_isa"] = isa.lookup(cpu_isa).name
+    elif cpu_isa:
+        raise NimbuildError(
+            f"cpu_isa {cpu_isa!r} on a {device} {precision} profile: only CPU int8 profiles carry one",
+            hint="drop it: that profile runs on any CPU",
+        )
     return tags
 
 
@@ -126,9 +162,9 @@ def tensorrt_profile_tags(
     model: str,
     model_revision: str,
     precision: str,
-    sku,
+    sku: Sku | str,
     trt_version: str,
-    cuda_major_version,
+    cuda_major_version: str | int,
     max_batch_size: int,
     max_sequence_length: int,
     gpu_count: int = 1,
@@ -143,8 +179,8 @@ def tensorrt_profile_tags(
     """
     from nimbuild import skus
 
-    if not hasattr(sku, "canonical"):
-        sku = skus.lookup(str(sku))
+    if isinstance(sku, str):
+        sku = skus.lookup(sku)
     if precision == "fp8" and not sku.fp8:
         raise NimbuildError(
             f"FP8 needs compute capability >= 8.9; {sku.canonical} has {sku.compute_capability}",
@@ -170,6 +206,48 @@ def tensorrt_profile_tags(
             )
         tags["hardware_compatibility_level"] = level
     return tags
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """The numeric tags the runtime acts on, validated: how it batches, truncates and pins GPUs."""
+
+    max_batch_size: int
+    max_sequence_length: int
+    gpu_count: int
+
+
+def numeric_tag(tags: Mapping[str, str], key: str) -> int:
+    """A numeric tag (:data:`NUMERIC_TAGS`) as an int, its default when absent; NimbuildError when it cannot work."""
+    raw = tags.get(key)
+    if raw is None:
+        return NUMERIC_TAG_DEFAULTS[key]
+    low, high = NUMERIC_TAGS[key]
+    text = raw.strip() if isinstance(raw, str) else raw
+    if not isinstance(text, str) or not _DIGITS.match(text) or not low <= int(text) <= high:
+        raise NimbuildError(
+            f"tag {key}={raw!r} is not an integer between {low} and {high}",
+            hint=f"rebuild the profile (nimbuild manifest build), or fix tags.{key} and its id",
+        )
+    return int(text)
+
+
+def serving_limits(tags: Mapping[str, str]) -> ServingLimits:
+    """Every numeric tag of a profile, validated (the first bad one is a NimbuildError naming it)."""
+    return ServingLimits(
+        max_batch_size=numeric_tag(tags, "max_batch_size"),
+        max_sequence_length=numeric_tag(tags, "max_sequence_length"),
+        gpu_count=numeric_tag(tags, "gpu_count"),
+    )
+
+
+def tag_problem(tags: Mapping[str, str]) -> str | None:
+    """Why a profile's tags cannot work in the runtime (a numeric tag out of its range), or None."""
+    try:
+        serving_limits(tags)
+    except NimbuildError as exc:
+        return exc.message
+    return None
 
 
 def describe(tags: Mapping[str, str]) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,8 +28,19 @@ from pydantic import (
 )
 
 from nimbuild.errors import NimbuildError
+from nimbuild.fsutil import json_digest
+from nimbuild.safe_text import printable
+from nimbuild.thresholds import PRECISIONS as GATED_PRECISIONS
+from nimbuild.thresholds import GateThresholds
 
 PRECISIONS = ("fp32", "fp16", "fp8", "int8")
+PrecisionName = Literal["fp32", "fp16", "fp8", "int8"]
+
+
+def _every_precision() -> list[PrecisionName]:
+    return ["fp32", "fp16", "fp8", "int8"]
+
+
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -44,6 +57,24 @@ def _known_gpu(text: str) -> str:
 
 
 GpuName = Annotated[str, AfterValidator(_known_gpu)]
+
+
+def _known_cpu_class(text: str) -> str:
+    from nimbuild import cpu_isa
+
+    try:
+        return cpu_isa.lookup(text).name
+    except NimbuildError as exc:
+        raise ValueError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+
+
+CpuClassName = Annotated[str, AfterValidator(_known_cpu_class)]
+
+
+def _all_cpu_classes() -> list[str]:
+    from nimbuild import cpu_isa
+
+    return list(cpu_isa.NAMES)
 
 
 # Every command's default output root, relative to the working directory.
@@ -114,7 +145,8 @@ class Thresholds(_Strict):
 
     ``fp16``/``fp8``/``int8`` (optional) override some metrics for that precision's graph and
     engines only, e.g. ``fp8: {top1: 0.75}``; they are left out of ``model_dump()`` (the
-    recipe-wide metrics), see ``for_precision``.
+    recipe-wide metrics). Resolved once, when the recipe is read, into one typed
+    :class:`nimbuild.thresholds.GateThresholds` per precision (``by_precision``).
     """
 
     top1: float | None = Field(default=0.95, ge=0.0, le=1.0)
@@ -126,13 +158,32 @@ class Thresholds(_Strict):
     fp8: PrecisionThresholds | None = Field(default=None, exclude=True)
     int8: PrecisionThresholds | None = Field(default=None, exclude=True)
 
-    def for_precision(self, precision: str) -> dict[str, float | None]:
-        """The metrics that judge ``precision``: recipe-wide, with that precision's overrides."""
-        merged = self.model_dump()
-        own = getattr(self, precision, None) if precision in ("fp16", "fp8", "int8") else None
-        if own is not None:
-            merged.update(own.model_dump(exclude_unset=True))
-        return merged
+    _resolved: dict[str, GateThresholds] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        wide = self.model_dump()
+        resolved = {}
+        for precision in GATED_PRECISIONS:
+            merged = dict(wide)
+            own = getattr(self, precision, None) if precision in ("fp16", "fp8", "int8") else None
+            if own is not None:
+                merged.update(own.model_dump(exclude_unset=True))
+            resolved[precision] = GateThresholds.from_mapping(merged)
+        self._resolved = resolved
+
+    @property
+    def recipe_wide(self) -> GateThresholds:
+        """The recipe-wide bars (what judges fp32, and every precision without overrides of its own)."""
+        return self._resolved["fp32"]
+
+    @property
+    def by_precision(self) -> dict[str, GateThresholds]:
+        """{precision: the bars that judge its graph and engines}: recipe-wide, with that precision's overrides."""
+        return dict(self._resolved)
+
+    def for_precision(self, precision: str) -> GateThresholds:
+        """The bars that judge ``precision`` (an unknown precision: the recipe-wide ones)."""
+        return self._resolved.get(precision, self.recipe_wide)
 
 
 class Serving(_Strict):
@@ -153,8 +204,12 @@ class Recipe(_Strict):
     source: Source
     trust_remote_code: bool = False
     shapes: Shapes = Shapes()
-    precisions: list[Literal["fp32", "fp16", "fp8", "int8"]] = Field(default_factory=lambda: list(PRECISIONS))
+    precisions: list[Literal["fp32", "fp16", "fp8", "int8"]] = Field(
+        default_factory=lambda: ["fp32", "fp16", "fp8", "int8"]
+    )
     gpus: list[GpuName] = Field(default_factory=list)
+    # the CPU classes (nimbuild.cpu_isa) to make int8 graphs for; a build makes those its CPU has
+    cpu_isa: list[CpuClassName] = Field(default_factory=_all_cpu_classes)
     runners: dict[str, list[str]] = Field(default_factory=dict)
     pairs: str | None = None
     thresholds: Thresholds = Thresholds()
@@ -190,16 +245,30 @@ class Recipe(_Strict):
             seen.add(sku.canonical)
         return v
 
+    @field_validator("cpu_isa")
+    @classmethod
+    def _cpu_isa(cls, v: list[str]) -> list[str]:
+        from nimbuild import cpu_isa
+
+        return [n for n in cpu_isa.NAMES if n in set(v)]  # one order everywhere: the preference order
+
     @model_validator(mode="after")
     def _runners_known(self) -> Recipe:
-        from nimbuild import skus
+        from nimbuild import cpu_isa, skus
 
         wanted = {skus.lookup(g).canonical for g in self.gpus}
         for key in self.runners:
+            cpu_class = cpu_isa.get(key.strip().lower().replace("-", "_"))
+            if cpu_class is not None:
+                if cpu_class.name not in self.cpu_isa:
+                    raise ValueError(f"runners: {key!r} is not in `cpu_isa` ({', '.join(self.cpu_isa) or 'empty'})")
+                continue
             try:
                 canonical = skus.lookup(key).canonical
             except NimbuildError:
-                raise ValueError(f"runners: {key!r} is not a known GPU SKU") from None
+                raise ValueError(
+                    f"runners: {key!r} is neither a known GPU SKU nor a CPU class ({cpu_isa.known_names()})"
+                ) from None
             if canonical not in wanted:
                 raise ValueError(f"runners: {key!r} is not in `gpus` ({', '.join(self.gpus) or 'empty'})")
         return self
@@ -215,8 +284,7 @@ class Recipe(_Strict):
     def sha256(self) -> str:
         """sha256 of the recipe file's bytes (of its canonical JSON when there is no file)."""
         if self._sha256 is None:
-            data = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
-            self._sha256 = hashlib.sha256(data).hexdigest()
+            self._sha256 = json_digest(self.model_dump(mode="json"))
         return self._sha256
 
     @property
@@ -244,10 +312,23 @@ class Recipe(_Strict):
 
     def runner_labels(self, sku) -> list[str] | None:
         """The CI runs-on labels for a SKU (any spelling in `runners` that names it), or None."""
-        from nimbuild import skus
+        from nimbuild import cpu_isa, skus
 
         for key, labels in self.runners.items():
-            if skus.lookup(key).canonical == sku.canonical:
+            if (
+                cpu_isa.get(key.strip().lower().replace("-", "_")) is None
+                and skus.lookup(key).canonical == sku.canonical
+            ):
+                return list(labels)
+        return None
+
+    def cpu_runner_labels(self, cpu_class: str) -> list[str] | None:
+        """The CI runs-on labels for a CPU class (`runners: {avx512_vnni: [...]}`), or None."""
+        from nimbuild import cpu_isa
+
+        for key, labels in self.runners.items():
+            found = cpu_isa.get(key.strip().lower().replace("-", "_"))
+            if found is not None and found.name == cpu_class:
                 return list(labels)
         return None
 
@@ -260,8 +341,8 @@ def _loc(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
+        else:  # a key from the file: its newline or escape is shown, never a second line of the error
+            out += ("." if out else "") + printable(part)
     return out or "(top level)"
 
 
@@ -284,7 +365,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _describe(err: dict) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     loc = tuple(err.get("loc", ()))
     kind = err.get("type", "")
     if kind == "extra_forbidden":
@@ -317,30 +398,14 @@ def parse_recipe(data: Any, src: str | Path = "<recipe>") -> Recipe:
         ) from None
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and check a recipe file (YAML, safe_load only)."""
-    import yaml
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Read and check a recipe file with nimbuild's one YAML reader (:mod:`nimbuild.safeload`): a key given
+    twice (``trust_remote_code: false`` then ``true``), an alias bomb, deep nesting, a non-plain tag, a
+    file that is not a regular one or is too large are one-line errors, like every schema error."""
+    from nimbuild.safeload import RECIPE_LIMITS, load_yaml
 
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise NimbuildError(f"recipe {p} does not exist", hint="give the path of a recipes/*.yaml file") from None
-    except IsADirectoryError:
-        raise NimbuildError(
-            f"recipe {p} is a folder, not a file", hint="give the path of a recipes/*.yaml file"
-        ) from None
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise NimbuildError(
-            f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})", hint="save the recipe as UTF-8"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise NimbuildError(f"{p}: invalid YAML{where}: {problem}", hint="fix the YAML syntax") from None
+    data, raw = load_yaml(p, what="recipe", limits=RECIPE_LIMITS, hint="give the path of a recipes/*.yaml file")
     recipe = parse_recipe(data, p)
     recipe._path = p.resolve()
     recipe._sha256 = hashlib.sha256(raw).hexdigest()

@@ -12,6 +12,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nimbuild.errors import NimbuildError
 
@@ -56,7 +57,7 @@ class Sku:
     def pci_device_id(self) -> str:
         return self.pci_device_ids[0]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "canonical": self.canonical,
             "slug": self.slug,
@@ -158,14 +159,11 @@ def _parse_entry(index: int, raw: object) -> Sku:
 
 @functools.lru_cache(maxsize=1)
 def _load() -> tuple[tuple[Sku, ...], dict[str, Sku], dict[str, Sku]]:
-    import yaml
+    from nimbuild.safeload import CATALOG_LIMITS, load_yaml
 
-    try:
-        data = yaml.safe_load(CATALOG_PATH.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise NimbuildError(
-            f"{CATALOG_PATH}: cannot read the SKU catalog: {exc}", hint="reinstall nimbuild or fix the file"
-        ) from None
+    data, _ = load_yaml(
+        CATALOG_PATH, what="SKU catalog", limits=CATALOG_LIMITS, hint="reinstall nimbuild or fix the file"
+    )
     if not isinstance(data, dict) or not isinstance(data.get("skus"), list):
         raise NimbuildError(
             f"{CATALOG_PATH}: expected a mapping with a 'skus:' list", hint="see the comment at the top of the file"

@@ -95,14 +95,15 @@ def prepare(export_dir: Path, bundle: Path, pairs: Path | None, max_queries: int
 
     from nimbuild.builder import pairs as pairs_mod
     from nimbuild.builder.gate import judge, ranking_metrics, session_scores
-    from nimbuild.builder.pipeline import load_report
-    from nimbuild.builder.precision import thresholds_for
     from nimbuild.builder.precision.common import cpu_session
+    from nimbuild.export_layout import graph_path as export_graph
+    from nimbuild.export_layout import read_export_report, tokenizer_dir
     from nimbuild.fsutil import staging_dir
+    from nimbuild.thresholds import GateThresholds
 
-    report = load_report(export_dir)
+    report = read_export_report(export_dir)
     fp8 = report["precisions"].get("fp8") or {}
-    graph_path = export_dir / "onnx" / "fp8" / "model.onnx"
+    graph_path = export_graph(export_dir, "fp8")
     if not graph_path.is_file():
         sys.exit(
             f"error: {graph_path} does not exist (fp8 {fp8.get('status', 'not built')}: {fp8.get('reason', '')}); "
@@ -111,14 +112,13 @@ def prepare(export_dir: Path, bundle: Path, pairs: Path | None, max_queries: int
     pairs_file = pairs or (Path(report["pairs"]["file"]) if report["pairs"].get("file") else None)
     if pairs_file is None:
         sys.exit("error: the export used synthetic pairs; pass --pairs FILE.jsonl")
-    tokenizer = pairs_mod.load_tokenizer(export_dir / "tokenizer")
+    tokenizer = pairs_mod.load_tokenizer(tokenizer_dir(export_dir))
     groups = pairs_mod.load_pairs(pairs_file)[:max_queries]
     encoded = pairs_mod.encode(tokenizer, groups, int(report["max_sequence_length"]), report["inputs"])
-    reference = session_scores(cpu_session(export_dir / "onnx" / "fp32" / "model.onnx"), encoded)
+    reference = session_scores(cpu_session(export_graph(export_dir, "fp32")), encoded)
     simulated = session_scores(cpu_session(graph_path, fp8_qdq=True), encoded)
-    thresholds = thresholds_for(report["thresholds"], "fp8")
-    if fp8.get("gate"):
-        thresholds = fp8["gate"]["thresholds"]  # what the export judged it by
+    # what the export judged the fp8 graph by (the recipe's fp8 overrides applied), else the recipe-wide bars
+    thresholds = GateThresholds.from_mapping((fp8.get("gate") or {}).get("thresholds") or report["thresholds"])
 
     model = onnx.load(os.fspath(graph_path), load_external_data=True)
     pruned = _prune_embeddings(model, encoded)
@@ -168,7 +168,7 @@ def prepare(export_dir: Path, bundle: Path, pairs: Path | None, max_queries: int
             "pairs": str(pairs_file),
             "queries": len(encoded),
             "inputs": report["inputs"],
-            "thresholds": thresholds,
+            "thresholds": thresholds.to_dict(),
             "cpu_gate": verdict.to_dict(),
             "export_gate": fp8.get("gate"),
             "pruned_embeddings": pruned,
@@ -451,7 +451,6 @@ class Interpreter:
         raise NotImplementedError(f"gpu_check's interpreter has no {op} (node {node['name']})")
 
     def _gemm(self, node: dict, x: list, fp8_of: dict):
-        torch = self.torch
         a = node["attributes"]
         left, right = node["inputs"][0], node["inputs"][1]
         trans_a, trans_b = a.get("transA", 0), a.get("transB", 0)
@@ -574,6 +573,7 @@ def run(bundle: Path, cpu: bool, max_queries: int | None) -> dict:
     import torch
 
     from nimbuild.builder.gate import judge, ranking_metrics
+    from nimbuild.thresholds import GateThresholds
 
     meta = json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))
     n = min(meta["queries"], max_queries or meta["queries"])
@@ -581,7 +581,7 @@ def run(bundle: Path, cpu: bool, max_queries: int | None) -> dict:
     cpu_scores = np.load(bundle / "cpu_scores.npz")
     reference = [cpu_scores[f"reference_{i}"] for i in range(n)]
     simulated = [cpu_scores[f"simulated_{i}"] for i in range(n)]
-    thresholds = meta["thresholds"]
+    thresholds = GateThresholds.from_mapping(meta["thresholds"])
     result: dict[str, Any] = {
         "bundle": meta,
         "queries": n,

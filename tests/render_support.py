@@ -150,7 +150,8 @@ def build_manifest(
     if gpu_onnx:
         specs.append((onnx_profile_tags(precision="fp32", device="gpu", **common), ["onnx/fp32/model.onnx"]))
     if cpu:
-        specs.append((onnx_profile_tags(precision="int8", device="cpu", **common), ["onnx/cpu-int8/model.onnx"]))
+        int8 = onnx_profile_tags(precision="int8", device="cpu", cpu_isa="avx2", **common)
+        specs.append((int8, ["onnx/cpu-int8/model.onnx"]))
     for slug in engines:
         sku = skus.lookup(slug)
         plan = root / "engines" / sku.slug / "fp16" / "model.plan"

@@ -74,7 +74,7 @@ def test_logits_match_pytorch_batch_1_to_8_sequence_1_to_max(arch, exported_arch
         args = exp.example_inputs(names, model.config.vocab_size, batch, seq, seed=batch * 1000 + seq)
         with torch.no_grad():
             ref = wrapper(*args).numpy()
-        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0]
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})[0]
         assert got.shape == (batch, 1)
         worst = max(worst, float(np.abs(ref - got).max()))
     assert worst <= 1e-4, f"{arch}: max |Δlogit| {worst:.2e}"
@@ -246,7 +246,10 @@ def test_cli_out_dir_with_other_content(tmp_path, capsys, monkeypatch, tiny_mode
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     code, stdout, err = _cli(["export", model, "--out", str(out), "--precision", "fp32", "--force"], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "onnx", "tokenizer"]
+    # --force replaces the export's own entries only: the user's file stays, beside nimbuild's ledger
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".nimbuild-owned.json", "export_report.json", "gate_inputs.npz", "keep.txt", "onnx", "tokenizer"]
+    assert (out / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize("case", ["missing-dir", "unknown-repo", "remote-code", "bad-recipe", "bad-precision"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nimbuild.builder import gate
-from nimbuild.recipe import Thresholds
+from nimbuild.thresholds import GateThresholds
 
 
 def test_identical_scores_agree_perfectly():
@@ -77,7 +77,7 @@ def test_ndcg_only_looks_at_the_top_ten():
 
 def test_nan_candidate_fails_every_threshold():
     m = gate.ranking_metrics([np.array([1.0, 2.0])], [np.array([np.nan, 1.0])])
-    result = gate.judge(m, {"top1": 0.5, "spearman": 0.5, "max_abs_logit": 1.0})
+    result = gate.judge(m, GateThresholds(top1=0.5, spearman=0.5, max_abs_logit=1.0))
     assert not result.passed
     assert any(f.startswith("spearman undefined") for f in result.failures)
     assert any(f.startswith("max_abs_logit") for f in result.failures)
@@ -93,7 +93,7 @@ def test_shape_mismatch_is_an_error():
 def test_judge_thresholds_and_messages():
     metrics = {"top1": 0.8, "spearman": 0.97, "kendall": 0.5, "ndcg10": 0.99, "max_abs_logit": 0.02}
     result = gate.judge(
-        metrics, Thresholds(top1=0.95, spearman=0.95, ndcg10=0.98, max_abs_logit=0.01), n_queries=5, n_pairs=40
+        metrics, GateThresholds(top1=0.95, spearman=0.95, ndcg10=0.98, max_abs_logit=0.01), n_queries=5, n_pairs=40
     )
     assert not result.passed
     assert result.failures == ["top1 0.8000 < 0.95", "max_abs_logit 0.02 > 0.01"]
@@ -101,12 +101,22 @@ def test_judge_thresholds_and_messages():
     assert set(d) == {"passed", "metrics", "thresholds", "failures", "n_queries", "n_pairs", "notes"}
     assert d["thresholds"]["kendall"] is None  # not judged
     assert (d["n_queries"], d["n_pairs"]) == (5, 40)
-    assert gate.judge(metrics, {"top1": 0.8, "spearman": None}).passed
+    assert gate.judge(metrics, GateThresholds(top1=0.8, spearman=None)).passed
 
 
 def test_unknown_threshold_name_is_rejected():
     with pytest.raises(ValueError, match="top_1"):
-        gate.thresholds_dict({"top_1": 0.9})
+        GateThresholds.from_mapping({"top_1": 0.9})
+    with pytest.raises(ValueError, match="not a finite number"):
+        GateThresholds(top1=math.nan)
+
+
+def test_a_tightened_bound_is_the_stricter_one():
+    loose = GateThresholds(top1=0.9, max_abs_logit=0.5)
+    assert loose.tightened(max_abs_logit=0.1, top1=0.95) == GateThresholds(top1=0.95, max_abs_logit=0.1)
+    assert loose.tightened(max_abs_logit=0.9).max_abs_logit == 0.5  # never loosened
+    assert GateThresholds().tightened(max_abs_logit=1e-4).max_abs_logit == 1e-4
+    assert list(GateThresholds(top1=1.0).bounds()) == [("top1", 1.0, True)]
 
 
 def test_scores_from_logits_picks_the_relevance_column():
@@ -150,10 +160,10 @@ def test_run_gate_on_a_real_graph(tmp_path):
     mask = np.array([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=np.int64)
     feeds = [{"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}]  # extra input ignored
     exact = [np.array([0.6, 0.9, 2.7])]
-    good = gate.run_gate(path, feeds, exact, {"top1": 1.0, "max_abs_logit": 1e-5}, max_batch=2)
+    good = gate.run_gate(path, feeds, exact, GateThresholds(top1=1.0, max_abs_logit=1e-5), max_batch=2)
     assert good.passed, good.failures
     assert good.n_pairs == 3 and good.n_queries == 1
     # a reference that orders the passages the other way round is refused
-    bad = gate.run_gate(path, feeds, [np.array([2.7, 0.9, 0.6])], {"top1": 0.95, "spearman": 0.95})
+    bad = gate.run_gate(path, feeds, [np.array([2.7, 0.9, 0.6])], GateThresholds(top1=0.95, spearman=0.95))
     assert not bad.passed
     assert bad.metrics["spearman"] == pytest.approx(-1.0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from nimbuild import cpu_isa
 from nimbuild.errors import NimbuildError
 from nimbuild.runtime import hardware
 from nimbuild.runtime.hardware import assumed_host, detect_host
@@ -117,9 +118,13 @@ H100 = FakeGpu("NVIDIA H100 80GB HBM3", 0x233010DE, (9, 0), 81559, 80000, uuid="
 L40S = FakeGpu("NVIDIA L40S", 0x26B910DE, (8, 9), 46068, 40000, uuid="GPU-l40s")
 
 
+ZEN3 = cpu_isa.from_flags("x86_64", {"avx", "avx2", "sse4_1"}, "AMD EPYC 7B13")
+
+
 @pytest.fixture
 def nvml(monkeypatch):
-    """Install a fake pynvml: ``nvml([gpus], **options)`` returns the module."""
+    """Install a fake pynvml: ``nvml([gpus], **options)`` returns the module (and the CPU is an AVX2 Zen 3)."""
+    monkeypatch.setattr(cpu_isa, "detect_cpu", lambda *args, **kwargs: ZEN3)
 
     def install(gpus, **options):
         mod = fake_pynvml(gpus, **options)
@@ -286,6 +291,7 @@ def test_system_info_lines_for_a_gpu_host(nvml):
         "  - [2330:10de] (0) NVIDIA H100 80GB HBM3 (NVIDIA-H100-80GB-HBM3), compute capability 9.0, "
         "81559 MiB total, 80000 MiB free",
         "- Driver: 550.54.15 (CUDA 12.4)",
+        "- CPU: AMD EPYC 7B13 (x86_64, avx2), cpu_isa: avx2",
     ]
 
 

@@ -42,12 +42,22 @@ ALLOWED_NIMBUILD = {
     "nimbuild.errors",
     "nimbuild.output",
     "nimbuild.skus",
+    "nimbuild.cpu_isa",
     "nimbuild.profiles",
     "nimbuild.manifest",
+    "nimbuild.manifest_paths",
+    "nimbuild.manifest_parse",
+    "nimbuild.export_layout",
     "nimbuild.fsutil",
+    "nimbuild.safeload",
+    "nimbuild.manifest_nim",
+    "nimbuild.safe_text",
     "nimbuild.runtime",
     "nimbuild.runtime.hardware",
     "nimbuild.runtime.selection",
+    "nimbuild.runtime.gpu_match",
+    "nimbuild.runtime.overrides",
+    "nimbuild.runtime.settings",
 }
 
 PROBE = textwrap.dedent("""
@@ -126,6 +136,7 @@ def test_detecting_and_selecting_loads_nothing_heavy(tmp_path, small_manifest):
         ["list-model-profiles"],
         ["list-model-profiles", "--json"],
         ["list-model-profiles", "--assume-gpu", "h100-sxm"],
+        ["list-model-profiles", "--assume-cpu", "avx512_vnni"],
         ["select"],
     ],
 )
@@ -171,9 +182,16 @@ RUNTIME_MAY_IMPORT = (
     "nimbuild.errors",
     "nimbuild.output",
     "nimbuild.skus",
+    "nimbuild.cpu_isa",
     "nimbuild.profiles",
     "nimbuild.manifest",
+    "nimbuild.manifest_paths",
+    "nimbuild.export_layout",
+    "nimbuild.manifest_verify",
     "nimbuild.fsutil",
+    "nimbuild.safeload",
+    "nimbuild.manifest_nim",
+    "nimbuild.safe_text",
     "nimbuild.runtime",
 )
 
@@ -227,7 +245,11 @@ def test_the_static_import_check_sees_lazy_and_relative_imports(tmp_path):
 
 
 def test_the_model_store_loads_nothing_heavy(tmp_path):
-    modules, proc = _loaded("import nimbuild.runtime.model_store, nimbuild.runtime.triton_repo.repository", tmp_path)
+    modules, proc = _loaded(
+        "import nimbuild.runtime.model_store, nimbuild.runtime.triton_repo.writing, "
+        "nimbuild.runtime.triton_repo.serving_overrides",
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "nimbuild.runtime.model_store" in modules
     assert _heavy(modules) == []

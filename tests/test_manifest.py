@@ -12,14 +12,15 @@ import pytest
 import yaml
 
 from nimbuild import manifest as mf
-from nimbuild import profiles
+from nimbuild import manifest_merge, manifest_paths, manifest_verify, profiles
 from nimbuild.errors import NimbuildError
 
-SCHEMA = json.loads((Path(__file__).parent.parent / "manifests" / "schema.json").read_text())
+SCHEMA = mf.json_schema()
 
 
 def _profile(root: Path, precision: str, device: str = "gpu", files: dict[str, bytes] | None = None) -> mf.Profile:
-    tags = profiles.onnx_profile_tags("tiny", "rev1", precision, device, 8, 128)
+    isa = "avx2" if (precision, device) == ("int8", "cpu") else None
+    tags = profiles.onnx_profile_tags("tiny", "rev1", precision, device, 8, 128, cpu_isa=isa)
     files = (
         files
         if files is not None
@@ -73,11 +74,11 @@ def test_round_trip_and_ids(built):
         import hashlib
 
         assert hashlib.sha256(canon.encode()).hexdigest() == p.id
-    assert mf.verify_manifest(m) == []
+    assert manifest_verify.verify_manifest(m) == []
     assert {p.name for p in m.profiles} == {
         "onnx-fp16-triton-onnxruntime",
         "cpu-fp32-onnxruntime",
-        "cpu-int8-onnxruntime",
+        "cpu-int8-avx2-onnxruntime",
     }
     assert m.header["model"] == "tiny"
 
@@ -139,7 +140,7 @@ def test_a_plain_nim_v2_manifest_without_header_or_metrics_reads(tmp_path):
     (tmp_path / "manifest.yaml").write_text(yaml.safe_dump(doc))
     m = mf.load_manifest(tmp_path / "manifest.yaml")
     assert m.header == {} and m.profiles[0].metrics == {}
-    assert mf.verify_manifest(m) == []
+    assert manifest_verify.verify_manifest(m) == []
     mf.write_manifest(m, tmp_path / "again.yaml")  # unknown keys kept
     assert yaml.safe_load((tmp_path / "again.yaml").read_text())["profiles"][0]["release"] == "1.0"
     jsonschema.validate(doc, SCHEMA)
@@ -180,7 +181,7 @@ def test_wrong_id_names_file_profile_and_field(built):
     msg = str(exc.value)
     assert str(built) in msg and repr(name) in msg and ".id" in msg and "does not match its tags" in msg
     m = mf.load_manifest(built, check_ids=False)
-    problems = mf.verify_manifest(m)
+    problems = manifest_verify.verify_manifest(m)
     assert len(problems) == 1 and name in problems[0] and "does not match its tags" in problems[0]
 
 
@@ -240,19 +241,31 @@ def test_remote_uri_is_allowed(built):
     assert mf.load_manifest(built)
 
 
-def test_local_uri_other_than_its_key_is_rejected(built):
-    # download-to-cache reads the uri, serve and verify the key: they must name one file.
+def test_a_local_uri_other_than_its_key_is_where_the_bytes_are(built):
+    # NIM's meaning: the key names the file in the profile's workspace, the uri where its bytes are.
+    root = built.parent
+    moved = root / "profiles" / "int8" / "model.onnx"
+    moved.parent.mkdir(parents=True)
+
     def swap(d):
         prof = next(p for p in d["profiles"] if p["tags"]["precision"] == "int8")
         files = prof["workspace"]["files"]
         key = next(k for k in files if k.endswith("model.onnx"))
-        files[key]["uri"] = "onnx/fp16-gpu/model.onnx"
+        (root / key).rename(moved)
+        files[key]["uri"] = "profiles/int8/model.onnx"
 
     _edit(built, swap)
-    with pytest.raises(NimbuildError) as exc:
-        mf.load_manifest(built)
-    msg = str(exc.value)
-    assert str(built) in msg and "int8" in msg and ".uri" in msg and "onnx/fp16-gpu/model.onnx" in msg
+    m = mf.load_manifest(built, check_ids=False)
+    assert manifest_verify.verify_manifest(m) == []  # verified at the uri, not at the key
+    prof = next(p for p in m.profiles if p.tags["precision"] == "int8")
+    key = next(k for k in prof.files if k.endswith("model.onnx"))
+    assert mf.file_in(root, prof, key) == root / "profiles/int8/model.onnx"
+    moved.write_bytes(b"altered")
+    problems = manifest_verify.verify_manifest(m)
+    assert len(problems) == 1 and "profiles/int8/model.onnx" in problems[0] and key in problems[0]
+    moved.unlink()
+    problems = manifest_verify.verify_manifest(m)
+    assert len(problems) == 1 and "missing" in problems[0] and "profiles/int8/model.onnx" in problems[0]
 
 
 def test_local_uri_equal_to_its_key_or_normalised_is_fine(built):
@@ -282,7 +295,7 @@ def test_symlink_out_of_the_folder_is_rejected(built, tmp_path):
 def test_symlink_inside_the_folder_is_fine(tmp_path):
     (tmp_path / "real.bin").write_bytes(b"x")
     os.symlink(tmp_path / "real.bin", tmp_path / "link.bin")
-    assert mf.safe_join(tmp_path, "link.bin") == tmp_path / "link.bin"
+    assert manifest_paths.safe_join(tmp_path, "link.bin") == tmp_path / "link.bin"
 
 
 @pytest.mark.parametrize(
@@ -333,7 +346,7 @@ def test_verify_names_the_altered_file(built):
     data = bytearray(path.read_bytes())
     data[0] ^= 0x01
     path.write_bytes(bytes(data))
-    problems = mf.verify_manifest(m)
+    problems = manifest_verify.verify_manifest(m)
     assert len(problems) == 1
     assert rel in problems[0] and "sha256" in problems[0] and "onnx-fp16-triton-onnxruntime" in problems[0]
 
@@ -342,10 +355,10 @@ def test_verify_missing_and_resized_files(built):
     m = mf.load_manifest(built)
     (built.parent / "onnx/fp32-cpu/model.onnx").unlink()
     (built.parent / "onnx/int8-cpu/model.onnx").write_bytes(b"longer than before")
-    problems = mf.verify_manifest(m)
+    problems = manifest_verify.verify_manifest(m)
     assert any("onnx/fp32-cpu/model.onnx: missing" in p for p in problems)
     assert any("onnx/int8-cpu/model.onnx: size" in p for p in problems)
-    assert mf.verify_manifest(m, check_files=False) == []
+    assert manifest_verify.verify_manifest(m, check_files=False) == []
 
 
 # ------------------------------------------------------------------ merge
@@ -372,7 +385,7 @@ def test_merge_is_order_independent_and_byte_identical(tmp_path):
     root = tmp_path / "export"
     outputs = set()
     for i, order in enumerate(itertools.permutations(paths[:4])):
-        merged = mf.merge_manifests(
+        merged = manifest_merge.merge_manifests(
             [mf.load_manifest(p) for p in order] + [mf.load_manifest(p) for p in paths[4:]], root=root
         )
         out = root / f"merged{i}.yaml"
@@ -382,16 +395,18 @@ def test_merge_is_order_independent_and_byte_identical(tmp_path):
     merged = mf.load_manifest(root / "merged0.yaml")
     assert len(merged.profiles) == 4
     assert merged.header["version"] == "0.1.2"
-    assert mf.verify_manifest(merged) == []
+    assert manifest_verify.verify_manifest(merged) == []
     assert any(rel.startswith("engines/runner1/") for p in merged.profiles for rel in p.files)
 
 
 def test_merge_is_idempotent(tmp_path):
     paths = _fragments(tmp_path)
     root = tmp_path / "export"
-    once = mf.merge_manifests([mf.load_manifest(p) for p in paths], root=root)
+    once = manifest_merge.merge_manifests([mf.load_manifest(p) for p in paths], root=root)
     mf.write_manifest(once, root / "once.yaml")
-    twice = mf.merge_manifests([mf.load_manifest(root / "once.yaml")] + [mf.load_manifest(p) for p in paths])
+    twice = manifest_merge.merge_manifests(
+        [mf.load_manifest(root / "once.yaml")] + [mf.load_manifest(p) for p in paths]
+    )
     mf.write_manifest(twice, root / "twice.yaml")
     assert (root / "once.yaml").read_bytes() == (root / "twice.yaml").read_bytes()
 
@@ -403,7 +418,7 @@ def test_merge_conflict_same_id_other_bytes(tmp_path):
     b = mf.Manifest(profiles=[_profile(b_dir, "fp16", files={"m.bin": b"two"})], root=b_dir, source=b_dir / "f.yaml")
     for order in ([a, b], [b, a]):
         with pytest.raises(NimbuildError) as exc:
-            mf.merge_manifests(order, root=tmp_path)
+            manifest_merge.merge_manifests(order, root=tmp_path)
         assert "conflict" in str(exc.value) and "m.bin" in str(exc.value)
 
 
@@ -413,14 +428,14 @@ def test_merge_conflict_same_name_other_id(tmp_path):
     b_prof.name = a.profiles[0].name
     b = mf.Manifest(profiles=[b_prof], root=tmp_path)
     with pytest.raises(NimbuildError, match="conflict: name"):
-        mf.merge_manifests([a, b])
+        manifest_merge.merge_manifests([a, b])
 
 
 def test_merge_header_conflict(tmp_path):
     a = mf.Manifest(profiles=[], header={"model": "a"}, root=tmp_path)
     b = mf.Manifest(profiles=[], header={"model": "b"}, root=tmp_path)
     with pytest.raises(NimbuildError, match="nimbuild.model"):
-        mf.merge_manifests([a, b])
+        manifest_merge.merge_manifests([a, b])
 
 
 # ------------------------------------------------------------------ `nimbuild manifest ...` and assembly
@@ -432,7 +447,7 @@ def _fake_export(root: Path, rejected: str = "fp16") -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         (root / "tokenizer" / name).write_text(f'{{"{name}": 1}}')
     precisions = {}
-    for prec, folder in (("fp32", "fp32"), ("fp16", "fp16"), ("fp8", "fp8"), ("int8", "cpu-int8")):
+    for prec, folder in (("fp32", "fp32"), ("fp16", "fp16"), ("fp8", "fp8"), ("int8-avx2", "cpu-int8-avx2")):
         rel = f"onnx/{folder}/model.onnx"
         (root / rel).parent.mkdir(parents=True)
         (root / rel).write_bytes(prec.encode() * 100)
@@ -442,6 +457,10 @@ def _fake_export(root: Path, rejected: str = "fp16") -> Path:
             if prec != rejected
             else {"status": "rejected", "reason": "top1 0.5 < 0.95", "gate": gate}
         )
+    precisions["int8-avx2"].update(precision="int8", cpu_isa="avx2", weight_bits=7, judged_on={"cpu_isa": ["avx2"]})
+    # a class this export's CPU could not judge: in the report, not in the manifest
+    precisions["int8-avx512_vnni"] = {"status": "skipped", "reason": "lacks avx512_vnni", "path": None}
+    precisions["int8-avx512_vnni"].update(precision="int8", cpu_isa="avx512_vnni", weight_bits=8)
     (root / "onnx/fp32/model.onnx.data").write_bytes(b"weights")
     report = {
         "model": "example-tiny",
@@ -493,7 +512,7 @@ def test_assemble_onnx_profiles_and_fragment(tmp_path):
     m = mf.load_manifest(export / "manifest.yaml")
     names = {p.name: p for p in m.profiles}
     # fp16 was rejected by its gate: no GPU ONNX profile; fp8 Q/DQ is TensorRT-only
-    assert set(names) == {"cpu-fp32-onnxruntime", "cpu-int8-onnxruntime", "h100-hbm3-80gb-fp8-triton-tensorrt"}
+    assert set(names) == {"cpu-fp32-onnxruntime", "cpu-int8-avx2-onnxruntime", "h100-hbm3-80gb-fp8-triton-tensorrt"}
     cpu = names["cpu-fp32-onnxruntime"]
     assert set(cpu.files) == {
         "onnx/fp32/model.onnx",
@@ -503,10 +522,13 @@ def test_assemble_onnx_profiles_and_fragment(tmp_path):
         "tokenizer/tokenizer_config.json",
     }
     assert cpu.metrics["gate"]["passed"] is True and cpu.metrics["size_bytes"] == 400 + 7
+    int8 = names["cpu-int8-avx2-onnxruntime"]
+    assert int8.tags["cpu_isa"] == "avx2" and "onnx/cpu-int8-avx2/model.onnx" in int8.files
+    assert int8.metrics["weight_bits"] == 7 and int8.metrics["judged_on"] == {"cpu_isa": ["avx2"]}
     trt = names["h100-hbm3-80gb-fp8-triton-tensorrt"]
     assert "engines/h100-sxm/fp8/model.plan" in trt.files and "tokenizer/tokenizer.json" in trt.files
     assert m.header["model_revision"] == "abc123"
-    assert mf.verify_manifest(m) == []
+    assert manifest_verify.verify_manifest(m) == []
     jsonschema.validate(yaml.safe_load((export / "manifest.yaml").read_text()), SCHEMA)
 
 
@@ -516,10 +538,22 @@ def test_assemble_with_every_gate_passed(tmp_path):
     assert {p.name for p in m.profiles} == {
         "onnx-fp16-triton-onnxruntime",
         "cpu-fp32-onnxruntime",
-        "cpu-int8-onnxruntime",
+        "cpu-int8-avx2-onnxruntime",
     }
     gpu = next(p for p in m.profiles if p.tags["device"] == "gpu")
     assert gpu.tags["precision"] == "fp16" and gpu.tags["backend"] == "onnx"
+
+
+def test_assemble_refuses_an_int8_graph_without_its_cpu_class(tmp_path):
+    """An export of an older nimbuild: its int8 graph's weight range came from the machine that built it."""
+    export = _fake_export(tmp_path / "export")
+    report = json.loads((export / "export_report.json").read_text())
+    report["precisions"]["int8"] = {"status": "passed", "path": "onnx/cpu-int8-avx2/model.onnx"}
+    del report["precisions"]["int8-avx2"]
+    (export / "export_report.json").write_text(json.dumps(report))
+    res = _cli("manifest", "build", "--export-dir", export)
+    assert res.exit_code == 1
+    assert "names no cpu_isa class" in str(res.exception) and "re-run `nimbuild export`" in str(res.exception)
 
 
 def test_assemble_rejects_a_fragment_of_another_model(tmp_path):
@@ -571,7 +605,7 @@ def test_cli_show_table_and_json(tmp_path):
     data = json.loads(res.output)
     assert data["schema_version"] == "2.0.0" and len(data["profiles"]) == 2
     res = _cli("manifest", "show", export / "manifest.yaml")
-    assert res.exit_code == 0 and "cpu-int8-onnxruntime" in res.output
+    assert res.exit_code == 0 and "cpu-int8-avx2-onnxruntime" in res.output
 
 
 def test_cli_merge_any_order_byte_identical(tmp_path):
@@ -585,7 +619,7 @@ def test_cli_merge_any_order_byte_identical(tmp_path):
         outs.add(out.read_bytes())
     assert len(outs) == 1
     merged = mf.load_manifest(export / "merged-0.yaml")
-    assert len(merged.profiles) == 3 and mf.verify_manifest(merged) == []
+    assert len(merged.profiles) == 3 and manifest_verify.verify_manifest(merged) == []
     again = _cli("manifest", "merge", export / "merged-0.yaml", *frags, "--out", export / "merged-0.yaml")
     assert again.exit_code == 0 and (export / "merged-0.yaml").read_bytes() in outs
 
@@ -600,7 +634,45 @@ def test_merge_same_bytes_other_metrics_is_not_a_conflict_and_is_order_independe
     b = mf.Manifest(profiles=[b_prof], root=tmp_path, source=tmp_path / "rerun.yaml")
     kept = set()
     for order in ([a, b], [b, a]):
-        merged = mf.merge_manifests(order, root=tmp_path)
+        merged = manifest_merge.merge_manifests(order, root=tmp_path)
         assert len(merged.profiles) == 1
         kept.add(merged.profiles[0].metrics["latency_ms"])
     assert len(kept) == 1
+
+
+def test_a_cpu_class_fragment_merges_into_another_runner_s_manifest(tmp_path):
+    """The CPU-class CI job's hand-off: cpu/<class>/fragment.yaml with the graph beside it; the merge job's
+    export made no int8 graph (--cpu-isa none) and its manifest build picks the fragment up."""
+    import shutil
+
+    class_job = _fake_export(tmp_path / "class-job")
+    frag = _cli("manifest", "fragment", "--export-dir", class_job, "--cpu-isa", "avx2")
+    assert frag.exit_code == 0, frag.output
+    folder = class_job / "cpu" / "avx2"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "fragment.yaml",
+        "int8/model.onnx",
+    ]
+    release = _fake_export(tmp_path / "release")
+    report = json.loads((release / "export_report.json").read_text())
+    del report["precisions"]["int8-avx2"]
+    shutil.rmtree(release / "onnx" / "cpu-int8-avx2")
+    (release / "export_report.json").write_text(json.dumps(report))
+    shutil.copytree(folder, release / "cpu" / "avx2")
+    assert _cli("manifest", "build", "--export-dir", release).exit_code == 0
+    m = mf.load_manifest(release / "manifest.yaml")
+    int8 = m.by_name("cpu-int8-avx2-onnxruntime")
+    assert int8 is not None and int8.tags["cpu_isa"] == "avx2" and int8.metrics["weight_bits"] == 7
+    assert {"cpu/avx2/int8/model.onnx", "tokenizer/tokenizer.json"} <= set(int8.files)
+    assert manifest_verify.verify_manifest(m) == []
+    # where the class was also exported (a local build that wrote the fragment too): listed once, from onnx/
+    assert _cli("manifest", "build", "--export-dir", class_job).exit_code == 0
+    local = mf.load_manifest(class_job / "manifest.yaml").by_name("cpu-int8-avx2-onnxruntime")
+    assert "onnx/cpu-int8-avx2/model.onnx" in local.files
+
+
+def test_no_fragment_for_a_class_the_export_did_not_make(tmp_path):
+    export = _fake_export(tmp_path / "export")
+    res = _cli("manifest", "fragment", "--export-dir", export, "--cpu-isa", "avx512_vnni")
+    assert res.exit_code == 1 and "no passed int8 graph for avx512_vnni: lacks avx512_vnni" in str(res.exception)
+    assert not (export / "cpu").exists()

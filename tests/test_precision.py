@@ -16,14 +16,20 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from nimbuild import cpu_isa  # noqa: E402
 from nimbuild.builder.precision import build_precisions  # noqa: E402
 from nimbuild.builder.precision.common import cpu_session  # noqa: E402
 from nimbuild.errors import NimbuildError  # noqa: E402
 from nimbuild.output import Output  # noqa: E402
+from nimbuild.thresholds import GateThresholds, uniform  # noqa: E402
 
 # report every metric, judge none: used where a test checks a graph's structure, not the gate
-UNJUDGED = {"top1": None, "spearman": None, "kendall": None, "ndcg10": None, "max_abs_logit": None}
+UNJUDGED = uniform(GateThresholds())  # every metric reported, none judged
 RECIPE_DEFAULTS = {"top1": 0.95, "spearman": 0.95, "ndcg10": 0.98}
+# The build CPU these tests pretend to run on: AVX2 without VNNI. The avx2 graph (7-bit weights) has the
+# same integers on every CPU's kernels (test_the_7_bit_graph_s_integers_are_exact_on_this_cpu), so what
+# the tests see of it does not depend on the CPU that runs them.
+AVX2_BUILD = cpu_isa.assumed_cpu("avx2")
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +47,8 @@ def example_data(exported_example, example_model_dir, example_pairs):
 
 
 def _build(export_dir: Path, data: dict, precisions, thresholds, **kw) -> dict:
+    kw.setdefault("cpu_classes", ["avx2"])
+    kw.setdefault("build_cpu", AVX2_BUILD)
     return build_precisions(
         export_dir / "onnx" / "fp32" / "model.onnx",
         export_dir,
@@ -87,8 +95,8 @@ def _io_types(model) -> tuple[dict, dict]:
 
 def test_every_precision_is_written_gated_and_runs(built, example_data):
     export_dir, report = built
-    assert set(report) == {"fp16", "fp8", "int8"}  # fp32 is the export's, not rebuilt here
-    for name, folder in (("fp16", "fp16"), ("fp8", "fp8"), ("int8", "cpu-int8")):
+    assert set(report) == {"fp16", "fp8", "int8-avx2"}  # fp32 is the export's, not rebuilt here
+    for name, folder in (("fp16", "fp16"), ("fp8", "fp8"), ("int8-avx2", "cpu-int8-avx2")):
         entry = report[name]
         assert entry["status"] == "passed", entry
         assert entry["path"] == f"onnx/{folder}/model.onnx"
@@ -99,13 +107,13 @@ def test_every_precision_is_written_gated_and_runs(built, example_data):
         assert "onnxruntime" in entry["tool"] and entry["seconds"] >= 0
         # it runs in ONNX Runtime on the CPU and still ranks like the reference (sanity, well below the gate)
         scores = _scores(export_dir / entry["path"], example_data, fp8=(name == "fp8"))
-        rho = np.mean([_spearman(r, s) for r, s in zip(example_data["reference"], scores)])
+        rho = np.mean([_spearman(r, s) for r, s in zip(example_data["reference"], scores, strict=True)])
         assert rho > 0.8, (name, rho)
         assert gate["metrics"]["spearman"] == pytest.approx(rho, abs=0.02)
     # no staging leftovers beside the graphs, and modes like the FP32 export's (not mkdtemp's 0700)
-    assert sorted(p.name for p in (export_dir / "onnx").iterdir()) == ["cpu-int8", "fp16", "fp32", "fp8"]
+    assert sorted(p.name for p in (export_dir / "onnx").iterdir()) == ["cpu-int8-avx2", "fp16", "fp32", "fp8"]
     fp32_mode = (export_dir / "onnx/fp32").stat().st_mode & 0o777
-    for folder in ("fp16", "fp8", "cpu-int8"):
+    for folder in ("fp16", "fp8", "cpu-int8-avx2"):
         assert (export_dir / "onnx" / folder).stat().st_mode & 0o777 == fp32_mode
         assert (export_dir / "onnx" / folder / "model.onnx").stat().st_mode & 0o777 == (
             export_dir / "onnx/fp32/model.onnx"
@@ -118,7 +126,6 @@ def test_fp16_graph_keeps_fragile_ops_and_io_in_fp32(built):
     inputs, outputs = _io_types(model)
     assert set(inputs.values()) == {onnx.TensorProto.INT64}
     assert outputs == {"logits": onnx.TensorProto.FLOAT}
-    inits = {t.name: t.data_type for t in model.graph.initializer}
     # the matrices are FP16 ...
     big = [t for t in model.graph.initializer if len(t.dims) == 2 and np.prod(t.dims) >= 32 * 32]
     assert big and all(t.data_type == onnx.TensorProto.FLOAT16 for t in big)
@@ -172,7 +179,8 @@ def test_fp8_graph_is_explicit_qdq_tensorrt_can_build(built):
 
 
 def test_fp8_quantizes_the_bmms_of_an_attention_tensorrt_fuses():
-    """ModelOpt's rule: BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2 gets FP8; anything between Softmax and BMM2 does not."""
+    """ModelOpt's rule: BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2 gets FP8;
+    anything between Softmax and BMM2 does not."""
     from onnx import TensorProto, helper
 
     from nimbuild.builder.precision.fp8 import fused_mha_bmms
@@ -214,14 +222,16 @@ def test_fp8_quantizes_the_bmms_of_an_attention_tensorrt_fuses():
 
 def test_int8_graph_is_fused_and_quantized(built):
     export_dir, report = built
-    model = onnx.load(export_dir / "onnx/cpu-int8/model.onnx")
+    model = onnx.load(export_dir / "onnx/cpu-int8-avx2/model.onnx")
     ops = {n.op_type for n in model.graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "MatMulIntegerToFloat"}
     assert ops & {"SkipLayerNormalization", "BiasGelu", "Attention"}  # ORT's transformer fusions
     assert any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
     _, outputs = _io_types(model)
     assert outputs == {"logits": onnx.TensorProto.FLOAT}
-    assert "dynamic" in report["int8"]["tool"]
+    assert "dynamic" in report["int8-avx2"]["tool"]
+    assert report["int8-avx2"]["cpu_isa"] == "avx2" and report["int8-avx2"]["weight_bits"] == 7
+    assert report["int8-avx2"]["judged_on"]["cpu_isa"] == ["avx2"]
 
 
 # ----------------------------------------------------------------------------- the gate rejects and accepts
@@ -229,17 +239,17 @@ def test_int8_graph_is_fused_and_quantized(built):
 
 def test_the_example_recipe_judges_fp8_by_its_own_bars_and_the_honest_graph_meets_them(built, example_recipe):
     from nimbuild.builder.gate import judge
-    from nimbuild.builder.precision import thresholds_for
     from nimbuild.recipe import load_recipe
 
     thresholds = load_recipe(example_recipe).thresholds
-    fp8 = thresholds_for(thresholds, "fp8")
-    assert fp8["top1"] < RECIPE_DEFAULTS["top1"] and fp8["ndcg10"] == RECIPE_DEFAULTS["ndcg10"]
-    for other in ("fp16", "int8"):
-        assert thresholds_for(thresholds, other) == thresholds.model_dump()
-    # a mapping works the same way (tests and benchmarks pass dicts)
-    assert thresholds_for({"top1": 0.9, "fp8": {"top1": 0.5}}, "fp8") == {"top1": 0.5}
-    assert thresholds_for({"top1": 0.9, "fp8": {"top1": 0.5}}, "fp16") == {"top1": 0.9}
+    fp8 = thresholds.for_precision("fp8")  # resolved once, when the recipe was read
+    assert fp8.top1 is not None and fp8.top1 < RECIPE_DEFAULTS["top1"] and fp8.ndcg10 == RECIPE_DEFAULTS["ndcg10"]
+    for other in ("fp32", "fp16"):
+        assert thresholds.for_precision(other).to_dict() == thresholds.model_dump()
+    int8 = thresholds.for_precision("int8")  # the example's own int8 top-1 bar: RESULTS-cpu-isa.md
+    assert int8.top1 is not None and int8.top1 < RECIPE_DEFAULTS["top1"]
+    assert int8.ndcg10 == RECIPE_DEFAULTS["ndcg10"]
+    assert thresholds.by_precision["fp8"] == fp8 and thresholds.recipe_wide == thresholds.for_precision("fp32")
     _, report = built
     verdict = judge(report["fp8"]["gate"]["metrics"], fp8)
     assert verdict.passed, verdict.failures
@@ -276,9 +286,11 @@ def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(
         calibration=example_data["encoded"],
         evaluation=example_data["encoded"],
         reference=example_data["reference"],
-        thresholds=load_recipe(example_recipe).thresholds,
+        thresholds=load_recipe(example_recipe).thresholds.by_precision,
         out=Output(),
         config_dir=exported_copy / "tokenizer",
+        cpu_classes=["avx2"],
+        build_cpu=AVX2_BUILD,
     )
 
     bad = report["fp8"]
@@ -288,7 +300,7 @@ def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(
     assert bad["gate"]["metrics"]["ndcg10"] < 0.98
     assert "top1" in bad["reason"] and "< 0.75" in bad["reason"]  # says by how much
     assert not (exported_copy / "onnx" / "fp8").exists()  # neither the new graph nor the stale one
-    for good in ("fp16", "int8"):
+    for good in ("fp16", "int8-avx2"):
         assert report[good]["status"] == "passed" and report[good]["gate"]["passed"], report[good]
         assert (exported_copy / report[good]["path"]).is_file()
     assert report["bf16"]["status"] == "skipped" and "unknown precision" in report["bf16"]["reason"]
@@ -314,7 +326,7 @@ def test_too_few_calibration_pairs_is_an_error_that_says_how_many(exported_copy,
             calibration=few,
             evaluation=example_data["encoded"],
             reference=example_data["reference"],
-            thresholds=None,
+            thresholds=UNJUDGED,
             out=Output(quiet=True),
         )
     with pytest.raises(NimbuildError, match="at least 32"):
@@ -327,7 +339,7 @@ def test_too_few_calibration_pairs_is_an_error_that_says_how_many(exported_copy,
             calibration=[],
             evaluation=example_data["encoded"],
             reference=example_data["reference"],
-            thresholds=None,
+            thresholds=UNJUDGED,
             out=Output(quiet=True),
         )
     assert not (exported_copy / "onnx" / "fp16").exists() and not (exported_copy / "onnx" / "fp8").exists()
@@ -386,7 +398,7 @@ def test_fp16_keeps_overflowing_nodes_in_fp32_and_fp8_without_matmul_is_skipped(
         calibration=feeds,
         evaluation=feeds,
         reference=reference,
-        thresholds={"top1": 1.0, "spearman": 0.99, "max_abs_logit": 0.5},
+        thresholds=uniform(GateThresholds(top1=1.0, spearman=0.99, max_abs_logit=0.5)),
         out=out,
     )
     assert report["fp8"]["status"] == "skipped" and "MatMul" in report["fp8"]["reason"]
@@ -422,20 +434,16 @@ def test_fp16_without_the_overflow_check_would_really_overflow(tmp_path):
     types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
     assert types["x1"] == onnx.TensorProto.FLOAT16  # holds values up to 3e5 > 65504
     scores = _toy_scores(tmp_path / "unchecked.onnx", feeds)
-    worst = max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference))
+    worst = max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference, strict=True))
     assert worst > 0.1  # not the reference any more
 
     build_fp16(fp32, tmp_path / "checked.onnx", calibration=feeds)
     scores = _toy_scores(tmp_path / "checked.onnx", feeds)
-    assert max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference)) < 1e-3
+    assert max(float(np.max(np.abs(s - r) / r)) for s, r in zip(scores, reference, strict=True)) < 1e-3
 
 
-def test_int8_on_a_cpu_without_int8_kernels_is_skipped_and_the_rest_builds(tmp_path, monkeypatch):
-    import nimbuild.builder.precision as precision
-
-    monkeypatch.setattr(
-        precision, "cpu_int8_support", lambda: {"machine": "riscv64", "vnni": False, "supported": False, "flags": []}
-    )
+def test_int8_on_a_cpu_without_an_int8_class_is_skipped_and_the_rest_builds(tmp_path):
+    riscv = cpu_isa.from_flags("riscv64", {"rv64imafdc"}, "SiFive U74")
     fp32 = tmp_path / "onnx/fp32/model.onnx"
     _toy_graph(fp32, gain=2.0)
     feeds, reference = _toy_data()
@@ -448,13 +456,19 @@ def test_int8_on_a_cpu_without_int8_kernels_is_skipped_and_the_rest_builds(tmp_p
         calibration=feeds,
         evaluation=feeds,
         reference=reference,
-        thresholds={"top1": 1.0},
+        thresholds=uniform(GateThresholds(top1=1.0)),
         out=Output(quiet=True),
+        build_cpu=riscv,
     )
-    assert report["int8"]["status"] == "skipped"
-    assert "riscv64" in report["int8"]["reason"] and "INT8" in report["int8"]["reason"]
+    for cls in cpu_isa.CLASSES:
+        entry = report[f"int8-{cls.name}"]
+        assert entry["status"] == "skipped" and entry["path"] is None and entry["cpu_isa"] == cls.name
+        assert entry["reason"].startswith(
+            f"this build's CPU (SiFive U74 (riscv64), cpu_isa: none of them (riscv64)) lacks {cls.name}"
+        )
+        assert cls.needs in entry["reason"]
     assert report["fp16"]["status"] == "passed"
-    assert not (tmp_path / "onnx/cpu-int8").exists()
+    assert not [p for p in (tmp_path / "onnx").iterdir() if p.name.startswith("cpu-int8")]
 
 
 def test_large_graphs_keep_their_weights_beside_them(exported_copy, example_data, monkeypatch):
@@ -472,3 +486,84 @@ def test_large_graphs_keep_their_weights_beside_them(exported_copy, example_data
         graph = onnx.load(folder / "model.onnx", load_external_data=False)
         assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
         assert _scores(exported_copy / entry["path"], example_data, fp8=(name == "fp8"))
+
+
+# ----------------------------------------------------------------------------- CPU classes
+
+
+def _int8_weights(path: Path) -> list[np.ndarray]:
+    from onnx import numpy_helper
+
+    model = onnx.load(path)
+    return [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+
+
+def test_a_class_is_quantized_for_itself_whatever_cpu_builds_it(exported_copy, example_data, tmp_path):
+    """The same class gives the same bytes on an AVX2 and on a VNNI runner; the two x86 classes differ in
+    their weights' range (7-bit: |w| <= 64; full range: up to 127)."""
+    import hashlib
+
+    vnni_build = cpu_isa.assumed_cpu("avx512_vnni")
+    on_avx2 = _build(exported_copy, example_data, ["int8"], UNJUDGED)
+    avx2_bytes = (exported_copy / on_avx2["int8-avx2"]["path"]).read_bytes()
+    other = tmp_path / "other-runner"
+    shutil.copytree(exported_copy, other, ignore=shutil.ignore_patterns("cpu-int8-*"))
+    on_vnni = _build(other, example_data, ["int8"], UNJUDGED, cpu_classes=None, build_cpu=vnni_build)
+    assert on_vnni["int8-avx2"]["status"] == on_vnni["int8-avx512_vnni"]["status"] == "passed"
+    assert on_vnni["int8-arm64_dotprod"]["status"] == "skipped"  # an x86 VNNI runner cannot judge arm64
+    same = (other / on_vnni["int8-avx2"]["path"]).read_bytes()
+    assert hashlib.sha256(same).hexdigest() == hashlib.sha256(avx2_bytes).hexdigest()
+    seven = _int8_weights(other / on_vnni["int8-avx2"]["path"])
+    full = _int8_weights(other / on_vnni["int8-avx512_vnni"]["path"])
+    assert seven and max(int(np.abs(w.astype(np.int16)).max()) for w in seven) <= 64
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in full) > 64
+    assert (on_vnni["int8-avx2"]["weight_bits"], on_vnni["int8-avx512_vnni"]["weight_bits"]) == (7, 8)
+
+
+def test_the_7_bit_graph_s_integers_are_exact_on_this_cpu(built, example_data, tmp_path):
+    """Two u8 x s8 products with |s8| <= 64 stay inside int16 (2 * 255 * 64 = 32640), so no kernel saturates:
+    the avx2 graph gives the logits of its exact twin (nimbuild.builder.precision.exact) on any CPU, and so
+    the same integers on AVX2 and VNNI hosts."""
+    from nimbuild.builder.precision.exact import exact_twin
+
+    export_dir, _ = built
+    graph = export_dir / "onnx/cpu-int8-avx2/model.onnx"
+    assert exact_twin(graph, tmp_path / "twin.onnx") > 0
+    a, b = _scores(graph, example_data), _scores(tmp_path / "twin.onnx", example_data)
+    worst = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
+    assert worst <= 1e-5 * max(1.0, max(float(np.max(np.abs(x))) for x in a))
+
+
+def _matmul_integer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "u8s8",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, list(a.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [a.shape[0], b.shape[1]])],
+        [numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return cpu_session(model.SerializeToString()).run(None, {"a": a})[0]
+
+
+def test_u8s8_saturates_exactly_where_the_cpu_classes_say():
+    """The kernel behind the classes, checked on the CPU that runs the tests: 7-bit weights are exact here
+    (any CPU); full-range weights are exact on a CPU with a full-range class and saturate on one that has
+    only avx2 (vpmaddubsw). Which case runs depends on this CPU; the assertion holds on each."""
+    here = cpu_isa.detect_cpu()
+    if not here.classes:
+        pytest.skip(f"this CPU has no nimbuild INT8 class ({here.describe()}): no kernel claim to check")
+    a = np.full((4, 64), 255, dtype=np.uint8)
+    for bits, value in ((7, -64), (8, -128)):
+        b = np.full((64, 16), value, dtype=np.int8)
+        exact = a.astype(np.int32) @ b.astype(np.int32)
+        got = _matmul_integer(a, b)
+        full_range_class = any(cpu_isa.get(c).weight_bits == 8 for c in here.classes)
+        if bits == 7 or full_range_class:
+            assert np.array_equal(got, exact), (bits, here.describe())
+        else:
+            assert not np.array_equal(got, exact), f"expected saturation on {here.describe()}"
+            assert int(got.min()) >= -32768 * 32  # each of the 32 pair sums clipped to int16

@@ -112,13 +112,13 @@ def test_library_chatter_is_collected_counted_and_not_printed(capfd, caplog):
 
 
 def test_the_scheme_is_explicit_and_never_read_from_the_build_host(example, tmp_path, monkeypatch):
-    """7-bit vs full 8-bit weights come from the scheme (the caller's CPU class), not from /proc/cpuinfo."""
-    import nimbuild.builder.precision.common as common
+    """7-bit vs full 8-bit weights come from the caller (the CPU class's reduce_range), not from /proc/cpuinfo."""
+    from nimbuild import cpu_isa
 
-    def no_host():
+    def no_host(*args, **kwargs):
         raise AssertionError("build_cpu_int8 must not look at the build host")
 
-    monkeypatch.setattr(common, "cpu_int8_support", no_host)
+    monkeypatch.setattr(cpu_isa, "detect_cpu", no_host)
     widths = {}
     for reduce_range in (True, False):
         out = tmp_path / f"rr{reduce_range}" / "model.onnx"

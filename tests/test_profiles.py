@@ -1,4 +1,4 @@
-"""Tags, canonical JSON, IDs and names exactly as DESIGN.md fixes them."""
+"""Tags, canonical JSON, IDs and names exactly as docs/design.md fixes them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nimbuild import profiles, skus
+from nimbuild import cpu_isa, profiles, skus
 from nimbuild.errors import NimbuildError
 
 
@@ -65,11 +65,30 @@ def test_tensorrt_tags_are_design_tags_all_strings():
 
 def test_onnx_tags():
     gpu = profiles.onnx_profile_tags("m", "r", "fp16", "gpu", 64, 512)
-    cpu = profiles.onnx_profile_tags("m", "r", "int8", "cpu", 64, 512)
+    cpu = profiles.onnx_profile_tags("m", "r", "int8", "cpu", 64, 512, cpu_isa="avx2")
     assert gpu["backend"] == cpu["backend"] == "onnx"
     assert gpu["gpu_count"] == "1" and "gpu_count" not in cpu
     assert "gpu" not in gpu and "trt_version" not in gpu
     assert all(isinstance(v, str) for v in {**gpu, **cpu}.values())
+    assert cpu["cpu_isa"] == "avx2" and "cpu_isa" not in gpu
+
+
+def test_a_cpu_int8_profile_names_its_class_and_the_class_is_in_the_id():
+    """The class is a profile dimension: one tag, its own ID and name per class; other profiles have none."""
+    tags = {c: profiles.onnx_profile_tags("m", "r", "int8", "cpu", 64, 512, cpu_isa=c) for c in cpu_isa.NAMES}
+    assert len({profiles.profile_id(t) for t in tags.values()}) == len(cpu_isa.NAMES)
+    assert {c: profiles.profile_name(t) for c, t in tags.items()} == {
+        "avx512_vnni": "cpu-int8-avx512-vnni-onnxruntime",
+        "avx2": "cpu-int8-avx2-onnxruntime",
+        "arm64_dotprod": "cpu-int8-arm64-dotprod-onnxruntime",
+    }
+    assert profiles.onnx_profile_tags("m", "r", "int8", "cpu", 8, 8, cpu_isa="AVX512-VNNI")["cpu_isa"] == "avx512_vnni"
+    with pytest.raises(NimbuildError, match="needs its cpu_isa class.*avx512_vnni, arm64_dotprod, avx2"):
+        profiles.onnx_profile_tags("m", "r", "int8", "cpu", 64, 512)
+    with pytest.raises(NimbuildError, match="'avx10' is not a CPU class"):
+        profiles.onnx_profile_tags("m", "r", "int8", "cpu", 64, 512, cpu_isa="avx10")
+    with pytest.raises(NimbuildError, match="only CPU int8 profiles carry one"):
+        profiles.onnx_profile_tags("m", "r", "fp32", "cpu", 64, 512, cpu_isa="avx2")
 
 
 def test_names_in_nim_style():
@@ -79,7 +98,8 @@ def test_names_in_nim_style():
         profiles.profile_name(profiles.onnx_profile_tags("m", "r", "fp16", "gpu", 8, 128))
         == "onnx-fp16-triton-onnxruntime"
     )
-    assert profiles.profile_name(profiles.onnx_profile_tags("m", "r", "int8", "cpu", 8, 128)) == "cpu-int8-onnxruntime"
+    int8 = profiles.onnx_profile_tags("m", "r", "int8", "cpu", 8, 128, cpu_isa="avx2")
+    assert profiles.profile_name(int8) == "cpu-int8-avx2-onnxruntime"
     assert profiles.profile_name(profiles.onnx_profile_tags("m", "r", "fp32", "cpu", 8, 128)) == "cpu-fp32-onnxruntime"
 
 

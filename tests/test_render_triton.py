@@ -17,7 +17,7 @@ from nimbuild.errors import NimbuildError
 from nimbuild.manifest import load_manifest
 from nimbuild.render import triton
 from nimbuild.runtime import model_store as store
-from nimbuild.runtime.triton_repo import pbtxt, repository
+from nimbuild.runtime.triton_repo import checks, contexts, layout, pbtxt, record, serving_overrides
 from nimbuild.runtime.triton_repo.onnx_io import read_graph_io
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -31,7 +31,7 @@ def rendered(tmp_path_factory):
     """One export-like folder with 2 ONNX + 3 TensorRT profiles, rendered once (link mode)."""
     root = tmp_path_factory.mktemp("render") / "exp"
     manifest_path = build_manifest(root)
-    serving = repository.ServingOptions(max_queue_delay_us=250, preferred_batch_sizes=(8, 32))
+    serving = contexts.ServingOptions(max_queue_delay_us=250, preferred_batch_sizes=(8, 32))
     result = triton.render_all(manifest_path, root, serving=serving)
     return manifest_path, result
 
@@ -56,7 +56,7 @@ def test_every_profile_gets_a_repository_whose_configs_parse_with_tritons_schema
         for model in repo.models:
             cfg = _config(repo.path / model / "config.pbtxt")
             assert cfg.name == model
-        assert repository.check_repository(repo.path) == []
+        assert checks.check_repository(repo.path) == []
 
 
 def test_model_config_matches_the_graph_and_the_profile(rendered):
@@ -105,7 +105,7 @@ def test_engines_for_several_compute_capabilities_share_one_repository(rendered)
 
 def test_tokenizer_and_ensemble_are_wired_to_the_models_inputs(rendered):
     _, result = rendered
-    repo = _repo(result, "cpu-int8-onnxruntime")
+    repo = _repo(result, "cpu-int8-avx2-onnxruntime")
     tok = _config(repo.path / "tokenizer" / "config.pbtxt")
     model = _config(repo.path / "reranker" / "config.pbtxt")
     ens = _config(repo.path / "ensemble" / "config.pbtxt")
@@ -197,17 +197,17 @@ def test_a_foreign_non_empty_folder_is_never_replaced(tmp_path):
 def test_semantic_check_catches_what_the_schema_cannot(rendered):
     _, result = rendered
     repo = _repo(result, "onnx-fp32-triton-onnxruntime")
-    info = repository.read_repository_info(repo.path)
-    texts = repository.render_configs(info["models"])
-    assert repository.check_configs(texts, info)  # the real record passes
+    info = record.read_repository_info(repo.path)
+    texts = contexts.render_configs(info["models"])
+    assert checks.check_configs(texts, info)  # the real record passes
     wrong = json.loads(json.dumps(info))
     wrong["graph_io"]["inputs"][0]["data_type"] = "TYPE_INT32"  # the graph says otherwise
     with pytest.raises(NimbuildError, match="differ from the graph"):
-        repository.check_configs(texts, wrong)
+        checks.check_configs(texts, wrong)
     wrong = json.loads(json.dumps(info))
     wrong["serving"]["max_batch_size"] = 64
     with pytest.raises(NimbuildError, match="max_batch_size 16, expected 64"):
-        repository.check_configs(texts, wrong)
+        checks.check_configs(texts, wrong)
     with pytest.raises(NimbuildError, match="not a valid Triton ModelConfig"):
         pbtxt.parse_config(texts["reranker"].replace("KIND_GPU", "KIND_TPU"), "x/config.pbtxt")
 
@@ -215,11 +215,9 @@ def test_semantic_check_catches_what_the_schema_cannot(rendered):
 def test_serve_time_overrides_rewrite_every_config(rendered, tmp_path):
     _, result = rendered
     repo = tmp_path / "repo"
-    shutil.copytree(_repo(result, "cpu-int8-onnxruntime").path, repo, symlinks=True)
+    shutil.copytree(_repo(result, "cpu-int8-avx2-onnxruntime").path, repo, symlinks=True)
     # (the copied links dangle; overrides touch only the configs and the record)
-    applied = repository.apply_serving_overrides(
-        repo, {repository.ENV_MAX_BATCH: "4", repository.ENV_QUEUE_DELAY: "50"}
-    )
+    applied = serving_overrides.apply_serving_overrides(repo, {layout.ENV_MAX_BATCH: "4", layout.ENV_QUEUE_DELAY: "50"})
     assert applied == {"max_batch_size": 4, "max_queue_delay_us": 50, "changed": True}
     for model in ("reranker", "tokenizer", "ensemble"):
         assert _config(repo / model / "config.pbtxt").max_batch_size == 4
@@ -227,13 +225,13 @@ def test_serve_time_overrides_rewrite_every_config(rendered, tmp_path):
     assert list(cfg.dynamic_batching.preferred_batch_size) == []  # 8 > 4: dropped
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 50
     # back up to the profile's limit: the recipe's preferred size 8 returns
-    repository.apply_serving_overrides(repo, {repository.ENV_MAX_BATCH: "16"})
+    serving_overrides.apply_serving_overrides(repo, {layout.ENV_MAX_BATCH: "16"})
     assert list(_config(repo / "reranker" / "config.pbtxt").dynamic_batching.preferred_batch_size) == [8]
-    assert repository.apply_serving_overrides(repo, {})["changed"] is False
+    assert serving_overrides.apply_serving_overrides(repo, {})["changed"] is False
     with pytest.raises(NimbuildError, match="NIM_TRITON_MAX_BATCH_SIZE='17'.*1..16"):
-        repository.apply_serving_overrides(repo, {repository.ENV_MAX_BATCH: "17"})
+        serving_overrides.apply_serving_overrides(repo, {layout.ENV_MAX_BATCH: "17"})
     with pytest.raises(NimbuildError, match="NIM_TRITON_DYNAMIC_BATCHING_MAX_QUEUE_DELAY_MICROSECONDS"):
-        repository.apply_serving_overrides(repo, {repository.ENV_QUEUE_DELAY: "soon"})
+        serving_overrides.apply_serving_overrides(repo, {layout.ENV_QUEUE_DELAY: "soon"})
 
 
 def test_light_onnx_reader_agrees_with_onnx(tmp_path):
@@ -304,10 +302,10 @@ def test_rendered_onnx_model_runs_on_the_tokenizers_output(rendered):
     from tokenizers import Tokenizer
 
     _, result = rendered
-    repo = _repo(result, "cpu-int8-onnxruntime").path
+    repo = _repo(result, "cpu-int8-avx2-onnxruntime").path
     module = _load_tokenizer_model()
     tokenizer = Tokenizer.from_file(str(repo / "tokenizer" / "1" / "tokenizer.json"))
-    info = repository.read_repository_info(repo)
+    info = record.read_repository_info(repo)
     encoder = module.PairEncoder(
         tokenizer,
         info["limits"]["max_sequence_length"],
@@ -330,7 +328,7 @@ def test_cli_render_json_and_refusal(tmp_path):
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert {Path(r["path"]).name for r in data["repositories"]} == {
-        "cpu-int8-onnxruntime",
+        "cpu-int8-avx2-onnxruntime",
         "l40s-48gb-fp16-triton-tensorrt",
     }
     assert Path(data["container"]["dockerfile"]) == root / "Dockerfile"
@@ -426,7 +424,7 @@ def test_real_tritonserver_serves_the_tokenizer_and_the_ensemble(rendered, tmp_p
     shutil.copytree(server / "backends", backends)
     shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
     repo = tmp_path / "repo"
-    shutil.copytree(_repo(rendered[1], "cpu-int8-onnxruntime").path, repo, symlinks=False)
+    shutil.copytree(_repo(rendered[1], "cpu-int8-avx2-onnxruntime").path, repo, symlinks=False)
     # the graph runs in a python stand-in with the rendered config's exact inputs/outputs/batching
     cfg = _config(repo / "reranker" / "config.pbtxt")
     cfg.backend = "python"
@@ -563,7 +561,7 @@ def test_the_real_export_of_the_example_renders_and_every_config_parses(exported
     for path in configs:
         pbtxt.parse_config(path.read_text(encoding="utf-8"), str(path))
     for repo in result.repositories:
-        assert repository.check_repository(repo.path) == []
+        assert checks.check_repository(repo.path) == []
     assert (exported_copy / "Dockerfile").is_file()
     made = store.create_model_store(manifest_path, manifest.profiles[0].id[:10], tmp_path / "store", env={})
-    assert made.reused_record and repository.check_repository(tmp_path / "store") == []
+    assert made.reused_record and checks.check_repository(tmp_path / "store") == []

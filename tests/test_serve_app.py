@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import pytest
+from serve_support import MAX_SEQ, MODEL, ort_scores, served_export
 from starlette.testclient import TestClient
-from test_serve_support import MAX_SEQ, MODEL, ort_scores, served_export
 
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import load_manifest

@@ -66,7 +66,7 @@ def test_concurrent_requests_are_batched_and_scattered_back():
             batcher.stop()
 
     results = asyncio.run(main())
-    for rows, got in zip(requests, results):
+    for rows, got in zip(requests, results, strict=True):
         np.testing.assert_allclose(got, expected(rows), rtol=1e-6)
     assert all(b <= 16 for b, _, _ in model.calls)
     # Padding only to the longest row of each call, and calls hold rows of several requests.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -11,9 +10,7 @@ import time
 
 import httpx
 import pytest
-from test_serve_support import MODEL, ort_scores, served_export
-
-from nimbuild.runtime.serve.backends.triton import free_port
+from serve_support import MODEL, ServeProcess, ort_scores, served_export
 
 QUERY = "why do plants need sunlight"
 PASSAGES = [
@@ -29,42 +26,12 @@ PASSAGES = [
 ]
 
 
-def _wait_ready(proc, url, timeout=90.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"nimbuild serve exited with {proc.returncode}: {proc.stderr.read()}")
-        try:
-            if httpx.get(f"{url}/v1/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    pytest.fail("nimbuild serve never became ready")
-
-
 def test_serve_process_end_to_end(tmp_path):
     root = served_export()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "NIM_CPU_ONLY": "1",
-        "NIM_HTTP_API_PORT": str(port),
-        # A lone small request waits this long for company: long enough to be in flight at SIGTERM.
-        "NIM_MAX_QUEUE_DELAY_MS": "1500",
-    }
-    env.pop("NIM_MODEL_PROFILE", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nimbuild", "serve", "--manifest", str(root / "manifest.yaml"), "--host", "127.0.0.1"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_ready(proc, url)
+    # A lone small request waits this long for company: long enough to be in flight at SIGTERM.
+    server = ServeProcess({"NIM_MAX_QUEUE_DELAY_MS": "1500"})
+    with server:
+        url = server.url
         assert httpx.get(f"{url}/v1/health/live").status_code == 200
 
         # A ranking, checked against direct ONNX Runtime scores (>= max_batch_size passages: no queue wait).
@@ -105,16 +72,12 @@ def test_serve_process_end_to_end(tmp_path):
         t = threading.Thread(target=in_flight)
         t.start()
         time.sleep(0.5)
-        proc.send_signal(signal.SIGTERM)
+        server.stop()
         t.join(60)
         assert result["response"].status_code == 200
         assert result["response"].json()["rankings"][0]["logit"] == pytest.approx(float(ref[0]), abs=1e-4)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
+    err = server.log
+    assert server.returncode == 0, err
     assert "Selected profile:" in err and "Server stopped on signal SIGTERM" in err
     assert "Traceback" not in err
 

@@ -33,7 +33,7 @@ def test_pairs_match_transformers(tiny_tokenizers):
     arch, hf, ours = tiny_tokenizers
     rows = ours.encode(QUERY, PASSAGES, "NONE")
     assert len(rows) == len(PASSAGES)
-    for passage, row in zip(PASSAGES, rows):
+    for passage, row in zip(PASSAGES, rows, strict=True):
         ref = hf(QUERY, passage)
         assert row.ids.tolist() == ref["input_ids"], (arch, passage)
         if "token_type_ids" in ref:
@@ -82,3 +82,54 @@ def test_pad_rows_pads_to_the_longest_with_the_pad_id(tiny_tokenizers):
     np.testing.assert_array_equal(mask, ref["attention_mask"])
     if "token_type_ids" in ref:
         np.testing.assert_array_equal(types, ref["token_type_ids"])
+
+
+def _long_texts():
+    from hypothesis import strategies as st
+
+    words = st.sampled_from(
+        ["bees", "honey", "nectar", "hive", "flowers", "the", "of", "Zürich", "naïve", "日本語", "🐝", "x" * 40, "—"]
+    )
+    gaps = st.sampled_from([" ", "  ", "\n", "\t", " \u00a0 ", ""])
+    return st.lists(st.tuples(words, gaps), min_size=150, max_size=900).map(lambda ws: "".join(w + g for w, g in ws))
+
+
+def test_cutting_a_long_text_before_tokenizing_keeps_exactly_the_tokens_truncation_keeps(tiny_tokenizers):
+    """END keeps the first tokens and START the last ones, as transformers' only_second truncation on the whole
+    text; the text is cut first (it is longer than the cut threshold), and that must change nothing."""
+    from hypothesis import HealthCheck, assume, given, settings
+
+    arch, hf, ours = tiny_tokenizers
+    cut_short = []
+
+    @settings(
+        max_examples=25,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(text=_long_texts())
+    def check(text):
+        assume(len(text) > 600)  # past the cut threshold (16 characters x 32 tokens)
+        cut_short.append(len(ours.cut(text, 32)) < len(text))
+        (end,) = ours.encode(QUERY, [text], "END")
+        assert end.ids.tolist() == hf(QUERY, text, truncation="only_second", max_length=32)["input_ids"], arch
+        (start,) = ours.encode(QUERY, [text], "START")
+        hf.truncation_side = "left"
+        try:
+            ref = hf(QUERY, text, truncation="only_second", max_length=32)["input_ids"]
+        finally:
+            hf.truncation_side = "right"
+        assert start.ids.tolist() == ref, arch
+
+    check()
+    assert sum(cut_short) >= len(cut_short) // 2  # the cut really happened, mostly
+
+
+def test_max_passage_tokens_cuts_each_passage(tiny_tokenizers):
+    arch, hf, ours = tiny_tokenizers
+    (row,) = ours.encode(QUERY, ["bees collect nectar from flowers and store it"], "END", max_passage_tokens=3)
+    passage_ids = hf("bees collect nectar from flowers and store it", add_special_tokens=False)["input_ids"][:3]
+    assert len(row) == len(hf(QUERY, add_special_tokens=False)["input_ids"]) + 3 + ours.pair_specials
+    assert row.ids.tolist()[-(3 + 1) : -1] == passage_ids  # the passage's first 3 tokens, before the last special

@@ -11,15 +11,13 @@ no-change rebuild costs stat calls, not reads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from nimbuild.fsutil import atomic_write_text
+from nimbuild.fsutil import sha256_file, write_json
 
 CACHE_DIR = ".nimbuild-cache"
 TOOLCHAIN_DISTRIBUTIONS = (
@@ -35,13 +33,6 @@ TOOLCHAIN_DISTRIBUTIONS = (
     "tensorrt",
     "numpy",
 )
-
-
-def digest(payload: Any) -> str:
-    """sha256 of the canonical JSON of ``payload``."""
-    return hashlib.sha256(
-        json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
-    ).hexdigest()
 
 
 def toolchain_versions() -> dict[str, str]:
@@ -79,17 +70,14 @@ class HashMemo:
         hit = self.entries.get(key)
         if hit and hit[:2] == sig:
             return hit[2]
-        h = hashlib.sha256()
-        with open(file, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-        self.entries[key] = [*sig, h.hexdigest()]
+        digest = sha256_file(file)
+        self.entries[key] = [*sig, digest]
         self.dirty = True
-        return h.hexdigest()
+        return digest
 
     def save(self) -> None:
         if self.dirty:
-            atomic_write_text(self.path, json.dumps(self.entries, sort_keys=True))
+            write_json(self.path, self.entries)
             self.dirty = False
 
 
@@ -159,14 +147,11 @@ class StepCache:
 
     def store(self, step: str, key: str, outputs: Iterable[Path], info: Mapping | None = None) -> StepRecord:
         record = StepRecord(step=step, key=key, outputs=self.outputs_of(outputs), info=dict(info or {}))
-        atomic_write_text(self._record_path(step), json.dumps(record.to_dict(), sort_keys=True, indent=1))
+        write_json(self._record_path(step), record.to_dict())
         return record
 
     def forget(self, step: str) -> None:
-        try:
-            self._record_path(step).unlink()
-        except FileNotFoundError:
-            pass
+        self._record_path(step).unlink(missing_ok=True)
 
     def save(self) -> None:
         self.memo.save()

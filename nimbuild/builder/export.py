@@ -14,16 +14,25 @@ dynamo is the fallback when tracing fails (``--exporter dynamo`` forces it).
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
+import re
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import GRAPH_FILE
+from nimbuild.fsutil import naming
+
+# a write that failed for want of room or permission: the file's name and the reason, never a retry
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 # architecture (config.json `architectures[0]`) -> the model_type it comes with
 SUPPORTED_ARCHITECTURES = {
@@ -82,7 +91,7 @@ def load_model(model_dir: Path, trust_remote_code: bool = False):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # nimbuild shows its own progress
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _transformers_log() as log_lines:
         warnings.simplefilter("ignore")
         try:
             # eager attention exports as MatMul -> Div -> Add(mask) -> Softmax -> MatMul: the pattern ONNX
@@ -92,12 +101,79 @@ def load_model(model_dir: Path, trust_remote_code: bool = False):
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(model_dir), trust_remote_code=trust_remote_code, dtype=torch.float32, attn_implementation="eager"
             )
-        except (OSError, ValueError) as exc:
-            raise NimbuildError(
-                f"model {model_dir} could not be loaded: {str(exc).splitlines()[0][:300]}",
-                hint="check that the folder holds config.json and the weights (model.safetensors)",
-            ) from None
+        except _load_errors() as exc:
+            raise load_error(model_dir, exc, log_lines) from exc
     return model.eval()
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a model folder raises for a problem of its files (not of nimbuild)."""
+    import pickle
+
+    errors: list[type[BaseException]] = [OSError, ValueError, RuntimeError, TypeError, KeyError, EOFError]
+    errors.append(pickle.UnpicklingError)
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors comes with transformers
+        pass
+    return tuple(errors)
+
+
+def load_error(model_dir: Path, exc: BaseException, log_lines: list[str]) -> NimbuildError:
+    """One line for a model folder transformers could not load: what is wrong with which file, and the fix."""
+    text = " ".join(str(exc).split())
+    mismatch = next((" ".join(line.split()) for line in log_lines if "MISMATCH" in line), None)
+    if mismatch is not None or "size mismatch" in text or "ignore_mismatched_sizes" in text:
+        detail = mismatch or text
+        return NimbuildError(
+            f"model {model_dir}: config.json does not match the weights ({detail[:300]})",
+            hint="restore the config.json the weights were saved with (hidden_size, vocab_size, layers...)",
+        )
+    if "weights_only" in text or "Weights only load failed" in text:
+        blocked = re.search(r"unsupported GLOBAL [^ ]+|Unsupported (?:global|operand)[^.]*", text, re.IGNORECASE)
+        return NimbuildError(
+            f"model {model_dir}: pytorch_model.bin is a pickle that torch refuses to load safely"
+            + (f" ({blocked.group(0)})" if blocked else ""),
+            hint="nimbuild never unpickles code; convert the weights to model.safetensors where they come from",
+        )
+    kind = type(exc).__name__
+    return NimbuildError(
+        f"model {model_dir} could not be loaded: {kind}: {text[:300]}",
+        hint="check that the folder holds config.json and intact weights (model.safetensors); "
+        "NIMBUILD_DEBUG=1 shows the traceback",
+    )
+
+
+@contextmanager
+def _transformers_log() -> Iterator[list[str]]:
+    """transformers' log lines during a load, kept for the error message instead of printed (its load
+    report is a 60-line table); NIMBUILD_DEBUG=1 prints them as usual."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from nimbuild.errors import debug_enabled
+
+    lines: list[str] = []
+    if debug_enabled():
+        yield lines
+        return
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.extend(record.getMessage().splitlines())
+
+    root = hf_logging.get_logger()
+    keep = Keep(level=logging.WARNING)
+    hf_logging.disable_default_handler()
+    root.addHandler(keep)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(keep)
+        hf_logging.enable_default_handler()
 
 
 def _wrapper(model: Any, names: list[str]):
@@ -260,7 +336,7 @@ def export_fp32(
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "model.onnx"
+    path = out_dir / GRAPH_FILE
     order = {"auto": ["legacy", "dynamo"], "legacy": ["legacy"], "dynamo": ["dynamo"]}[exporter]
     errors = []
     start = time.perf_counter()
@@ -275,6 +351,12 @@ def export_fp32(
                     _export_dynamo(wrapper, args, names, path, opset, max_batch, max_seq)
             used = kind
             break
+        except OSError as exc:
+            if exc.errno in _DISK_ERRNOS:  # a full disk is not a reason to try another exporter: say so
+                raise naming(exc, path) from exc
+            errors.append(f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            for p in out_dir.iterdir():
+                p.unlink()
         except Exception as exc:  # try the next exporter; report all if none works
             errors.append(f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
             for p in out_dir.iterdir():
@@ -284,7 +366,10 @@ def export_fp32(
             f"model {model_dir} ({arch}) could not be exported to ONNX: {' | '.join(errors)}",
             hint="NIMBUILD_DEBUG=1 shows the trace; check that transformers supports this model's export",
         )
-    info = _finalise(path, names, num_labels, weight_bytes)
+    try:
+        info = _finalise(path, names, num_labels, weight_bytes)
+    except OSError as exc:  # onnx.save's write names no file
+        raise naming(exc, path) from exc
     return {
         "architecture": arch,
         "model_type": config.get("model_type"),
@@ -376,7 +461,7 @@ def check_parity(
         args = example_inputs(names, int(model.config.vocab_size), batch=b, seq=s, seed=100 + i)
         with torch.no_grad():
             ref = wrapper(*args).numpy().astype(np.float64)
-        got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})[0].astype(np.float64)
+        got = session.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})[0].astype(np.float64)
         diff = float(np.max(np.abs(ref - got)))
         limit = tolerance * max(1.0, float(np.max(np.abs(ref))))
         cases.append({"batch": b, "sequence": s, "max_abs_logit": diff, "limit": limit, "passed": diff <= limit})

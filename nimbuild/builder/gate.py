@@ -17,8 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from nimbuild.thresholds import METRICS as THRESHOLD_METRICS
+from nimbuild.thresholds import GateThresholds
+
 # metric -> True when higher is better (judged as metric >= threshold), False for max_abs_logit (<=)
-METRICS = {"top1": True, "spearman": True, "kendall": True, "ndcg10": True, "max_abs_logit": False}
+METRICS = THRESHOLD_METRICS
 
 
 @dataclass
@@ -120,7 +123,7 @@ def ranking_metrics(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
     if not reference:
         raise ValueError("no queries to compare")
     top1, sp, kt, nd, worst = [], [], [], [], 0.0
-    for i, (r, c) in enumerate(zip(reference, candidate)):
+    for i, (r, c) in enumerate(zip(reference, candidate, strict=True)):
         r = np.asarray(r, dtype=np.float64).reshape(-1)
         c = np.asarray(c, dtype=np.float64).reshape(-1)
         if r.shape != c.shape:
@@ -150,32 +153,17 @@ def ranking_metrics(reference: Sequence[np.ndarray], candidate: Sequence[np.ndar
 # ----------------------------------------------------------------------------- judging
 
 
-def thresholds_dict(thresholds: Any) -> dict[str, float | None]:
-    """A recipe's Thresholds (pydantic), a mapping, or None -> {metric: threshold or None}."""
-    if thresholds is None:
-        data: Mapping[str, Any] = {}
-    elif hasattr(thresholds, "model_dump"):
-        data = thresholds.model_dump()
-    elif isinstance(thresholds, Mapping):
-        data = thresholds
-    else:
-        raise TypeError(f"thresholds: expected a mapping or Thresholds, got {type(thresholds).__name__}")
-    unknown = set(data) - set(METRICS)
-    if unknown:
-        raise ValueError(f"thresholds: unknown metric(s) {sorted(unknown)}; known: {list(METRICS)}")
-    return {k: (None if data.get(k) is None else float(data[k])) for k in METRICS}
-
-
 def judge(
-    metrics: Mapping[str, float], thresholds: Any, *, n_queries: int = 0, n_pairs: int = 0, notes: Sequence[str] = ()
+    metrics: Mapping[str, float],
+    thresholds: GateThresholds,
+    *,
+    n_queries: int = 0,
+    n_pairs: int = 0,
+    notes: Sequence[str] = (),
 ) -> GateResult:
     """Compare metrics with thresholds; a NaN or missing metric fails any threshold set on it."""
-    th = thresholds_dict(thresholds)
     failures = []
-    for name, higher_better in METRICS.items():
-        limit = th.get(name)
-        if limit is None:
-            continue
+    for name, limit, higher_better in thresholds.bounds():
         value = metrics.get(name)
         if value is None or math.isnan(value):
             failures.append(f"{name} undefined (threshold {limit:g})")
@@ -186,7 +174,7 @@ def judge(
     return GateResult(
         passed=not failures,
         metrics=dict(metrics),
-        thresholds=th,
+        thresholds=thresholds.to_dict(),
         failures=failures,
         n_queries=n_queries,
         n_pairs=n_pairs,
@@ -226,7 +214,7 @@ def run_gate(
     session_or_path: Any,
     encoded_queries: Sequence[Mapping[str, np.ndarray]],
     reference_scores: Sequence[np.ndarray],
-    thresholds: Any,
+    thresholds: GateThresholds,
     *,
     max_batch: int | None = None,
     notes: Sequence[str] = (),
@@ -243,3 +231,73 @@ def run_gate(
     metrics = ranking_metrics(list(reference_scores), candidate)
     n_pairs = int(sum(len(c) for c in candidate))
     return judge(metrics, thresholds, n_queries=len(candidate), n_pairs=n_pairs, notes=notes)
+
+
+# ----------------------------------------------------------------------------- saved inputs
+
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same inputs give the same bytes
+
+
+def save_inputs(path: str | Path, encoded: Sequence[Mapping[str, np.ndarray]], reference: Sequence[np.ndarray]) -> dict:
+    """Write the gate's inputs (each query's encoded feeds and its PyTorch FP32 reference scores) as one .npz.
+
+    What a later step needs to make and judge more precision graphs of the same export without PyTorch or
+    the model's weights (``nimbuild export --from-export``: a CI job per CPU class on the export's
+    artifact). Members ``q<i>/<input name>`` (int64) and ``q<i>/reference`` (float), deflated, with fixed
+    times. Returns the report's ``gate_inputs`` entry: path, sha256, queries.
+    """
+    import io
+    import zipfile
+
+    from nimbuild.fsutil import atomic_write_bytes, sha256_file
+
+    if len(encoded) != len(reference):
+        raise ValueError(f"{len(reference)} reference score arrays for {len(encoded)} queries")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i, (feeds, ref) in enumerate(zip(encoded, reference, strict=True)):
+            for name, array in [*feeds.items(), ("reference", ref)]:
+                member = io.BytesIO()
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+                zf.writestr(zipfile.ZipInfo(f"q{i:06d}/{name}.npy", _ZIP_TIME), member.getvalue(), zipfile.ZIP_DEFLATED)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return {"path": path.name, "sha256": sha256_file(path), "queries": len(encoded)}
+
+
+def load_inputs(
+    path: str | Path, input_names: Sequence[str], sha256: str | None = None
+) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+    """(encoded, reference) as :func:`save_inputs` wrote them: checked against ``sha256`` (the report's), the
+    graph's ``input_names`` and each query's shape; no pickled object is ever loaded."""
+    import zipfile
+
+    from nimbuild.errors import NimbuildError
+    from nimbuild.fsutil import sha256_file
+
+    path = Path(path)
+    hint = "re-run `nimbuild export` (the export job) with this nimbuild"
+    if not path.is_file():
+        raise NimbuildError(f"{path}: the export's gate inputs are missing (an older nimbuild made it?)", hint=hint)
+    if sha256 is not None and sha256_file(path) != sha256:
+        raise NimbuildError(f"{path}: its sha256 is not the one export_report.json records", hint=hint)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise NimbuildError(f"{path}: unreadable gate inputs: {exc}", hint=hint) from None
+    queries = sorted({key.split("/", 1)[0] for key in arrays})
+    encoded, reference = [], []
+    for q in queries:
+        feeds, ref = {n: arrays.get(f"{q}/{n}") for n in input_names}, arrays.get(f"{q}/reference")
+        missing = [n for n, a in feeds.items() if a is None] + (["reference"] if ref is None else [])
+        if missing:
+            raise NimbuildError(f"{path}: query {q} lacks {', '.join(missing)}", hint=hint)
+        shapes = {a.shape for a in feeds.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2 or ref.shape != (next(iter(shapes))[0],):
+            raise NimbuildError(f"{path}: query {q}: feeds {sorted(shapes)} do not match {ref.shape} scores", hint=hint)
+        encoded.append({n: a.astype(np.int64, copy=False) for n, a in feeds.items()})
+        reference.append(ref)
+    if not encoded:
+        raise NimbuildError(f"{path}: no query in the gate inputs", hint=hint)
+    return encoded, reference

@@ -1,13 +1,14 @@
-"""`nimbuild export` end to end: resolve, export, gate, precision graphs, report, rename.
+"""`nimbuild export` end to end: resolve, export, gate, precision graphs, report, swap in.
 
-Everything is written into a staging folder beside OUT and renamed into place
-only when the FP32 graph has passed its gate, so a failed export leaves nothing
-that looks finished (docs/internals.md, "Export directory").
+Everything is written into the output folder's staging area and swapped in entry
+by entry (nimbuild.outdir) only when the FP32 graph has passed its gate, so a
+failed export changes nothing and a killed one leaves no lying manifest
+(docs/internals.md, "Export directory").
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
 import time
@@ -18,7 +19,19 @@ from typing import Any
 import numpy as np
 
 from nimbuild.errors import NimbuildError
-from nimbuild.output import Output, dumps
+from nimbuild.export_layout import (
+    EXPORT_OUTPUTS,
+    GATE_INPUTS_FILE,
+    GRAPH_FILE,
+    graph_dir,
+    graph_dir_relpath,
+    graph_path,
+    graph_relpath,
+    tokenizer_dir,
+    write_export_report,
+)
+from nimbuild.output import Output
+from nimbuild.thresholds import GateThresholds
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -32,7 +45,6 @@ TOKENIZER_FILES = (
     "spm.model",
     "added_tokens.json",
 )
-SYNTH_QUERIES, SYNTH_PASSAGES = 12, 8
 
 
 def as_recipe(recipe_or_model: Any, *, trust_remote_code: bool | None = None, revision: str | None = None):
@@ -47,14 +59,26 @@ def as_recipe(recipe_or_model: Any, *, trust_remote_code: bool | None = None, re
     return recipe_for_model(text, revision=revision, trust_remote_code=bool(trust_remote_code))
 
 
-def check_out_dir(out_dir: Path, force: bool) -> None:
+def check_out_dir(out_dir: Path, force: bool, *, into_build: bool = False) -> None:
+    """May the export write into ``out_dir``? (NimbuildError naming the folder and the fix when not.)
+
+    ``nimbuild export`` wants an empty or new folder, or ``--force``; inside a build folder
+    (``into_build``) the other entries are the build's. Either way, an export entry
+    (export_layout.EXPORT_OUTPUTS) that nimbuild did not write is replaced only
+    under ``force``, and nothing else in the folder is ever touched (nimbuild.outdir).
+    """
+    from nimbuild.outdir import OutputFolder
+
     if out_dir.exists() and not out_dir.is_dir():
         raise NimbuildError(f"output {out_dir} exists and is a file", hint="give a folder path with --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+    folder = OutputFolder(out_dir)
+    if not into_build and not force and folder.has_content():
         raise NimbuildError(
             f"output folder {out_dir} already exists and is not empty",
-            hint="choose another --out, or pass --force to replace it",
+            hint="choose another --out, or pass --force to replace its export "
+            f"({', '.join(EXPORT_OUTPUTS)}; nothing else in it is touched)",
         )
+    folder.check_replaceable(EXPORT_OUTPUTS, force=force, action="the export")
 
 
 def save_tokenizer(model_dir: Path, dest: Path, trust_remote_code: bool) -> Any:
@@ -97,23 +121,17 @@ def _toolchain() -> dict[str, str]:
             versions[pkg] = md.version(dist)
         except md.PackageNotFoundError:
             if pkg == "onnxruntime":
-                try:
+                with contextlib.suppress(md.PackageNotFoundError):
                     versions[pkg] = md.version("onnxruntime")
-                except md.PackageNotFoundError:
-                    pass
     return versions
 
 
-def _fp32_thresholds(recipe_thresholds: Any, reference: Sequence[np.ndarray]) -> dict:
+def _fp32_thresholds(recipe_wide: GateThresholds, reference: Sequence[np.ndarray]) -> GateThresholds:
     """FP32 must match PyTorch: the recipe's ranking thresholds plus max |Δlogit| <= 1e-4 * max(1, |logit|)."""
     from nimbuild.builder.export import FP32_TOLERANCE
-    from nimbuild.builder.gate import thresholds_dict
 
-    th = thresholds_dict(recipe_thresholds)
     scale = max(1.0, max(float(np.max(np.abs(r))) for r in reference))
-    limit = FP32_TOLERANCE * scale
-    th["max_abs_logit"] = limit if th["max_abs_logit"] is None else min(th["max_abs_logit"], limit)
-    return th
+    return recipe_wide.tightened(max_abs_logit=FP32_TOLERANCE * scale)
 
 
 def run_export(
@@ -127,24 +145,64 @@ def run_export(
     trust_remote_code: bool | None = None,
     revision: str | None = None,
     exporter: str = "auto",
+    cpu_isa: Sequence[str] | None = None,
+    into_build: bool = False,
 ) -> dict:
     """Export a model (recipe, folder or hub id) into ``out_dir``; returns the export report.
 
     ``precisions``: None = the recipe's; fp32 is always built. ``pairs``: a JSONL
     overriding the recipe's (none at all: synthetic pairs from the vocabulary).
+    ``cpu_isa``: the CPU classes to make int8 graphs for, each one this CPU must have (an error
+    before any work otherwise; ``[]``: none); None = the recipe's, made where this CPU has them.
+    Everything is made in the folder's staging area (nimbuild.outdir) and swapped in
+    only when the FP32 graph has passed its gate: a failed export changes nothing,
+    and a manifest.yaml there is withdrawn during the swap (it listed the old graphs).
+    ``into_build``: ``out_dir`` is a build folder (check_out_dir).
     """
+    from nimbuild.outdir import OutputFolder
+
+    recipe = as_recipe(recipe_or_model, trust_remote_code=trust_remote_code, revision=revision)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NimbuildError(f"output {out_dir} exists and is a file", hint="give a folder path with --out")
+    cpu_classes = cpu_classes_to_make(recipe, cpu_isa)  # a class this CPU lacks fails now, before any work
+    folder = OutputFolder(out_dir)
+    with folder.locked("nimbuild export"):  # a refusal leaves nothing: a folder the lock made goes again
+        check_out_dir(out_dir, force, into_build=into_build)
+        return _export_locked(
+            recipe,
+            folder,
+            precisions,
+            pairs,
+            out or Output(quiet=True),
+            trust_remote_code=trust_remote_code,
+            exporter=exporter,
+            into_build=into_build,
+            cpu_classes=cpu_classes,
+        )
+
+
+def _export_locked(
+    recipe: Any,
+    folder: Any,
+    precisions: Sequence[str] | None,
+    pairs: str | Path | None,
+    out: Output,
+    *,
+    trust_remote_code: bool | None,
+    exporter: str,
+    into_build: bool,
+    cpu_classes: list[str],
+) -> dict:
+    """run_export's work, with the output folder locked: stage everything, then swap it in."""
     from nimbuild.builder import export as exp
     from nimbuild.builder import gate as gate_mod
     from nimbuild.builder import pairs as pairs_mod
     from nimbuild.builder.source import resolve_source
-    from nimbuild.fsutil import atomic_write_text, staging_dir
+    from nimbuild.fsutil import crash_point
 
-    out = out or Output(quiet=True)
     started = time.perf_counter()
-    recipe = as_recipe(recipe_or_model, trust_remote_code=trust_remote_code, revision=revision)
     trust = recipe.trust_remote_code if trust_remote_code is None else trust_remote_code
-    out_dir = Path(out_dir)
-    check_out_dir(out_dir, force)
     wanted = list(recipe.precisions if precisions is None else precisions)
     wanted = ["fp32"] + [p for p in dict.fromkeys(x.strip().lower() for x in wanted) if p and p != "fp32"]
     pairs_path = Path(pairs) if pairs is not None else (recipe.resolve(recipe.pairs) if recipe.pairs else None)
@@ -157,14 +215,14 @@ def run_export(
     arch = exp.check_supported(resolved.config, resolved.path, trust)
     out.note(f"model {recipe.name}: {arch} from {resolved.path} (revision {resolved.revision})")
 
-    with staging_dir(out_dir) as stage:
+    with folder.staging("export") as stage:
         with out.progress() as progress:
             t = progress.add_task("export fp32 (PyTorch -> ONNX)", total=3)
-            tokenizer = save_tokenizer(resolved.path, stage / "tokenizer", trust)
+            tokenizer = save_tokenizer(resolved.path, tokenizer_dir(stage), trust)
             progress.advance(t)
             model = exp.load_model(resolved.path, trust)
             progress.advance(t)
-            fp32_dir = stage / "onnx" / "fp32"
+            fp32_dir = graph_dir(stage, "fp32")
             t0 = time.perf_counter()
             info = exp.export_fp32(
                 resolved.path, fp32_dir, recipe.shapes, trust_remote_code=trust, exporter=exporter, model=model
@@ -175,15 +233,16 @@ def run_export(
         names = info["inputs"]
         notes = []
         if groups is None:
-            groups = pairs_mod.synthesize_pairs(tokenizer, SYNTH_QUERIES, SYNTH_PASSAGES, seed=0)
+            groups = pairs_mod.default_synthetic_pairs(tokenizer)
             notes.append(
-                f"no pairs file: {SYNTH_QUERIES}x{SYNTH_PASSAGES} synthetic pairs from the vocabulary "
+                f"no pairs file: {pairs_mod.SYNTHETIC_QUERIES}x{pairs_mod.SYNTHETIC_PASSAGES} synthetic pairs "
+                "from the vocabulary "
                 "(parity only; give the recipe real pairs for meaningful ranking metrics)"
             )
         max_len = recipe.shapes.sequence.max
         encoded = pairs_mod.encode(tokenizer, groups, max_len, names)
 
-        session = exp.cpu_session(fp32_dir / "model.onnx")
+        session = exp.cpu_session(fp32_dir / GRAPH_FILE)
         with out.progress() as progress:
             cases = exp.parity_cases(recipe.shapes, exp._max_positions(model.config))
             t = progress.add_task("validate fp32 (ONNX Runtime vs PyTorch)", total=len(cases) + 1)
@@ -193,7 +252,7 @@ def run_export(
                 session,
                 encoded,
                 reference,
-                _fp32_thresholds(recipe.thresholds, reference),
+                _fp32_thresholds(recipe.thresholds.for_precision("fp32"), reference),
                 max_batch=recipe.shapes.batch.max,
                 notes=notes,
             )
@@ -232,13 +291,15 @@ def run_export(
                 "pairs": int(sum(len(g.passages) for g in groups)),
                 "synthetic": pairs_path is None,
             },
-            "thresholds": gate_mod.thresholds_dict(recipe.thresholds),
+            "thresholds": recipe.thresholds.recipe_wide.to_dict(),
             "toolchain": _toolchain(),
+            # the encoded pairs and the PyTorch reference: what `export --from-export` judges more graphs by
+            "gate_inputs": gate_mod.save_inputs(stage / GATE_INPUTS_FILE, encoded, reference),
             "precisions": {
                 "fp32": {
                     "status": "passed",
-                    "path": "onnx/fp32/model.onnx",
-                    "files": [f"onnx/fp32/{f}" for f in info["files"]],
+                    "path": graph_relpath("fp32"),
+                    "files": [f"{graph_dir_relpath('fp32')}/{f}" for f in info["files"]],
                     "gate": gate.to_dict(),
                     "parity": parity,
                     "external_data": info["external_data"],
@@ -249,9 +310,18 @@ def run_export(
 
         others = [p for p in wanted if p != "fp32"]
         if others:
-            report["precisions"].update(_build_precisions(stage, others, info, encoded, reference, recipe, out))
+            report["precisions"].update(
+                _build_precisions(stage, others, info, encoded, reference, recipe, out, cpu_classes)
+            )
         report["seconds"] = round(time.perf_counter() - started, 3)
-        atomic_write_text(stage / "export_report.json", dumps(report) + "\n")
+        write_export_report(stage, report)
+        crash_point("export:staged")
+        withdrawn = folder.swap_in(stage, EXPORT_OUTPUTS)
+    if withdrawn and not into_build:
+        out.note(
+            f"{folder.path / withdrawn[0]} listed the previous graphs and was removed; "
+            f"write it again with `nimbuild manifest build --export-dir {folder.path}` (or `nimbuild build`)"
+        )
     print_gate_table(report["precisions"], out)
     return report
 
@@ -294,14 +364,48 @@ def _split(encoded: list, reference: list) -> tuple[list, list, list]:
     return encoded, encoded, reference
 
 
+def cpu_classes_to_make(recipe: Any, explicit: Sequence[str] | None) -> list[str]:
+    """The CPU classes whose int8 graphs an export asks for.
+
+    ``explicit`` (``--cpu-isa``, a CI job for one class): each must be one this CPU has, else a
+    NimbuildError now, before any work (a class job on the wrong runner must fail, not skip).
+    None: the recipe's ``cpu_isa``; those this CPU lacks are skipped later with the reason.
+    """
+    from nimbuild import cpu_isa as isa
+    from nimbuild.builder.precision import cannot_judge_reason
+
+    if explicit is None:
+        return list(getattr(recipe, "cpu_isa", None) or isa.NAMES)
+    names = [n.strip() for n in explicit if n.strip()]
+    if [n.lower() for n in names] == [isa.NONE]:
+        return []
+    classes = [isa.lookup(n, "--cpu-isa") for n in names]
+    here = isa.detect_cpu()
+    for cls in classes:
+        if not here.has(cls.name):
+            raise NimbuildError(f"--cpu-isa {cls.name}: {cannot_judge_reason(cls, here)}", hint="run it there")
+    return [c.name for c in isa.CLASSES if c in classes]
+
+
 def _build_precisions(
-    stage: Path, precisions: list[str], info: dict, encoded: list, reference: list, recipe, out: Output
+    stage: Path,
+    precisions: list[str],
+    info: dict,
+    encoded: list,
+    reference: list,
+    recipe,
+    out: Output,
+    cpu_classes: list[str] | None = None,
+    *,
+    source: Path | None = None,
 ) -> dict[str, dict]:
+    """The precision graphs into ``stage``, made from the FP32 graph of ``source`` (default: ``stage``)."""
     from nimbuild.builder.precision import build_precisions
 
+    source = stage if source is None else source
     calibration, evaluation, ref = _split(encoded, reference)
     return build_precisions(
-        stage / "onnx" / "fp32" / "model.onnx",
+        graph_path(source, "fp32"),
         stage,
         precisions,
         architecture=info["architecture"],
@@ -309,18 +413,8 @@ def _build_precisions(
         calibration=calibration,
         evaluation=evaluation,
         reference=ref,
-        thresholds=recipe.thresholds,
+        thresholds=recipe.thresholds.by_precision,
         out=out,
-        config_dir=stage / "tokenizer",
+        config_dir=tokenizer_dir(source),
+        cpu_classes=cpu_classes,
     )
-
-
-def load_report(export_dir: str | Path) -> dict:
-    """export_report.json of an export folder (NimbuildError when it is not one)."""
-    p = Path(export_dir) / "export_report.json"
-    if not p.is_file():
-        raise NimbuildError(
-            f"{export_dir} is not an export folder (no export_report.json)",
-            hint="run `nimbuild export RECIPE --out DIR` first",
-        )
-    return json.loads(p.read_text(encoding="utf-8"))

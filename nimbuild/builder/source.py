@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.fsutil import file_digest
 
 # What a cross-encoder needs; never subfolders (onnx/, openvino/ exports) or other frameworks' weights.
 _ALLOW = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "merges.txt", "vocab.*"]
@@ -69,9 +70,7 @@ def weights_fingerprint(model_dir: Path) -> str:
         files = sorted(p for p in model_dir.iterdir() if p.is_file())
     for p in files:
         h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        file_digest(p, h)
     return "sha256:" + h.hexdigest()[:16]
 
 
@@ -82,13 +81,68 @@ def read_config(model_dir: Path) -> dict:
             f"model folder {model_dir} has no config.json",
             hint="point at a Hugging Face model folder (save_pretrained output: config.json, weights, tokenizer)",
         )
+    from nimbuild.safeload import parse_json
+
     try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = cfg.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise NimbuildError(f"{cfg}: not valid JSON ({exc})", hint="restore the model's config.json") from None
+    data = parse_json(text, str(cfg), what="model config", hint="restore the model's config.json")
     if not isinstance(data, dict):
         raise NimbuildError(f"{cfg}: expected a JSON object", hint="restore the model's config.json")
+    check_config_keys(data, cfg)
     return data
+
+
+# config.json fields nimbuild and transformers read before a model exists: (type, minimum) each
+_POSITIVE_INT_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "num_labels",
+)
+
+
+def check_config_keys(config: dict, where: Path) -> None:
+    """The keys of a model's config.json that nimbuild reads, each of the type it must be.
+
+    A wrong type deep inside transformers surfaces as a TypeError, a tensor with a
+    negative dimension or a misleading "tokenizer could not be loaded": named here,
+    with the key, what was given and what is expected.
+    """
+
+    def bad(key: str, expected: str) -> NimbuildError:
+        return NimbuildError(
+            f"{where}: key `{key}`: expected {expected}, got {json.dumps(config[key])[:80]}",
+            hint="restore the model's config.json (save_pretrained writes it)",
+        )
+
+    archs = config.get("architectures")
+    if archs is not None and (
+        not isinstance(archs, list) or not all(isinstance(a, str) and a.isidentifier() for a in archs)
+    ):
+        raise bad("architectures", 'a list of class names (["BertForSequenceClassification"])')
+    for key, kind, expected in (
+        ("model_type", str, "a string"),
+        ("auto_map", dict, "a mapping of class -> module.Class"),
+    ):
+        if config.get(key) is not None and not isinstance(config[key], kind):
+            raise bad(key, expected)
+    for key in _POSITIVE_INT_KEYS:
+        if key not in config or (config[key] is None and key == "num_labels"):
+            continue
+        value = config[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise bad(key, "a whole number >= 1")
+    value = config.get("type_vocab_size")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise bad("type_vocab_size", "a whole number >= 0")
+    for key in ("id2label", "label2id"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise bad(key, "a mapping")
 
 
 def remote_code_reason(model_dir: Path, config: dict | None = None) -> str | None:
@@ -171,8 +225,8 @@ def resolve_hub(
         if offline:
             raise NimbuildError(
                 f"model {where} is not in the Hugging Face cache {cache} and HF_HUB_OFFLINE=1",
-                hint="download it once with network access (unset HF_HUB_OFFLINE), point HF_HOME at a cache that has it, "
-                "or give a local model folder",
+                hint="download it once with network access (unset HF_HUB_OFFLINE), "
+                "point HF_HOME at a cache that has it, or give a local model folder",
             ) from None
         raise NimbuildError(
             f"model {where} could not be downloaded (no network?)",

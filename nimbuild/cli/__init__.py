@@ -13,6 +13,7 @@ import sys
 import typer
 
 from nimbuild.errors import NimbuildError, debug_enabled
+from nimbuild.output import Output
 
 app = typer.Typer(
     name="nimbuild",
@@ -112,17 +113,17 @@ def run(application: typer.Typer, argv: list[str] | None = None, prog_name: str 
     except NimbuildError as exc:
         if debug_enabled():
             raise
-        sys.stderr.write(f"error: {exc}\n")
+        Output().error(str(exc))
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "nimbuild")
-        sys.stderr.write(f"error: {exc.format_message().rstrip('.')}; see `{where} --help`\n")
+        Output().error(f"{exc.format_message().rstrip('.')}; see `{where} --help`")
         sys.exit(2)
     except click.ClickException as exc:
-        sys.stderr.write(f"error: {exc.format_message()}\n")
+        Output().error(exc.format_message())
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        sys.stderr.write("interrupted\n")
+        Output().error("interrupted")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -138,3 +139,17 @@ def list_model_profiles_main(argv: list[str] | None = None) -> None:
     from nimbuild.cli.profiles import standalone_list_app
 
     run(standalone_list_app(), argv, prog_name="list-model-profiles")
+
+
+def download_to_cache_main(argv: list[str] | None = None) -> None:
+    """Entry point of the `download-to-cache` console script (as in NIM containers; the NIM Operator runs it)."""
+    from nimbuild.cli.render import standalone_app
+
+    run(standalone_app("download-to-cache"), argv, prog_name="download-to-cache")
+
+
+def create_model_store_main(argv: list[str] | None = None) -> None:
+    """Entry point of the `create-model-store` console script (as in NIM containers; the NIM Operator runs it)."""
+    from nimbuild.cli.render import standalone_app
+
+    run(standalone_app("create-model-store"), argv, prog_name="create-model-store")

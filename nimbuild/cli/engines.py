@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from nimbuild.builder.engines.build import EnginesResult
+    from nimbuild.builder.engines.plan import EnginePlan
+    from nimbuild.output import Output
 
 from nimbuild.cli.options import JsonOpt, QuietOpt
 
@@ -43,10 +49,10 @@ def engines(
         ),
     ] = False,
     opt_level: Annotated[
-        int, typer.Option("--builder-optimization-level", min=0, max=5, help="TensorRT builder optimization level.")
+        int, typer.Option("--builder-optimization-level", help="TensorRT builder optimization level, 0-5.")
     ] = 3,
     workspace_mib: Annotated[
-        int | None, typer.Option("--workspace-mib", min=1, help="TensorRT workspace memory pool limit.")
+        int | None, typer.Option("--workspace-mib", help="TensorRT workspace memory pool limit, in MiB (>= 1).")
     ] = None,
     timing_cache: Annotated[
         Path | None,
@@ -73,23 +79,29 @@ def engines(
 
     Example: nimbuild engines recipes/example-tiny.yaml --gpu h100-sxm --dry-run
     """
-    from nimbuild.builder import engines as engines_mod
+    from nimbuild.builder.engines.build import EnginesResult, engines_command
+    from nimbuild.builder.engines.plan import BuildOptions, EnginePlan
     from nimbuild.errors import NimbuildError
     from nimbuild.output import Output
+    from nimbuild.runtime.settings import check_range
 
+    check_range(opt_level, "--builder-optimization-level", 0, 5)
+    if workspace_mib is not None:
+        check_range(workspace_mib, "--workspace-mib", 1, 1 << 30)
     out = Output(json_mode=json_mode, quiet=quiet)
-    options = engines_mod.BuildOptions(
+    options = BuildOptions(
         builder_optimization_level=opt_level,
         workspace_bytes=workspace_mib * 1024 * 1024 if workspace_mib else None,
         hardware_compatible=hardware_compatible,
     )
-    result = engines_mod.engines_command(
+    result = engines_command(
         recipe, gpu, out_dir, out, dry_run=dry_run, options=options, timing_cache=timing_cache, force=rebuild
     )
-    if dry_run:
-        out.emit({"dry_run": True, **result.to_dict()}, lambda o: _print_plan(o, result))
+    if isinstance(result, EnginePlan):
+        out.emit({"dry_run": True, **result.to_dict()}, functools.partial(_print_plan, plan=result))
         return
-    out.emit(result.to_dict(), lambda o: _print_results(o, result))
+    assert isinstance(result, EnginesResult)
+    out.emit(result.to_dict(), functools.partial(_print_results, result=result))
     if result.fragment is None:
         raise NimbuildError(
             f"no engine for {result.plan.sku.slug} passed: "
@@ -98,7 +110,7 @@ def engines(
         )
 
 
-def _print_plan(o, plan) -> None:
+def _print_plan(o: Output, plan: EnginePlan) -> None:
     sku = plan.sku
     o.line(f"Engine plan for {plan.model} on {sku.canonical} ({sku.slug}, compute capability {sku.compute_capability})")
     opts = plan.options
@@ -129,7 +141,7 @@ def _print_plan(o, plan) -> None:
         o.line(f"note: {note}")
 
 
-def _print_results(o, result) -> None:
+def _print_results(o: Output, result: EnginesResult) -> None:
     plan = result.plan
     o.line(f"Engines for {plan.model} on {result.gpu.name} [{result.gpu.pci_device_id}], TensorRT {result.trt_version}")
     for r in result.results:

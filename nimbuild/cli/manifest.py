@@ -1,11 +1,16 @@
-"""`nimbuild manifest build|merge|show|verify`: write, merge fragments, print, check IDs and checksums."""
+"""`nimbuild manifest build|fragment|merge|show|verify`: write, CPU-class fragments, merge, print, check."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from nimbuild.manifest import Manifest
+    from nimbuild.output import Output
 
 from nimbuild.cli.options import JsonOpt, QuietOpt
 
@@ -22,7 +27,7 @@ manifest_app = typer.Typer(
 ManifestArg = Annotated[Path, typer.Argument(help="A manifest.yaml.", show_default=False)]
 
 
-def _summary(m) -> list[dict]:
+def _summary(m: Manifest) -> list[dict[str, Any]]:
     return [
         {
             "id": p.id,
@@ -38,7 +43,7 @@ def _summary(m) -> list[dict]:
     ]
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -58,7 +63,10 @@ def build(
         Path | None, typer.Option("--out", "-o", help="Where to write it [default: EXPORT_DIR/manifest.yaml].")
     ] = None,
     no_discover: Annotated[
-        bool, typer.Option("--no-discover", help="Do not pick up EXPORT_DIR/engines/*/fragment.yaml.")
+        bool,
+        typer.Option(
+            "--no-discover", help="Do not pick up EXPORT_DIR/engines/*/fragment.yaml and cpu/*/fragment.yaml."
+        ),
     ] = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -73,16 +81,40 @@ def build(
     out = Output(json_mode=json_mode, quiet=quiet)
     m, path = build_manifest(export_dir, fragment or [], out_path, discover=not no_discover)
     rows = _summary(m)
-    out.emit(
-        {"manifest": str(path), "profiles": rows},
-        lambda o: (
-            o.table(
-                ["id", "name", "files", "size"],
-                [(r["id"], r["name"], r["files"], _size(r["size_bytes"])) for r in rows],
-            ),
-            o.line(f"wrote {path} ({len(rows)} profiles)"),
-        ),
+    out.emit({"manifest": str(path), "profiles": rows}, functools.partial(_print_built, path=path, rows=rows))
+
+
+def _print_built(o: Output, path: Path, rows: list[dict[str, Any]]) -> None:
+    o.table(
+        ["id", "name", "files", "size"],
+        [(r["id"], r["name"], r["files"], _size(r["size_bytes"])) for r in rows],
     )
+    o.line(f"wrote {path} ({len(rows)} profiles)")
+
+
+@manifest_app.command("fragment")
+def fragment(
+    export_dir: Annotated[
+        Path, typer.Option("--export-dir", "-d", help="The export dir whose int8 graph of that class passed.")
+    ],
+    cpu_isa: Annotated[
+        str, typer.Option("--cpu-isa", help="The CPU class (avx512_vnni, avx2, arm64_dotprod).", show_default=False)
+    ],
+    json_mode: JsonOpt = False,
+) -> None:
+    """Write EXPORT_DIR/cpu/<class>/fragment.yaml: one CPU class's int8 profile, for the merge job.
+
+    A CI job for one CPU class (see `nimbuild plan`) exports on a runner with that class and hands this
+    folder on; the merge job's `nimbuild build` discovers cpu/*/fragment.yaml like engines/*/fragment.yaml.
+
+    Example: nimbuild manifest fragment --export-dir out --cpu-isa avx512_vnni
+    """
+    from nimbuild.builder.assemble import write_cpu_fragment
+    from nimbuild.output import Output
+
+    out = Output(json_mode=json_mode)
+    path = write_cpu_fragment(export_dir, cpu_isa)
+    out.emit({"fragment": str(path)}, f"wrote {path}")
 
 
 @manifest_app.command("merge")
@@ -100,11 +132,12 @@ def merge(
     Example: nimbuild manifest merge out/engines/*/fragment.yaml out/manifest.yaml --out out/manifest.yaml
     """
     from nimbuild import manifest as mf
+    from nimbuild import manifest_merge
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode)
     loaded = [mf.load_manifest(p) for p in manifests]
-    merged = mf.merge_manifests(loaded, root=out_path.parent)
+    merged = manifest_merge.merge_manifests(loaded, root=out_path.parent)
     mf.write_manifest(merged, out_path)
     rows = _summary(merged)
     out.emit(
@@ -166,11 +199,12 @@ def verify(
     Example: nimbuild manifest verify out/example-tiny/manifest.yaml
     """
     from nimbuild import manifest as mf
+    from nimbuild import manifest_verify
     from nimbuild.output import Output
 
     out = Output(json_mode=json_mode)
     m = mf.load_manifest(manifest, check_ids=False)  # wrong IDs are listed below with the rest
-    problems = mf.verify_manifest(m, check_files=not no_files)
+    problems = manifest_verify.verify_manifest(m, check_files=not no_files)
     n_files = len({rel for p in m.profiles for rel in p.files})
     data = {
         "manifest": str(manifest),

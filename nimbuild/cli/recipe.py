@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,14 +26,13 @@ def check(
 
     Example: nimbuild recipe check recipes/example-tiny.yaml recipes/ms-marco-minilm-l6.yaml
     """
-    import sys
-
     from nimbuild.errors import NimbuildError
     from nimbuild.output import Output
     from nimbuild.recipe import load_recipe
 
     out = Output(json_mode=json_mode)
-    results, errors = [], []
+    results: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
     for f in files:
         try:
             r = load_recipe(f)
@@ -70,7 +69,7 @@ def check(
     out.emit(data, human)
     if errors:
         for e in errors:
-            sys.stderr.write(f"error: {e['error']}\n")
+            out.error(e["error"])
         raise typer.Exit(1)
 
 

@@ -9,44 +9,28 @@ still listed, so that SYSTEM INFO shows what is being ignored.
 
 ``assumed_host`` replaces detection with GPUs from the SKU catalog
 (``--assume-gpu``), so that a laptop can preview what an H100 node would select.
+
+The CPU is part of the host too: its INT8 instruction-set classes (``Host.cpu``,
+nimbuild.cpu_isa: /proc/cpuinfo's first flags line, no heavy import), which CPU INT8
+profiles are matched on; ``--assume-cpu`` replaces that detection the same way.
+``host_for`` is the one place the options and the environment become a Host.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nimbuild import skus
+from nimbuild import cpu_isa, skus
 from nimbuild.errors import NimbuildError
+from nimbuild.safe_text import printable
 
-_TRUE = {"1", "true", "yes", "on", "y", "t"}
-_FALSE = {"", "0", "false", "no", "off", "n", "f"}
 _COUNT_SUFFIX = re.compile(r"^(?P<name>.+?)\s*[x×*]\s*(?P<count>\d+)$", re.IGNORECASE)
 MAX_ASSUMED_GPUS = 64
-
-
-def env_flag(env: Mapping[str, str], name: str) -> bool:
-    """A boolean environment variable; a value that is neither true nor false is an error."""
-    raw = env.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise NimbuildError(
-        f"environment variable {name}={raw!r} is not a boolean",
-        hint=f"set {name}=1 (or true/yes/on) to turn it on, 0 or unset to turn it off",
-    )
-
-
-def cpu_only_requested(env: Mapping[str, str]) -> bool:
-    """Whether ``NIM_CPU_ONLY`` asks for a CPU host whatever the GPUs."""
-    return env_flag(env, "NIM_CPU_ONLY")
 
 
 @dataclass
@@ -79,7 +63,8 @@ class Gpu:
             if self.memory_known
             else ", memory unknown"
         )
-        return f"[{self.pci_device_id}] ({self.index}) {self.name}{known}, compute capability {self.compute_capability}{memory}"
+        where = f"[{self.pci_device_id}] ({self.index}) {self.name}{known}"
+        return f"{where}, compute capability {self.compute_capability}{memory}"
 
     def to_dict(self) -> dict[str, Any]:
         sku = self.sku
@@ -107,8 +92,9 @@ class Host:
     cpu_only_reason: str | None
     driver_version: str | None = None
     cuda_driver_version: str | None = None  # "12.4": the newest CUDA the driver supports
-    assumed: bool = False
+    assumed: bool = False  # the GPUs come from --assume-gpu
     notes: list[str] = field(default_factory=list)  # GPUs NVML could only partly describe
+    cpu: cpu_isa.HostCpu = field(default_factory=cpu_isa.unknown_cpu)  # its INT8 classes (detect_host reads them)
 
     @property
     def usable_gpus(self) -> list[Gpu]:
@@ -132,8 +118,9 @@ class Host:
             lines.append(f"- CPU only: {self.cpu_only_reason}")
         if self.driver_version or self.cuda_driver_version:
             lines.append(f"- Driver: {self.driver_version or 'unknown'} (CUDA {self.cuda_driver_version or 'unknown'})")
+        lines.append(f"- CPU: {self.cpu.describe()}")
         lines.extend(f"- Note: {note}" for note in self.notes)
-        return lines
+        return [printable(line) for line in lines]  # names and reasons from the driver or the environment
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +131,7 @@ class Host:
             "cuda_driver_version": self.cuda_driver_version,
             "assumed": self.assumed,
             "notes": list(self.notes),
+            "cpu": self.cpu.to_dict(),
         }
 
 
@@ -236,10 +224,8 @@ def _detect_gpus() -> Host:
             )
         gpus = [gpu for i in range(count) if (gpu := _query_gpu(pynvml, i, notes)) is not None]
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
     if not gpus:
         reason = "NVML found no GPU" if count == 0 else "NVML could not describe any GPU"
         return Host(gpus=[], cpu_only_reason=reason, driver_version=driver, cuda_driver_version=cuda, notes=notes)
@@ -247,11 +233,13 @@ def _detect_gpus() -> Host:
 
 
 def detect_host(env: Mapping[str, str] = os.environ) -> Host:
-    """This host's GPUs through NVML; ``NIM_CPU_ONLY`` makes it a CPU host."""
-    cpu_only = cpu_only_requested(env)
+    """This host's GPUs through NVML and its CPU's classes; ``NIM_CPU_ONLY`` makes it a CPU host."""
+    from nimbuild.runtime.settings import read_settings
+
+    reason = read_settings(env).cpu_only_reason
     host = _detect_gpus()
-    if cpu_only:
-        reason = f"NIM_CPU_ONLY={env.get('NIM_CPU_ONLY', '').strip()} is set"
+    host.cpu = cpu_isa.detect_cpu()
+    if reason:
         host.cpu_only_reason = reason if host.gpus else f"{host.cpu_only_reason}; {reason}"
     return host
 
@@ -297,3 +285,26 @@ def assumed_host(specs: list[str]) -> Host:
     if not gpus:
         return Host(gpus=[], cpu_only_reason="assumed host without GPUs", assumed=True)
     return Host(gpus=gpus, cpu_only_reason=None, assumed=True)
+
+
+def host_for(
+    env: Mapping[str, str] = os.environ, assume_gpu: list[str] | None = None, assume_cpu: str | None = None
+) -> Host:
+    """The host that listing, ``select`` and ``serve`` judge: detected, or assumed part by part.
+
+    ``assume_gpu`` replaces the GPUs (NVML) and ``assume_cpu`` the CPU class (/proc/cpuinfo);
+    what is not assumed is detected. ``NIM_CPU_ONLY`` applies to an assumed host too.
+    """
+    if assume_gpu:
+        from nimbuild.runtime.settings import read_settings
+
+        host = assumed_host(list(assume_gpu))
+        reason = read_settings(env).cpu_only_reason
+        if reason:  # the preview honours NIM_CPU_ONLY too, and says so
+            host.cpu_only_reason = reason
+        host.cpu = cpu_isa.detect_cpu()
+    else:
+        host = detect_host(env)
+    if assume_cpu is not None:
+        host.cpu = cpu_isa.assumed_cpu(assume_cpu)
+    return host

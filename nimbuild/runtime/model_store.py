@@ -6,20 +6,34 @@ imports onnx or tritonclient. A repository pre-rendered by ``nimbuild render``
 so the store is re-rendered from that record; without one, the graph's inputs
 are read by :mod:`nimbuild.runtime.triton_repo.onnx_io`'s light reader.
 
-Cache layout (shared with ``nimbuild.runtime.selection.is_cached``): a file of
-the manifest at ``<relpath>`` is cached at ``$NIM_CACHE_PATH/<relpath>``.
+Cache layout (shared with ``nimbuild.runtime.selection.is_cached``): the bytes of a manifest file are cached at
+``$NIM_CACHE_PATH/<its bytes path>``: its local ``uri`` (so the cache mirrors the manifest's folder), or
+``remote/<scheme>/<host>/<path>`` for a remote one (:attr:`nimbuild.manifest.FileEntry.bytes_path`,
+:func:`nimbuild.manifest_paths.remote_cache_relpath`).
+The key (the file's name in the profile's workspace) may differ from the uri, as in NIM's manifests.
+
+The NIM Operator runs these as the image's own commands (k8s-nim-operator
+``internal/controller/nimcache_controller.go``, ``constructJob``): ``download-to-cache`` with
+``--all`` or ``--profiles ID...`` and ``NIM_CACHE_PATH=/model-store``, and
+``create-model-store --model-repo ENDPOINT --model-store /model-store``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from nimbuild.errors import NimbuildError
+from nimbuild.runtime.settings import Variable, read_settings
+from nimbuild.safe_text import child
 
-ENV_CACHE = "NIM_CACHE_PATH"
+if TYPE_CHECKING:
+    from nimbuild.fsutil import Readable
+    from nimbuild.manifest import FileEntry, Manifest, Profile
+    from nimbuild.output import Output
 
 
 @dataclass
@@ -38,7 +52,7 @@ class MaterializedStore:
     reused_record: bool = False
     schema_checked: bool = False
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "store": str(self.store),
             "profile_id": self.profile_id,
@@ -57,10 +71,10 @@ class MaterializedStore:
 # --------------------------------------------------------------------------- profiles
 
 
-def resolve_profile(manifest, ref: str):
+def resolve_profile(manifest: Manifest, ref: str) -> Profile:
     """The profile named by a full ID, a unique ID prefix, or a name: NIM_MODEL_PROFILE's rule
-    (:func:`nimbuild.runtime.selection.match_profiles`)."""
-    from nimbuild.runtime.selection import MIN_PREFIX, match_profiles
+    (:func:`nimbuild.runtime.overrides.match_profiles`)."""
+    from nimbuild.runtime.overrides import MIN_PREFIX, match_profiles
 
     ref = (ref or "").strip()
     if not ref:
@@ -81,122 +95,231 @@ def resolve_profile(manifest, ref: str):
     return matches[0]
 
 
-def cache_root(env: Mapping[str, str] | None = None, cache_path: str | os.PathLike | None = None) -> Path:
+def cache_root(env: Mapping[str, str] | None = None, cache_path: str | os.PathLike[str] | None = None) -> Path:
     """``cache_path``, else ``$NIM_CACHE_PATH``, else ``~/.cache/nim``."""
     env = os.environ if env is None else env
     if cache_path:
         return Path(cache_path)
-    if env.get(ENV_CACHE):
-        return Path(env[ENV_CACHE])
+    settings = read_settings(env)
+    if settings.cache_path is not None:
+        return settings.cache_path
     return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nim"
 
 
 # --------------------------------------------------------------------------- download-to-cache
 
 
-def _fetch_remote(uri: str, dst: Path, sha256: str, size: int) -> None:
-    """An https:// artifact into ``dst``, checked against the manifest; other schemes are refused."""
-    import hashlib
+# A nimbuild (not a NIM) setting, read here only: the NIM_* ones are nimbuild.runtime.settings'. It is
+# checked by the same rule, so a bad value is the same one line naming it.
+ENV_MAX_DOWNLOAD = "NIMBUILD_MAX_DOWNLOAD_BYTES"
+DEFAULT_MAX_DOWNLOAD = 64 * 1024**3  # a remote file whose manifest entry has no size: at most 64 GiB
+MAX_DOWNLOAD = Variable(
+    ENV_MAX_DOWNLOAD,
+    "int",
+    "bytes download-to-cache fetches of a remote file the manifest gives no size for",
+    "68719476736 (64 GiB)",
+    1,
+    1 << 60,
+)
+
+
+def max_download_bytes(env: Mapping[str, str] | None = None) -> int:
+    """The cap on a remote file the manifest gives no size for (``NIMBUILD_MAX_DOWNLOAD_BYTES``, default 64 GiB)."""
+    env = os.environ if env is None else env
+    raw = (env.get(ENV_MAX_DOWNLOAD) or "").strip()
+    if not raw:
+        return DEFAULT_MAX_DOWNLOAD
+    value = MAX_DOWNLOAD.check(raw)
+    assert isinstance(value, int)
+    return value
+
+
+class _Capped:
+    """A response read through :func:`nimbuild.fsutil.write_verified` that never yields more than ``limit``
+    bytes: the first byte past it is a NimbuildError (``why``), before the file is whole."""
+
+    def __init__(self, response: Readable, limit: int, why: str, uri: str):
+        self.response, self.limit, self.why, self.uri, self.count = response, limit, why, uri, 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        want = self.limit + 1 - self.count
+        block = self.response.read(want if size < 0 else min(size, want))
+        self.count += len(block)
+        if self.count > self.limit:
+            raise NimbuildError(
+                f"{self.uri}: more than the {self.why}; stopped reading",
+                hint="the remote file changed or the URL is wrong",
+            )
+        return block
+
+
+def _fetch_remote(uri: str, dst: Path, sha256: str | None, size: int | None, cap: int) -> None:
+    """An https:// artifact into ``dst``, never reading more than the manifest's ``size`` (or ``cap``
+    when it gives none): a server sending more is cut off at the first byte past it, before the file is
+    whole. Checked against the sha256 when the manifest has one; other schemes are refused."""
     import urllib.request
+
+    from nimbuild.fsutil import write_verified
 
     scheme = uri.split("://", 1)[0].lower()
     if scheme not in ("https", "http"):
         raise NimbuildError(
             f"{uri}: {scheme}:// downloads are not supported by nimbuild",
-            hint="fetch the file yourself into the manifest's folder, or publish it over https",
+            hint="fetch the file yourself into the manifest's folder or NIM_CACHE_PATH, or publish it over https",
         )
-    tmp = dst.with_name(f".{dst.name}.partial")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    h, written = hashlib.sha256(), 0
+    limit = size if size is not None else cap
+    why = f"{size} bytes the manifest says" if size is not None else f"{limit} bytes cap ({ENV_MAX_DOWNLOAD})"
     try:
-        with urllib.request.urlopen(uri, timeout=60) as resp, open(tmp, "wb") as fh:  # noqa: S310 (scheme checked)
-            while block := resp.read(1 << 22):
-                h.update(block)
-                fh.write(block)
-                written += len(block)
-        if written != size or h.hexdigest() != sha256:
-            raise NimbuildError(
-                f"{uri}: downloaded {written} bytes with sha256 {h.hexdigest()}, "
-                f"the manifest says {size} bytes and {sha256}",
-                hint="the remote file changed; rebuild the manifest or fix the URL",
-            )
-        os.replace(tmp, dst)
+        with urllib.request.urlopen(uri, timeout=60) as resp:  # noqa: S310 (scheme checked)
+            announced = resp.headers.get("Content-Length")
+            if announced and announced.isdigit() and int(announced) > limit:
+                raise NimbuildError(
+                    f"{uri}: the server announces {announced} bytes, more than the {why}",
+                    hint="the remote file changed or the URL is wrong; nothing was downloaded",
+                )
+            write_verified(_Capped(resp, limit, why, uri), dst, sha256=sha256, size=size, what=f"{uri} (downloaded)")
     except OSError as exc:
         raise NimbuildError(f"{uri}: download failed: {exc}", hint="check the network and the URL") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
-def _cached_ok(path: Path, entry) -> bool:
-    from nimbuild.manifest import sha256_file
+def _cached_ok(path: Path, entry: FileEntry) -> bool:
+    """The cached copy is the manifest's file: its size, and its sha256 when the manifest has one."""
+    from nimbuild.fsutil import sha256_file
 
     try:
-        return path.is_file() and path.stat().st_size == entry.size and sha256_file(path) == entry.sha256
+        if not path.is_file() or (entry.size is not None and path.stat().st_size != entry.size):
+            return False
+        return entry.sha256 is None or sha256_file(path) == entry.sha256
     except OSError:
         return False
 
 
-def download_to_cache(
-    manifest_path: str | os.PathLike,
-    ref: str,
-    *,
-    cache_path: str | os.PathLike | None = None,
-    env: Mapping[str, str] | None = None,
-    out=None,
-) -> dict:
-    """Copy one profile's files into the cache (``$NIM_CACHE_PATH/<relpath>``), each checked by sha256.
+def chosen_profiles(
+    manifest: Manifest, refs: list[str], *, all_profiles: bool = False, env: Mapping[str, str] | None = None
+) -> list[Profile]:
+    """The profiles ``download-to-cache`` fetches: every one (``--all``), those named (``--profiles``: IDs,
+    ID prefixes or names), or, with neither, the one this host would select (as NIM does: its optimal
+    profile, honouring NIM_MODEL_PROFILE and NIM_TAGS_SELECTOR)."""
+    env = os.environ if env is None else env
+    if all_profiles:
+        if refs:
+            raise NimbuildError("give --all or --profiles, not both", hint="--all caches every profile")
+        if not manifest.profiles:
+            raise NimbuildError(f"{manifest.source}: the manifest lists no profile", hint="build one first")
+        return list(manifest.profiles)
+    if refs:
+        chosen: list[Profile] = []
+        seen: set[str] = set()
+        for ref in refs:
+            for part in ref.replace(",", " ").split():
+                profile = resolve_profile(manifest, part)
+                if profile.id not in seen:
+                    seen.add(profile.id)
+                    chosen.append(profile)
+        if chosen:
+            return chosen
+    from nimbuild.runtime.hardware import detect_host
+    from nimbuild.runtime.selection import select
 
-    Files already there with the right bytes are kept; a copy whose bytes do not
-    match the manifest is removed and reported. Each file appears under its
-    final name only once complete (temp file + rename).
+    selection = select(manifest, detect_host(env), env, cache_path=None)
+    if selection.selected is None:
+        raise NimbuildError(
+            f"{manifest.source}: no profile is runnable on this host, so there is no default to cache",
+            hint="name them with --profiles ID..., or cache every one with --all",
+        )
+    return [selection.selected]
+
+
+def download_to_cache(
+    manifest_path: str | os.PathLike[str],
+    ref: str | list[str] | None = None,
+    *,
+    cache_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    out: Output | None = None,
+    all_profiles: bool = False,
+) -> dict[str, Any]:
+    """Copy profiles' files into the cache (``$NIM_CACHE_PATH/<bytes path>``), each checked by sha256.
+
+    ``ref``: one profile or a list (IDs, prefixes, names); none: the one this host selects;
+    ``all_profiles``: every one. Files already there with the right bytes are kept; each file
+    appears under its final name only once complete (temp file + rename). A file shared by
+    several profiles is fetched once. Returns one summary (a single profile's keys at the top,
+    for the one-profile form) with ``profiles``: one entry per profile.
     """
-    from nimbuild.manifest import is_remote_uri, load_manifest, safe_join
+    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest_paths import safe_join
     from nimbuild.output import Output
     from nimbuild.runtime.triton_repo.files import copy_verified
 
+    env = os.environ if env is None else env
     manifest = load_manifest(manifest_path)
-    profile = resolve_profile(manifest, ref)
+    refs = [ref] if isinstance(ref, str) else list(ref or [])
+    chosen = chosen_profiles(manifest, refs, all_profiles=all_profiles, env=env)
     root = cache_root(env, cache_path)
-    copied, kept = [], []
+    cap = max_download_bytes(env)
+    done: dict[str, str] = {}  # bytes path -> "copied" | "kept"
+    summaries: list[dict[str, Any]] = []
     with (out or Output(quiet=True)).progress() as progress:
-        task = progress.add_task(f"caching {profile.name}", total=len(profile.files))
-        for rel, entry in sorted(profile.files.items()):
-            dst = safe_join(root, rel, f"cache for {profile.name}") if root.exists() else root / rel
-            if _cached_ok(dst, entry):
-                kept.append(rel)
-            elif is_remote_uri(entry.uri):
-                _fetch_remote(entry.uri, dst, entry.sha256, entry.size)
-                copied.append(rel)
-            else:
-                src = safe_join(manifest.root, entry.uri, f"{manifest.source}: profile {profile.name!r}")
-                if not src.is_file():
-                    raise NimbuildError(
-                        f"{src}: missing (profile {profile.name!r} lists {rel})",
-                        hint="rebuild the profile or restore the file",
-                    )
-                copy_verified(src, dst, entry.sha256, entry.size)
-                copied.append(rel)
-            progress.advance(task)
-    return {
-        "profile_id": profile.id,
-        "profile_name": profile.name,
-        "cache": str(root),
-        "copied": copied,
-        "already_cached": kept,
-        "bytes": sum(profile.files[r].size for r in profile.files),
-    }
+        task = progress.add_task("caching", total=sum(len(p.files) for p in chosen))
+        for profile in chosen:
+            copied: list[str] = []
+            kept: list[str] = []
+            for rel, entry in sorted(profile.files.items()):
+                stored = entry.bytes_path
+                if stored not in done:
+                    where = f"cache for {profile.name}"
+                    dst = safe_join(root, stored, where) if root.exists() else root / stored
+                    if _cached_ok(dst, entry):
+                        done[stored] = "kept"
+                    elif entry.remote:
+                        _fetch_remote(entry.uri, dst, entry.sha256, entry.size, cap)
+                        done[stored] = "copied"
+                    else:
+                        src = safe_join(manifest.folder, entry.uri, f"{manifest.source}: profile {profile.name!r}")
+                        if not src.is_file():
+                            raise NimbuildError(
+                                f"{src}: missing (profile {profile.name!r} lists {rel})",
+                                hint="rebuild the profile or restore the file",
+                            )
+                        copy_verified(src, dst, entry.sha256, entry.size)
+                        done[stored] = "copied"
+                (copied if done[stored] == "copied" else kept).append(rel)
+                progress.advance(task)
+            summaries.append(
+                {
+                    "profile_id": profile.id,
+                    "profile_name": profile.name,
+                    "copied": copied,
+                    "already_cached": kept,
+                    "bytes": sum(e.size or 0 for e in profile.files.values()),
+                    "unverified": sorted(r for r, e in profile.files.items() if e.sha256 is None),
+                }
+            )
+    result: dict[str, Any] = {**summaries[0], "cache": str(root), "profiles": summaries}
+    if len(summaries) > 1:
+        result.update(
+            profile_id=None,
+            profile_name=None,
+            copied=[f"{s['profile_name']}:{r}" for s in summaries for r in s["copied"]],
+            already_cached=[f"{s['profile_name']}:{r}" for s in summaries for r in s["already_cached"]],
+            bytes=sum(s["bytes"] for s in summaries),
+        )
+    return result
 
 
 # --------------------------------------------------------------------------- create-model-store
 
 
-def _prerendered(manifest, profile) -> dict | None:
+def _prerendered(manifest: Manifest, profile: Profile) -> dict[str, Any] | None:
     """The record of ``nimbuild render``'s repository for this profile, if it matches the manifest."""
-    from nimbuild.runtime.triton_repo.repository import REPOSITORY_INFO, read_repository_info
+    from nimbuild.export_layout import TRITON_DIR
+    from nimbuild.runtime.triton_repo.layout import REPOSITORY_INFO
+    from nimbuild.runtime.triton_repo.record import read_repository_info
 
     if manifest.root is None:
         return None
-    folder = Path(manifest.root) / "triton" / profile.name
+    folder = child(Path(manifest.root) / TRITON_DIR, profile.name, f"profile {profile.name!r}")
     if not (folder / REPOSITORY_INFO).is_file():
         return None
     try:
@@ -215,39 +338,42 @@ def _prerendered(manifest, profile) -> dict | None:
     return info
 
 
-def _locator(manifest, profile, cache: Path | None, used: dict[str, str], mode: str):
+def _locator(
+    manifest: Manifest, profile: Profile, cache: Path | None, used: dict[str, str], mode: str
+) -> Callable[[str], Path]:
     """Where each manifest relpath is read from: the cache when it holds the file, else the manifest folder.
 
     A copy checks every byte it copies, so a cached file needs only the right
     size; a link copies nothing, so a cached file is hashed before it is used.
     """
-    from nimbuild.manifest import safe_join
+    from nimbuild.manifest_paths import safe_join
 
     def locate(rel: str) -> Path:
         entry = profile.files.get(rel)
+        stored = entry.bytes_path if entry is not None else rel  # the bytes are at the uri, not the key
         if cache is not None and entry is not None:
-            candidate = cache / rel
+            candidate = cache / stored
             try:
-                ok = candidate.is_file() and candidate.stat().st_size == entry.size
+                ok = candidate.is_file() and (entry.size is None or candidate.stat().st_size == entry.size)
             except OSError:
                 ok = False
             if ok and (mode == "copy" or _cached_ok(candidate, entry)):
                 used[rel] = "cache"
                 return candidate
         used[rel] = "manifest"
-        return safe_join(manifest.root, rel, f"profile {profile.name!r}")
+        return safe_join(manifest.folder, stored, f"profile {profile.name!r}")
 
     return locate
 
 
 def materialize_profile(
-    manifest,
-    profile,
-    dest: str | os.PathLike,
+    manifest: Manifest,
+    profile: Profile,
+    dest: str | os.PathLike[str],
     *,
     mode: str = "link",
     env: Mapping[str, str] | None = None,
-    cache_path: str | os.PathLike | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
     verify: bool = False,
 ) -> MaterializedStore:
     """A Triton model store for ``profile`` at ``dest`` (what ``serve`` calls; objects, not paths).
@@ -258,10 +384,13 @@ def materialize_profile(
     from ``env``. ``verify`` checks the profile's files first (serve already
     does; the copy mode checks every byte it copies anyway).
     """
-    from nimbuild.manifest import verify_profile
-    from nimbuild.runtime.triton_repo import repository as triton
+    from nimbuild.manifest_verify import verify_profile
+    from nimbuild.runtime.triton_repo.contexts import ServingOptions
+    from nimbuild.runtime.triton_repo.record import profile_info
+    from nimbuild.runtime.triton_repo.serving_overrides import requested_overrides, with_overrides
+    from nimbuild.runtime.triton_repo.writing import write_repository
 
-    env = os.environ if env is None else env
+    settings = read_settings(os.environ if env is None else env)
     if verify:
         problems = verify_profile(manifest, profile, check_files=True)
         if problems:
@@ -272,14 +401,12 @@ def materialize_profile(
     info = _prerendered(manifest, profile)
     reused = info is not None
     if info is None:
-        info = triton.profile_info(manifest, profile, triton.ServingOptions(), use_onnx=False)
-    limit = int(info["limits"]["max_batch_size"])
-    batch = triton._env_int(env, triton.ENV_MAX_BATCH, 1, limit)
-    delay = triton._env_int(env, triton.ENV_QUEUE_DELAY, 0, None)
-    info = triton.with_overrides(info, max_batch_size=batch, max_queue_delay_us=delay)
-    cache = Path(cache_path) if cache_path else (Path(env[ENV_CACHE]) if env.get(ENV_CACHE) else None)
+        info = profile_info(manifest, profile, ServingOptions(), use_onnx=False)
+    batch, delay = requested_overrides(settings, int(info["limits"]["max_batch_size"]))
+    info = with_overrides(info, max_batch_size=batch, max_queue_delay_us=delay)
+    cache = Path(cache_path) if cache_path else settings.cache_path
     used: dict[str, str] = {}
-    repo = triton.write_repository(
+    repo = write_repository(
         info, Path(dest), _locator(manifest, profile, cache, used, mode), mode=mode, require_schema=False
     )
     names = info["model_names"]
@@ -298,25 +425,56 @@ def materialize_profile(
     )
 
 
+MANIFEST_NAMES = ("manifest.yaml", "model_manifest.yaml")
+
+
+def manifest_in_repo(model_repo: str | os.PathLike[str]) -> Path:
+    """The manifest ``--model-repo`` names: the file itself, or ``manifest.yaml`` / ``model_manifest.yaml``
+    in that folder (the NIM Operator passes its NIMCache's ``modelEndpoint`` here)."""
+    text = str(model_repo)
+    if "://" in text:
+        raise NimbuildError(
+            f"--model-repo {text}: nimbuild reads a model repository from a manifest on disk, not from a URL",
+            hint="give the manifest file or the folder that holds it (e.g. /opt/nim/etc/default)",
+        )
+    path = Path(text)
+    if path.is_dir():
+        for name in MANIFEST_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise NimbuildError(
+            f"--model-repo {path}: the folder holds no {' or '.join(MANIFEST_NAMES)}",
+            hint="give the manifest file itself, or the folder that holds it",
+        )
+    return path
+
+
 def create_model_store(
-    manifest_path: str | os.PathLike,
-    ref: str,
-    model_store: str | os.PathLike,
+    manifest_path: str | os.PathLike[str],
+    ref: str | None,
+    model_store: str | os.PathLike[str],
     *,
     mode: str = "copy",
     env: Mapping[str, str] | None = None,
-    cache_path: str | os.PathLike | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
 ) -> MaterializedStore:
     """``nimbuild create-model-store``: the profile ``ref`` as a Triton model store at ``model_store``.
 
-    Copies (default) or links the profile's files from the cache when they are
-    there, else from the manifest's folder; a copied byte that does not match
-    the manifest's sha256 fails the command and leaves nothing behind.
+    ``ref`` None: the profile this host selects (NIM_MODEL_PROFILE and NIM_TAGS_SELECTOR honoured),
+    as in the NIM Operator's form ``create-model-store --model-repo R --model-store S``. Copies
+    (default) or links the profile's files from the cache when they are there, else from the
+    manifest's folder; a copied byte that does not match the manifest's sha256 fails the command
+    and leaves nothing behind.
     """
-    from nimbuild.manifest import load_manifest, verify_profile
+    from nimbuild.manifest import load_manifest
+    from nimbuild.manifest_verify import verify_profile
 
+    env = os.environ if env is None else env
     manifest = load_manifest(manifest_path)
-    profile = resolve_profile(manifest, ref)
+    if ref:
+        profile = resolve_profile(manifest, ref)
+    else:
+        (profile,) = chosen_profiles(manifest, [], env=env)  # the selection, as download-to-cache's default
     if mode == "link":  # a link copies no byte, so check them here
         problems = verify_profile(manifest, profile, check_files=True)
         if problems:

@@ -1,6 +1,6 @@
 """Which profile this host runs: classify, rank, apply the overrides, log the choice.
 
-DESIGN.md "Selection" fixes the rules and the words of the log. In short:
+docs/design.md, "Selection", fixes the rules and the words of the log. In short:
 
 - *runnable*: the host has the profile's hardware, enough of it, with enough free memory;
 - *not runnable* ("compatible but not runnable"): at least one GPU of the host
@@ -8,26 +8,32 @@ DESIGN.md "Selection" fixes the rules and the words of the log. In short:
   memory; or (GPU and CPU profiles alike) a local file of its workspace is
   missing or not of the manifest's size (stat only: ``serve`` checks sha256);
 - *incompatible*: no GPU of the host can run it: a GPU profile on a CPU host
-  or with ``NIM_CPU_ONLY``, the wrong GPU, FP8 below compute capability 8.9.
+  or with ``NIM_CPU_ONLY``, the wrong GPU, FP8 below compute capability 8.9; or a
+  CPU profile made for a ``cpu_isa`` class the host's CPU lacks ("needs
+  avx512_vnni; this host has avx2"). A CPU profile without the tag runs anywhere.
 
 A TensorRT profile matches on its ``gpu_device`` tag (PCI device:vendor, or any
 id the SKU catalog lists for the same SKU), or, when it was built
 hardware-compatible, on ``compute_capability`` (``same_compute_capability``:
-equal; ``ampere+``: 8.0 or newer). Names are never matched by pattern.
+equal; ``ampere+``: 8.0 or newer). Names are never matched by pattern. A
+manifest NIM wrote names its GPUs by NIM's tags, matched as the NIM Operator
+does (:mod:`nimbuild.runtime.gpu_match` holds both rules).
 
 ``gpu_count`` on a host with GPUs of different kinds counts only the GPUs the
 profile can run on: for a TensorRT engine those of its own kind (the others are
 ignored by it); for an ONNX GPU profile any GPU. The GPUs a runnable profile
 would use are recorded (``Classified.gpus``: NVML indexes) so that ``serve`` can
 pin them. On such a host two engines of equal rank (an H100 FP8 and an L40S FP8)
-are ordered by DESIGN.md's last key, the ID; pin one with ``NIM_TAGS_SELECTOR=gpu=...``.
+are ordered by docs/design.md's last key, the ID; pin one with ``NIM_TAGS_SELECTOR=gpu=...``.
 
 Free memory: a GPU profile needs, on each GPU it uses, ``metrics.gpu_memory_mib``
 when the manifest gives it, else the size of its files (the weights must fit).
 
-Cache (``NIM_CACHE_PATH``): a profile counts as cached when every file of its
-workspace is at ``NIM_CACHE_PATH/<its path in the manifest>`` with the
-manifest's size (the sha256 is checked by ``serve`` before use, not here).
+Cache (``NIM_CACHE_PATH``): a profile counts as cached when the bytes of every
+file of its workspace are at ``NIM_CACHE_PATH/<its uri>`` (a remote one at
+``remote/<scheme>/<host>/<path>``) with the manifest's size (the sha256 is
+checked by ``serve`` before use, not here). A remote file not in the cache makes
+its profile not runnable: ``serve`` downloads nothing.
 """
 
 from __future__ import annotations
@@ -35,15 +41,20 @@ from __future__ import annotations
 import math
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nimbuild import skus
+from nimbuild import cpu_isa, profiles, skus
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import Manifest, Profile, is_remote_uri, safe_join
-from nimbuild.runtime.hardware import Gpu, Host, cpu_only_requested
+from nimbuild.manifest import FileEntry, Manifest, Profile
+from nimbuild.manifest_paths import safe_join
+from nimbuild.runtime import gpu_match
+from nimbuild.runtime.hardware import Host
+from nimbuild.runtime.overrides import apply_overrides
+from nimbuild.runtime.settings import Settings, read_settings
+from nimbuild.safe_text import printable
 
 Status = Literal["runnable", "not_runnable", "incompatible"]
 STATUSES: tuple[Status, ...] = ("runnable", "not_runnable", "incompatible")
@@ -52,15 +63,12 @@ GROUP_TITLES = {
     "not_runnable": "- Compatible with system but not runnable:",
     "incompatible": "- Incompatible with system:",
 }
-DEFAULT_MANIFEST = "manifest.yaml"
-MIN_PREFIX = 8
 
 _BACKEND_RANK = {"tensorrt": 0, "onnx": 1, "pytorch": 2}
 _DEVICE_RANK = {"gpu": 0, "cpu": 1}
 _PRECISION_RANK = {"fp8": 0, "int8": 1, "fp16": 2, "bf16": 3, "fp32": 4}
 _BACKEND_TYPE = {"tensorrt": "TensorRT", "onnx": "ONNX", "pytorch": "PyTorch"}
 _FP8_MIN_CC = skus.FP8_MIN_COMPUTE_CAPABILITY
-_AMPERE_CC = (8, 0)
 
 
 @dataclass
@@ -135,22 +143,6 @@ def _device(tags: Mapping[str, str]) -> str:
     return "cpu"
 
 
-def _cc(text: str) -> tuple[int, int] | None:
-    try:
-        return skus.compute_capability_tuple(text)
-    except (TypeError, ValueError):
-        return None
-
-
-def _gpu_count(tags: Mapping[str, str]) -> int | None:
-    raw = tags.get("gpu_count", "1")
-    try:
-        count = int(raw)
-    except (TypeError, ValueError):
-        return None
-    return count if count >= 1 else None
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -160,83 +152,66 @@ def required_memory_mib(profile: Profile) -> int:
     measured = profile.metrics.get("gpu_memory_mib") if isinstance(profile.metrics, dict) else None
     if isinstance(measured, (int, float)) and not isinstance(measured, bool) and measured > 0:
         return int(math.ceil(measured))
-    return int(math.ceil(sum(entry.size for entry in profile.files.values()) / (1024 * 1024)))
+    return int(math.ceil(sum(entry.size or 0 for entry in profile.files.values()) / (1024 * 1024)))
 
 
-def _same_device(wanted: str, gpu: Gpu) -> bool:
-    """PCI ids match, or both belong to one catalog SKU (a product can have several ids)."""
-    want = skus.normalize_pci_device_id(wanted)
-    have = skus.normalize_pci_device_id(gpu.pci_device_id)
-    if want is None or have is None:
-        return False
-    if want == have:
-        return True
-    sku = skus.by_pci_device_id(want)
-    return sku is not None and have in sku.pci_device_ids
-
-
-def _tensorrt_match(tags: Mapping[str, str], gpus: list[Gpu]) -> tuple[list[Gpu], str]:
-    """The GPUs a TensorRT engine runs on, and what it needs (for the reason when none)."""
-    level = tags.get("hardware_compatibility_level")
-    if level:
-        want = _cc(tags.get("compute_capability", ""))
-        if want is None:
-            return (
-                [],
-                f"hardware-compatible engine without a valid compute_capability tag ({tags.get('compute_capability')!r})",
-            )
-        if level in ("ampere+", "ampere_plus"):
-            return (
-                [g for g in gpus if (_cc(g.compute_capability) or (0, 0)) >= _AMPERE_CC],
-                "needs compute capability >= 8.0 (hardware_compatibility_level ampere+)",
-            )
-        return (
-            [g for g in gpus if _cc(g.compute_capability) == want],
-            f"needs compute capability {tags['compute_capability']} (hardware_compatibility_level {level})",
-        )
-    wanted = tags.get("gpu_device")
-    if not wanted and tags.get("gpu"):
-        sku = skus.by_canonical(tags["gpu"])  # a catalog lookup, not a pattern
-        wanted = sku.pci_device_id if sku else None
-    if not wanted:
-        return [], "TensorRT profile without a gpu_device tag, so no GPU can be matched to it"
-    return [g for g in gpus if _same_device(wanted, g)], f"needs gpu_device {wanted}"
-
-
-def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> Classified:
+def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None, nim: bool = False) -> Classified:
+    """``nim``: the manifest is NIM's (not nimbuild's): its tag names apply (llm_engine, tp, gpu, ...)."""
     tags = profile.tags
     backend = tags.get("backend")
 
     def judged(status: Status, reason: str | None = None, gpus: list[int] | None = None) -> Classified:
         return Classified(profile=profile, status=status, reason=reason, gpus=gpus or [])
 
+    if not backend and tags.get("llm_engine"):  # NIM for LLMs' profiles (tensorrt_llm, vllm, sglang)
+        return judged(
+            "incompatible",
+            f"llm_engine {tags['llm_engine']!r} is an LLM engine; nimbuild serves rerankers with "
+            "backend onnx or tensorrt",
+        )
+    if nim and not backend and tags.get("model_type"):
+        return judged("incompatible", f"model_type {tags['model_type']!r} is not a backend this runtime serves")
     if backend not in _BACKEND_RANK:
         return judged(
             "incompatible",
             f"backend {backend!r} is not one this runtime serves (tensorrt, onnx)" if backend else "no backend tag",
         )
+    problem = profiles.tag_problem(tags)
+    if problem is not None:
+        return judged("incompatible", problem)
     if _device(tags) != "gpu":
-        return judged("runnable")
+        wanted = tags.get("cpu_isa")
+        why = host.cpu.incompatible_reason(wanted) if wanted else None
+        return judged("incompatible", why) if why else judged("runnable")
     if cpu_only_reason and host.gpus:
         return judged("incompatible", f"needs a GPU; {cpu_only_reason}")
     if not host.usable_gpus:
         return judged("incompatible", "needs a GPU; this host has none")
     gpus = host.usable_gpus
-    if backend == "tensorrt":
-        matching, needs = _tensorrt_match(tags, gpus)
+    named = gpu_match.nim_match(tags, gpus) if nim and not tags.get("hardware_compatibility_level") else None
+    if named is not None:
+        matching, needs = named
+        if not matching:
+            return judged("incompatible", needs)
+    elif backend == "tensorrt":
+        matching, needs = gpu_match.tensorrt_match(tags, gpus)
         if not matching:
             return judged("incompatible", needs)
     else:
         matching, needs = gpus, None
     if tags.get("precision") == "fp8":
-        fp8 = [g for g in matching if (_cc(g.compute_capability) or (0, 0)) >= _FP8_MIN_CC]
+        fp8 = [g for g in matching if (gpu_match.compute_capability(g.compute_capability) or (0, 0)) >= _FP8_MIN_CC]
         if not fp8:
             have = ", ".join(sorted({g.compute_capability for g in matching}))
             return judged("incompatible", f"FP8 needs compute capability >= 8.9; this host's GPUs have {have}")
         matching = fp8
-    count = _gpu_count(tags)
-    if count is None:
-        return judged("incompatible", f"gpu_count tag {tags.get('gpu_count')!r} is not a positive integer")
+    if nim and "gpu_count" not in tags:  # NIM's profiles count GPUs in tp x pp
+        nim_count = {"gpu_count": gpu_match.nim_gpu_count(tags)}
+        if profiles.tag_problem(nim_count) is not None:
+            return judged("incompatible", f"tp tag {tags.get('tp')!r} is not a positive integer")
+        count = profiles.numeric_tag(nim_count, "gpu_count")
+    else:
+        count = profiles.numeric_tag(tags, "gpu_count")
     if len(matching) < count:  # it can run here, just not on this few GPUs: compatible but not runnable
         if needs is None:
             return judged("not_runnable", f"needs {_plural(count, 'GPU')}; this host has {len(matching)}")
@@ -249,46 +224,48 @@ def _classify_one(profile: Profile, host: Host, cpu_only_reason: str | None) -> 
     return judged("runnable", gpus=[g.index for g in free[:count]])
 
 
-def cpu_only_reason(host: Host, env: Mapping[str, str]) -> str | None:
-    """Why GPU profiles are out: the host's own reason, or NIM_CPU_ONLY in ``env`` (also for an assumed host)."""
-    if host.cpu_only_reason:
-        return host.cpu_only_reason
-    if cpu_only_requested(env):
-        return f"NIM_CPU_ONLY={env.get('NIM_CPU_ONLY', '').strip()} is set"
-    return None
+def cpu_only_reason(host: Host, settings: Settings) -> str | None:
+    """Why GPU profiles are out: the host's own reason, or NIM_CPU_ONLY (also for an assumed host)."""
+    return host.cpu_only_reason or settings.cpu_only_reason
 
 
-def _stat_problem(root: Path, rel: str, size: int) -> str | None:
-    """Why the file at ``root/rel`` is not the manifest's (missing, not a file, other size), or None."""
+def _stat_problem(root: Path, rel: str, entry: FileEntry) -> str | None:
+    """Why the bytes of workspace file ``rel`` are not in ``root`` as the manifest says (missing, not a
+    file, other size), or None. ``root``: the manifest's folder or a cache; the bytes are at the
+    file's :attr:`FileEntry.bytes_path` (its uri), which may differ from the key."""
     try:
-        path = safe_join(root, rel)
+        path = safe_join(root, entry.bytes_path)
         st = path.stat()
     except NimbuildError as exc:
         return exc.message
     except OSError:
-        return f"file {rel} is missing"
+        return f"file {rel} is missing" if rel == entry.uri else f"file {rel} ({entry.uri}) is missing"
     if not stat.S_ISREG(st.st_mode):
         return f"file {rel} is not a regular file"
-    if st.st_size != size:
-        return f"file {rel} has {st.st_size} bytes; the manifest says {size}"
+    if entry.size is not None and st.st_size != entry.size:
+        return f"file {rel} has {st.st_size} bytes; the manifest says {entry.size}"
     return None
 
 
-def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike | None = None) -> str | None:
-    """The first local file of ``profile`` that is not there with the manifest's size (stat only), or None.
+def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike[str] | None = None) -> str | None:
+    """The first file of ``profile`` whose bytes are not there with the manifest's size (stat only), or None.
 
-    A file counts as present in the manifest's folder or at ``cache_path/<its path>``;
-    remote URIs are not checked (they are fetched by download-to-cache). The
-    sha256 is ``serve``'s check, before use: this one must stay cheap.
+    A local file counts as present in the manifest's folder or in ``cache_path``
+    (both at its uri); a remote one only in ``cache_path`` (``remote/...``, where
+    ``download-to-cache`` puts it): ``serve`` downloads nothing. The sha256 is
+    ``serve``'s check, before use: this one must stay cheap.
     """
     if manifest.root is None:
         return None
     for rel in sorted(profile.files):
         entry = profile.files[rel]
-        if is_remote_uri(entry.uri):
-            continue
-        problem = _stat_problem(Path(manifest.root), rel, entry.size)
-        if problem is not None and cache_path and _stat_problem(Path(cache_path), rel, entry.size) is None:
+        if entry.remote:
+            if cache_path and _stat_problem(Path(cache_path), rel, entry) is None:
+                continue
+            where = "NIM_CACHE_PATH" if cache_path else "a cache (NIM_CACHE_PATH is not set)"
+            return f"file {rel} is remote ({entry.uri}) and not in {where}; run download-to-cache"
+        problem = _stat_problem(Path(manifest.root), rel, entry)
+        if problem is not None and cache_path and _stat_problem(Path(cache_path), rel, entry) is None:
             problem = None
         if problem is not None:
             return problem
@@ -296,7 +273,10 @@ def missing_file(manifest: Manifest, profile: Profile, cache_path: str | os.Path
 
 
 def classify(
-    manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ, cache_path: str | os.PathLike | None = None
+    manifest: Manifest,
+    host: Host,
+    env: Mapping[str, str] = os.environ,
+    cache_path: str | os.PathLike[str] | None = None,
 ) -> list[Classified]:
     """Every profile of ``manifest`` judged against ``host``, in manifest order.
 
@@ -304,12 +284,13 @@ def classify(
     is *not runnable*, with the file in the reason (``cache_path`` defaults to
     ``NIM_CACHE_PATH``; copies there count).
     """
+    settings = read_settings(env)
     if cache_path is None:
-        cache_path = env.get("NIM_CACHE_PATH") or None
-    reason = cpu_only_reason(host, env)
+        cache_path = settings.cache_path
+    reason = cpu_only_reason(host, settings)
     out = []
     for profile in manifest.profiles:
-        entry = _classify_one(profile, host, reason)
+        entry = _classify_one(profile, host, reason, nim=manifest.opaque_ids)
         if entry.status == "runnable":
             problem = missing_file(manifest, profile, cache_path)
             if problem is not None:
@@ -321,28 +302,28 @@ def classify(
 # --------------------------------------------------------------------------- rank
 
 
-def is_cached(profile: Profile, cache_path: str | os.PathLike | None) -> bool:
+def is_cached(profile: Profile, cache_path: str | os.PathLike[str] | None) -> bool:
     """Every file of the profile is in the cache at its manifest path, with the manifest's size."""
     if not cache_path or not profile.files:
         return False
-    return all(_stat_problem(Path(cache_path), rel, entry.size) is None for rel, entry in profile.files.items())
+    return all(_stat_problem(Path(cache_path), rel, entry) is None for rel, entry in profile.files.items())
 
 
 def _batch(tags: Mapping[str, str]) -> int:
-    try:
-        return int(tags.get("max_batch_size", "0"))
-    except ValueError:
-        return 0
+    """max_batch_size for ranking (only runnable profiles are ranked: their tags are valid)."""
+    return profiles.numeric_tag(tags, "max_batch_size") if "max_batch_size" in tags else 0
 
 
-def rank_key(entry: Classified) -> tuple:
-    """DESIGN.md's order: TensorRT > ONNX > PyTorch; GPU > CPU; FP8 > INT8 > FP16 > FP32;
-    cached first; larger max_batch_size; then the ID."""
+def rank_key(entry: Classified) -> tuple[int, int, int, int, int, int, str]:
+    """docs/design.md's order: TensorRT > ONNX > PyTorch; GPU > CPU; FP8 > INT8 > FP16 > FP32;
+    among CPU profiles of one precision the preferred ``cpu_isa`` class (avx512_vnni before
+    avx2: the same VNNI kernel, full-range weights); cached first; larger max_batch_size; then the ID."""
     tags = entry.profile.tags
     return (
         _BACKEND_RANK.get(tags.get("backend", ""), len(_BACKEND_RANK)),
         _DEVICE_RANK.get(_device(tags), len(_DEVICE_RANK)),
         _PRECISION_RANK.get(tags.get("precision", "").lower(), len(_PRECISION_RANK)),
+        cpu_isa.preference(tags["cpu_isa"]) if "cpu_isa" in tags else 0,
         0 if entry.cached else 1,
         -_batch(tags),
         entry.profile.id,
@@ -359,140 +340,49 @@ def _ordered(classified: list[Classified]) -> list[Classified]:
     return runnable + rest
 
 
-# --------------------------------------------------------------------------- overrides
-
-
-def parse_tags_selector(text: str) -> dict[str, str]:
-    """``"precision=fp16,backend=onnx"`` -> {"precision": "fp16", "backend": "onnx"}."""
-    wanted: dict[str, str] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or not value:
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={text!r}: {part.strip()!r} is not key=value",
-                hint="write it as comma-separated key=value pairs, e.g. NIM_TAGS_SELECTOR=precision=fp16,backend=onnx",
-            )
-        if key in wanted and wanted[key] != value:
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={text!r}: {key} is given twice ({wanted[key]!r} and {value!r})",
-                hint="give each tag once",
-            )
-        wanted[key] = value
-    return wanted
-
-
-def _runnable_list(classified: list[Classified]) -> str:
-    runnable = [c for c in classified if c.status == "runnable"]
-    if not runnable:
-        return "no profile is runnable on this host"
-    return "runnable here: " + ", ".join(f"{c.profile.id} ({c.profile.name})" for c in runnable)
-
-
-def match_profiles(value: str, profiles: Sequence[Profile]) -> list[Profile]:
-    """The profiles ``value`` names: a full ID, a name, or an ID prefix of at least MIN_PREFIX characters.
-
-    One rule for NIM_MODEL_PROFILE and every ``--profile`` option; more than one
-    match means the prefix is ambiguous (the caller says so).
-    """
-    value = (value or "").strip()
-    exact = [p for p in profiles if p.id == value or p.name == value]
-    if exact or len(value) < MIN_PREFIX:
-        return exact
-    prefix = value.lower()
-    return [p for p in profiles if p.id.startswith(prefix)]
-
-
-def _match_profile(value: str, classified: list[Classified]) -> list[Classified]:
-    """NIM_MODEL_PROFILE, by :func:`match_profiles`."""
-    ids = {id(p) for p in match_profiles(value, [c.profile for c in classified])}
-    return [c for c in classified if id(c.profile) in ids]
-
-
-def _apply_overrides(
-    classified: list[Classified], env: Mapping[str, str], overrides: dict[str, str]
-) -> list[Classified]:
-    """The runnable profiles the overrides allow, best first; NimbuildError when an override cannot be met."""
-    runnable = [c for c in classified if c.status == "runnable"]
-    selector_text = (env.get("NIM_TAGS_SELECTOR") or "").strip()
-    profile_text = (env.get("NIM_MODEL_PROFILE") or "").strip()
-    pool = classified
-    if selector_text:
-        overrides["NIM_TAGS_SELECTOR"] = selector_text
-        wanted = parse_tags_selector(selector_text)
-        pool = [c for c in classified if all(c.profile.tags.get(k) == v for k, v in wanted.items())]
-        if not pool:
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={selector_text!r} matches no profile in the manifest",
-                hint=f"unset it or change it; {_runnable_list(classified)}",
-            )
-        if not any(c.status == "runnable" for c in pool) and not profile_text:
-            why = "; ".join(f"{c.profile.name}: {c.reason}" for c in pool)
-            raise NimbuildError(
-                f"NIM_TAGS_SELECTOR={selector_text!r} matches only profiles this host cannot run ({why})",
-                hint=f"unset it or change it; {_runnable_list(classified)}",
-            )
-    if profile_text:
-        overrides["NIM_MODEL_PROFILE"] = profile_text
-        matches = _match_profile(profile_text, classified)
-        if not matches:
-            short = f" (an ID prefix needs at least {MIN_PREFIX} characters)" if len(profile_text) < MIN_PREFIX else ""
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} matches no profile ID or name in the manifest{short}",
-                hint=f"give a full ID, a unique ID prefix or a name; {_runnable_list(classified)}",
-            )
-        if len(matches) > 1:
-            ids = ", ".join(f"{c.profile.id} ({c.profile.name})" for c in matches)
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} matches {len(matches)} profiles: {ids}",
-                hint=f"give more characters of the ID, or the name; {_runnable_list(classified)}",
-            )
-        match = matches[0]
-        if all(c is not match for c in pool):
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} names {match.profile.id} ({match.profile.name}), "
-                f"which NIM_TAGS_SELECTOR={selector_text!r} excludes",
-                hint=f"unset one of the two; {_runnable_list(classified)}",
-            )
-        if match.status != "runnable":
-            what = "compatible but not runnable" if match.status == "not_runnable" else "incompatible"
-            raise NimbuildError(
-                f"NIM_MODEL_PROFILE={profile_text!r} names {match.profile.id} ({match.profile.name}), "
-                f"which this host cannot run ({what}: {match.reason})",
-                hint=f"unset it or pick another; {_runnable_list(classified)}",
-            )
-        return [match]
-    allowed = {id(c) for c in pool}
-    return [c for c in runnable if id(c) in allowed]
-
-
 # --------------------------------------------------------------------------- select
 
 
+# Where the NIM Operator's NIMCache job looks for a NIM image's manifest, in its order
+# (k8s-nim-operator internal/controller/nimcache_controller.go, getCommand).
+OPERATOR_MANIFEST_PATHS = ("/opt/nim/etc/default/model_manifest.yaml", "/etc/nim/config/model_manifest.yaml")
+
+
 def default_manifest_path(env: Mapping[str, str] = os.environ) -> Path:
-    """``NIM_MANIFEST_PATH``, else ``manifest.yaml`` in the working directory."""
-    return Path(env.get("NIM_MANIFEST_PATH") or DEFAULT_MANIFEST)
+    """``NIM_MANIFEST_PATH``; else ``manifest.yaml`` in the working directory when there is one; else the
+    first of the NIM Operator's paths that exists (a NIM image's manifest); else ``manifest.yaml``."""
+    settings = read_settings(env)
+    if settings.manifest_path_set:
+        return settings.manifest_path
+    if settings.manifest_path.exists():
+        return settings.manifest_path
+    for candidate in OPERATOR_MANIFEST_PATHS:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    return settings.manifest_path
 
 
 def select(
-    manifest: Manifest, host: Host, env: Mapping[str, str] = os.environ, cache_path: str | os.PathLike | None = None
+    manifest: Manifest,
+    host: Host,
+    env: Mapping[str, str] = os.environ,
+    cache_path: str | os.PathLike[str] | None = None,
 ) -> Selection:
     """Classify, rank and apply the overrides: the decision ``serve`` acts on.
 
     ``cache_path`` defaults to ``NIM_CACHE_PATH``. A failing override raises
     NimbuildError; no runnable profile is ``selected=None`` (the caller says so).
     """
+    settings = read_settings(env)
     if cache_path is None:
-        cache_path = env.get("NIM_CACHE_PATH") or None
+        cache_path = settings.cache_path
     classified = classify(manifest, host, env, cache_path)
     for entry in classified:
         if entry.status == "runnable":
             entry.cached = is_cached(entry.profile, cache_path)
     classified = _ordered(classified)
     overrides: dict[str, str] = {}
-    candidates = _apply_overrides(classified, env, overrides)
+    candidates = apply_overrides(classified, settings, overrides)
     return Selection(
         host=host,
         classified=classified,
@@ -522,6 +412,8 @@ def profile_metadata(profile: Profile) -> list[tuple[str, str]]:
         items.append(("device", _device(tags).upper()))
         if "gpu" in tags:
             items.append(("gpu", tags["gpu"]))
+        if "cpu_isa" in tags:
+            items.append(("cpu_isa", tags["cpu_isa"]))
     if _device(tags) == "gpu" and tags.get("gpu_count", "1") != "1":
         items.append(("gpu_count", tags["gpu_count"]))
     return items
@@ -529,7 +421,8 @@ def profile_metadata(profile: Profile) -> list[tuple[str, str]]:
 
 def _entry_line(entry: Classified) -> str:
     line = f"  - {entry.profile.id} ({entry.profile.name})"
-    return f"{line}: {entry.reason}" if entry.status != "runnable" and entry.reason else line
+    line = f"{line}: {entry.reason}" if entry.status != "runnable" and entry.reason else line
+    return printable(line)  # a tag value's newline or escape cannot forge a line of the listing
 
 
 def profile_lines(classified: list[Classified]) -> list[str]:
@@ -542,11 +435,11 @@ def profile_lines(classified: list[Classified]) -> list[str]:
 
 
 def startup_log(selection: Selection) -> list[str]:
-    """DESIGN.md's startup lines, word for word: the groups, the selected profile, its metadata."""
+    """docs/design.md's startup lines, word for word: the groups, the selected profile, its metadata."""
     lines = profile_lines(selection.classified)
     if selection.selected is None:
         lines.append("Selected profile: none (no runnable profile)")
         return lines
-    lines.append(f"Selected profile: {selection.selected.id} ({selection.selected.name})")
-    lines.extend(f"Profile metadata: {key}: {value}" for key, value in profile_metadata(selection.selected))
+    lines.append(printable(f"Selected profile: {selection.selected.id} ({selection.selected.name})"))
+    lines.extend(printable(f"Profile metadata: {key}: {value}") for key, value in profile_metadata(selection.selected))
     return lines

@@ -64,10 +64,11 @@ class PairEncoder:
 
     def encode(self, queries, passages):
         """{"ids", "mask", "type_ids"}: int64 arrays [rows, longest]."""
-        pairs = list(zip(queries, passages))
+        pairs = list(zip(queries, passages, strict=True))
         encodings = self.tokenizer.encode_batch(pairs, add_special_tokens=True)
         encodings = [
-            enc if len(enc.ids) <= self.max_length else self._fit(q, p) for enc, (q, p) in zip(encodings, pairs)
+            enc if len(enc.ids) <= self.max_length else self._fit(q, p)
+            for enc, (q, p) in zip(encodings, pairs, strict=True)
         ]
         longest = max((len(e.ids) for e in encodings), default=1)
         ids = np.full((len(encodings), longest), self.pad_id, dtype=np.int64)

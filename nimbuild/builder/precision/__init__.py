@@ -1,14 +1,19 @@
 """The precision graphs (FP16, FP8 Q/DQ, CPU INT8), each judged by the accuracy gate before it is kept.
 
 TensorRT 10/11 builds strongly typed networks, so a precision is a graph of its own
-(DESIGN.md, "Precision lives in the graph"). Each is built into a staging folder beside
+(docs/design.md, "Precision lives in the graph"). Each is built into a staging folder beside
 ``onnx/<precision>/``, run in ONNX Runtime on the CPU against the PyTorch FP32 reference
 (nimbuild.builder.gate), and renamed into place only if it passes: a rejected or failed
 graph never sits where the manifest would look for it.
 
     fp16.py   FP16 with fragile ops in FP32 (ONNX Runtime's float16 converter)
     fp8.py    FP8 E4M3 Q/DQ for TensorRT (ORT's calibrator, ModelOpt-style placement)
-    int8.py   ORT transformer fusions + INT8 for CPUs with VNNI
+    int8.py   ORT transformer fusions + INT8, one graph per CPU class (nimbuild.cpu_isa)
+
+INT8 is made per CPU instruction-set class (``int8`` expands to one graph per class in
+``cpu_isa``: report entries ``int8-<class>``, folders ``onnx/cpu-int8-<class>/``), quantized as
+that class needs, and only for the classes this build's CPU has: a graph is judged on the
+kernels it will run on, so a class the build CPU lacks is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -16,36 +21,46 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nimbuild import cpu_isa
 from nimbuild.builder.precision.common import (
     MIN_CALIBRATION_PAIRS,
-    cpu_int8_support,
     cpu_session,
     n_pairs,
     tool_versions,
 )
 from nimbuild.errors import NimbuildError
+from nimbuild.export_layout import (
+    GRAPH_FILE,
+    canonical_precision,
+    graph_dir,
+    graph_dir_relpath,
+    graph_relpath,
+    int8_key,
+    tokenizer_dir,
+)
 from nimbuild.fsutil import staging_dir
+from nimbuild.thresholds import GateThresholds
 
-# recipe precision name -> folder under OUT/onnx/
-DIRS = {"fp16": "fp16", "fp8": "fp8", "int8": "cpu-int8"}
-ALIASES = {"cpu-int8": "int8", "cpu_int8": "int8"}
-PRECISIONS = tuple(DIRS)
+# The precisions built here, beside fp32 (their folders under OUT/onnx/: nimbuild.export_layout.PRECISION_DIRS;
+# int8: one folder per CPU class, export_layout.int8_dir_name)
+PRECISIONS = ("fp16", "fp8", "int8")
 
-__all__ = [
-    "DIRS",
-    "PRECISIONS",
-    "build_precisions",
-    "thresholds_for",
-    "build_fp16",
-    "build_fp8",
-    "build_cpu_int8",
-    "int8_reduce_range_for",
-]
+__all__ = ["PRECISIONS", "build_precisions", "build_fp16", "build_fp8", "build_cpu_int8", "cannot_judge_reason"]
+
+
+def cannot_judge_reason(cls: cpu_isa.CpuIsa, build_cpu: cpu_isa.HostCpu) -> str:
+    """Why this build's CPU does not make a class's graph (it could not judge it on its own kernels)."""
+    return (
+        f"this build's CPU ({build_cpu.describe()}) lacks {cls.name}, so it cannot judge that class's graph "
+        f"({cls.weight_bits}-bit weights) on the kernels it will run on; build it on {cls.needs} "
+        "(`nimbuild plan` makes one job per class)"
+    )
 
 
 def build_fp16(fp32_path, out_path, calibration=None) -> dict:
@@ -61,20 +76,10 @@ def build_fp8(fp32_path, out_path, calibration) -> dict:
 
 
 def build_cpu_int8(fp32_path, out_path, architecture, **options) -> dict:
-    """See int8.build_cpu_int8 (``scheme=Int8Scheme(...)``: the quantization, explicit)."""
+    """See int8.build_cpu_int8 (``reduce_range``: the CPU class's; ``scheme=Int8Scheme(...)``: the rest)."""
     from nimbuild.builder.precision.int8 import build_cpu_int8 as build
 
     return build(fp32_path, out_path, architecture, **options)
-
-
-def int8_reduce_range_for(cpu: dict | None = None) -> bool:
-    """7-bit INT8 weights for a CPU (``common.cpu_int8_support()``'s answer; default: this host's).
-
-    The one place where a CPU decides the numerics: full 8-bit weights only where it has VNNI
-    (main's cpu_isa classes make this the profile's target CPU class instead of the build host).
-    """
-    cpu = cpu if cpu is not None else cpu_int8_support()
-    return not cpu["vnni"]
 
 
 class _Rejected(Exception):
@@ -87,18 +92,6 @@ class _Rejected(Exception):
 
 class _Unsupported(Exception):
     """This precision cannot be had for this model or this machine (skipped with the reason)."""
-
-
-def thresholds_for(thresholds: Any, precision: str) -> Any:
-    """The gate thresholds for one precision: the recipe's ``Thresholds.for_precision``, or a mapping
-    whose ``fp16``/``fp8``/``int8`` entries override its metrics for that precision."""
-    if hasattr(thresholds, "for_precision"):
-        return thresholds.for_precision(precision)
-    if isinstance(thresholds, dict):
-        merged = {k: v for k, v in thresholds.items() if k not in DIRS}
-        merged.update(thresholds.get(precision) or {})
-        return merged
-    return thresholds
 
 
 def _check_pairs(name: str, queries, need: int) -> int:
@@ -129,7 +122,15 @@ def _tool(precision: str, info: dict | None = None) -> str:
 
 
 def _build_one(
-    precision: str, fp32_path: Path, out_path: Path, *, architecture: str, calibration, config_dirs, int8_mode: str
+    precision: str,
+    fp32_path: Path,
+    out_path: Path,
+    *,
+    architecture: str,
+    calibration,
+    config_dirs,
+    int8_mode: str,
+    cpu_class: cpu_isa.CpuIsa | None = None,
 ) -> dict:
     if precision == "fp16":
         return build_fp16(fp32_path, out_path, calibration)
@@ -140,34 +141,36 @@ def _build_one(
             return build_fp8(fp32_path, out_path, calibration)
         except NothingToQuantize as exc:
             raise _Unsupported(f"fp8 is not available for {architecture}: {exc}") from exc
-    cpu = cpu_int8_support()
-    if not cpu["supported"]:
-        raise _Unsupported(
-            f"int8 is not available on this CPU ({cpu['machine']}): ONNX Runtime has no INT8 "
-            "kernels for it; build cpu-int8 on an x86-64 (AVX2, ideally AVX-512 VNNI) or arm64 host"
-        )
     from nimbuild.builder.precision.int8 import attention_shape, scheme_for_mode
 
+    assert cpu_class is not None
     heads, hidden = attention_shape(config_dirs)
     info = build_cpu_int8(
         fp32_path,
         out_path,
         architecture,
         calibration=calibration,
-        reduce_range=int8_reduce_range_for(cpu),
+        reduce_range=cpu_class.reduce_range,
         scheme=scheme_for_mode(int8_mode),
         num_heads=heads,
         hidden_size=hidden,
     )
-    if not cpu["vnni"]:
-        info["notes"].append(
-            f"this CPU ({cpu['machine']}, {', '.join(cpu['flags']) or 'no AVX-512/VNNI flags'}) lacks VNNI: "
-            "weights use 7-bit range (reduce_range)"
-        )
     unfused = [n for n in info["notes"] if n.startswith("attention fused in")]
     if unfused:
         info["warn"] = unfused[0]  # a missed fusion costs speed: said out loud, not only in the report
     return info
+
+
+def _targets(wanted: list[str], classes: list[str] | None) -> list[tuple[str, str, cpu_isa.CpuIsa | None]]:
+    """(report key, precision, CPU class) per graph to make: int8 once per class, in cpu_isa's order."""
+    chosen = [cpu_isa.lookup(c) for c in (cpu_isa.NAMES if classes is None else classes)]
+    out: list[tuple[str, str, cpu_isa.CpuIsa | None]] = []
+    for name in wanted:
+        if name == "int8":
+            out += [(int8_key(c.name), "int8", c) for c in cpu_isa.CLASSES if c in chosen]
+        else:
+            out.append((name, name, None))
+    return out
 
 
 def _umask() -> int:
@@ -201,18 +204,23 @@ def build_precisions(
     calibration: list[dict[str, np.ndarray]],
     evaluation: list[dict[str, np.ndarray]],
     reference: list[np.ndarray],
-    thresholds: Any,
+    thresholds: Mapping[str, GateThresholds],
     out,
     int8_mode: str = "dynamic",
     config_dir: Path | None = None,
+    cpu_classes: list[str] | None = None,
+    build_cpu: cpu_isa.HostCpu | None = None,
 ) -> dict[str, dict]:
     """Build, gate and keep (or refuse) each requested precision graph; the export_report.json entries.
 
     ``calibration``/``evaluation``: per query, the encoded feeds for its passages (int64,
     named as the graph inputs); ``reference``: the PyTorch FP32 scores per evaluation query.
-    ``thresholds``: the recipe's (with its per-precision overrides, see ``thresholds_for``).
+    ``thresholds``: {precision: its bars} (the recipe's ``thresholds.by_precision``; ``nimbuild.thresholds.uniform``).
     ``fp32`` in ``precisions`` is ignored (the export writes it). Entries are keyed by the
-    recipe's name (``fp16``, ``fp8``, ``int8``); the int8 graph lives in ``onnx/cpu-int8/``.
+    recipe's name (``fp16``, ``fp8``); int8 makes one graph per CPU class of ``cpu_classes``
+    (None: every class nimbuild knows), keyed ``int8-<class>`` in ``onnx/cpu-int8-<class>/``,
+    each for a class ``build_cpu`` (default: this host's, nimbuild.cpu_isa.detect_cpu) has;
+    the other classes are skipped with the reason.
     """
     from nimbuild.builder.gate import run_gate
 
@@ -220,10 +228,10 @@ def build_precisions(
     wanted: list[str] = []
     report: dict[str, dict] = {}
     for raw in precisions:
-        name = ALIASES.get(raw.lower(), raw.lower())
+        name = canonical_precision(raw)
         if name == "fp32" or name in wanted:
             continue
-        if name not in DIRS:
+        if name not in PRECISIONS:
             report[raw] = {
                 "status": "skipped",
                 "reason": f"unknown precision {raw!r}: nimbuild builds fp32, {', '.join(PRECISIONS)}",
@@ -246,40 +254,58 @@ def build_precisions(
         missing = [n for n in input_names if n not in feeds]
         if missing:
             raise ValueError(f"feeds lack graph inputs {missing}")
-    config_dirs = [d for d in (config_dir, export_dir / "tokenizer", export_dir, fp32_path.parent) if d is not None]
+    config_dirs = [d for d in (config_dir, tokenizer_dir(export_dir), export_dir, fp32_path.parent) if d is not None]
+    targets = _targets(wanted, cpu_classes)
+    if build_cpu is None and any(c is not None for _, _, c in targets):
+        build_cpu = cpu_isa.detect_cpu()
 
     with out.progress() as progress:
-        task = progress.add_task("precision graphs", total=len(wanted))
-        for name in wanted:
+        task = progress.add_task("precision graphs", total=len(targets))
+        for name, precision, cpu_class in targets:
             progress.update(task, description=f"{name}: build + gate")
-            final_dir = export_dir / "onnx" / DIRS[name]
-            rel = f"onnx/{DIRS[name]}/model.onnx"
-            entry: dict[str, Any] = {"tool": _tool(name), "path": None}
+            class_name = cpu_class.name if cpu_class is not None else None
+            final_dir = graph_dir(export_dir, precision, class_name)
+            rel = graph_relpath(precision, class_name)
+            entry: dict[str, Any] = {"tool": _tool(precision), "path": None}
+            if cpu_class is not None:
+                entry.update(precision="int8", cpu_isa=cpu_class.name, weight_bits=cpu_class.weight_bits)
+                assert build_cpu is not None
+                if not build_cpu.has(cpu_class.name):
+                    _remove_stale(final_dir)
+                    entry.update(status="skipped", reason=cannot_judge_reason(cpu_class, build_cpu), seconds=0.0)
+                    report[name] = entry  # the gate table prints the reason
+                    progress.advance(task)
+                    continue
             start = time.perf_counter()
             try:
                 with staging_dir(final_dir) as stage:
                     info = _build_one(
-                        name,
+                        precision,
                         fp32_path,
-                        stage / "model.onnx",
+                        stage / GRAPH_FILE,
                         architecture=architecture,
                         calibration=calibration,
                         config_dirs=config_dirs,
                         int8_mode=int8_mode,
+                        cpu_class=cpu_class,
                     )
-                    entry["tool"] = _tool(name, info)
+                    entry["tool"] = _tool(precision, info)
                     if info.get("warn"):
                         out.warn(f"{name}: {info['warn']}")
                     entry["notes"] = info.get("notes", [])
-                    entry["files"] = [f"onnx/{DIRS[name]}/{f}" for f in info.get("files", ["model.onnx"])]
+                    if cpu_class is not None:
+                        assert build_cpu is not None
+                        entry["judged_on"] = build_cpu.to_dict()  # the CPU whose kernels the gate ran on
+                    folder = graph_dir_relpath(precision, class_name)
+                    entry["files"] = [f"{folder}/{f}" for f in info.get("files", [GRAPH_FILE])]
                     try:
-                        session = cpu_session(stage / "model.onnx", fp8_qdq=(name == "fp8"))
+                        session = cpu_session(stage / GRAPH_FILE, fp8_qdq=(precision == "fp8"))
                     except Exception as exc:  # e.g. an ONNX Runtime without FP8 Q/DQ kernels
                         raise RuntimeError(
                             f"ONNX Runtime (CPU) cannot run the {name} graph, so it cannot be gated: "
                             f"{str(exc).splitlines()[0][:300]}"
                         ) from exc
-                    gate = run_gate(session, evaluation, reference, thresholds_for(thresholds, name))
+                    gate = run_gate(session, evaluation, reference, thresholds[precision])
                     entry["gate"] = gate.to_dict()
                     if not gate.passed:
                         raise _Rejected(gate)

@@ -1,4 +1,4 @@
-"""What the three precision builders share: loading/saving graphs, ONNX Runtime sessions, feeds, the CPU.
+"""What the three precision builders share: loading/saving graphs, ONNX Runtime sessions, feeds.
 
 Kept apart so that fp16.py, fp8.py and int8.py each hold only their own recipe.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -158,32 +157,6 @@ def select_nodes(entries: Iterable[tuple[str, str, int | None]], patterns: Itera
     return chosen
 
 
-def cpu_int8_support() -> dict:
-    """What this CPU offers INT8 kernels: VNNI lets ONNX Runtime use full 8-bit weights without saturation."""
-    machine = platform.machine().lower()
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    if machine in ("x86_64", "amd64", "i686", "x86"):
-        vnni = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
-        return {
-            "machine": machine,
-            "vnni": vnni,
-            "supported": bool({"avx2", "sse4_1"} & flags) or not flags,
-            "flags": sorted({"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"} & flags),
-        }
-    if machine in ("aarch64", "arm64"):
-        dot = "asimddp" in flags or not flags
-        return {"machine": machine, "vnni": dot, "supported": True, "flags": sorted({"asimddp", "i8mm"} & flags)}
-    return {"machine": machine, "vnni": False, "supported": False, "flags": []}
-
-
 def tool_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -229,10 +202,8 @@ def library_chatter() -> Iterator[LibraryChatter]:
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if is_chatter(record) and record.levelno >= logging.WARNING:
-                try:
+                with contextlib.suppress(Exception):  # a malformed record must not break a build
                     chatter.add(record.getMessage().strip().splitlines()[0][:300])
-                except Exception:  # a malformed record must not break a build
-                    pass
 
     class Drop(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:

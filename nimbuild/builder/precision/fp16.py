@@ -99,7 +99,7 @@ def overflowing_nodes(
         names = [o.name for o in sess.get_outputs()]
         amax: dict[str, float] = {}
         for feeds in feeds_for(sess, calibration[:OVERFLOW_CHECK_QUERIES]):
-            for name, value in zip(names, sess.run(None, feeds)):
+            for name, value in zip(names, sess.run(None, feeds), strict=True):
                 if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
                     amax[name] = max(amax.get(name, 0.0), float(np.max(np.abs(value))))
         del sess

@@ -130,7 +130,10 @@ class _Reader:
 
 
 def calibrate_amax(model, calibration: list[dict[str, np.ndarray]], op_types=QUANTIZED_OPS) -> dict[str, float]:
-    """max |x| of every float input/output of ``op_types`` nodes over the calibration feeds (ORT's MinMax calibrator)."""
+    """max |x| of every float input/output of ``op_types`` nodes over the calibration feeds.
+
+    ONNX Runtime's MinMax calibrator does the measuring.
+    """
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
     input_names = [i.name for i in model.graph.input]

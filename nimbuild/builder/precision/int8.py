@@ -38,6 +38,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -228,7 +229,7 @@ def _max_abs_diff(a_path, b_model, feeds) -> tuple[float, float]:
 
 def _compare(a, b, feeds) -> tuple[float, float]:
     diff, scale = 0.0, 0.0
-    for fa, fb in zip(feeds_for(a, feeds), feeds_for(b, feeds)):
+    for fa, fb in zip(feeds_for(a, feeds), feeds_for(b, feeds), strict=True):
         ya, yb = a.run(None, fa)[0], b.run(None, fb)[0]
         diff = max(diff, float(np.max(np.abs(ya - yb))))
         scale = max(scale, float(np.max(np.abs(ya))))
@@ -382,7 +383,7 @@ def channel_amax(model, calibration: list[dict[str, np.ndarray]], tensors: list[
         wanted = [i for i, n in enumerate(names) if n in set(tensors)]
         for feeds in feeds_for(sess, calibration):
             values = sess.run([names[i] for i in wanted], feeds)
-            for i, value in zip(wanted, values):
+            for i, value in zip(wanted, values, strict=True):
                 v = np.abs(np.asarray(value, dtype=np.float32))
                 m = v.reshape(-1, v.shape[-1]).max(axis=0)
                 amax[names[i]] = m if names[i] not in amax else np.maximum(amax[names[i]], m)
@@ -423,7 +424,7 @@ def smooth(model, calibration, items: list[QuantizedMatMul], alpha: float) -> di
         s = np.clip(a_safe**alpha / w_safe ** (1.0 - alpha), 1e-4, 1e4).astype(np.float32)
         before.append(float(a_safe.max() / np.median(a_safe)))
         after.append(float((a_safe / s).max() / np.median(a_safe / s)))
-        for item, w in zip(group, weights):
+        for item, w in zip(group, weights, strict=True):
             inits[item.weight].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), item.weight))
         inv_name, out_name = f"{activation}_smooth_inv", f"{activation}_smoothed"
         model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv_name))
@@ -504,10 +505,9 @@ def build_cpu_int8(
         if stats:  # plain ONNX shape inference does not know ORT's contrib ops; the quantizer needs the types
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-            try:
+            # the dynamic quantizer copes without; the static one will say what it lacks
+            with contextlib.suppress(Exception):
                 fused = SymbolicShapeInference.infer_shapes(fused, auto_merge=True)
-            except Exception:  # the dynamic quantizer copes without; the static one will say what it lacks
-                pass
         save_model(fused, fused_path)
         q_path = Path(tmp) / "int8.onnx"
         large = weight_bytes(fused) > EXTERNAL_DATA_BYTES

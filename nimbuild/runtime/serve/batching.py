@@ -16,10 +16,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from nimbuild.runtime.serve.tokenize import EncodedPair, pad_rows
+
+if TYPE_CHECKING:
+    from nimbuild.runtime.serve.metrics import ServeMetrics
 
 log = logging.getLogger("nimbuild.serve")
 
@@ -37,7 +41,9 @@ class ShuttingDown(RuntimeError):
 class _Job:
     __slots__ = ("rows", "scores", "remaining", "future", "loop", "enqueued")
 
-    def __init__(self, rows: Sequence[EncodedPair], future: asyncio.Future, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self, rows: Sequence[EncodedPair], future: asyncio.Future[np.ndarray], loop: asyncio.AbstractEventLoop
+    ):
         self.rows = rows
         self.scores = np.empty(len(rows), dtype=np.float32)
         self.remaining = len(rows)
@@ -46,13 +52,17 @@ class _Job:
         self.enqueued = time.monotonic()
 
 
-def _resolve(future: asyncio.Future, result=None, error: BaseException | None = None) -> None:
+def _resolve(
+    future: asyncio.Future[np.ndarray], result: np.ndarray | None = None, error: BaseException | None = None
+) -> None:
     if future.done():  # the client went away
         return
     if error is not None:
         future.set_exception(error)
-    else:
+    elif result is not None:
         future.set_result(result)
+    else:
+        future.set_exception(RuntimeError("no result and no error"))
 
 
 def plan_calls(lengths: Sequence[int], max_batch_size: int) -> list[list[int]]:
@@ -82,7 +92,7 @@ class DynamicBatcher:
         pad_id: int,
         max_queue_delay_s: float = 0.002,
         max_pending_rows: int = 100_000,
-        metrics=None,
+        metrics: ServeMetrics | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
@@ -119,7 +129,8 @@ class DynamicBatcher:
             self._pending_rows += len(rows)
             self._set_depth()
             self._cond.notify()
-        return await job.future
+        scores: np.ndarray = await job.future
+        return scores
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish what is queued, then end the worker."""
@@ -187,7 +198,7 @@ class DynamicBatcher:
                 self.metrics.padding_ratio.observe(1.0 - float(mask.sum()) / mask.size)
             if logits.shape[0] != len(rows):
                 raise RuntimeError(f"backend returned {logits.shape[0]} logits for {len(rows)} rows")
-            for k, logit in zip(call, logits):
+            for k, logit in zip(call, logits, strict=True):
                 job, i = flat[k]
                 job.scores[i] = logit
                 job.remaining -= 1

@@ -22,22 +22,30 @@ from pathlib import Path
 import numpy as np
 
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import Manifest, Profile, load_manifest, safe_join, verify_profile
+from nimbuild.export_layout import profile_model_file
+from nimbuild.manifest import Manifest, Profile, file_in, load_manifest
+from nimbuild.manifest_verify import verify_profile
+from nimbuild.profiles import serving_limits
 from nimbuild.runtime.serve.backends import Backend, BackendStartError
 from nimbuild.runtime.serve.service import Limits, RankingService
 from nimbuild.runtime.serve.tokenize import PairTokenizer, pad_rows
+from nimbuild.runtime.settings import BACKENDS, Settings, option_text, read_settings
 
 log = logging.getLogger("nimbuild.serve")
 
-BACKEND_CHOICES = ("auto", "onnxruntime", "triton")
+BACKEND_CHOICES = BACKENDS
 
 
 def setup_logging(level: str = "info") -> None:
-    """Plain lines on stderr, as a container log reads them."""
+    """Plain lines on stderr, as a container log reads them: one record, one line (safe_text);
+    ``level``: one of settings.LOG_LEVELS."""
+    from nimbuild.safe_text import PrintableFormatter
+
+    level = option_text("NIM_LOG_LEVEL", level, "--log-level")
     logger = logging.getLogger("nimbuild")
     if not any(getattr(h, "_nimbuild", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(PrintableFormatter("%(asctime)s %(levelname)s %(message)s"))
         handler._nimbuild = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(level.upper())
@@ -49,36 +57,43 @@ def _file(profile: Profile, basename: str) -> str | None:
     return matches[0] if matches else None
 
 
-def _model_file(profile: Profile, suffixes: tuple[str, ...]) -> str:
-    matches = sorted(rel for rel in profile.files if rel.endswith(suffixes))
-    if not matches:
-        raise BackendStartError(
-            f"profile {profile.name} lists no model file ({', '.join(suffixes)}) in workspace.files"
-        )
-    return matches[0]
-
-
-def make_backend(manifest: Manifest, profile: Profile, backend: str = "auto") -> Backend:
+def make_backend(
+    manifest: Manifest, profile: Profile, backend: str = "auto", settings: Settings | None = None
+) -> Backend:
     """The backend for a profile: ONNX Runtime for ONNX profiles, Triton for TensorRT ones (or when asked)."""
+    settings = settings or Settings()
     kind = profile.tags.get("backend")
     if backend == "triton" or kind == "tensorrt":
         from nimbuild.runtime.serve.backends.triton import TritonBackend
 
-        return TritonBackend(manifest, profile)
+        return TritonBackend(
+            manifest, profile, binary=settings.tritonserver, start_timeout_s=settings.triton_start_timeout_s
+        )
     if kind == "onnx":
         from nimbuild.runtime.serve.backends.onnxruntime import OnnxRuntimeBackend
 
-        path = safe_join(manifest.root, _model_file(profile, (".onnx",)))
-        return OnnxRuntimeBackend(path, device=profile.tags.get("device", "cpu"))
+        try:
+            model = profile_model_file(profile)
+        except NimbuildError as exc:
+            raise BackendStartError(exc.message) from None
+        path = file_in(manifest.folder, profile, model)  # the bytes at its uri (the key may differ)
+        return OnnxRuntimeBackend(
+            path,
+            device=profile.tags.get("device", "cpu"),
+            intra_op_threads=settings.ort_intra_op_threads or None,
+            cpu_arena=settings.ort_cpu_arena,
+        )
     raise BackendStartError(f"profile {profile.name}: backend {kind!r} is not servable here (onnx or tensorrt)")
 
 
-def files_view(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike | None) -> Manifest:
+def files_view(manifest: Manifest, profile: Profile, cache_path: str | os.PathLike[str] | None) -> Manifest:
     """The manifest as seen from where the profile's files are: ``NIM_CACHE_PATH`` when they are all
     there (selection's own test, where `download-to-cache` puts them), else the manifest's folder."""
     from nimbuild.runtime.selection import is_cached
 
-    return dataclasses.replace(manifest, root=Path(cache_path)) if is_cached(profile, cache_path) else manifest
+    if cache_path is not None and is_cached(profile, cache_path):
+        return dataclasses.replace(manifest, root=Path(cache_path))
+    return manifest
 
 
 def start_profile(
@@ -87,25 +102,37 @@ def start_profile(
     *,
     limits: Limits,
     backend: str = "auto",
-    cache_path: str | os.PathLike | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
+    settings: Settings | None = None,
 ) -> RankingService:
     """Verify one profile's files, start its backend, check one warm-up call; BackendStartError if it cannot."""
+    try:
+        max_len = serving_limits(profile.tags).max_sequence_length
+    except NimbuildError as exc:
+        raise BackendStartError(f"profile {profile.name}: {exc.message}") from None
     manifest = files_view(manifest, profile, cache_path)
-    problems = verify_profile(manifest, profile, check_files=True)
+    unverified: list[str] = []
+    problems = verify_profile(manifest, profile, check_files=True, notes=unverified)
     if problems:
         raise BackendStartError("files do not verify: " + "; ".join(problems))
-    log.info("Profile %s: %d files verified (sha256) in %s", profile.name, len(profile.files), manifest.root)
+    for note in unverified:  # a manifest nimbuild did not write may give no sha256: said, not refused
+        log.warning("%s", note)
+    log.info(
+        "Profile %s: %d files verified (sha256) in %s",
+        profile.name,
+        len(profile.files) - len(unverified),
+        manifest.root,
+    )
     tok_rel = _file(profile, "tokenizer.json")
     if tok_rel is None:
         raise BackendStartError(f"profile {profile.name} lists no tokenizer.json in workspace.files")
     cfg_rel = _file(profile, "tokenizer_config.json")
-    max_len = int(profile.tags.get("max_sequence_length", "512"))
     tokenizer = PairTokenizer.from_files(
-        safe_join(manifest.root, tok_rel),
+        file_in(manifest.folder, profile, tok_rel),
         max_len,
-        safe_join(manifest.root, cfg_rel) if cfg_rel else Path("/nonexistent"),
+        file_in(manifest.folder, profile, cfg_rel) if cfg_rel else Path("/nonexistent"),  # never an unverified file
     )
-    engine = make_backend(manifest, profile, backend)
+    engine = make_backend(manifest, profile, backend, settings)
     engine.start()
     try:
         rows = tokenizer.encode("warm-up", ["a passage", "another passage"], "END")
@@ -129,21 +156,22 @@ def start_profile(
 
 
 def start_service(
-    manifest_path: str | os.PathLike,
+    manifest_path: str | os.PathLike[str],
     *,
     env: Mapping[str, str] = os.environ,
     assume_gpu: Sequence[str] = (),
+    assume_cpu: str | None = None,
     backend: str = "auto",
 ) -> RankingService:
     """Detect, select (logging the NIM startup lines), then start the first profile that can start."""
-    from nimbuild.runtime.hardware import assumed_host, detect_host
+    from nimbuild.runtime.hardware import host_for
     from nimbuild.runtime.selection import select, startup_log
 
-    if backend not in BACKEND_CHOICES:
-        raise NimbuildError(f"backend {backend!r} is not known", hint=f"use one of {', '.join(BACKEND_CHOICES)}")
-    limits = Limits.from_env(env)
+    backend = option_text("NIM_SERVE_BACKEND", backend, "--backend")
+    settings = read_settings(env)
+    limits = Limits.from_settings(settings)
     manifest = load_manifest(manifest_path)
-    host = assumed_host(list(assume_gpu)) if assume_gpu else detect_host(env)
+    host = host_for(env, list(assume_gpu), assume_cpu)
     selection = select(manifest, host, env)
     for line in startup_log(selection):
         log.info("%s", line)
@@ -158,7 +186,7 @@ def start_service(
     for profile in candidates:
         try:
             service = start_profile(
-                manifest, profile, limits=limits, backend=backend, cache_path=env.get("NIM_CACHE_PATH") or None
+                manifest, profile, limits=limits, backend=backend, cache_path=settings.cache_path, settings=settings
             )
         except BackendStartError as exc:
             log.warning("Profile %s (%s) could not start: %s", profile.id, profile.name, exc)
@@ -175,18 +203,8 @@ def start_service(
 
 
 def graceful_shutdown_seconds(env: Mapping[str, str] = os.environ) -> int:
-    """``NIM_GRACEFUL_SHUTDOWN_SECONDS`` (default 30), read like the other limits (Limits.from_env)."""
-    var = "NIM_GRACEFUL_SHUTDOWN_SECONDS"
-    raw = (env.get(var) or "").strip()
-    if not raw:
-        return 30
-    try:
-        value = int(raw)
-    except ValueError:
-        raise NimbuildError(f"{var}={raw!r} is not a number", hint=f"set {var} to a whole number of seconds") from None
-    if value < 0:
-        raise NimbuildError(f"{var}={raw!r} is out of range", hint=f"set {var} to 0 or more seconds")
-    return value
+    """``NIM_GRACEFUL_SHUTDOWN_SECONDS`` (default 30)."""
+    return read_settings(env).graceful_shutdown_seconds
 
 
 def _address(host: str, port: int) -> str:
@@ -243,26 +261,42 @@ def run_server(
     """
     import uvicorn
 
-    from nimbuild.runtime.serve.app import create_app
+    from nimbuild.runtime.serve.app import ErrorShapes, create_app, dialects
+    from nimbuild.runtime.serve.connections import ACCEPT_BATCH, GuardedServer, HttpLimits, make_protocol
 
     try:
-        grace = graceful_shutdown_seconds(env)
+        settings = read_settings(env)
+        grace = settings.graceful_shutdown_seconds
+        http = HttpLimits.from_settings(settings)
         if sock is None:
             sock = bind_listener(host, port)
     except NimbuildError:
         service.stop()
         raise
+    app = create_app(service, max_connections=http.max_connections)
+    log.info(
+        "HTTP: at most %d connections (NIM_HTTP_MAX_CONNECTIONS); timeouts: headers %g s, body %g s, keep-alive %g s",
+        http.max_connections,
+        http.header_timeout_s,
+        http.body_timeout_s,
+        http.keep_alive_s,
+    )
     config = uvicorn.Config(
-        create_app(service),
+        app,
         host=host,
         port=port,
         lifespan="on",
         log_level=log_level,
-        access_log=env.get("NIM_ACCESS_LOG", "") in {"1", "true"},
+        access_log=settings.access_log,
         timeout_graceful_shutdown=grace,
-        timeout_keep_alive=30,
+        timeout_keep_alive=http.keep_alive_s,  # type: ignore[arg-type]  # uvicorn hands it to loop.call_later
+        # The guarded h11 protocol (connections.py) on asyncio's loop: the behaviour the tests check, whatever
+        # else (httptools, uvloop) the image has installed.
+        http=make_protocol(http, ErrorShapes(dialects()).body_for, service.metrics),
+        loop="asyncio",
+        backlog=ACCEPT_BATCH,
     )
-    server = uvicorn.Server(config)
+    server = GuardedServer(config)
     received: list[int] = []
     # uvicorn re-raises the signal it stopped on; with these handlers that ends in a clean exit 0.
     previous = {sig: signal.signal(sig, lambda s, f: received.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}

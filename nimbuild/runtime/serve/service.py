@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from nimbuild.profiles import numeric_tag
 from nimbuild.runtime.serve.backends import Backend
 from nimbuild.runtime.serve.batching import DynamicBatcher, ShuttingDown
 from nimbuild.runtime.serve.metrics import ServeMetrics
 from nimbuild.runtime.serve.tokenize import PairTokenizer
+from nimbuild.runtime.settings import Settings, read_settings
 
 log = logging.getLogger("nimbuild.serve")
 
@@ -23,7 +25,8 @@ _INLINE_CHARS = 50_000  # up to this many characters a request is tokenized on t
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for; each beyond-limit answer names the setting that sets it."""
+    """What one request may ask for; each beyond-limit answer names the setting that sets it
+    (defaults and ranges: :mod:`nimbuild.runtime.settings`)."""
 
     max_passages: int = 1000  # NIM_MAX_PASSAGES
     max_body_bytes: int = 8 * 1024**2  # NIM_MAX_REQUEST_BYTES
@@ -32,44 +35,37 @@ class Limits:
     max_queue_delay_ms: float = 2.0  # NIM_MAX_QUEUE_DELAY_MS (dynamic batching wait)
     max_batch_size: int | None = None  # NIM_MAX_BATCH_SIZE (<= the profile's max_batch_size)
 
-    # attribute -> the variables that set it, first found wins: (name, factor to the attribute's unit).
-    # The NIM_TRITON_* names are the reranking NIM's own; they apply to the embedded batcher too.
-    ENV = {
-        "max_passages": (("NIM_MAX_PASSAGES", 1),),
-        "max_body_bytes": (("NIM_MAX_REQUEST_BYTES", 1),),
-        "max_text_chars": (("NIM_MAX_TEXT_CHARS", 1),),
-        "max_queued_passages": (("NIM_MAX_QUEUED_PASSAGES", 1),),
-        "max_queue_delay_ms": (
-            ("NIM_MAX_QUEUE_DELAY_MS", 1.0),
-            ("NIM_TRITON_DYNAMIC_BATCHING_MAX_QUEUE_DELAY_MICROSECONDS", 0.001),
-        ),
-        "max_batch_size": (("NIM_MAX_BATCH_SIZE", 1), ("NIM_TRITON_MAX_BATCH_SIZE", 1)),
-    }
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        """The limits the settings give (the reranking NIM's NIM_TRITON_* names apply to the embedded batcher too)."""
+        delay = settings.max_queue_delay_ms
+        return cls(
+            max_passages=settings.max_passages,
+            max_body_bytes=settings.max_request_bytes,
+            max_text_chars=settings.max_text_chars,
+            max_queued_passages=settings.max_queued_passages,
+            max_queue_delay_ms=cls.max_queue_delay_ms if delay is None else delay,
+            max_batch_size=settings.max_batch_size,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Limits:
-        from nimbuild.errors import NimbuildError
-
-        values: dict[str, Any] = {}
-        for attr, variables in cls.ENV.items():
-            for var, factor in variables:
-                raw = env.get(var, "").strip()
-                if not raw:
-                    continue
-                try:
-                    value = float(raw) * factor if attr == "max_queue_delay_ms" else int(raw)
-                except ValueError:
-                    raise NimbuildError(
-                        f"{var}={raw!r} is not a number", hint=f"set {var} to a positive number"
-                    ) from None
-                if value < 0 or (value == 0 and attr != "max_queue_delay_ms"):
-                    raise NimbuildError(f"{var}={raw!r} is out of range", hint=f"set {var} to a positive number")
-                values[attr] = value
-                break
-        return cls(**values)
+        return cls.from_settings(read_settings(env))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One request's answer from the model: a logit per passage (request order) and what it read."""
+
+    logits: np.ndarray  # float32 [n]
+    tokens: int  # tokens the model read for this request, special tokens included (dialects' usage fields)
+
+    def order(self) -> np.ndarray:
+        """Passage indexes, highest logit first; ties keep request order (the order /v1/ranking answers in)."""
+        return np.argsort(-self.logits, kind="stable")
 
 
 @dataclass
@@ -87,7 +83,7 @@ class RankingService:
 
     @property
     def max_batch_size(self) -> int:
-        profile_max = int(self.profile.get("tags", {}).get("max_batch_size", 64))
+        profile_max = numeric_tag(self.profile.get("tags", {}), "max_batch_size")
         return min(profile_max, self.limits.max_batch_size or profile_max, self.backend.max_batch_size or profile_max)
 
     def start(self) -> None:
@@ -104,24 +100,28 @@ class RankingService:
 
     async def warm_up(self) -> None:
         """One request through the whole path; only then is the server ready."""
-        logits = await self.rank("warm-up query", ["a short warm-up passage", "another passage"], "END")
-        if not np.all(np.isfinite(logits)):
-            raise RuntimeError(f"warm-up gave non-finite logits {logits.tolist()}")
+        ranked = await self.rank("warm-up query", ["a short warm-up passage", "another passage"], "END")
+        if not np.all(np.isfinite(ranked.logits)):
+            raise RuntimeError(f"warm-up gave non-finite logits {ranked.logits.tolist()}")
         self.ready = True
         self.metrics.ready.set(1)
         log.info("Model %s answered its warm-up: ready", self.model)
 
-    async def rank(self, query: str, passages: Sequence[str], truncate: str) -> np.ndarray:
+    async def rank(
+        self, query: str, passages: Sequence[str], truncate: str, max_passage_tokens: int | None = None
+    ) -> Ranked:
+        """The logits of (query, passage) pairs, through the shared batcher: what every API route calls."""
         if len(query) + sum(map(len, passages)) > _INLINE_CHARS:
             # A big request is tokenized in a thread (the Rust tokenizer releases the GIL),
             # so health checks and small requests are not held behind it.
-            rows = await asyncio.to_thread(self.tokenizer.encode, query, passages, truncate)
+            rows = await asyncio.to_thread(self.tokenizer.encode, query, passages, truncate, max_passage_tokens)
         else:
-            rows = self.tokenizer.encode(query, passages, truncate)
+            rows = self.tokenizer.encode(query, passages, truncate, max_passage_tokens)
         batcher = self.batcher
         if batcher is None:
             raise ShuttingDown("the server is shutting down")
-        return await batcher.submit(rows)
+        logits = await batcher.submit(rows)
+        return Ranked(logits=logits, tokens=sum(len(r) for r in rows))
 
     def stop(self) -> None:
         self.ready = False

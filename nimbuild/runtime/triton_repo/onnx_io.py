@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nimbuild.errors import NimbuildError
 
@@ -41,7 +43,7 @@ class TensorSpec:
 
     name: str
     onnx_type: int
-    shape: tuple  # of int (static), str (symbolic) or None (unknown)
+    shape: tuple[int | str | None, ...]  # int (static), str (symbolic) or None (unknown)
 
     @property
     def triton_type(self) -> str:
@@ -53,7 +55,7 @@ class TensorSpec:
                 hint="export the model with float/int inputs and outputs",
             ) from None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "data_type": self.triton_type, "shape": list(self.shape)}
 
 
@@ -62,11 +64,11 @@ class GraphIO:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"inputs": [t.to_dict() for t in self.inputs], "outputs": [t.to_dict() for t in self.outputs]}
 
 
-def read_graph_io(path: str | os.PathLike, *, use_onnx: bool | None = None) -> GraphIO:
+def read_graph_io(path: str | os.PathLike[str], *, use_onnx: bool | None = None) -> GraphIO:
     """Inputs (initializers excluded) and outputs of the graph in ``path``.
 
     ``use_onnx``: True forces the ``onnx`` package, False the light reader,
@@ -100,9 +102,9 @@ def _read_with_onnx(path: Path) -> GraphIO:
     graph = model.graph
     initializers = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
 
-    def spec(vi) -> TensorSpec:
+    def spec(vi: Any) -> TensorSpec:
         tt = vi.type.tensor_type
-        dims = []
+        dims: list[int | str | None] = []
         for d in tt.shape.dim:
             which = d.WhichOneof("value")
             dims.append(d.dim_value if which == "dim_value" else d.dim_param if which == "dim_param" else None)
@@ -125,9 +127,10 @@ _TYPE_TENSOR = 1
 _TT_ELEM, _TT_SHAPE = 1, 2
 _SHAPE_DIM = 1
 _DIM_VALUE, _DIM_PARAM = 1, 2
+Buffer = bytes | mmap.mmap  # the file's bytes, memory-mapped
 
 
-def _varint(buf, pos: int) -> tuple[int, int]:
+def _varint(buf: Buffer, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         b = buf[pos]
@@ -140,13 +143,15 @@ def _varint(buf, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(buf, start: int, end: int):
-    """(field number, wire type, value) of one message; length-delimited values as (start, end)."""
+def _fields(buf: Buffer, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of one message: an int (varint), (start, end) for a length-delimited
+    value, None for fixed-width ones (which nimbuild does not read)."""
     pos = start
     while pos < end:
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
+            value: Any
             value, pos = _varint(buf, pos)
         elif wire == 1:
             value, pos = None, pos + 8
@@ -162,7 +167,7 @@ def _fields(buf, start: int, end: int):
         yield number, wire, value
 
 
-def _text(buf, span) -> str:
+def _text(buf: Buffer, span: tuple[int, int]) -> str:
     return bytes(buf[span[0] : span[1]]).decode("utf-8")
 
 
@@ -170,8 +175,9 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _value_info(buf, span) -> TensorSpec:
-    name, elem, dims = "", 0, []
+def _value_info(buf: Buffer, span: tuple[int, int]) -> TensorSpec:
+    name, elem = "", 0
+    dims: list[int | str | None] = []
     for num, wire, val in _fields(buf, *span):
         if num == _VI_NAME and wire == 2:
             name = _text(buf, val)
@@ -186,7 +192,7 @@ def _value_info(buf, span) -> TensorSpec:
                         for snum, swire, sval in _fields(buf, *nval):
                             if snum != _SHAPE_DIM or swire != 2:
                                 continue
-                            dim = None
+                            dim: int | str | None = None
                             for dnum, dwire, dval in _fields(buf, *sval):
                                 if dnum == _DIM_VALUE and dwire == 0:
                                     dim = _signed64(dval)
@@ -196,7 +202,7 @@ def _value_info(buf, span) -> TensorSpec:
     return TensorSpec(name, int(elem), tuple(dims))
 
 
-def _tensor_name(buf, span, field: int = _TENSOR_NAME) -> str:
+def _tensor_name(buf: Buffer, span: tuple[int, int], field: int = _TENSOR_NAME) -> str:
     for num, wire, val in _fields(buf, *span):
         if num == field and wire == 2:
             return _text(buf, val)
@@ -208,7 +214,9 @@ def _read_light(path: Path) -> GraphIO:
         graph = next((val for num, wire, val in _fields(buf, 0, len(buf)) if num == _MODEL_GRAPH and wire == 2), None)
         if graph is None:
             raise ValueError("no graph in the file")
-        inputs, outputs, initializers = [], [], set()
+        inputs: list[TensorSpec] = []
+        outputs: list[TensorSpec] = []
+        initializers: set[str] = set()
         for num, wire, val in _fields(buf, *graph):
             if wire != 2:
                 continue

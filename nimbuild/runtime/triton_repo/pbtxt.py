@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from nimbuild.errors import NimbuildError
 
@@ -18,7 +19,7 @@ _HINT = "pip install 'nimbuild[build]' (it brings tritonclient and protobuf)"
 
 
 @functools.lru_cache(maxsize=1)
-def model_config_module():
+def model_config_module() -> Any:
     """tritonclient's generated ``model_config_pb2``, loaded without importing grpc."""
     spec = importlib.util.find_spec("tritonclient")
     if spec is None or not spec.submodule_search_locations:
@@ -27,6 +28,8 @@ def model_config_module():
     if not path.is_file():
         raise NimbuildError(f"{path}: tritonclient has no model_config_pb2.py", hint="pip install -U tritonclient")
     mod_spec = importlib.util.spec_from_file_location("nimbuild_triton_model_config_pb2", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise NimbuildError(f"{path}: cannot be loaded as a Python module", hint="pip install -U tritonclient")
     module = importlib.util.module_from_spec(mod_spec)
     try:
         mod_spec.loader.exec_module(module)
@@ -43,7 +46,7 @@ def schema_available() -> bool:
     return True
 
 
-def parse_config(text: str, where: str = "config.pbtxt"):
+def parse_config(text: str, where: str = "config.pbtxt") -> Any:
     """The ``ModelConfig`` message of ``text``; a NimbuildError naming ``where`` and the line."""
     from google.protobuf import text_format
 
@@ -57,6 +60,6 @@ def parse_config(text: str, where: str = "config.pbtxt"):
     return config
 
 
-def dtype_name(config_module, value: int) -> str:
+def dtype_name(config_module: Any, value: int) -> str:
     """DataType enum number -> 'TYPE_INT64'."""
-    return config_module.DataType.Name(value)
+    return str(config_module.DataType.Name(value))

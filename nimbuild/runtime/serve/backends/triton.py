@@ -10,6 +10,7 @@ server (SIGTERM, then SIGKILL after a grace period).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -19,11 +20,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nimbuild.runtime.serve.backends import Backend, BackendStartError, logits_column
+from nimbuild.runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from nimbuild.manifest import Manifest, Profile
 
 log = logging.getLogger("nimbuild.serve")
 
@@ -33,7 +38,8 @@ _NP = {"INT64": np.int64, "INT32": np.int32}
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -49,20 +55,21 @@ class TritonBackend(Backend):
 
     def __init__(
         self,
-        manifest,
-        profile,
+        manifest: Manifest,
+        profile: Profile,
         *,
-        workdir: str | os.PathLike | None = None,
+        workdir: str | os.PathLike[str] | None = None,
         binary: str | None = None,
         start_timeout_s: float | None = None,
     ):
         self.manifest = manifest
         self.profile = profile
-        self.binary = binary or os.environ.get("NIM_TRITONSERVER", "tritonserver")
-        self.start_timeout_s = start_timeout_s or float(os.environ.get("NIM_TRITON_START_TIMEOUT", "600"))
+        defaults = Settings()  # the serve path passes the settings' values (NIM_TRITONSERVER, NIM_TRITON_START_TIMEOUT)
+        self.binary = binary or defaults.tritonserver
+        self.start_timeout_s = start_timeout_s or defaults.triton_start_timeout_s
         self.workdir = Path(workdir) if workdir else None
-        self.proc: subprocess.Popen | None = None
-        self.client = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.client: Any = None  # tritonclient.http.InferenceServerClient
         self.model_name: str | None = None
         self.url: str | None = None
         self._inputs: list[tuple[str, str]] = []
@@ -89,7 +96,7 @@ class TritonBackend(Backend):
             self._own_workdir = True
         store, self.model_name = self._materialize(self.workdir / "model_store")
         http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-        self._log_path = self.workdir / "tritonserver.log"
+        self._log_path = log_path = self.workdir / "tritonserver.log"
         cmd = [
             exe,
             f"--model-repository={store}",
@@ -103,11 +110,13 @@ class TritonBackend(Backend):
             f"--load-model={self.model_name}",
         ]
         log.info("Starting %s", " ".join(cmd))
-        with open(self._log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log_path, "wb") as log_file:
+            self.proc = proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"127.0.0.1:{http_port}"
-        self.client = httpclient.InferenceServerClient(self.url, connection_timeout=10.0, network_timeout=120.0)
-        self._wait_ready()
+        self.client = client = httpclient.InferenceServerClient(
+            self.url, connection_timeout=10.0, network_timeout=120.0
+        )
+        self._wait_ready(proc, client, log_path)
         meta = self.client.get_model_metadata(self.model_name)
         self._inputs = [(i["name"], i["datatype"]) for i in meta["inputs"]]
         self._output = meta["outputs"][0]["name"]
@@ -129,14 +138,14 @@ class TritonBackend(Backend):
         self.max_batch_size = int(result.max_batch_size)
         return store, name
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, proc: subprocess.Popen[bytes], client: Any, log_path: Path) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         while True:
-            code = self.proc.poll()
+            code = proc.poll()
             if code is not None:
-                raise BackendStartError(f"tritonserver exited with code {code}: {_tail(self._log_path)}")
+                raise BackendStartError(f"tritonserver exited with code {code}: {_tail(log_path)}")
             try:
-                if self.client.is_server_ready() and self.client.is_model_ready(self.model_name):
+                if client.is_server_ready() and client.is_model_ready(self.model_name):
                     return
             except Exception:  # not listening yet
                 pass
@@ -144,7 +153,7 @@ class TritonBackend(Backend):
                 self.stop()
                 raise BackendStartError(
                     f"tritonserver not ready after {self.start_timeout_s:.0f}s "
-                    f"(NIM_TRITON_START_TIMEOUT): {_tail(self._log_path)}"
+                    f"(NIM_TRITON_START_TIMEOUT): {_tail(log_path)}"
                 )
             time.sleep(0.25)
 
@@ -170,10 +179,8 @@ class TritonBackend(Backend):
     # -- stop ------------------------------------------------------------------------------------
     def stop(self) -> None:
         if self.client is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.client.close()
-            except Exception:
-                pass
             self.client = None
         if self.proc is not None and self.proc.poll() is None:
             log.info("Stopping tritonserver (pid %d)", self.proc.pid)

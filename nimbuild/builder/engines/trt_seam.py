@@ -16,7 +16,7 @@ A reviewer reads the real TensorRT path here, top to bottom:
 4. :func:`measure_latency`: ``TrtRunner`` at the profile's opt shape.
 
 Everything that does not need TensorRT (the plan, Polygraphy's ``Profile``, the
-config arguments, the command line) is built in :mod:`nimbuild.builder.engines`,
+config arguments, the command line) is built in :mod:`nimbuild.builder.engines` (plan, build),
 where tests exercise it; :func:`compare_on_pairs` runs on any two Polygraphy
 runners, so tests drive it with ONNX Runtime on the CPU.
 """
@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nimbuild.errors import NimbuildError, debug_enabled
+from nimbuild.thresholds import GateThresholds
 
 LATENCY_WARMUP = 10
 LATENCY_ITERATIONS = 50
@@ -49,7 +52,7 @@ class TensorRTInfo:
 
     @property
     def tag_version(self) -> str:
-        """major.minor.patch: the `trt_version` tag (DESIGN.md: "10.13.0")."""
+        """major.minor.patch: the `trt_version` tag (docs/design.md: "10.13.0")."""
         return ".".join(self.version.split(".")[:3])
 
     @property
@@ -97,7 +100,7 @@ def _cuda_major_version() -> str | None:
     import importlib.metadata
 
     for dist in importlib.metadata.distributions():
-        match = re.match(r"^tensorrt[-_]cu(\d+)", (dist.metadata.get("Name") or "").lower())
+        match = re.match(r"^tensorrt[-_]cu(\d+)", (dist.metadata["Name"] or "").lower())
         if match:
             return match.group(1)
     try:
@@ -155,7 +158,7 @@ def build_engine(graph: Path, engine_path: Path, config_args: Mapping[str, Any])
     del engine
 
 
-def scores_of(outputs: Mapping[str, Any], rows: int):
+def scores_of(outputs: Mapping[str, Any], rows: int) -> np.ndarray:
     """A cross-encoder's relevance score per real row: the gate's reading of the first output's logits."""
     from nimbuild.builder.gate import scores_from_logits
 
@@ -166,7 +169,7 @@ def compare_on_pairs(
     reference_runner: Any,
     candidate_runner: Any,
     feeds: Sequence[Sequence[Mapping[str, Any]]],
-    thresholds: Mapping[str, Any],
+    thresholds: GateThresholds,
 ) -> dict[str, Any]:
     """Run both runners through Polygraphy's Comparator and judge the candidate's rankings.
 
@@ -216,7 +219,7 @@ def compare_on_pairs(
     }
 
 
-def _load_engine(engine_path: Path):
+def _load_engine(engine_path: Path) -> Any:
     """A loader that deserializes the saved engine (every Polygraphy release has these two)."""
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes
@@ -225,7 +228,10 @@ def _load_engine(engine_path: Path):
 
 
 def check_engine(
-    engine_path: Path, reference_onnx: Path, feeds: Sequence[Sequence[Mapping[str, Any]]], thresholds: Mapping[str, Any]
+    engine_path: Path,
+    reference_onnx: Path,
+    feeds: Sequence[Sequence[Mapping[str, Any]]],
+    thresholds: GateThresholds,
 ) -> dict[str, Any]:
     """The engine (TrtRunner) against ONNX Runtime on the FP32 graph (CPU), judged by the ranking gate."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import typer
@@ -150,3 +151,14 @@ def test_file_system_errors_name_the_path(tmp_path, capsys, monkeypatch):
     assert str(tmp_path) in err
     with pytest.raises(OSError):
         run(app, ["nameless"])
+
+
+def test_every_command_module_is_registered_explicitly():
+    """A command module is imported by name (a missing one fails the CLI at once), and none is left out."""
+    from nimbuild.cli import _commands
+
+    folder = Path(_commands.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py") if not p.stem.startswith("_") and p.stem != "options"}
+    assert {m.__name__.rsplit(".", 1)[1] for m in _commands.COMMAND_MODULES} == modules
+    source = Path(_commands.__file__).read_text(encoding="utf-8")
+    assert "importlib" not in source and "ModuleNotFoundError" not in source  # nothing is skipped quietly

@@ -1,4 +1,5 @@
-"""`nimbuild serve`'s own settings: a bad port or shutdown value is one `error:` line and exit 1, before any backend starts."""
+"""nimbuild.runtime.serve.server: a busy or bad port, a bad shutdown value, uvicorn failing to start:
+one `error:` line and exit 1, before any backend starts."""
 
 from __future__ import annotations
 
@@ -50,7 +51,9 @@ def test_a_busy_port_is_one_error_naming_the_address(tmp_path, busy_port):
 
 def test_a_port_out_of_range_is_one_error(tmp_path):
     err = _one_error_line(_serve(tmp_path, "--host", "127.0.0.1", NIM_HTTP_API_PORT="99999"))
-    assert "127.0.0.1:99999" in err and "out of range" in err and "1 and 65535" in err
+    assert "NIM_HTTP_API_PORT='99999'" in err and "out of range" in err and "1 and 65535" in err
+    err = _one_error_line(_serve(tmp_path, "--host", "127.0.0.1", "--port", "70000"))
+    assert "--port 70000" in err and "out of range" in err and "1 and 65535" in err
 
 
 @pytest.mark.parametrize("value, needle", [("abc", "is not a number"), ("-5", "out of range")])
@@ -71,6 +74,7 @@ class _Stub:
     def __init__(self):
         self.stopped = 0
         self.metrics = SimpleNamespace()
+        self.model = "stub"
 
     def stop(self):
         self.stopped += 1
@@ -83,7 +87,7 @@ def test_run_server_turns_uvicorns_startup_exit_into_one_error(monkeypatch):
         raise SystemExit(3)  # what uvicorn does when its start-up fails
 
     monkeypatch.setattr(uvicorn.Server, "run", exits)
-    monkeypatch.setattr("nimbuild.runtime.serve.app.create_app", lambda service: object())
+    monkeypatch.setattr("nimbuild.runtime.serve.app.create_app", lambda service, **options: object())
     stub = _Stub()
     port = free_port()
     sock = server.bind_listener("127.0.0.1", port)

@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 
 from nimbuild.errors import NimbuildError
-from nimbuild.manifest import load_manifest, sha256_file
+from nimbuild.fsutil import sha256_file
+from nimbuild.manifest import load_manifest
 from nimbuild.render import triton
 from nimbuild.runtime import model_store as store
-from nimbuild.runtime.triton_repo import pbtxt, repository
+from nimbuild.runtime.triton_repo import checks, layout, pbtxt
 
 sys.path.insert(0, str(Path(__file__).parent))
 from render_support import build_manifest  # noqa: E402
 
-CPU = "cpu-int8-onnxruntime"
+CPU = "cpu-int8-avx2-onnxruntime"
 H100 = "h100-hbm3-80gb-fp16-triton-tensorrt"
 
 
@@ -37,7 +38,7 @@ def test_create_model_store_copies_and_checks_every_file(export, tmp_path):
     model = dest / "reranker" / "1" / "model.onnx"
     assert model.is_file() and not model.is_symlink()
     assert sha256_file(model) == profile.files["onnx/cpu-int8/model.onnx"].sha256
-    assert repository.check_repository(dest) == []
+    assert checks.check_repository(dest) == []
     cfg = pbtxt.parse_config((dest / "reranker" / "config.pbtxt").read_text())
     assert (
         cfg.max_batch_size == 16
@@ -58,7 +59,8 @@ def test_profile_by_id_prefix_and_errors_that_list_the_choices(export, tmp_path)
 def test_profile_prefix_follows_nim_model_profile_rule(export):
     # One rule with NIM_MODEL_PROFILE: a prefix shorter than MIN_PREFIX matches nothing, in both.
     from nimbuild.runtime.hardware import assumed_host
-    from nimbuild.runtime.selection import MIN_PREFIX, match_profiles, select
+    from nimbuild.runtime.overrides import MIN_PREFIX, match_profiles
+    from nimbuild.runtime.selection import select
 
     manifest = load_manifest(export)
     pid = manifest.by_name(CPU).id
@@ -95,7 +97,7 @@ def test_prerendered_record_is_reused_so_engines_need_no_graph(export, tmp_path)
     made = store.create_model_store(export, H100, tmp_path / "store", env={})
     assert made.reused_record is True
     assert (tmp_path / "store" / "reranker" / "1" / "model.plan").read_bytes() == b"engine for NVIDIA-H100-80GB-HBM3"
-    assert repository.check_repository(tmp_path / "store") == []
+    assert checks.check_repository(tmp_path / "store") == []
 
 
 def test_without_record_or_graph_an_engine_profile_names_what_is_missing(export, tmp_path):
@@ -137,15 +139,13 @@ def test_materialize_applies_the_serve_time_overrides(export, tmp_path):
         manifest,
         manifest.by_name(CPU),
         tmp_path / "store",
-        env={repository.ENV_MAX_BATCH: "2", repository.ENV_QUEUE_DELAY: "0"},
+        env={layout.ENV_MAX_BATCH: "2", layout.ENV_QUEUE_DELAY: "0"},
     )
     assert (made.max_batch_size, made.max_queue_delay_us) == (2, 0)
     cfg = pbtxt.parse_config((tmp_path / "store" / "ensemble" / "config.pbtxt").read_text())
     assert cfg.max_batch_size == 2
     with pytest.raises(NimbuildError, match="1..16"):
-        store.materialize_profile(
-            manifest, manifest.by_name(CPU), tmp_path / "s2", env={repository.ENV_MAX_BATCH: "99"}
-        )
+        store.materialize_profile(manifest, manifest.by_name(CPU), tmp_path / "s2", env={layout.ENV_MAX_BATCH: "99"})
 
 
 def test_create_model_store_path_imports_no_onnx_and_no_tritonclient(export, tmp_path):
@@ -154,7 +154,8 @@ def test_create_model_store_path_imports_no_onnx_and_no_tritonclient(export, tmp
 import sys, json
 from nimbuild.runtime.model_store import create_model_store
 made = create_model_store({str(export)!r}, {CPU!r}, {str(tmp_path / "store")!r}, env={{}})
-heavy = sorted(m for m in ('onnx', 'torch', 'transformers', 'tritonclient', 'polygraphy', 'tensorrt') if m in sys.modules)
+names = ('onnx', 'torch', 'transformers', 'tritonclient', 'polygraphy', 'tensorrt')
+heavy = sorted(m for m in names if m in sys.modules)
 print(json.dumps({{"heavy": heavy, "model": made.model_name}}))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -208,3 +209,37 @@ def test_cli_create_model_store_and_download_to_cache(export, tmp_path):
         timeout=120,
     )
     assert done.returncode == 1 and done.stderr.startswith("error: ") and CPU in done.stderr
+
+
+def test_a_store_on_a_folder_no_rename_can_replace_is_filled_in_place(export, tmp_path, monkeypatch):
+    """The NIM Operator's `--model-store /model-store` is a volume's mount point (and `/` is not the job user's):
+    the store is staged inside it and swapped in; a retry after an interrupted swap is not refused."""
+    from nimbuild import fsutil
+
+    dest = tmp_path / "model-store"
+    dest.mkdir()
+    monkeypatch.setattr(fsutil, "_renamable", lambda folder: folder != dest)  # as os.path.ismount(dest) is
+    made = store.create_model_store(export, CPU, dest, env={})
+    assert checks.check_repository(dest) == [] and made.store == dest
+    leftovers = sorted(p.name for p in dest.iterdir() if p.name.startswith("."))
+    siblings = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
+    assert leftovers == [] and siblings == []  # no marker, no staging folder, nothing beside the mount point
+    # again, over its own earlier store (another profile): replaced, not mixed
+    store.create_model_store(export, H100, dest, env={})
+    assert json.loads((dest / layout.REPOSITORY_INFO).read_text())["profile_name"] == H100
+    assert checks.check_repository(dest) == []
+    # a swap interrupted by a crash leaves the marker: the retry knows the folder is nimbuild's
+    for p in list(dest.iterdir()):
+        if p.is_file():
+            p.unlink()
+    (dest / fsutil.IN_PROGRESS).touch()
+    store.create_model_store(export, CPU, dest, env={})
+    assert not (dest / fsutil.IN_PROGRESS).exists() and checks.check_repository(dest) == []
+    # a folder of someone else's files is still refused, and left as it was
+    other = tmp_path / "data"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    monkeypatch.setattr(fsutil, "_renamable", lambda folder: False)
+    with pytest.raises(NimbuildError, match="not a nimbuild model repository"):
+        store.create_model_store(export, CPU, other, env={})
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]

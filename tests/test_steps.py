@@ -1,4 +1,5 @@
-"""`nimbuild build`: every step, then a no-change rebuild that reuses everything; changes rebuild what depends on them."""
+"""nimbuild.builder.steps (`nimbuild build`): every step, then a no-change rebuild that reuses everything;
+changes rebuild what depends on them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 import yaml
 
 from nimbuild import manifest as mf
+from nimbuild import manifest_verify
+from nimbuild.errors import NimbuildError
 from nimbuild.output import Output
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +39,19 @@ def recipe_dir(tmp_path, example_recipe, example_model_dir, example_pairs):
 def fake_pipeline(monkeypatch):
     calls = []
 
-    def run_export(recipe, out_dir, precisions, pairs, out):
+    def run_export(recipe, out_dir, precisions, pairs, out, **_options):
+        """The real one's contract: the export's entries staged, then swapped in as nimbuild's own."""
+        from nimbuild.builder.steps import EXPORT_OUTPUTS
+        from nimbuild.outdir import OutputFolder
+
         calls.append(list(precisions))
+        folder = OutputFolder(out_dir)
+        with folder.staging("export") as stage:
+            report = write_export(recipe, stage, precisions)
+            folder.swap_in(stage, EXPORT_OUTPUTS)
+        return report
+
+    def write_export(recipe, out_dir, precisions):
         out_dir = Path(out_dir)
         (out_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
         (out_dir / "tokenizer" / "tokenizer.json").write_text("{}")
@@ -45,10 +59,12 @@ def fake_pipeline(monkeypatch):
         for p in precisions:
             if p == "fp8":
                 continue
-            rel = f"onnx/{'cpu-int8' if p == 'int8' else p}/model.onnx"
+            key, rel = (p, f"onnx/{p}/model.onnx") if p != "int8" else ("int8-avx2", "onnx/cpu-int8-avx2/model.onnx")
             (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             (out_dir / rel).write_bytes(f"{p}-graph".encode())
-            entries[p] = {"status": "passed", "path": rel, "gate": {"passed": True}}
+            entries[key] = {"status": "passed", "path": rel, "gate": {"passed": True}}
+            if p == "int8":
+                entries[key].update(precision="int8", cpu_isa="avx2", weight_bits=7)
         report = {
             "model": recipe.name,
             "model_revision": "r1",
@@ -78,7 +94,7 @@ def test_no_change_rebuild_reuses_every_step(recipe_dir, tmp_path, fake_pipeline
     status, res = _build(recipe, out)
     assert status == {"export": "built", "engines": "skipped", "manifest": "built", "render": "skipped"}
     first = (out / "manifest.yaml").read_bytes()
-    assert mf.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
+    assert manifest_verify.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
     status, _ = _build(recipe, out)
     assert status["export"] == "reused" and status["manifest"] == "reused"
     assert len(fake_pipeline) == 1
@@ -131,9 +147,13 @@ def test_tampered_output_is_rebuilt_not_reused(recipe_dir, tmp_path, fake_pipeli
     out = tmp_path / "out"
     _build(recipe, out)
     (out / "onnx/fp32/model.onnx").write_bytes(b"tampered!")
-    status, _ = _build(recipe, out)
+    # no longer the file nimbuild wrote: not reused, and not overwritten without --force (nimbuild.outdir)
+    with pytest.raises(NimbuildError, match=r"onnx/fp32/model.onnx: not written by nimbuild \(or changed since\)"):
+        _build(recipe, out)
+    assert (out / "onnx/fp32/model.onnx").read_bytes() == b"tampered!"
+    status, _ = _build(recipe, out, force=True)
     assert status["export"] == "built"
-    assert mf.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
+    assert manifest_verify.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
 
 
 def test_new_fragment_rebuilds_only_the_manifest(recipe_dir, tmp_path, fake_pipeline):
@@ -190,20 +210,34 @@ def test_real_build_then_no_change_rebuild(real_build):
     out, first = real_build
     assert first.manifest == out / "manifest.yaml"
     m = mf.load_manifest(out / "manifest.yaml")
-    assert m.profiles and mf.verify_manifest(m) == []
+    assert m.profiles and manifest_verify.verify_manifest(m) == []
     again = run_build(REPO / "recipes/example-tiny.yaml", out, Output(quiet=True), engines=False)
     assert {s.step: s.status for s in again.steps}["export"] == "reused"
     assert {s.step: s.status for s in again.steps}["manifest"] == "reused"
 
 
 def test_committed_example_manifest_matches_a_fresh_build(real_build):
-    """IDs are reproducible across machines: manifests/example-tiny.yaml (make example-manifest) == a fresh build."""
+    """IDs are reproducible across machines: manifests/example-tiny.yaml (make example-manifest) == a fresh build,
+    compared on what both machines could build. A CPU int8 profile exists only for the classes the building CPU
+    has (an AVX2 machine makes avx2; a VNNI one avx512_vnni and avx2; an arm64 one arm64_dotprod), so each side
+    is restricted to the classes the other has; every other profile must be there on both."""
+    from nimbuild import cpu_isa
+
     out, _ = real_build
     committed = REPO / "manifests" / "example-tiny.yaml"
     assert committed.exists(), "manifests/example-tiny.yaml is missing: run `make example-manifest`"
     fresh = mf.load_manifest(out / "manifest.yaml")
     saved = mf.load_manifest(committed)
-    assert {p.id: (p.name, p.tags) for p in saved.profiles} == {p.id: (p.name, p.tags) for p in fresh.profiles}
+    here = set(cpu_isa.detect_cpu().classes)
+    saved_classes = {p.tags["cpu_isa"] for p in saved.profiles if "cpu_isa" in p.tags}
+    assert saved_classes, "the committed example manifest has no CPU int8 profile: its gate or its build broke"
+    fresh_classes = {p.tags["cpu_isa"] for p in fresh.profiles if "cpu_isa" in p.tags}
+    assert fresh_classes == here & set(cpu_isa.NAMES)  # this machine made every class it has, and no other
+
+    def part(m, classes):
+        return {p.id: (p.name, p.tags) for p in m.profiles if p.tags.get("cpu_isa") in classes | {None}}
+
+    assert part(saved, here) == part(fresh, saved_classes)
 
 
 def test_real_reexport_keeps_the_rest_of_the_build_folder(real_build, tmp_path):
@@ -233,6 +267,6 @@ def test_real_reexport_keeps_the_rest_of_the_build_folder(real_build, tmp_path):
     assert not (out / ".export.partial").exists()
     report = json.loads((out / "export_report.json").read_text())
     assert report["thresholds"]["ndcg10"] == 0.97
-    assert mf.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
+    assert manifest_verify.verify_manifest(mf.load_manifest(out / "manifest.yaml")) == []
     forced = run_build(recipe, out, Output(quiet=True), engines=False, force=True)
     assert {s.step: s.status for s in forced.steps}["export"] == "built"
