@@ -25,9 +25,8 @@ from nimbuild.builder.precision.int8 import (  # noqa: E402
     attention_shape_of_graph,
     build_cpu_int8,
     fuse,
-    matmul_classes,
-    smooth,
 )
+from nimbuild.builder.precision.smoothquant import matmul_classes, smooth  # noqa: E402
 
 ARCH = "BertForSequenceClassification"
 

@@ -197,7 +197,7 @@ def calibrate_percentile(
 
 def smooth_projections(model, calibration, scheme: Fp8Scheme) -> dict:
     """SmoothQuant on the projections FP8 will quantize (int8.smooth on the unfused graph); facts for the report."""
-    from nimbuild.builder.precision.int8 import QuantizedMatMul, smooth
+    from nimbuild.builder.precision.smoothquant import QuantizedMatMul, smooth
 
     inits = {t.name for t in model.graph.initializer}
     head = node_output_is_graph_output(model)
