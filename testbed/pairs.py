@@ -1,9 +1,17 @@
-"""The test bed's committed gate pairs: held-out labeled queries (``python -m testbed pairs``).
+"""The committed gate pairs: held-out labeled queries (``python -m testbed pairs`` rewrites both).
 
-recipes/pairs/testbed-minilm-l6.jsonl: 64 held-out queries (never trained on), the
-"general markup converter" query (package pandoc) first, each with its 10 BM25 candidates
-and labels (1: the package's own description). tests/test_testbed.py checks that the file is
-made of the current held-out groups.
+- recipes/pairs/testbed-minilm-l6.jsonl: 64 held-out queries (never trained on), the
+  "general markup converter" query (package pandoc) first, each with its 10 BM25 candidates.
+- recipes/pairs/example-tiny.jsonl: the bundled example's pairs: 12 held-out queries, each
+  with its 8 BM25 candidates (the gate's 96 pairs). The first is the query `make demo` asks:
+  "Automated Password Generator - Standalone version" (package apg), chosen *after* training
+  among these 12 as one the example ranks right and anyone can judge; the example ranks
+  pandoc's description 6th of 8 for "general markup converter", so that one is not the demo.
+  The example's quality claim is its NDCG@10 on all 200 held-out queries, not this choice.
+
+Labels: 1 for the package's own description, 0 for the others. The dataset knows one
+relevant passage per query; a middle grade would be a judgement nobody made, so there is
+none. tests/test_testbed.py checks that both files are made of the current held-out groups.
 """
 
 from __future__ import annotations
@@ -15,17 +23,32 @@ from testbed import REPO
 PAIRS_DIR = REPO / "recipes" / "pairs"
 TESTBED_PAIRS = PAIRS_DIR / "testbed-minilm-l6.jsonl"
 TESTBED_PAIRS_QUERIES = 64
+EXAMPLE_PAIRS = PAIRS_DIR / "example-tiny.jsonl"
+EXAMPLE_PAIRS_QUERIES, EXAMPLE_PAIRS_PASSAGES = 12, 8
 LEAD_PACKAGE = "pandoc"  # "general markup converter": a query anyone can judge
+EXAMPLE_LEAD_PACKAGE = "apg"  # the demo's query (see above)
 
 
-def pairs_groups(groups: list) -> list:
-    """The held-out groups of the pairs file, in its order."""
-    lead = [g for g in groups if g.package == LEAD_PACKAGE]
-    return lead + [g for g in groups if g.package != LEAD_PACKAGE][: TESTBED_PAIRS_QUERIES - len(lead)]
+def pairs_groups(groups: list, n_queries: int = TESTBED_PAIRS_QUERIES, lead_package: str = LEAD_PACKAGE) -> list:
+    """The held-out groups of a pairs file, in its order: the lead query, then the next in the split's order."""
+    lead = [g for g in groups if g.package == lead_package]
+    return lead + [g for g in groups if g.package != lead_package][: n_queries - len(lead)]
+
+
+def example_pairs_groups(packages: list) -> list:
+    """The groups of recipes/pairs/example-tiny.jsonl."""
+    from testbed import tasks
+
+    groups = tasks.evaluation_groups(packages, k=EXAMPLE_PAIRS_PASSAGES)
+    chosen = pairs_groups(groups, EXAMPLE_PAIRS_QUERIES)  # the same 12 queries as before the demo's was chosen
+    lead = [g for g in chosen if g.package == EXAMPLE_LEAD_PACKAGE]
+    return lead + [g for g in chosen if g.package != EXAMPLE_LEAD_PACKAGE]
 
 
 def write_pairs_files() -> list[Path]:
     from testbed import debian, tasks
 
-    tasks.write_groups(pairs_groups(tasks.evaluation_groups(debian.load_dataset())), TESTBED_PAIRS)
-    return [TESTBED_PAIRS]
+    packages = debian.load_dataset()
+    tasks.write_groups(pairs_groups(tasks.evaluation_groups(packages)), TESTBED_PAIRS)
+    tasks.write_groups(example_pairs_groups(packages), EXAMPLE_PAIRS)
+    return [TESTBED_PAIRS, EXAMPLE_PAIRS]

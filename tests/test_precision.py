@@ -237,29 +237,30 @@ def test_int8_graph_is_fused_and_quantized(built):
 # ----------------------------------------------------------------------------- the gate rejects and accepts
 
 
-def test_the_example_recipe_judges_fp8_by_its_own_bars_and_the_honest_graph_meets_them(built, example_recipe):
+def test_the_example_recipe_has_no_per_precision_loosening_and_its_graphs_meet_the_defaults(built, example_recipe):
+    """The trained example's fp16, fp8 and int8 graphs meet the recipe-wide bars (its random predecessor needed
+    fp8 bars of its own: a random model's near-tied passages swap under E4M3's rounding)."""
     from nimbuild.builder.gate import judge
     from nimbuild.recipe import load_recipe
 
     thresholds = load_recipe(example_recipe).thresholds
-    fp8 = thresholds.for_precision("fp8")  # resolved once, when the recipe was read
-    assert fp8.top1 is not None and fp8.top1 < RECIPE_DEFAULTS["top1"] and fp8.ndcg10 == RECIPE_DEFAULTS["ndcg10"]
-    for other in ("fp32", "fp16"):
-        assert thresholds.for_precision(other).to_dict() == thresholds.model_dump()
-    int8 = thresholds.for_precision("int8")  # the example's own int8 top-1 bar: RESULTS-cpu-isa.md
-    assert int8.top1 is not None and int8.top1 < RECIPE_DEFAULTS["top1"]
-    assert int8.ndcg10 == RECIPE_DEFAULTS["ndcg10"]
-    assert thresholds.by_precision["fp8"] == fp8 and thresholds.recipe_wide == thresholds.for_precision("fp32")
+    for name in ("fp16", "fp8", "int8"):
+        bars = thresholds.for_precision(name)  # resolved once, when the recipe was read
+        assert bars == thresholds.recipe_wide, name
+        assert {k: bars.to_dict()[k] for k in RECIPE_DEFAULTS} == RECIPE_DEFAULTS
     _, report = built
-    verdict = judge(report["fp8"]["gate"]["metrics"], fp8)
-    assert verdict.passed, verdict.failures
+    for name, precision in (("fp16", "fp16"), ("fp8", "fp8"), ("int8-avx2", "int8")):
+        verdict = judge(report[name]["gate"]["metrics"], thresholds.for_precision(precision))
+        assert verdict.passed, (name, verdict.failures)
 
 
 def test_a_misspelt_per_precision_threshold_is_a_recipe_error(tmp_path, example_recipe):
     from nimbuild.recipe import load_recipe
 
     bad = tmp_path / "example-tiny.yaml"
-    bad.write_text(example_recipe.read_text().replace("fp8: {top1: 0.75,", "fp8: {topone: 0.75,"))
+    text = example_recipe.read_text()
+    assert "  ndcg10: 0.98\n" in text
+    bad.write_text(text.replace("  ndcg10: 0.98\n", "  ndcg10: 0.98\n  fp8: {topone: 0.75}\n"))
     with pytest.raises(NimbuildError, match=r"thresholds\.fp8\.topone"):
         load_recipe(bad)
 
@@ -268,7 +269,7 @@ def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(
     exported_copy, example_data, example_recipe, monkeypatch, capsys
 ):
     """FP8 scales 20x too small (everything past 5% of the range saturates) really reorders passages:
-    refused even by the example recipe's looser fp8 bars, and not written."""
+    refused by the recipe's bars, and not written."""
     from nimbuild.builder.precision import fp8
     from nimbuild.recipe import load_recipe
 
@@ -295,10 +296,10 @@ def test_gate_rejects_a_broken_quantization_and_keeps_the_good_graphs(
 
     bad = report["fp8"]
     assert bad["status"] == "rejected" and bad["path"] is None
-    assert bad["gate"]["thresholds"]["top1"] == 0.75  # judged by the recipe's fp8 bars
-    assert not bad["gate"]["passed"] and bad["gate"]["metrics"]["top1"] < 0.75
+    assert bad["gate"]["thresholds"]["top1"] == 0.95  # judged by the recipe's bars
+    assert not bad["gate"]["passed"] and bad["gate"]["metrics"]["top1"] < 0.95
     assert bad["gate"]["metrics"]["ndcg10"] < 0.98
-    assert "top1" in bad["reason"] and "< 0.75" in bad["reason"]  # says by how much
+    assert "top1" in bad["reason"] and "< 0.95" in bad["reason"]  # says by how much
     assert not (exported_copy / "onnx" / "fp8").exists()  # neither the new graph nor the stale one
     for good in ("fp16", "int8-avx2"):
         assert report[good]["status"] == "passed" and report[good]["gate"]["passed"], report[good]

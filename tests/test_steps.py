@@ -142,6 +142,35 @@ def test_toolchain_change_rebuilds(recipe_dir, tmp_path, fake_pipeline, monkeypa
     assert status["export"] == "built"
 
 
+def test_a_change_of_the_export_code_rebuilds(recipe_dir, tmp_path, fake_pipeline, monkeypatch):
+    """Same nimbuild version, edited builder source (a development checkout): the export is not reused."""
+    recipe = recipe_dir / "example-tiny.yaml"
+    out = tmp_path / "out"
+    _build(recipe, out)
+    from nimbuild.builder import steps
+
+    status, _ = _build(recipe, out)
+    assert status["export"] == "reused"
+    monkeypatch.setattr(steps, "export_source_digest", lambda: "0" * 64)
+    status, _ = _build(recipe, out)
+    assert status["export"] == "built"
+
+
+def test_the_export_source_digest_follows_the_bytes_of_the_builder(tmp_path, monkeypatch):
+    import nimbuild
+    from nimbuild.builder import cache
+
+    package = Path(nimbuild.__file__).resolve().parent
+    copy = tmp_path / "nimbuild"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__", "runtime", "render", "cli"))
+    monkeypatch.setattr(cache, "__file__", str(copy / "builder" / "cache.py"))
+    before = cache.export_source_digest()
+    assert before == cache.export_source_digest()
+    int8 = copy / "builder" / "precision" / "int8.py"
+    int8.write_text(int8.read_text() + "\n# edited\n")
+    assert cache.export_source_digest() != before
+
+
 def test_tampered_output_is_rebuilt_not_reused(recipe_dir, tmp_path, fake_pipeline):
     recipe = recipe_dir / "example-tiny.yaml"
     out = tmp_path / "out"

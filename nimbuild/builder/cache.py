@@ -11,6 +11,7 @@ no-change rebuild costs stat calls, not reads.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -79,6 +80,25 @@ class HashMemo:
         if self.dirty:
             write_json(self.path, self.entries)
             self.dirty = False
+
+
+# The light modules whose code decides what an export contains, beside nimbuild/builder/ itself.
+EXPORT_SOURCE_MODULES = ("thresholds.py", "export_layout.py", "cpu_isa.py", "recipe.py")
+
+
+def export_source_digest() -> str:
+    """sha256 of the source that makes and judges the graphs (nimbuild/builder/ and ``EXPORT_SOURCE_MODULES``).
+
+    nimbuild's version number alone misses a development checkout's edits: a changed quantization
+    scheme, with the same version, would otherwise reuse the old graphs. A few hundred kB of source,
+    read in milliseconds, so a no-change rebuild stays a matter of stat calls and this.
+    """
+    package = Path(__file__).resolve().parents[1]
+    files = sorted((package / "builder").rglob("*.py")) + [package / name for name in EXPORT_SOURCE_MODULES]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def tree_digest(root: Path, memo: HashMemo, exclude: Iterable[str] = (".git",)) -> dict[str, str]:

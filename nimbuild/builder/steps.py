@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nimbuild import __version__
-from nimbuild.builder.cache import StepCache, toolchain_versions, tree_digest
+from nimbuild.builder.cache import StepCache, export_source_digest, toolchain_versions, tree_digest
 from nimbuild.errors import NimbuildError
 from nimbuild.export_layout import (
     ENGINES_DIR,
@@ -92,6 +92,7 @@ def export_key(recipe: Any, cache: StepCache, cpu_classes: list[str] | None = No
             "model": model,
             "pairs": pairs,
             "toolchain": toolchain_versions(),
+            "builder_source": export_source_digest(),
             "cpu_isa": {"wanted": wanted, "made": [c for c in wanted if here.has(c)]},
         }
     )

@@ -113,6 +113,50 @@ def node_output_is_graph_output(model) -> set[str]:
     return {n.name for n in model.graph.node if any(o in outs for o in n.output)}
 
 
+# The classes of a BERT-style encoder's projections, as exported names say them (the exporters keep
+# PyTorch's module paths in node names: ".../layer.3/attention/output/dense/MatMul").
+MATMUL_CLASSES = ("attention_qkv", "attention_out", "ffn_up", "ffn_down", "pooler", "other")
+
+
+def matmul_class(name: str) -> str:
+    """Which projection a MatMul/Gemm is, from its node or weight name (see MATMUL_CLASSES)."""
+    key = name.lower()
+    if any(f"{part}/" in key or f"{part}." in key for part in ("query", "key", "value", "qkv", "in_proj")):
+        return "attention_qkv"
+    if "pooler" in key:
+        return "pooler"
+    if "attention" in key and "output" in key or "out_proj" in key:
+        return "attention_out"
+    if "intermediate" in key:
+        return "ffn_up"
+    if "output" in key:
+        return "ffn_down"
+    return "other"
+
+
+def layer_index(name: str) -> int | None:
+    """The encoder layer a node belongs to, from ``layer.N`` / ``layer_N`` / ``layers.N`` in its name."""
+    import re
+
+    m = re.search(r"layers?[._/](\d+)(?:[._/]|$)", name)
+    return int(m.group(1)) if m else None
+
+
+def select_nodes(entries: Iterable[tuple[str, str, int | None]], patterns: Iterable[str]) -> set[str]:
+    """Node names among ``(name, class, layer)`` entries that match any pattern.
+
+    A pattern is a node name, a class of MATMUL_CLASSES, or ``class:layer`` (``ffn_down:5``).
+    """
+    entries = list(entries)
+    chosen: set[str] = set()
+    for p in patterns:
+        cls, _, layer = p.partition(":")
+        for name, c, lay in entries:
+            if p == name or (cls == c and (not layer or str(lay) == layer)):
+                chosen.add(name)
+    return chosen
+
+
 def tool_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -120,20 +164,62 @@ def tool_versions() -> dict[str, str]:
     return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
+class LibraryChatter:
+    """What ONNX Runtime's Python tools logged below ERROR while nimbuild ran them: for the report.
+
+    ``messages()`` gives each distinct message once, with how many times it came
+    ("... (x6)"), so that a report says what a terminal would have repeated.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, message: str) -> None:
+        self.counts[message] = self.counts.get(message, 0) + 1
+
+    def messages(self) -> list[str]:
+        return [m if n == 1 else f"{m} (x{n})" for m, n in self.counts.items()]
+
+
 @contextlib.contextmanager
-def quiet_ort_quantization():
-    """ONNX Runtime's quantization tools warn on the *root* logger (e.g. "Please consider to run
-    pre-processing before quantization"), which reaches the user's terminal even with --quiet.
-    Drop their INFO/WARNING records while they run; errors still show."""
+def library_chatter() -> Iterator[LibraryChatter]:
+    """Keep ONNX Runtime's Python-side log records off the user's terminal; collect them instead.
+
+    ONNX Runtime's quantization and transformer-optimizer modules log on the root logger
+    (``logging.warning(...)``) and on loggers named after their modules (``fusion_attention``,
+    ``onnx_model``: the optimizer imports them as top-level modules), which Python prints on
+    stderr through its last-resort handler, even with --quiet. While this runs, their records
+    below ERROR go to the returned collector (the caller puts them in the export report);
+    errors still reach the terminal, and nimbuild's own records are untouched.
+    """
     import logging
 
-    def keep(record: logging.LogRecord) -> bool:
-        from_ort = "onnxruntime" in record.pathname and "quantization" in record.pathname
-        return not (from_ort and record.levelno < logging.ERROR)
+    chatter = LibraryChatter()
 
-    root = logging.getLogger()  # they call logging.warning(): the root logger's own filters see it
-    root.addFilter(keep)
+    def is_chatter(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR and not record.name.startswith("nimbuild")
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if is_chatter(record) and record.levelno >= logging.WARNING:
+                with contextlib.suppress(Exception):  # a malformed record must not break a build
+                    chatter.add(record.getMessage().strip().splitlines()[0][:300])
+
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not is_chatter(record)
+
+    root = logging.getLogger()
+    collect, drop = Collect(level=logging.WARNING), Drop()
+    others = list(root.handlers)
+    for handler in others:  # e.g. a handler an application configured: it does not get them either
+        handler.addFilter(drop)
+    # with a handler on the root, Python's last-resort stderr handler stays silent, and the
+    # module-level logging.warning() calls do not basicConfig() a permanent stderr handler
+    root.addHandler(collect)
     try:
-        yield
+        yield chatter
     finally:
-        root.removeFilter(keep)
+        root.removeHandler(collect)
+        for handler in others:
+            handler.removeFilter(drop)

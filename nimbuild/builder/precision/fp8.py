@@ -39,16 +39,20 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nimbuild.builder.precision.common import (
     EXTERNAL_DATA_BYTES,
+    layer_index,
     load_model,
+    matmul_class,
     node_output_is_graph_output,
     opset,
     save_model,
+    select_nodes,
     weight_bytes,
 )
 
@@ -57,6 +61,58 @@ QUANTIZED_OPS = ("MatMul", "Gemm")
 MIN_OPSET = 19  # QuantizeLinear/DequantizeLinear with float8 types
 # ops ModelOpt's FP8 MHA matcher looks through (match_fp8_mha_pattern's wild cards)
 _MHA_PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Cast")
+
+
+@dataclass(frozen=True)
+class Fp8Scheme:
+    """Where FP8 Q/DQ goes and how its scales are set; the default is ModelOpt's placement (module docstring).
+
+    ``attention_bmms``: Q.K^T and P.V in FP8 where they form TensorRT's fused FP8 MHA
+    pattern (False: every attention BMM stays high precision). ``keep``: projections left
+    high precision, by node name, class or ``class:layer`` (common.select_nodes).
+    ``per_channel_weights``: one weight scale per output channel (the DequantizeLinear's
+    ``axis``), which TensorRT's explicit quantization takes for weights (activations stay per
+    tensor: TensorRT's FP8 activations are per tensor or dynamic per block only).
+    ``activation_percentile``: activation amax from this percentile of |x| over the
+    calibration pairs instead of the max (None: max, ``amax / 448``).
+    ``smooth_alpha``: SmoothQuant's migration (int8.smooth) before the Q/DQ: an FP16 Mul by
+    1/s on the activation, s into the weight's rows.
+    """
+
+    attention_bmms: bool = True
+    keep: tuple[str, ...] = ()
+    per_channel_weights: bool = False
+    activation_percentile: float | None = None
+    smooth_alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.activation_percentile is not None and not 50.0 < self.activation_percentile <= 100.0:
+            raise ValueError(f"activation_percentile {self.activation_percentile}: expected (50, 100] or None")
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ValueError(f"smooth_alpha {self.smooth_alpha}: expected 0..1 or None")
+
+    def describe(self) -> str:
+        parts = ["attention BMMs " + ("FP8 where TensorRT fuses them" if self.attention_bmms else "high precision")]
+        parts.append("weights per " + ("output channel" if self.per_channel_weights else "tensor"))
+        if self.activation_percentile is not None:
+            parts.append(f"activation amax at the {self.activation_percentile:g}th percentile")
+        if self.smooth_alpha is not None:
+            parts.append(f"SmoothQuant alpha {self.smooth_alpha:g}")
+        if self.keep:
+            parts.append("high precision: " + ", ".join(self.keep))
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {
+            "attention_bmms": self.attention_bmms,
+            "keep": list(self.keep),
+            "per_channel_weights": self.per_channel_weights,
+            "activation_percentile": self.activation_percentile,
+            "smooth_alpha": self.smooth_alpha,
+        }
+
+
+DEFAULT_FP8_SCHEME = Fp8Scheme()
 
 
 class NothingToQuantize(ValueError):
@@ -100,6 +156,64 @@ def calibrate_amax(model, calibration: list[dict[str, np.ndarray]], op_types=QUA
         lo, hi = data.range_value
         amax[name] = float(max(abs(float(np.asarray(lo).max())), abs(float(np.asarray(hi).max()))))
     return amax
+
+
+def calibrate_percentile(
+    model, calibration: list[dict[str, np.ndarray]], tensors: list[str], percentile: float, sample: int = 50_000
+) -> dict[str, float]:
+    """Per tensor, the ``percentile`` of |x| over the calibration feeds (a fixed-seed sample of each run's values).
+
+    Why a sample: a full histogram of every activation of every calibration batch does not fit
+    a build host's memory for long sequences; a seeded uniform sample of each batch keeps the
+    estimate reproducible. Each batch's own max is kept in the sample, so 100 is the max.
+    """
+    import onnx
+
+    from nimbuild.builder.precision.common import cpu_session, feeds_for
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for name in tensors:
+        if name not in have:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    rng = np.random.default_rng(0)
+    samples: dict[str, list[np.ndarray]] = {}
+    with tempfile.TemporaryDirectory(prefix="nimbuild-fp8-pct-") as tmp:
+        path = Path(tmp) / "probe.onnx"
+        save_model(probe, path)
+        del probe
+        sess = cpu_session(path)
+        wanted = [o.name for o in sess.get_outputs() if o.name in set(tensors)]
+        for feeds in feeds_for(sess, calibration):
+            for name, value in zip(wanted, sess.run(wanted, feeds), strict=True):
+                a = np.abs(np.asarray(value, dtype=np.float32).ravel())
+                if a.size:
+                    picked = a[rng.integers(0, a.size, min(sample, a.size))]
+                    samples.setdefault(name, []).extend([picked, a.max(keepdims=True)])
+        del sess
+    return {n: float(np.percentile(np.concatenate(v), percentile)) for n, v in samples.items()}
+
+
+def smooth_projections(model, calibration, scheme: Fp8Scheme) -> dict:
+    """SmoothQuant on the projections FP8 will quantize (int8.smooth on the unfused graph); facts for the report."""
+    from nimbuild.builder.precision.smoothquant import QuantizedMatMul, smooth
+
+    inits = {t.name for t in model.graph.initializer}
+    head = node_output_is_graph_output(model)
+    entries = [
+        (n.name, matmul_class(n.name), layer_index(n.name))
+        for n in model.graph.node
+        if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits and n.name not in head
+    ]
+    kept = select_nodes(entries, scheme.keep)
+    nodes = {n.name: n for n in model.graph.node}
+    items = [
+        QuantizedMatMul(name, "MatMul", nodes[name].input[0], nodes[name].input[1], cls, layer)
+        for name, cls, layer in entries
+        if name not in kept
+    ]
+    return smooth(model, calibration, items, float(scheme.smooth_alpha or 0.0)) if items else {"smoothed": 0}
 
 
 def fused_mha_bmms(model) -> set[str]:
@@ -153,7 +267,7 @@ def _scale(amax: float) -> float:
     return max(float(amax), 1e-12) / E4M3_MAX
 
 
-def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
+def insert_fp8_qdq(model, amax: dict[str, float], scheme: Fp8Scheme = DEFAULT_FP8_SCHEME) -> dict:
     """Rewrite ``model`` in place with FP8 Q/DQ on MatMul/Gemm inputs; returns counts for the report."""
     import ml_dtypes
     import onnx
@@ -162,11 +276,23 @@ def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     head = node_output_is_graph_output(model)
-    fused_bmms = fused_mha_bmms(model)
+    fused_bmms = fused_mha_bmms(model) if scheme.attention_bmms else set()
+    kept = select_nodes(
+        ((n.name, matmul_class(n.name), layer_index(n.name)) for n in graph.node if n.op_type in QUANTIZED_OPS),
+        scheme.keep,
+    )
     done: dict[str, str] = {}  # original tensor -> its dequantized name (one Q/DQ per tensor, shared)
     new_inits: list = []
     new_nodes: dict[int, list] = {}  # insert before node index
-    counts = {"activations": 0, "weights": 0, "nodes": 0, "skipped": [], "score_head": 0, "unfused_bmms": 0}
+    counts = {
+        "activations": 0,
+        "weights": 0,
+        "nodes": 0,
+        "skipped": [],
+        "score_head": 0,
+        "unfused_bmms": 0,
+        "kept": 0,
+    }
     zp_name = "nimbuild_fp8_zero_point"
     new_inits.append(helper.make_tensor(zp_name, TensorProto.FLOAT8E4M3FN, [], [0.0]))
 
@@ -175,6 +301,9 @@ def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
             continue
         if node.name in head:  # GEMV (N = labels): no tensor-core gain, all of the error
             counts["score_head"] += 1
+            continue
+        if node.name in kept:
+            counts["kept"] += 1
             continue
         # Gemm: only A and B (alpha, beta, transA/B and the bias C act outside the quantized product)
         operands = list(node.input[:2])
@@ -192,18 +321,28 @@ def insert_fp8_qdq(model, amax: dict[str, float]) -> dict:
             scale_name, dq_name = f"{tensor}_fp8_scale", f"{tensor}_fp8_dq"
             if tensor in inits:
                 w = numpy_helper.to_array(inits[tensor]).astype(np.float32)
-                s = _scale(float(np.max(np.abs(w))) if w.size else 1.0)
-                q = np.clip(w / s, -E4M3_MAX, E4M3_MAX).astype(ml_dtypes.float8_e4m3fn)
+                # the output-channel axis of B: 1 for MatMul and Gemm, 0 for Gemm with transB
+                axis = 0 if any(a.name == "transB" and a.i for a in node.attribute) else 1
+                if scheme.per_channel_weights and w.ndim == 2 and pos == 1:
+                    s = np.maximum(np.abs(w).max(axis=1 - axis), 1e-12) / E4M3_MAX
+                    q = w / (s[None, :] if axis == 1 else s[:, None])
+                    zero = helper.make_tensor(
+                        f"{tensor}_fp8_zero_point", TensorProto.FLOAT8E4M3FN, [s.size], [0.0] * s.size
+                    )
+                    new_inits.append(zero)
+                    dq_args, dq_attrs = [f"{tensor}_fp8", scale_name, zero.name], {"axis": axis}
+                else:
+                    s = np.array(_scale(float(np.max(np.abs(w))) if w.size else 1.0))
+                    q = w / s
+                    dq_args, dq_attrs = [f"{tensor}_fp8", scale_name, zp_name], {}
+                q = np.clip(q, -E4M3_MAX, E4M3_MAX).astype(ml_dtypes.float8_e4m3fn)
                 q_init = TensorProto(
                     name=f"{tensor}_fp8", data_type=TensorProto.FLOAT8E4M3FN, dims=list(w.shape), raw_data=q.tobytes()
                 )
-                new_inits += [q_init, numpy_helper.from_array(np.array(s, dtype=np.float32), scale_name)]
+                new_inits += [q_init, numpy_helper.from_array(np.asarray(s, dtype=np.float32), scale_name)]
                 new_nodes.setdefault(idx, []).append(
                     helper.make_node(
-                        "DequantizeLinear",
-                        [q_init.name, scale_name, zp_name],
-                        [dq_name],
-                        name=f"{tensor}_DequantizeLinear",
+                        "DequantizeLinear", dq_args, [dq_name], name=f"{tensor}_DequantizeLinear", **dq_attrs
                     )
                 )
                 counts["weights"] += 1
@@ -266,15 +405,25 @@ def _ensure_opset(model):
 
 
 def build_fp8(
-    fp32_path: str | os.PathLike, out_path: str | os.PathLike, calibration: list[dict[str, np.ndarray]]
+    fp32_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    calibration: list[dict[str, np.ndarray]],
+    scheme: Fp8Scheme = DEFAULT_FP8_SCHEME,
 ) -> dict:
     """Write the FP8 Q/DQ graph of ``fp32_path`` to ``out_path``; returns facts for the report."""
     model = _ensure_opset(load_model(fp32_path))
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"{node.op_type}_{i}"
+    smoothing = smooth_projections(model, calibration, scheme) if scheme.smooth_alpha is not None else None
     amax = calibrate_amax(model, calibration)
-    counts = insert_fp8_qdq(model, amax)
+    if scheme.activation_percentile is not None and scheme.activation_percentile < 100.0:
+        inits = {t.name for t in model.graph.initializer}
+        activations = sorted(
+            {t for n in model.graph.node if n.op_type in QUANTIZED_OPS for t in n.input[:2] if t and t not in inits}
+        )
+        amax.update(calibrate_percentile(model, calibration, activations, scheme.activation_percentile))
+    counts = insert_fp8_qdq(model, amax, scheme)
     if counts["nodes"] == 0:
         raise NothingToQuantize(
             "no MatMul/Gemm node could be quantized"
@@ -283,12 +432,24 @@ def build_fp8(
     files = save_model(model, out_path)
     notes = [
         f"{counts['nodes']} MatMul/Gemm in FP8 ({counts['activations']} activation Q/DQ, "
-        f"{counts['weights']} FP8 weights), "
-        "per-tensor amax/448 scales (max calibration); gated in ONNX Runtime CPU as simulated FP8",
+        f"{counts['weights']} FP8 weights): {scheme.describe()}; scales amax/448; "
+        "gated in ONNX Runtime CPU as simulated FP8",
         f"kept in FP32 as ModelOpt keeps them: the score head (GEMV, {counts['score_head']}) and "
         f"{counts['unfused_bmms']} attention BMMs outside TensorRT's FP8 fused-MHA pattern "
         "(BMM1 -> [Mul|Div] -> [Add] -> Softmax -> BMM2)",
     ]
+    if smoothing and smoothing.get("smoothed"):
+        notes.append(
+            f"SmoothQuant on {smoothing['smoothed']} activations: worst channel outlier ratio (max/median amax) "
+            f"{smoothing['outlier_ratio_before']} -> {smoothing['outlier_ratio_after']}"
+        )
+    if counts["kept"]:
+        notes.append(f"{counts['kept']} projections kept high precision by the scheme: {', '.join(scheme.keep)}")
     if counts["skipped"]:
         notes.append(f"{len(counts['skipped'])} left unquantized: " + "; ".join(counts["skipped"][:3]))
-    return {"files": files, "notes": notes, "counts": {k: v for k, v in counts.items() if k != "skipped"}}
+    return {
+        "files": files,
+        "notes": notes,
+        "scheme": scheme.to_dict(),
+        "counts": {k: v for k, v in counts.items() if k != "skipped"},
+    }
