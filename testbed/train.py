@@ -1,11 +1,11 @@
 """Fine-tune all-MiniLM-L6-v2 as a cross-encoder (BertForSequenceClassification, one logit).
 
 The MiniLM body (a bi-encoder, trained for mean-pooled sentence embeddings) reads
-``[CLS] summary [SEP] description [SEP]``; its top layers, the pooler and a new score head
-learn, with a listwise softmax loss, to put each training query's own description above
-BM25-mined hard negatives. Sized for a 2-core CPU: short pairs (64 tokens: the summary and
-the description's first sentences), the embeddings and lower layers frozen (their forward
-pass costs no backward), one pass over the groups.
+``[CLS] summary [SEP] description [SEP]``; all six layers (``HYPER["trainable_layers"]``), the
+pooler and a new score head learn, with a listwise softmax loss, to put each training query's own
+description above BM25-mined hard negatives. Sized for a 2-core CPU: 128-token pairs (the summary
+and the description's first sentences), the embeddings frozen, pre-tokenised batches of like length
+(less padding), one pass over 1,600 groups: about 10-12 minutes on an idle 2-core machine.
 Deterministic for a given machine and toolchain (seeded, 2 threads); bit-exactness across
 CPUs is not expected, so the cache key covers the inputs, the code and the hyper-parameters
 and the provenance records the toolchain.
