@@ -168,7 +168,11 @@ def test_a_label_bound_needs_labeled_gate_inputs(exported_example, example_recip
     report["gate_inputs"] = gate.save_inputs(source / GATE_INPUTS_FILE, encoded, reference)  # no labels
     (source / "export_report.json").write_text(json.dumps(report))
     bounded = tmp_path / "bounded.yaml"
-    text = example_recipe.read_text().replace("  int8: {top1: 0.9}", "  int8: {top1: 0.9, label_ndcg10_drop: 0.05}")
+    recipe_text = example_recipe.read_text()
+    text = recipe_text.replace(
+        "\n  max_abs_logit: null\n", "\n  max_abs_logit: null\n  int8: {label_ndcg10_drop: 0.05}\n"
+    )
+    assert text != recipe_text  # the bound went into the thresholds block
     bounded.write_text(
         text.replace("pairs: pairs/", f"pairs: {example_recipe.parent}/pairs/").replace(
             "path: models/", f"path: {example_recipe.parent}/models/"

@@ -160,7 +160,9 @@ def test_fp8_graph_is_explicit_qdq_tensorrt_can_build(built):
     fp8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN and t.dims]
     assert fp8_weights
     # every projection (a MatMul/Gemm with a weight) but the score head reads dequantized inputs; the
-    # attention BMMs (two activations) too: the eager-attention export forms TensorRT's fused-MHA pattern
+    # attention BMMs (two activations) stay high precision in the shipped scheme (DEFAULT_FP8_SCHEME: measured
+    # on the real test bed, FP8 BMMs cost the gate), although the eager-attention export forms TensorRT's
+    # fused-MHA pattern (test_fp8_quantizes_the_bmms_of_an_attention_tensorrt_fuses: the opt-in placement)
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     outputs = {o.name for o in model.graph.output}
     fp32_model = onnx.load(export_dir / "onnx/fp32/model.onnx")
@@ -172,10 +174,10 @@ def test_fp8_graph_is_explicit_qdq_tensorrt_can_build(built):
     bmms = [n for n in matmuls if n not in head and n not in projections]
     assert len(head) == 1 and projections and len(bmms) == 4  # 2 layers x (Q.K^T, P.V)
     assert all(producers.get(i) == "DequantizeLinear" for n in projections for i in n.input[:2])
-    assert all(producers.get(i) == "DequantizeLinear" for n in bmms for i in n.input[:2])
+    assert not [i for n in bmms for i in n.input[:2] if producers.get(i) == "DequantizeLinear"]
     assert not [i for n in head for i in n.input if producers.get(i) == "DequantizeLinear"]
     notes = report["fp8"]["notes"]
-    assert "FP8" in notes[0] and "0 attention BMMs" in notes[1] and "score head" in notes[1]
+    assert "FP8" in notes[0] and "4 attention BMMs (the scheme keeps" in notes[1] and "score head" in notes[1]
 
 
 def test_fp8_quantizes_the_bmms_of_an_attention_tensorrt_fuses():

@@ -324,7 +324,7 @@ def test_fp8_per_channel_weights_and_percentile_calibration(example, tmp_path):
         example["fp32"],
         tmp_path / "pc" / "model.onnx",
         example["feeds"],
-        Fp8Scheme(per_channel_weights=True, activation_percentile=99.0),
+        Fp8Scheme(per_channel_weights=True, activation_percentile=99.99),
     )
     assert info["counts"]["weights"] == base["counts"]["weights"] > 0
     model = onnx.load(tmp_path / "pc" / "model.onnx")
