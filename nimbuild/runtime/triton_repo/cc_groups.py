@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from nimbuild.manifest import Manifest, Profile
-from nimbuild.runtime.triton_repo.contexts import ServingOptions, build_contexts
+from nimbuild.runtime.triton_repo.contexts import ServingOptions
 from nimbuild.runtime.triton_repo.layout import MODEL
 from nimbuild.runtime.triton_repo.record import file_spec, repository_record, tokenizer_files
 from nimbuild.runtime.triton_repo.sources import graph_for, model_file, tag_int
@@ -79,29 +79,18 @@ def multi_cc_info(
     tokenizer = tokenizer_files(manifest, first)
     files.update(tokenizer)
     ids = [p.id for p in profiles]
-    contexts = build_contexts(
-        profile_ids=ids,
-        profile_name=name,
-        kind="tensorrt",
-        device="gpu",
-        io=io,
-        max_batch_size=max_batch,
-        max_sequence_length=max_seq,
-        serving=serving,
-        cc_model_filenames=cc_files,
-        default_model_filename=cc_files[-1][1],
-        with_tokenizer=bool(tokenizer),
-    )
     return repository_record(
         profile_ids=ids,
         name=name,
         kind="tensorrt",
         device="gpu",
         io=io,
-        contexts=contexts,
         files=files,
         max_batch=max_batch,
         max_seq=max_seq,
         serving=serving,
         notes=notes,
+        with_tokenizer=bool(tokenizer),
+        cc_model_filenames=cc_files,
+        default_model_filename=cc_files[-1][1],
     )

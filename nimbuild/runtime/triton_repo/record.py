@@ -83,29 +83,18 @@ def profile_info(
     for rel in companion_files(profile, main):
         files[f"{MODEL}/1/{PurePosixPath(rel).name}"] = file_spec(rel, profile.files[rel])
     files.update(tokenizer)
-    contexts = build_contexts(
-        profile_ids=[profile.id],
-        profile_name=profile.name,
-        kind=kind,
-        device=device,
-        io=io,
-        max_batch_size=max_batch,
-        max_sequence_length=max_seq,
-        serving=serving,
-        with_tokenizer=bool(tokenizer),
-    )
     return repository_record(
         profile_ids=[profile.id],
         name=profile.name,
         kind=kind,
         device=device,
         io=io,
-        contexts=contexts,
         files=files,
         max_batch=max_batch,
         max_seq=max_seq,
         serving=serving,
         notes=notes,
+        with_tokenizer=bool(tokenizer),
     )
 
 
@@ -116,15 +105,35 @@ def repository_record(
     kind: str,
     device: str,
     io: GraphIO,
-    contexts: dict[str, dict[str, Any]],
     files: dict[str, dict[str, Any]],
     max_batch: int,
     max_seq: int,
     serving: ServingOptions,
     notes: list[str],
+    with_tokenizer: bool,
+    cc_model_filenames: list[tuple[str, str]] | None = None,
+    default_model_filename: str | None = None,
 ) -> dict[str, Any]:
-    """The record as written to ``nimbuild-repository.json`` (format ``INFO_FORMAT``)."""
+    """The record as written to ``nimbuild-repository.json`` (format ``INFO_FORMAT``).
+
+    The models' template contexts are derived here from the same facts the record states, so a
+    caller names each fact once.
+    """
     from nimbuild import __version__
+
+    contexts = build_contexts(
+        profile_ids=profile_ids,
+        profile_name=name,
+        kind=kind,
+        device=device,
+        io=io,
+        max_batch_size=max_batch,
+        max_sequence_length=max_seq,
+        serving=serving,
+        cc_model_filenames=cc_model_filenames,
+        default_model_filename=default_model_filename,
+        with_tokenizer=with_tokenizer,
+    )
 
     return {
         "format": INFO_FORMAT,
