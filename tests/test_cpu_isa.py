@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import typer
+from profiles_support import run_profiles_cli as _cli
 
 from nimbuild import cpu_isa, profiles
-from nimbuild.cli import profiles as profiles_cli
-from nimbuild.cli import run
 from nimbuild.errors import NimbuildError
 from nimbuild.manifest import Manifest, Profile, file_entry, load_manifest, write_manifest
 from nimbuild.runtime import hardware
@@ -202,17 +201,6 @@ def test_a_host_without_the_x86_classes_falls_back_to_fp32(two_classes, cls):
     _, manifest, by = two_classes
     sel = select(manifest, _host(cls), {})
     assert _groups(sel)["runnable"] == ["fp32"] and sel.selected.id == by["fp32"].id
-
-
-def _cli(argv, capsys, monkeypatch):
-    for key in ("NIM_MODEL_PROFILE", "NIM_TAGS_SELECTOR", "NIM_CACHE_PATH", "NIM_CPU_ONLY", "NIM_MANIFEST_PATH"):
-        monkeypatch.delenv(key, raising=False)
-    app = typer.Typer(pretty_exceptions_enable=False)
-    profiles_cli.register(app)
-    with pytest.raises(SystemExit) as exc:
-        run(app, argv)
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 def test_list_model_profiles_assume_cpu_previews_an_avx2_host(two_classes, capsys, monkeypatch):

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-import typer
+from profiles_support import run_profiles_cli as _cli
 
 from nimbuild import cpu_isa, profiles, skus
 from nimbuild.cli import profiles as profiles_cli
@@ -550,20 +550,6 @@ def test_startup_log_for_an_onnx_selection_and_for_none(manifest, ids, tmp_path)
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def _cli(argv, capsys, monkeypatch, env=None):
-    for key in ("NIM_MODEL_PROFILE", "NIM_TAGS_SELECTOR", "NIM_CACHE_PATH", "NIM_CPU_ONLY", "NIM_MANIFEST_PATH"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.delenv("NIMBUILD_DEBUG", raising=False)
-    for key, value in (env or {}).items():
-        monkeypatch.setenv(key, value)
-    app = typer.Typer(pretty_exceptions_enable=False)
-    profiles_cli.register(app)
-    with pytest.raises(SystemExit) as exc:
-        run(app, argv)
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 def test_cli_list_prints_system_info_then_the_log(built, manifest, capsys, monkeypatch):
