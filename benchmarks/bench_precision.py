@@ -351,16 +351,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def ort_runner(sess):
             def run():
-                for g in timed:  # tokenization included, as CrossEncoder.predict does it
-                    enc = tokenizer(
-                        [g["query"]] * len(g["passages"]),
-                        g["passages"],
-                        truncation=True,
-                        max_length=SEQ,
-                        padding=True,
-                        return_tensors="np",
-                    )
-                    f = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+                # tokenization included, as CrossEncoder.predict does it (one query's pairs a call)
+                for f in encode_groups(tokenizer, timed, SEQ):
                     sess.run(None, next(feeds_for(sess, [f])))
 
             return run

@@ -123,6 +123,7 @@ def print_gate_table(precisions: dict[str, dict], out: Output) -> None:
             name,
             entry.get("status"),
             entry.get("path") or "-",
+            fmt((entry.get("gate") or {}).get("n_queries"), "d"),
             fmt(m.get("top1"), ".3f"),
             fmt(m.get("spearman")),
             fmt(m.get("ndcg10")),
@@ -132,14 +133,15 @@ def print_gate_table(precisions: dict[str, dict], out: Output) -> None:
             ref = (entry.get("gate") or {}).get("reference") or {}
             row += [fmt(m.get("label_ndcg10")), fmt(ref.get("label_ndcg10")), fmt(m.get("label_ndcg10_drop"), "+.4f")]
         rows.append(row + [fmt(entry.get("seconds"), ".2f")])
-    headers = ["precision", "status", "path", "top1", "spearman", "ndcg@10", "max|Δlogit|"]
+    # queries: how many each row is judged on (fp32: every query; a calibrated graph: those it was not calibrated on)
+    headers = ["precision", "status", "path", "queries", "top1", "spearman", "ndcg@10", "max|Δlogit|"]
     if labeled:
         headers += ["label ndcg@10", "(fp32 ref)", "loss"]
     out.table(
         headers + ["s"],
         rows,
         title="accuracy gate (ONNX Runtime CPU vs the PyTorch FP32 reference"
-        + ("; label ndcg@10 against the pairs' labels, on the same queries)" if labeled else ")"),
+        + ("; label ndcg@10 against the pairs' labels, and the reference's, on the row's queries)" if labeled else ")"),
     )
     for name, entry in precisions.items():
         if entry.get("reason"):

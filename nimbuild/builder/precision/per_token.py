@@ -13,15 +13,19 @@ What: each selected MatMul ``Y = X @ W`` (W a constant, X ``[..., K]``) becomes
 
 * activations quantized per token (per row of the last axis), asymmetric UINT8 computed on
   the fly: ``s = (max(x, 0) - min(x, 0)) / 255``, ``q = clip(round(x / s) - round(min / s), 0, 255)``,
-  so a token's own range sets its step and one outlier token costs nothing to the others;
+  so a token's own range sets its step and one outlier token costs nothing to the others.
+  The rows' scales and zero points come from two reductions; ``q`` itself is one per-axis
+  ``QuantizeLinear`` over the rows (``saturate(round(x / s) + zp)``: the same integers), one
+  pass over the activation where Div, Round, Sub, Clip and Cast made five (measured on the
+  real test bed: those five were 10 % of the INT8 graph's time, benchmarks/RESULTS-precision.md);
 * weights INT8 per output column (or per tensor), symmetric, range 63 (``reduce_range``:
   AVX2's u8s8 kernel adds two u8*s8 products in int16 — 2*255*63 fits, 2*255*127 need not)
   or 127 (CPU classes whose integer dot products cannot saturate);
 * ``MatMulInteger`` (MLAS's integer GEMM: the speed of INT8), then the exact float epilogue
   ``Y = s * ws * (q @ Wq + round(min / s) * colsum(Wq))``.
 
-Plain ONNX ops only (MatMulInteger is opset 10; ReduceMax/ReduceMin take their axes the way
-the graph's opset says: an attribute before 18, an input from 18 on), so any runtime that
+Plain ONNX ops only (MatMulInteger is opset 10, per-axis QuantizeLinear 13; ReduceMax/ReduceMin
+take their axes the way the graph's opset says: an attribute before 18, an input from 18 on), so any runtime that
 runs MatMulInteger runs it, and the graph's opset is not changed; the exact twin
 (nimbuild.builder.precision.exact) re-expresses its weights for the non-saturating kernel
 like any other MatMulInteger's.
@@ -46,8 +50,8 @@ def _shared_constants(graph: Any) -> dict[str, str]:
         "axes": np.array([-1], np.int64),
         "eps": np.array(EPSILON, np.float32),
         "zero": np.array(0.0, np.float32),
-        "top": np.array(255.0, np.float32),
         "inv_top": np.array(1.0 / 255.0, np.float32),
+        "flat": np.array([-1], np.int64),  # a [..., 1] per-row tensor as the 1-D per-axis input
     }
     have = {t.name for t in graph.initializer}
     names = {}
@@ -103,6 +107,7 @@ def quantize_per_token(model: Any, node_names: Iterable[str], *, reduce_range: b
                 numpy_helper.from_array(wq, f"{p}_weight"),
                 numpy_helper.from_array(ws, f"{p}_weight_scale"),
                 numpy_helper.from_array(wq.astype(np.float32).sum(axis=0), f"{p}_weight_colsum"),
+                numpy_helper.from_array(np.array([-1, weight.shape[0]], np.int64), f"{p}_rows_shape"),
             ]
         )
         x, y = node.input[0], node.output[0]
@@ -116,11 +121,15 @@ def quantize_per_token(model: Any, node_names: Iterable[str], *, reduce_range: b
             ("Mul", ["span_safe", consts["inv_top"]], "scale", {}),
             ("Div", ["lo", "scale"], "lo_steps", {}),
             ("Round", ["lo_steps"], "neg_zero_point", {}),  # -zero point, in [-255, 0]
-            ("Div", [x, "scale"], "x_steps", {}),
-            ("Round", ["x_steps"], "x_round", {}),
-            ("Sub", ["x_round", "neg_zero_point"], "x_shift", {}),
-            ("Clip", ["x_shift", consts["zero"], consts["top"]], "x_clip", {}),
-            ("Cast", ["x_clip"], "x_u8", {"to": TensorProto.UINT8}),
+            ("Neg", ["neg_zero_point"], "zero_point_f", {}),
+            ("Cast", ["zero_point_f"], "zero_point", {"to": TensorProto.UINT8}),
+            # q = saturate(round(x / s) + zp), row by row: x as [rows, K], its scales and zero points 1-D
+            ("Reshape", [x, f"{p}_rows_shape"], "x_rows", {}),
+            ("Reshape", ["scale", consts["flat"]], "scale_rows", {}),
+            ("Reshape", ["zero_point", consts["flat"]], "zero_point_rows", {}),
+            ("QuantizeLinear", ["x_rows", "scale_rows", "zero_point_rows"], "x_u8_rows", {"axis": 0}),
+            ("Shape", [x], "x_shape", {}),
+            ("Reshape", ["x_u8_rows", "x_shape"], "x_u8", {}),
             ("MatMulInteger", ["x_u8", f"{p}_weight"], "acc", {}),
             ("Cast", ["acc"], "acc_f", {"to": TensorProto.FLOAT}),
             ("Mul", ["neg_zero_point", f"{p}_weight_colsum"], "zero_point_term", {}),
