@@ -60,6 +60,38 @@ def cpu_session(model: str | os.PathLike | bytes, *, fp8_qdq: bool = False, thre
     return sess
 
 
+def activations(
+    model, tensors: Iterable[str], calibration: Iterable[dict[str, np.ndarray]], prefix: str = "nimbuild-probe-"
+) -> Iterator[dict[str, np.ndarray]]:
+    """Per calibration feed, ``{name: value}`` of the graph's intermediate ``tensors`` (an FP32 run on the CPU).
+
+    The one way every calibration reads activations: a copy of ``model`` with the tensors made
+    graph outputs, saved to a temporary folder (a graph over 2 GiB needs external data) and run
+    once per feed. ``model`` itself is not changed; names the graph does not produce are absent.
+    """
+    import tempfile
+
+    import onnx
+
+    tensors = list(tensors)
+    wanted = set(tensors)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for name in dict.fromkeys(tensors):  # in the caller's order: the outputs' order is the values' order
+        if name not in existing:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        path = Path(tmp) / "probe.onnx"
+        save_model(probe, path)
+        del probe
+        sess = cpu_session(path)
+        names = [o.name for o in sess.get_outputs() if o.name in wanted]
+        for feeds in feeds_for(sess, calibration):
+            yield dict(zip(names, sess.run(names, feeds), strict=True))
+        del sess
+
+
 def load_model(path: str | os.PathLike):
     """Load a graph with its external weights (model.onnx.data) if it has them."""
     import onnx

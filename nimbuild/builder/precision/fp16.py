@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nimbuild.builder.precision.common import cpu_session, feeds_for, load_model, save_model
+from nimbuild.builder.precision.common import activations, load_model, save_model
 
 FRAGILE_OPS = (
     "LayerNormalization",
@@ -87,22 +87,11 @@ def overflowing_nodes(
         del inferred
         floaty = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
         produced = [o for n in graph.node for o in n.output if o and o not in inits and types.get(o) in floaty]
-        existing = {o.name for o in graph.output}
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        for name in produced:
-            if name not in existing:
-                probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-        save_model(probe, src)
-        del probe
-        sess = cpu_session(src)
-        names = [o.name for o in sess.get_outputs()]
-        amax: dict[str, float] = {}
-        for feeds in feeds_for(sess, calibration[:OVERFLOW_CHECK_QUERIES]):
-            for name, value in zip(names, sess.run(None, feeds), strict=True):
-                if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
-                    amax[name] = max(amax.get(name, 0.0), float(np.max(np.abs(value))))
-        del sess
+    amax: dict[str, float] = {}
+    for values in activations(model, produced, calibration[:OVERFLOW_CHECK_QUERIES], prefix="nimbuild-fp16-"):
+        for name, value in values.items():
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size:
+                amax[name] = max(amax.get(name, 0.0), float(np.max(np.abs(value))))
     hot = {t: v for t, v in amax.items() if not np.isfinite(v) or v >= limit}
     blocked = [n.name for n in graph.node if set(n.output) & hot.keys() or set(n.input) & hot.keys()]
     return blocked, hot

@@ -173,31 +173,16 @@ def calibrate_percentile(
     a build host's memory for long sequences; a seeded uniform sample of each batch keeps the
     estimate reproducible. Each batch's own max is kept in the sample, so 100 is the max.
     """
-    import onnx
+    from nimbuild.builder.precision.common import activations
 
-    from nimbuild.builder.precision.common import cpu_session, feeds_for
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    for name in tensors:
-        if name not in have:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     rng = np.random.default_rng(0)
     samples: dict[str, list[np.ndarray]] = {}
-    with tempfile.TemporaryDirectory(prefix="nimbuild-fp8-pct-") as tmp:
-        path = Path(tmp) / "probe.onnx"
-        save_model(probe, path)
-        del probe
-        sess = cpu_session(path)
-        wanted = [o.name for o in sess.get_outputs() if o.name in set(tensors)]
-        for feeds in feeds_for(sess, calibration):
-            for name, value in zip(wanted, sess.run(wanted, feeds), strict=True):
-                a = np.abs(np.asarray(value, dtype=np.float32).ravel())
-                if a.size:
-                    picked = a[rng.integers(0, a.size, min(sample, a.size))]
-                    samples.setdefault(name, []).extend([picked, a.max(keepdims=True)])
-        del sess
+    for values in activations(model, tensors, calibration, prefix="nimbuild-fp8-pct-"):
+        for name, value in values.items():
+            a = np.abs(np.asarray(value, dtype=np.float32).ravel())
+            if a.size:
+                picked = a[rng.integers(0, a.size, min(sample, a.size))]
+                samples.setdefault(name, []).extend([picked, a.max(keepdims=True)])
     return {n: float(np.percentile(np.concatenate(v), percentile)) for n, v in samples.items()}
 
 

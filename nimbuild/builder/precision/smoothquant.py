@@ -9,20 +9,11 @@ by it, so that one activation scale no longer serves a few outlier channels only
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from nimbuild.builder.precision.common import (
-    cpu_session,
-    feeds_for,
-    layer_index,
-    matmul_class,
-    save_model,
-    select_nodes,
-)
+from nimbuild.builder.precision.common import activations, layer_index, matmul_class, select_nodes
 
 # ops whose weights INT8 quantizes: the projections (MatMul) and ORT's fused Attention (its QKV projection)
 QUANTIZED_OPS = ("MatMul", "Attention")
@@ -71,29 +62,12 @@ def selected(items: list[QuantizedMatMul], patterns: tuple[str, ...]) -> set[str
 
 def channel_amax(model, calibration: list[dict[str, np.ndarray]], tensors: list[str]) -> dict[str, np.ndarray]:
     """Per last-axis channel, max |x| of each of ``tensors`` over the calibration feeds (FP32 run)."""
-    import onnx
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for name in tensors:
-        if name not in existing:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     amax: dict[str, np.ndarray] = {}
-    with tempfile.TemporaryDirectory(prefix="nimbuild-int8-stats-") as tmp:
-        path = Path(tmp) / "probe.onnx"
-        save_model(probe, path)
-        del probe
-        sess = cpu_session(path)
-        names = [o.name for o in sess.get_outputs()]
-        wanted = [i for i, n in enumerate(names) if n in set(tensors)]
-        for feeds in feeds_for(sess, calibration):
-            values = sess.run([names[i] for i in wanted], feeds)
-            for i, value in zip(wanted, values, strict=True):
-                v = np.abs(np.asarray(value, dtype=np.float32))
-                m = v.reshape(-1, v.shape[-1]).max(axis=0)
-                amax[names[i]] = m if names[i] not in amax else np.maximum(amax[names[i]], m)
-        del sess
+    for values in activations(model, tensors, calibration, prefix="nimbuild-int8-stats-"):
+        for name, value in values.items():
+            v = np.abs(np.asarray(value, dtype=np.float32))
+            m = v.reshape(-1, v.shape[-1]).max(axis=0)
+            amax[name] = m if name not in amax else np.maximum(amax[name], m)
     return amax
 
 
